@@ -1,0 +1,85 @@
+"""How closely a student's predictions agree with its teacher's, the teacher taken as the reference."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.classification import multiclass_jaccard_index
+from torchvision.ops import box_iou
+
+
+def match_detections(teacher_boxes: torch.Tensor, student_boxes: torch.Tensor, student_scores: torch.Tensor,
+                     iou_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy COCO-style matching: student boxes in score order take the best free teacher box.
+
+    Args:
+        teacher_boxes: (N, 4) xyxy.
+        student_boxes: (M, 4) xyxy, same device.
+        student_scores: (M,) confidence used for the matching order.
+        iou_threshold: minimum IoU of a match.
+
+    Returns:
+        ``match`` (M,) int64, the teacher index matched to each student box or -1, and ``ious`` (M,) the IoU of
+        each match (0 where unmatched).
+    """
+    m = student_boxes.shape[0]
+    match = torch.full((m,), -1, dtype=torch.long, device=student_boxes.device)
+    ious = torch.zeros(m, device=student_boxes.device)
+    if m == 0 or teacher_boxes.shape[0] == 0:
+        return match, ious
+    iou = box_iou(student_boxes.float(), teacher_boxes.float())
+    taken = torch.zeros(teacher_boxes.shape[0], dtype=torch.bool, device=iou.device)
+    for s in student_scores.argsort(descending=True).tolist():
+        candidates = iou[s].masked_fill(taken, -1.0)
+        best = int(candidates.argmax())
+        if candidates[best] >= iou_threshold:
+            match[s], ious[s] = best, candidates[best]
+            taken[best] = True
+    return match, ious
+
+
+def detection_agreement(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
+                        iou_threshold: float = 0.5) -> dict:
+    """Matched, missed and extra objects, mean IoU of matches and label agreement.
+
+    Args:
+        teacher, student: dicts with ``boxes`` (N, 4) xyxy, ``scores`` (N,) and ``labels`` (N,) int.
+        iou_threshold: minimum IoU for a student box to count as the same object.
+
+    Returns:
+        ``{matched, missed, extra, mean_iou, label_agreement, iou_threshold}``; ``mean_iou`` and
+        ``label_agreement`` are None when nothing matched.
+    """
+    match, ious = match_detections(teacher["boxes"], student["boxes"], student["scores"], iou_threshold)
+    matched = match >= 0
+    n_matched = int(matched.sum())
+    same_label = (student["labels"][matched] == teacher["labels"][match[matched]]).float()
+    return {
+        "matched": n_matched,
+        "missed": int(teacher["boxes"].shape[0]) - n_matched,
+        "extra": int(student["boxes"].shape[0]) - n_matched,
+        "mean_iou": round(float(ious[matched].mean()), 4) if n_matched else None,
+        "label_agreement": round(float(same_label.mean()), 4) if n_matched else None,
+        "iou_threshold": iou_threshold,
+    }
+
+
+def segmentation_agreement(teacher_map: torch.Tensor, student_map: torch.Tensor, num_classes: int) -> dict:
+    """Teacher-vs-student mIoU and pixel agreement of two class-index maps.
+
+    Args:
+        teacher_map, student_map: (H, W) or (B, H, W) int class indices in [0, num_classes).
+        num_classes: number of classes the models predict.
+
+    Returns:
+        ``{miou, pixel_agreement, per_class}``: ``per_class`` maps the index of every class present in either map
+        to its IoU; ``miou`` averages over those classes only.
+    """
+    per_class = multiclass_jaccard_index(student_map.flatten(), teacher_map.flatten(), num_classes, average=None)
+    counts = torch.bincount(teacher_map.flatten(), minlength=num_classes) + torch.bincount(
+        student_map.flatten(), minlength=num_classes)
+    present = counts[:num_classes] > 0
+    return {
+        "miou": round(float(per_class[present].mean()), 4),
+        "pixel_agreement": round(float((teacher_map == student_map).float().mean()), 4),
+        "per_class": {int(i): round(float(per_class[i]), 4) for i in present.nonzero().flatten().tolist()},
+    }

@@ -1,0 +1,50 @@
+"""Distill Lens: see what a distilled student learned from its teacher, and where it still lags.
+
+    python app.py [--host 0.0.0.0] [--port 7860]
+
+The app is one ``gr.Blocks`` assembled from the tab modules in ``demos/``; no model loads until a tab runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import gradio as gr
+
+from demos.common import EXAMPLES_DIR, MAX_UPLOAD_BYTES
+from demos.detection import build_detection_tab
+from demos.pairs import build_pairs_tab
+from demos.segmentation import build_segmentation_tab
+
+TABS = (build_detection_tab, build_segmentation_tab, build_pairs_tab)
+HEADER = """# Distill Lens
+A teacher and its distilled student, side by side, live: where the student learned, and where it still lags."""
+
+
+def build_app() -> gr.Blocks:
+    """Assemble every tab into one app. Builds the layout only; models load on first use."""
+    with gr.Blocks(title="Distill Lens") as demo:
+        gr.Markdown(HEADER)
+        with gr.Tabs():
+            for build_tab in TABS:
+                build_tab()
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    return demo
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run the Distill Lens app.")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    build_app().launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES,
+                       allowed_paths=[str(EXAMPLES_DIR)], theme=gr.themes.Soft())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Glue shared by the tabs: reading user images safely, friendly errors, drawing, and ZeroGPU support."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from weights.loaders import ModelUnavailableError
+from weights.registry import UnknownPairError
+
+log = logging.getLogger("distill_lens")
+
+MAX_UPLOAD_BYTES = 50 * 2**20  # also passed to launch(max_file_size=...)
+MAX_INPUT_PIXELS = 100_000_000  # refuse to decode anything larger (decompression bombs)
+MAX_WORKING_SIDE = 2048  # larger images are downscaled, with a note
+MIN_SIDE = 8
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
+
+
+class InputError(ValueError):
+    """Bad input from a user; the message is shown to them as it is."""
+
+
+# Errors whose message is meant for the user.
+USER_ERRORS = (InputError, UnknownPairError, ModelUnavailableError)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: 16-bit and float greyscale are rescaled, alpha is composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def read_image(value: str | Path | np.ndarray | Image.Image | None) -> tuple[np.ndarray, list[str]]:
+    """Read a user's image into RGB uint8 (H, W, 3), with notes on anything changed.
+
+    Args:
+        value: a file path, a numpy array or a PIL image.
+
+    Returns:
+        ``(image, notes)``. Images with a side over ``MAX_WORKING_SIDE`` are downscaled (a note says so).
+
+    Raises:
+        InputError: no image, an unreadable or non-image file, too many pixels, or a side under ``MIN_SIDE``.
+    """
+    if value is None:
+        raise InputError("No image given: upload one, use the webcam, or pick an example.")
+    notes: list[str] = []
+    try:
+        if isinstance(value, (str, Path)):
+            path = Path(value)
+            if path.stat().st_size > MAX_UPLOAD_BYTES:
+                raise InputError(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
+            image = Image.open(path)
+            image.load()
+        elif isinstance(value, np.ndarray):
+            image = Image.fromarray(value)
+        else:
+            image = value
+        image = ImageOps.exif_transpose(image)
+        if image.mode != "RGB":
+            notes.append(f"Converted from {image.mode} to RGB.")
+        image = _to_rgb(image)
+    except Image.DecompressionBombError as error:
+        raise InputError(f"The image has more than {MAX_INPUT_PIXELS:,} pixels; please downscale it.") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError("Could not read the file as an image (it may be corrupt or not an image). "
+                         "Please upload a PNG, JPEG, WebP, BMP or TIFF image.") from error
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise InputError(f"The image is {width}×{height} pixels; each side needs at least {MIN_SIDE} pixels.")
+    if max(width, height) > MAX_WORKING_SIDE:
+        scale = MAX_WORKING_SIDE / max(width, height)
+        new_size = (max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale)))
+        image = image.resize(new_size, Image.Resampling.LANCZOS)
+        notes.append(f"Downscaled from {width}×{height} to {new_size[0]}×{new_size[1]} pixels.")
+    if max(width, height) / min(width, height) > 8:
+        notes.append(f"Extreme aspect ratio ({width}×{height}): objects may be too thin for the models.")
+    return np.asarray(image, dtype=np.uint8).copy(), notes
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn our user-facing errors into ``gr.Error`` (which reaches gradio_client callers too)
+    and any other failure into a short message, so the app keeps serving."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import gradio as gr
+
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except USER_ERRORS as error:
+            raise gr.Error(str(error), print_exception=False) from error
+        except torch.cuda.OutOfMemoryError as error:
+            torch.cuda.empty_cache()
+            raise gr.Error("The GPU ran out of memory; try a smaller image or a builtin pair.") from error
+        except Exception as error:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Something went wrong ({type(error).__name__}). The app is still running; "
+                           f"please try another input.") from error
+
+    return wrapper
+
+
+def on_gpu(fn: Callable) -> Callable:
+    """Run under ``spaces.GPU`` when the ``spaces`` package is present (a ZeroGPU Space); unchanged elsewhere."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+def display_scale(height: int, width: int, target: int = 512) -> float:
+    """Small images are drawn enlarged so that boxes and labels stay legible."""
+    return max(1.0, target / max(height, width))
+
+
+def _font_path() -> str | None:
+    from PIL import ImageFont
+
+    try:
+        ImageFont.truetype("DejaVuSans.ttf", 12)
+        return "DejaVuSans.ttf"
+    except OSError:
+        return None
+
+
+@functools.cache
+def font_path() -> str | None:
+    return _font_path()
+
+
+def enlarge(image: np.ndarray, scale: float) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, h, w) uint8 tensor, enlarged by ``scale`` with nearest neighbours."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if scale == 1.0:
+        return tensor
+    size = (round(image.shape[0] * scale), round(image.shape[1] * scale))
+    return torch.nn.functional.interpolate(tensor[None].float(), size=size, mode="nearest")[0].to(torch.uint8)
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """``n`` well-separated colours (golden-ratio hues); index 0 is grey for background."""
+    import colorsys
+
+    colours = [(90, 90, 90)]
+    for i in range(1, n):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 0.95)
+        colours.append((int(r * 255), int(g * 255), int(b * 255)))
+    return colours
+
+
+ROLES = ("teacher", "student")
+
+
+def run_sides(predictors: dict, image: np.ndarray, post: Callable) -> dict[str, tuple[object, dict]]:
+    """Run teacher and student on one image with the same code path.
+
+    Args:
+        predictors: ``{"teacher": Predictor, "student": Predictor}``.
+        image: RGB uint8 (H, W, 3).
+        post: ``post(predictor, outputs, geometry)`` -> the side's result.
+
+    Returns:
+        ``{role: (result, {"latency_ms", "params", "gflops"})}``; latency is the median of a few forwards.
+    """
+    from analysis.profiling import time_call
+
+    sides = {}
+    for role in ROLES:
+        predictor = predictors[role]
+        inputs, geometry = predictor.prepare(image)
+        outputs, latency = time_call(lambda p=predictor, x=inputs: p.forward(x), predictor.device)
+        profile = {"latency_ms": round(latency, 3), "params": predictor.params, "gflops": predictor.gflops(inputs)}
+        sides[role] = (post(predictor, outputs, geometry), profile)
+    return sides
+
+
+def user_image_component(**kwargs):
+    """A ``gr.Image`` whose pre-processing turns unreadable uploads into a clear ``gr.Error``."""
+    import gradio as gr
+
+    class UserImage(gr.Image):
+        is_template = True  # reuse the Image frontend
+
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except gr.Error:
+                raise
+            except Exception as error:
+                raise gr.Error("Could not read the file as an image (it may be corrupt or not an image). "
+                               "Please upload a PNG, JPEG, WebP, BMP or TIFF image.", print_exception=False) from error
+
+    defaults = {"type": "filepath", "image_mode": None, "sources": ["upload", "webcam", "clipboard"], "height": 320}
+    return UserImage(**{**defaults, **kwargs})
+
+
+def examples_for(task: str) -> list[str]:
+    """Example image paths for a tab: Shapes scenes first, then real photos."""
+    return sorted(str(p) for p in EXAMPLES_DIR.glob("shapes_*.png")) + sorted(
+        str(p) for p in EXAMPLES_DIR.glob("photo_*.jpg"))
+
+
+def notes_markdown(notes: list[str]) -> str:
+    return "".join(f"> **Note:** {note}\n\n" for note in notes)

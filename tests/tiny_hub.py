@@ -1,0 +1,41 @@
+"""Tiny models of the Hub pairs' transformers classes, saved with ``save_pretrained`` to a folder.
+
+They exercise exactly the loading code real users run (``from_pretrained(path)``), with no network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessor, RTDetrResNetConfig,
+                          SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor)
+
+TINY_LABELS = ["person", "cat", "cup"]
+
+
+def save_tiny_rtdetr(folder: Path, seed: int, width: int = 32) -> Path:
+    torch.manual_seed(seed)
+    backbone = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 32], depths=[1, 1, 1, 1],
+                                  layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+    config = RTDetrConfig(
+        backbone_config=backbone, encoder_in_channels=[16, 32, 32], encoder_hidden_dim=width, d_model=width,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
+        decoder_layers=1, num_queries=20, decoder_in_channels=[width] * 3, num_denoising=0,
+        id2label=dict(enumerate(TINY_LABELS)), label2id={n: i for i, n in enumerate(TINY_LABELS)},
+        use_pretrained_backbone=False)
+    RTDetrForObjectDetection(config).save_pretrained(folder)
+    RTDetrImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_segformer(folder: Path, seed: int, width: int = 16) -> Path:
+    torch.manual_seed(seed)
+    config = SegformerConfig(
+        num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[width, 2 * width],
+        patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+        decoder_hidden_size=32, num_labels=len(TINY_LABELS) + 1,
+        id2label=dict(enumerate(["wall", *TINY_LABELS])), label2id={})
+    SegformerForSemanticSegmentation(config).save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder

@@ -1,0 +1,58 @@
+"""Builtin Shapes models: their configs (data), checkpoint files, and safetensors save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from weights.shapes_nets import ShapesNet, ShapesNetConfig
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+BUILTIN_CONFIGS: dict[tuple[str, str], ShapesNetConfig] = {
+    ("detection", "teacher"): ShapesNetConfig("detection", widths=(24, 48, 96, 192), depth=2, decoder_width=64,
+                                              num_classes=5),
+    ("detection", "student"): ShapesNetConfig("detection", widths=(16, 32, 64, 128), depth=1, decoder_width=32,
+                                              num_classes=5),
+    ("segmentation", "teacher"): ShapesNetConfig("segmentation", widths=(24, 48, 96, 192), depth=2,
+                                                 decoder_width=48, num_classes=6),
+    ("segmentation", "student"): ShapesNetConfig("segmentation", widths=(16, 32, 64, 128), depth=1,
+                                                 decoder_width=32, num_classes=6),
+}
+
+
+def checkpoint_path(task: str, role: str) -> Path:
+    return BUILTIN_DIR / f"shapes_{task}_{role}.safetensors"
+
+
+def save_checkpoint(model: ShapesNet, path: Path) -> None:
+    """Save weights as safetensors with the config in the metadata, so a file describes itself."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"config": model.config.to_json(), "format": "pt"})
+
+
+def load_checkpoint(path: str | Path) -> ShapesNet:
+    """Load a ``ShapesNet`` from a safetensors file written by :func:`save_checkpoint` (CPU, fp32, eval)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if "config" not in metadata:
+        raise ValueError(f"{Path(path).name} has no ShapesNet config in its metadata")
+    model = ShapesNet(ShapesNetConfig.from_json(metadata["config"]))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def load_builtin_model(task: str, role: str) -> ShapesNet:
+    path = checkpoint_path(task, role)
+    if not path.exists():
+        raise FileNotFoundError(f"builtin checkpoint {path.name} is missing; train it with "
+                                f"`python -m weights.train_builtin --task {task} --role {role}`")
+    return load_checkpoint(path)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

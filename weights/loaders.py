@@ -1,0 +1,137 @@
+"""Lazy, cached, device-aware model loading for builtin checkpoints and Hub repos.
+
+Models load on first use into a cache bounded in bytes; the least recently used model goes first.
+CUDA when present (fp16 for Hub models, whose weights ship for it), CPU fp32 otherwise.
+Safetensors only, and never ``trust_remote_code``: Hub classes come from a fixed allow-list.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from weights.builtin import load_builtin_model
+from weights.registry import ModelSource
+
+# Hub model and processor classes we load, by name. Anything else is refused (no remote code).
+HUB_MODEL_CLASSES = ("RTDetrForObjectDetection", "SegformerForSemanticSegmentation")
+HUB_PROCESSOR_CLASSES = ("RTDetrImageProcessor", "SegformerImageProcessor")
+DEFAULT_CACHE_MB = int(os.environ.get("DISTILL_LENS_CACHE_MB", "6000"))
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model that cannot be loaded here; the message says why and what to do."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device, source: ModelSource) -> torch.dtype:
+    """fp16 for Hub models on CUDA, fp32 otherwise (builtin models are tiny; fp32 keeps CPU and GPU alike)."""
+    return torch.float16 if device.type == "cuda" and source.kind == "hub" else torch.float32
+
+
+def module_bytes(obj: Any) -> int:
+    module = obj[0] if isinstance(obj, tuple) else obj
+    if not isinstance(module, torch.nn.Module):
+        return 0
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+class ModelCache:
+    """A thread-safe least-recently-used cache bounded by the bytes of the modules it holds."""
+
+    def __init__(self, max_bytes: int, sizeof: Callable[[Any], int] = module_bytes):
+        self.max_bytes = max_bytes
+        self._sizeof = sizeof
+        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def get_or_load(self, key: Any, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key][0]
+            value = load()
+            size = self._sizeof(value)
+            self._items[key] = (value, size)
+            while self.total_bytes > self.max_bytes and len(self._items) > 1:
+                self._items.popitem(last=False)
+            return value
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self._items.values())
+
+    def keys(self) -> list:
+        with self._lock:
+            return list(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+MODEL_CACHE = ModelCache(DEFAULT_CACHE_MB * 2**20)
+
+
+def _hub_offline_message(source: ModelSource, error: Exception) -> str:
+    from huggingface_hub import constants
+
+    return (f"Could not load {source.location} (revision {source.revision or 'main'}) from the Hugging Face Hub: "
+            f"{type(error).__name__}. This machine seems to be offline or the files are not cached. Download the "
+            f"model once while online (it is then kept in {constants.HF_HUB_CACHE}), or set HF_HUB_OFFLINE=1 to "
+            f"use only that cache, or pick a builtin pair.")
+
+
+def _load_hub(source: ModelSource, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+    import transformers
+    from huggingface_hub import constants
+
+    if source.model_class not in HUB_MODEL_CLASSES or source.processor_class not in HUB_PROCESSOR_CLASSES:
+        raise ModelUnavailableError(f"{source.model_class}/{source.processor_class} is not an allowed Hub class")
+    model_cls = getattr(transformers, source.model_class)
+    processor_cls = getattr(transformers, source.processor_class)
+    kwargs = {"revision": source.revision, "local_files_only": bool(constants.HF_HUB_OFFLINE)}
+    try:
+        processor = processor_cls.from_pretrained(source.location, **kwargs)
+        model = model_cls.from_pretrained(source.location, use_safetensors=True, trust_remote_code=False,
+                                          dtype=dtype, **kwargs)
+    except (OSError, ValueError) as error:  # offline, missing files, or no safetensors weights
+        raise ModelUnavailableError(_hub_offline_message(source, error)) from error
+    return model.to(device).eval(), processor
+
+
+def load_model(source: ModelSource, device: torch.device | None = None, cache: ModelCache = MODEL_CACHE,
+               ) -> tuple[torch.nn.Module, Any]:
+    """Load (or fetch from the cache) one model and its processor.
+
+    Args:
+        source: where the model comes from.
+        device: where it runs; :func:`default_device` when None.
+        cache: the LRU cache to use.
+
+    Returns:
+        ``(model, processor)``: the module in eval mode on ``device``; ``processor`` is the Hub image processor
+        or None for builtin models.
+    """
+    device = device or default_device()
+    dtype = default_dtype(device, source)
+
+    def load() -> tuple[torch.nn.Module, Any]:
+        if source.kind == "builtin":
+            task, role = source.location.removeprefix("shapes_").rsplit("_", 1)
+            try:
+                model = load_builtin_model(task, role)
+            except FileNotFoundError as error:
+                raise ModelUnavailableError(str(error)) from error
+            return model.to(device=device, dtype=dtype).eval(), None
+        return _load_hub(source, device, dtype)
+
+    return cache.get_or_load((source, str(device), dtype), load)

@@ -1,0 +1,137 @@
+"""Uniform pre-process -> forward -> post-process wrappers around loaded models.
+
+Every predictor exposes ``prepare(image)`` (numpy RGB uint8 (H, W, 3) -> model inputs), ``forward(inputs)``
+(the timed, FLOP-counted part) and a task-specific post-process that returns results in the input image's
+pixels. Teacher and student of a pair go through the same class.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from analysis.profiling import count_gflops, count_parameters
+from weights.loaders import load_model
+from weights.registry import ModelSource, Pair
+from weights.shapes_nets import decode_detections, normalise
+
+_GFLOPS_MEMO: OrderedDict[tuple, float] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an input image was resized for the network: original (h, w) and the resized (h, w) inside padding."""
+
+    height: int
+    width: int
+    resized_height: int
+    resized_width: int
+
+
+@dataclass
+class Detection:
+    label: str
+    score: float
+    box: list[float]  # [x0, y0, x1, y1] in input-image pixels
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "score": round(self.score, 4), "box": [round(v, 2) for v in self.box]}
+
+
+class Predictor:
+    """Base: a model, its processor (Hub) or resize policy (builtin), its label names and device."""
+
+    def __init__(self, pair: Pair, source: ModelSource, device: torch.device | None = None):
+        self.pair, self.source = pair, source
+        self.model, self.processor = load_model(source, device)
+        self.device = next(self.model.parameters()).device
+        self.dtype = next(self.model.parameters()).dtype
+        self.labels = list(pair.labels) if pair.labels else self._config_labels()
+
+    def _config_labels(self) -> list[str]:
+        id2label = self.model.config.id2label
+        return [id2label[i] for i in range(len(id2label))]
+
+    def prepare(self, image: np.ndarray) -> tuple[dict[str, torch.Tensor], Geometry]:
+        height, width = image.shape[:2]
+        if self.processor is not None:
+            pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
+            geometry = Geometry(height, width, *pixels.shape[-2:])
+        else:
+            pixels, geometry = _builtin_pixels(image, self.pair.preprocessing)
+        return {"pixel_values": pixels.to(self.device, self.dtype)}, geometry
+
+    @torch.inference_mode()
+    def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
+        if self.processor is not None:
+            return self.model(**inputs)
+        return self.model(inputs["pixel_values"])
+
+    def gflops(self, inputs: dict[str, torch.Tensor]) -> float:
+        """GFLOPs of :meth:`forward` on inputs of this shape (counted once per model and shape)."""
+        key = (self.source, str(self.device), tuple(inputs["pixel_values"].shape))
+        if key not in _GFLOPS_MEMO:
+            _GFLOPS_MEMO[key] = round(count_gflops(lambda: self.forward(inputs)), 3)
+            while len(_GFLOPS_MEMO) > 256:
+                _GFLOPS_MEMO.popitem(last=False)
+        return _GFLOPS_MEMO[key]
+
+    @property
+    def params(self) -> int:
+        return count_parameters(self.model)
+
+
+def _builtin_pixels(image: np.ndarray, policy: dict) -> tuple[torch.Tensor, Geometry]:
+    """Resize so the short side is ``short_side`` (long side capped at ``max_side``), pad to ``multiple``."""
+    height, width = image.shape[:2]
+    scale = min(policy["short_side"] / min(height, width), policy["max_side"] / max(height, width))
+    rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)
+    pixels = normalise(tensor)
+    pixels = F.interpolate(pixels, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+    m = policy["multiple"]
+    ph, pw = max(-(-rh // m) * m, 2 * m), max(-(-rw // m) * m, 2 * m)
+    pixels = F.pad(pixels, (0, pw - rw, 0, ph - rh))
+    return pixels, Geometry(height, width, rh, rw)
+
+
+class DetectionPredictor(Predictor):
+    def detect(self, outputs: Any, geometry: Geometry, threshold: float) -> list[Detection]:
+        """Boxes above ``threshold`` in input-image pixels, highest score first."""
+        if self.processor is not None:
+            result = self.processor.post_process_object_detection(
+                outputs, threshold=threshold, target_sizes=[(geometry.height, geometry.width)])[0]
+            boxes, scores, labels = result["boxes"], result["scores"], result["labels"]
+        else:
+            result = decode_detections(outputs, threshold)[0]
+            sx, sy = geometry.width / geometry.resized_width, geometry.height / geometry.resized_height
+            boxes = result["boxes"] * torch.tensor([sx, sy, sx, sy], device=result["boxes"].device)
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, geometry.width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, geometry.height)
+            scores, labels = result["scores"], result["labels"]
+        order = scores.argsort(descending=True)
+        return [Detection(self.labels[int(labels[i])], float(scores[i]), boxes[i].float().tolist()) for i in order]
+
+
+class SegmentationPredictor(Predictor):
+    def class_map(self, outputs: Any, geometry: Geometry) -> torch.Tensor:
+        """(H, W) int64 class indices at the input image's size, on the model's device."""
+        size = (geometry.height, geometry.width)
+        if self.processor is not None:
+            return self.processor.post_process_semantic_segmentation(outputs, target_sizes=[size])[0].long()
+        logits = outputs["logits"][:, :, : geometry.resized_height, : geometry.resized_width].float()
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+
+
+PREDICTORS = {"detection": DetectionPredictor, "segmentation": SegmentationPredictor}
+
+
+def predictors_for(pair: Pair, device: torch.device | None = None) -> dict[str, Predictor]:
+    """``{"teacher": ..., "student": ...}`` for a pair, loading lazily through the cache."""
+    cls = PREDICTORS[pair.task]
+    return {role: cls(pair, getattr(pair, role), device) for role in ("teacher", "student")}

@@ -1,0 +1,208 @@
+"""Recipe that trains the builtin Shapes pairs: teacher first, then the student distilled from it.
+
+    python -m weights.train_builtin                      # all four models, the committed recipe
+    python -m weights.train_builtin --task detection --role student --steps 300   # one model
+
+Students learn from ground truth plus the teacher's outputs (soft heatmaps / soft pixel labels) and the
+teacher's encoder features at strides 8 and 16 (1x1 adapters map student channels onto the teacher's;
+the adapters are dropped after training). Scenes come from seeds in ``TRAIN_SEEDS``; evaluation uses
+``EVAL_SEED_START`` onwards, which training never sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weights.builtin import BUILTIN_CONFIGS, BUILTIN_DIR, checkpoint_path, save_checkpoint
+from weights.shapes import render_scene
+from weights.shapes_nets import DETECTION_STRIDE, ShapesNet, ShapesNetConfig, normalise
+
+TRAIN_SEEDS = range(0, 1_000_000)
+KD_STAGES = (2, 3)  # encoder stages (strides 8 and 16) matched by feature distillation
+
+
+def detection_targets(boxes: np.ndarray, labels: np.ndarray, height: int, width: int) -> dict[str, np.ndarray]:
+    """CenterNet targets at stride 4: Gaussian class heatmaps, log sizes and offsets at the centre cells."""
+    h, w = height // DETECTION_STRIDE, width // DETECTION_STRIDE
+    heat = np.zeros((5, h, w), np.float32)
+    reg = np.zeros((4, h, w), np.float32)  # log w, log h, dx, dy (in cells)
+    mask = np.zeros((h, w), np.float32)
+    ys, xs = np.mgrid[0:h, 0:w]
+    for (x0, y0, x1, y1), label in zip(boxes, labels, strict=True):
+        cx, cy = (x0 + x1) / 2 / DETECTION_STRIDE, (y0 + y1) / 2 / DETECTION_STRIDE
+        bw, bh = (x1 - x0) / DETECTION_STRIDE, (y1 - y0) / DETECTION_STRIDE
+        ix, iy = min(int(cx), w - 1), min(int(cy), h - 1)
+        sigma = max(math.sqrt(bw * bh) / 6, 0.5)
+        gauss = np.exp(-((xs - ix) ** 2 + (ys - iy) ** 2) / (2 * sigma**2))
+        heat[label - 1] = np.maximum(heat[label - 1], gauss)
+        reg[:, iy, ix] = (math.log(bw), math.log(bh), cx - ix, cy - iy)
+        mask[iy, ix] = 1.0
+    return {"heat": heat, "reg": reg, "mask": mask}
+
+
+class ScenePool:
+    """Scenes rendered once from training seeds, served in random batches with flips."""
+
+    def __init__(self, task: str, count: int, seed_offset: int = 0):
+        self.task = task
+        scenes = [render_scene(TRAIN_SEEDS[seed_offset + i]) for i in range(count)]
+        self.images = torch.from_numpy(np.stack([s.image for s in scenes]))
+        if task == "segmentation":
+            self.labels = torch.from_numpy(np.stack([s.labels for s in scenes]).astype(np.int64))
+        else:
+            self.boxes = [s.boxes for s in scenes]
+            self.classes = [s.class_ids for s in scenes]
+
+    def batch(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
+        index = rng.integers(0, len(self.images), size)
+        flip_x, flip_y = rng.random(size) < 0.5, rng.random(size) < 0.5
+        images = self.images[index].clone()
+        for i in range(size):  # flips keep every shape a valid shape of the same class
+            images[i] = images[i].flip(1) if flip_x[i] else images[i]
+            images[i] = images[i].flip(0) if flip_y[i] else images[i]
+        out = {"images": images}
+        if self.task == "segmentation":
+            labels = self.labels[index].clone()
+            for i in range(size):
+                labels[i] = labels[i].flip(1) if flip_x[i] else labels[i]
+                labels[i] = labels[i].flip(0) if flip_y[i] else labels[i]
+            out["labels"] = labels
+            return out
+        height, width = images.shape[1:3]
+        targets = []
+        for i, j in enumerate(index):
+            boxes = self.boxes[j].copy()
+            if flip_x[i]:
+                boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
+            if flip_y[i]:
+                boxes[:, [1, 3]] = height - boxes[:, [3, 1]]
+            targets.append(detection_targets(boxes, self.classes[j], height, width))
+        for key in ("heat", "reg", "mask"):
+            out[key] = torch.from_numpy(np.stack([t[key] for t in targets]))
+        return out
+
+
+def photometric_jitter(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Small brightness, contrast and noise changes so the models do not rely on exact rendering."""
+    b = x.shape[0]
+    gain = torch.from_numpy(rng.uniform(0.85, 1.15, (b, 1, 1, 1))).float()
+    bias = torch.from_numpy(rng.uniform(-0.2, 0.2, (b, 1, 1, 1))).float()
+    noise = torch.randn_like(x) * torch.from_numpy(rng.uniform(0, 0.15, (b, 1, 1, 1))).float()
+    return x * gain + bias + noise
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss, normalised by the number of objects."""
+    pred = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
+    positive = target.eq(1).float()
+    pos = -(torch.log(pred) * (1 - pred) ** 2 * positive).sum()
+    neg = -(torch.log(1 - pred) * pred**2 * (1 - target) ** 4 * (1 - positive)).sum()
+    return (pos + neg) / positive.sum().clamp(min=1)
+
+
+def task_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    if "logits" in out:
+        return F.cross_entropy(out["logits"], batch["labels"])
+    mask = batch["mask"].unsqueeze(1)
+    reg = torch.cat([out["size"], out["offset"]], dim=1)
+    reg_loss = (F.l1_loss(reg, batch["reg"], reduction="none") * mask).sum() / mask.sum().clamp(min=1)
+    return focal_loss(out["heatmap"], batch["heat"]) + reg_loss
+
+
+def distillation_loss(out: dict, teacher_out: dict, adapters: nn.ModuleList, temperature: float = 2.0,
+                      ) -> torch.Tensor:
+    """Output distillation (soft targets from the teacher) plus feature distillation at ``KD_STAGES``."""
+    if "logits" in out:
+        t = temperature
+        output_kd = F.kl_div(F.log_softmax(out["logits"] / t, 1), F.softmax(teacher_out["logits"] / t, 1),
+                             reduction="batchmean") * t * t / (out["logits"].shape[-1] * out["logits"].shape[-2])
+    else:
+        soft = teacher_out["heatmap"].sigmoid()
+        output_kd = F.binary_cross_entropy_with_logits(out["heatmap"], soft, reduction="none")
+        output_kd = (output_kd * (soft + 0.05)).sum() / (soft.sum() + 0.05 * soft.numel())  # emphasise peaks
+        confident = (soft.amax(1, keepdim=True) > 0.3).float()
+        output_kd = output_kd + (
+            F.l1_loss(torch.cat([out["size"], out["offset"]], 1),
+                      torch.cat([teacher_out["size"], teacher_out["offset"]], 1), reduction="none") * confident
+        ).sum() / confident.sum().clamp(min=1)
+    feature_kd = sum(
+        F.mse_loss(F.layer_norm(adapter(out["features"][s]), out["features"][s].shape[-2:]).flatten(),
+                   F.layer_norm(teacher_out["features"][s], teacher_out["features"][s].shape[-2:]).flatten())
+        for adapter, s in zip(adapters, KD_STAGES, strict=True)
+    )
+    return output_kd + feature_kd
+
+
+def train(task: str, role: str, steps: int, batch_size: int = 32, pool_size: int = 12000, lr: float = 2e-3,
+          seed: int = 0, log_every: int = 50) -> Path:
+    """Train one builtin model and save it as safetensors under ``weights/builtin/``; returns the path."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    config: ShapesNetConfig = BUILTIN_CONFIGS[(task, role)]
+    model = ShapesNet(config).train()
+    teacher, adapters = None, nn.ModuleList()
+    if role == "student":
+        from weights.builtin import load_builtin_model
+
+        teacher = load_builtin_model(task, "teacher").eval()
+        t_widths = BUILTIN_CONFIGS[(task, "teacher")].widths
+        adapters = nn.ModuleList(nn.Conv2d(config.widths[s], t_widths[s], 1) for s in KD_STAGES)
+    params = list(model.parameters()) + list(adapters.parameters())
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
+    start = time.time()
+    print(f"[{task}/{role}] rendering {pool_size} training scenes", flush=True)
+    pool = ScenePool(task, pool_size)
+    print(f"[{task}/{role}] {sum(p.numel() for p in model.parameters()):,} params; "
+          f"pool ready in {time.time() - start:.0f}s", flush=True)
+    path = checkpoint_path(task, role)
+    for step in range(1, steps + 1):
+        batch = pool.batch(rng, batch_size)
+        x = photometric_jitter(normalise(batch["images"]), rng)
+        out = model(x)
+        loss = task_loss(out, batch)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_out = teacher(x)
+            loss = loss + distillation_loss(out, teacher_out, adapters)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 5.0)
+        optimiser.step()
+        schedule.step()
+        if step % log_every == 0 or step == steps:
+            print(f"[{task}/{role}] step {step}/{steps} loss {loss.item():.4f} "
+                  f"{time.time() - start:.0f}s", flush=True)
+        if step % 500 == 0 or step == steps:
+            save_checkpoint(model.eval(), path)
+            model.train()
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=["detection", "segmentation", "all"], default="all")
+    parser.add_argument("--role", choices=["teacher", "student", "both"], default="both")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tasks = ["detection", "segmentation"] if args.task == "all" else [args.task]
+    roles = ["teacher", "student"] if args.role == "both" else [args.role]
+    BUILTIN_DIR.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        for role in roles:
+            print(f"saved {train(task, role, args.steps)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
