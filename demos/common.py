@@ -24,6 +24,10 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
 
 
+UNREADABLE = ("Could not read the file as an image (it may be corrupt or not an image). "
+              "Please upload a PNG, JPEG, WebP, BMP or TIFF image.")
+
+
 class InputError(ValueError):
     """Bad input from a user; the message is shown to them as it is."""
 
@@ -81,8 +85,7 @@ def read_image(value: str | Path | np.ndarray | Image.Image | None) -> tuple[np.
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as error:
         if isinstance(error, InputError):
             raise
-        raise InputError("Could not read the file as an image (it may be corrupt or not an image). "
-                         "Please upload a PNG, JPEG, WebP, BMP or TIFF image.") from error
+        raise InputError(UNREADABLE) from error
     width, height = image.size
     if min(width, height) < MIN_SIDE:
         raise InputError(f"The image is {width}×{height} pixels; each side needs at least {MIN_SIDE} pixels.")
@@ -194,26 +197,6 @@ def run_sides(predictors: dict, image: np.ndarray, post: Callable) -> dict[str, 
         profile = {"latency_ms": round(latency, 3), "params": predictor.params, "gflops": predictor.gflops(inputs)}
         sides[role] = (post(predictor, outputs, geometry), profile)
     return sides
-
-
-def user_image_component(**kwargs):
-    """A ``gr.Image`` whose pre-processing turns unreadable uploads into a clear ``gr.Error``."""
-    import gradio as gr
-
-    class UserImage(gr.Image):
-        is_template = True  # reuse the Image frontend
-
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except gr.Error:
-                raise
-            except Exception as error:
-                raise gr.Error("Could not read the file as an image (it may be corrupt or not an image). "
-                               "Please upload a PNG, JPEG, WebP, BMP or TIFF image.", print_exception=False) from error
-
-    defaults = {"type": "filepath", "image_mode": None, "sources": ["upload", "webcam", "clipboard"], "height": 320}
-    return UserImage(**{**defaults, **kwargs})
 
 
 def examples_for(task: str) -> list[str]:

@@ -7,8 +7,21 @@ import torch
 from torchvision.utils import draw_bounding_boxes
 
 from analysis.agreement import detection_agreement
-from demos.common import (ROLES, InputError, display_scale, enlarge, examples_for, font_path, notes_markdown,
-                          on_gpu, palette, read_image, run_sides, user_errors, user_image_component)
+from demos.common import (
+    ROLES,
+    InputError,
+    display_scale,
+    enlarge,
+    examples_for,
+    font_path,
+    notes_markdown,
+    on_gpu,
+    palette,
+    read_image,
+    run_sides,
+    user_errors,
+)
+from demos.components import user_image
 from weights.predictors import Detection, predictors_for
 from weights.registry import get_pair, list_pairs
 
@@ -91,8 +104,8 @@ def summary_markdown(report: dict | None) -> str:
     return (notes_markdown(report.get("notes", []))
             + f"**Agreement with the teacher** (IoU ≥ {a['iou_threshold']}): {a['matched']} matched, "
             f"{a['missed']} missed, {a['extra']} extra; mean IoU of matches {mean_iou}; "
-            f"same label {label_agreement}.\n\n| model | boxes | latency (ms) | params | GFLOPs |\n|---|---|---|---|---|\n"
-            + rows)
+            f"same label {label_agreement}.\n\n"
+            "| model | boxes | latency (ms) | params | GFLOPs |\n|---|---|---|---|---|\n" + rows)
 
 
 def build_detection_tab() -> None:
@@ -103,17 +116,19 @@ def build_detection_tab() -> None:
                     "The agreement panel takes the teacher as the reference.")
         with gr.Row():
             with gr.Column(scale=1):
-                image = user_image_component(label="Image")
+                image = user_image(label="Image", elem_id="detection-image")
                 pair = gr.Dropdown([p.name for p in list_pairs("detection")], value=DEFAULT_PAIR, label="Pair",
                                    allow_custom_value=True)
                 threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold")
-                run = gr.Button("Detect", variant="primary")
+                run = gr.Button("Detect", variant="primary", elem_id="detection-run")
             with gr.Column(scale=2):
                 with gr.Row():
-                    outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png") for role in ROLES]
+                    outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png",
+                                        elem_id=f"detection-{role}") for role in ROLES]
                 summary = gr.Markdown()
                 report = gr.JSON(label="Report", open=False)
-        gr.Examples(examples_for("detection"), inputs=[image], label="Examples")
+        gr.Examples(examples_for("detection"), inputs=[image], label="Examples",
+                    elem_id="detection-examples")
         event = run.click(user_errors(detect), [image, pair, threshold], [*outputs, report], api_name="detect",
                           concurrency_limit=2)
         event.then(summary_markdown, report, summary, api_visibility="private")

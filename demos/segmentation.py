@@ -12,8 +12,19 @@ import torch
 from torchvision.utils import draw_segmentation_masks
 
 from analysis.agreement import segmentation_agreement
-from demos.common import (ROLES, display_scale, enlarge, examples_for, notes_markdown, on_gpu, palette,
-                          read_image, run_sides, user_errors, user_image_component)
+from demos.common import (
+    ROLES,
+    display_scale,
+    enlarge,
+    examples_for,
+    notes_markdown,
+    on_gpu,
+    palette,
+    read_image,
+    run_sides,
+    user_errors,
+)
+from demos.components import user_image
 from weights.predictors import predictors_for
 from weights.registry import get_pair, list_pairs
 
@@ -94,9 +105,8 @@ def summary_markdown(report: dict | None) -> str:
         return ""
     a = report["agreement"]
     colours = palette(len(report["classes"]))
-    legend = " ".join(
-        f'<span style="display:inline-block;width:12px;height:12px;background:rgb{colours[report["classes"].index(n)]};'
-        f'margin:0 4px 0 10px"></span>{html.escape(n)}' for n in a["per_class"])
+    swatch = '<span style="display:inline-block;width:12px;height:12px;background:rgb{};margin:0 4px 0 10px"></span>'
+    legend = " ".join(swatch.format(colours[report["classes"].index(n)]) + html.escape(n) for n in a["per_class"])
     rows = "\n".join(f"| {role} | {report[role]['latency_ms']:.1f} | {report[role]['params'] / 1e6:.2f} M | "
                      f"{report[role]['gflops']:.2f} |" for role in ROLES)
     return (notes_markdown(report.get("notes", [])) + f"**Legend:** {legend}\n\n"
@@ -111,19 +121,21 @@ def build_segmentation_tab() -> None:
         gr.Markdown("Masks from the teacher and its distilled student on the same image, and how far they agree.")
         with gr.Row():
             with gr.Column(scale=1):
-                image = user_image_component(label="Image")
+                image = user_image(label="Image", elem_id="segmentation-image")
                 pair = gr.Dropdown([p.name for p in list_pairs("segmentation")], value=DEFAULT_PAIR, label="Pair",
                                    allow_custom_value=True)
-                run = gr.Button("Segment", variant="primary")
+                run = gr.Button("Segment", variant="primary", elem_id="segmentation-run")
             with gr.Column(scale=2):
                 with gr.Row():
-                    outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png") for role in ROLES]
+                    outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png",
+                                        elem_id=f"segmentation-{role}") for role in ROLES]
                 summary = gr.Markdown()
                 plot = gr.Plot(label="Per-class agreement")
                 with gr.Row():
                     report = gr.JSON(label="Report", open=False)
                     npz = gr.File(label="Class maps (.npz)")
-        gr.Examples(examples_for("segmentation"), inputs=[image], label="Examples")
+        gr.Examples(examples_for("segmentation"), inputs=[image], label="Examples",
+                    elem_id="segmentation-examples")
         event = run.click(user_errors(segment), [image, pair], [*outputs, report, npz], api_name="segment",
                           concurrency_limit=2)
         event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],

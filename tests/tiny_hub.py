@@ -8,8 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import (RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessor, RTDetrResNetConfig,
-                          SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor)
+from transformers import (
+    RTDetrConfig,
+    RTDetrForObjectDetection,
+    RTDetrImageProcessor,
+    RTDetrResNetConfig,
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
+    SegformerImageProcessor,
+)
 
 TINY_LABELS = ["person", "cat", "cup"]
 

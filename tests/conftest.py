@@ -1,0 +1,38 @@
+"""Shared fixtures. The suite never touches the network: the Hub is forced offline before anything imports it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_pairs(tmp_path_factory):
+    """Register a detection and a segmentation pair of tiny transformers models saved to a temporary folder."""
+    from tests.tiny_hub import save_tiny_rtdetr, save_tiny_segformer
+    from weights.registry import Pair, _rtdetr, _segformer, register_pair, unregister_pair
+
+    root = tmp_path_factory.mktemp("hub")
+
+    def local(source, path):
+        return dataclasses.replace(source, location=str(path))
+
+    pairs = [
+        Pair("tiny-rtdetr", "detection", local(_rtdetr("t"), save_tiny_rtdetr(root / "rt_t", seed=0)),
+             local(_rtdetr("s"), save_tiny_rtdetr(root / "rt_s", seed=1, width=16)), "test only"),
+        Pair("tiny-segformer", "segmentation", local(_segformer("t"), save_tiny_segformer(root / "sf_t", seed=0)),
+             local(_segformer("s"), save_tiny_segformer(root / "sf_s", seed=1, width=8)), "test only"),
+    ]
+    for pair in pairs:
+        register_pair(pair)
+    yield {p.task: p.name for p in pairs}
+    for pair in pairs:
+        unregister_pair(pair.name)

@@ -1,0 +1,110 @@
+"""The app as users reach it: build without loading weights, then drive the API with gradio_client."""
+
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from weights.loaders import MODEL_CACHE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_build_app_loads_no_model():
+    import app
+
+    MODEL_CACHE.clear()
+    demo = app.build_app()
+    assert MODEL_CACHE.keys() == []
+    api_names = {dep.api_name for dep in demo.fns.values()}
+    assert {"detect", "segment", "pairs"} <= api_names
+
+
+def test_host_and_port_come_from_flags_or_environment(monkeypatch):
+    import app
+
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "9001")
+    assert (app.parse_args([]).host, app.parse_args([]).port) == ("0.0.0.0", 9001)
+    assert app.parse_args(["--host", "127.0.0.2", "--port", "7000"]).port == 7000
+
+
+@pytest.fixture(scope="module")
+def client(tiny_hub_pairs):
+    from gradio_client import Client
+
+    import app
+
+    demo = app.build_app()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                max_file_size=app.MAX_UPLOAD_BYTES)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory):
+    from weights.shapes import render_scene
+
+    path = tmp_path_factory.mktemp("api") / "scene.png"
+    Image.fromarray(render_scene(10_000_777).image).save(path)
+    return str(path)
+
+
+def test_pairs_endpoint(client):
+    pairs = client.predict(api_name="/pairs")
+    by_name = {p["name"]: p for p in pairs}
+    assert by_name["shapes-detection"]["source"] == "builtin"
+    assert by_name["rtdetr-r101vd-to-r18vd"]["teacher"] == "PekingU/rtdetr_r101vd_coco_o365"
+    assert "non-commercial" in by_name["segformer-b5-to-b0-ade"]["licence"]
+    assert {p["task"] for p in pairs} <= {"detection", "segmentation", "classification", "generation"}
+
+
+def test_detect_endpoint(client, scene_file):
+    from gradio_client import handle_file
+
+    teacher_img, student_img, report = client.predict(handle_file(scene_file), "shapes-detection", 0.3,
+                                                      api_name="/detect")
+    assert np.asarray(Image.open(teacher_img)).shape[2] == 3 and student_img
+    assert report["pair"] == "shapes-detection"
+    assert report["teacher"]["detections"] and {"matched", "missed", "extra"} <= set(report["agreement"])
+    box = report["teacher"]["detections"][0]["box"]
+    assert len(box) == 4 and 0 <= box[0] < box[2] <= 128
+
+
+def test_segment_endpoint(client, scene_file):
+    from gradio_client import handle_file
+
+    _, _, report, npz = client.predict(handle_file(scene_file), "shapes-segmentation", api_name="/segment")
+    assert report["agreement"]["pixel_agreement"] > 0.5
+    assert np.load(npz)["student"].shape == (128, 128)
+
+
+def test_hub_pair_through_the_api(client, scene_file, tiny_hub_pairs):
+    from gradio_client import handle_file
+
+    _, _, report = client.predict(handle_file(scene_file), tiny_hub_pairs["detection"], 0.0, api_name="/detect")
+    assert report["teacher"]["detections"]
+
+
+def test_errors_reach_the_client_and_the_app_keeps_serving(client, scene_file, tmp_path):
+    from gradio_client import handle_file
+
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    cases = [((handle_file(str(corrupt)), "shapes-detection", 0.3), "Could not read the file as an image"),
+             ((handle_file(scene_file), "nope", 0.3), "Unknown detection pair"),
+             ((handle_file(scene_file), "rtdetr-r50vd-to-r18vd", 0.3), "HF_HUB_OFFLINE")]
+    for args, message in cases:
+        with pytest.raises(Exception, match=message):
+            client.predict(*args, api_name="/detect")
+    _, _, report = client.predict(handle_file(scene_file), "shapes-detection", 0.3, api_name="/detect")
+    assert report["pair"] == "shapes-detection"

@@ -1,0 +1,129 @@
+"""The computation behind the tabs, called without Gradio, on builtin and tiny Hub pairs, and on bad input."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from demos.common import InputError, read_image
+from demos.detection import detect
+from demos.segmentation import segment
+from weights.registry import UnknownPairError
+from weights.shapes import render_scene
+
+SCENE_SEED = 10_000_321
+
+
+@pytest.fixture(scope="module")
+def scene_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    Image.fromarray(render_scene(SCENE_SEED).image).save(path)
+    return path
+
+
+def test_detect_reports_both_sides_in_input_pixels(scene_png):
+    teacher_img, student_img, report = detect(str(scene_png), "shapes-detection", 0.3)
+    assert teacher_img.shape == student_img.shape and teacher_img.shape[2] == 3
+    for role in ("teacher", "student"):
+        side = report[role]
+        assert side["params"] > 0 and side["gflops"] > 0 and side["latency_ms"] > 0
+        for d in side["detections"]:
+            x0, y0, x1, y1 = d["box"]
+            assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128 and d["score"] >= 0.3
+    assert report["teacher"]["params"] > 3 * report["student"]["params"]
+    assert report["agreement"]["matched"] + report["agreement"]["missed"] == len(report["teacher"]["detections"])
+
+
+def test_boxes_follow_the_input_size(scene_png, tmp_path):
+    """The same scene at twice the size gives boxes twice as large, in that image's pixels."""
+    big = tmp_path / "big.png"
+    Image.open(scene_png).resize((256, 256), Image.Resampling.NEAREST).save(big)
+    small_boxes, big_boxes = (
+        np.array([d["box"] for d in detect(str(path), "shapes-detection", 0.3)[2]["teacher"]["detections"]])
+        for path in (scene_png, big))
+    assert len(small_boxes) == len(big_boxes) > 0
+    order = lambda b: b[np.lexsort(b.T[::-1])]  # noqa: E731
+    np.testing.assert_allclose(order(big_boxes), 2 * order(small_boxes), atol=4)
+
+
+def test_segment_returns_maps_at_the_input_size(scene_png):
+    teacher_img, student_img, report, npz = segment(str(scene_png), "shapes-segmentation")
+    maps = np.load(npz)
+    assert set(maps.files) == {"teacher", "student"}
+    assert maps["teacher"].shape == maps["student"].shape == (128, 128)
+    assert report["classes"][0] == "background" and len(report["classes"]) == 6
+    agreement = report["agreement"]
+    assert 0 <= agreement["miou"] <= 1
+    assert agreement["pixel_agreement"] == pytest.approx((maps["teacher"] == maps["student"]).mean(), abs=1e-4)
+
+
+def test_hub_pairs_run_through_the_same_code(tiny_hub_pairs, scene_png):
+    _, _, report = detect(str(scene_png), tiny_hub_pairs["detection"], 0.0)
+    assert report["teacher"]["detections"] and report["teacher"]["params"] > report["student"]["params"]
+    assert {d["label"] for d in report["teacher"]["detections"]} <= {"person", "cat", "cup"}
+    _, _, report, npz = segment(str(scene_png), tiny_hub_pairs["segmentation"])
+    assert np.load(npz)["teacher"].shape == (128, 128)
+    assert report["classes"] == ["wall", "person", "cat", "cup"]
+
+
+# Bad input: every case gets a clear message or a handled result.
+
+def _save(tmp_path, name, image, **kwargs):
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return str(path)
+
+
+def test_corrupt_and_non_image_files_are_refused(tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 100)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    for path in (corrupt, text):
+        with pytest.raises(InputError, match="Could not read the file as an image"):
+            detect(str(path), "shapes-detection")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "CMYK", "P", "LA", "1"])
+def test_any_image_mode_becomes_rgb(tmp_path, mode):
+    rgb = Image.fromarray(render_scene(SCENE_SEED).image)
+    image = rgb.convert(mode) if mode != "I;16" else Image.fromarray(
+        (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257).astype(np.uint16))
+    path = _save(tmp_path, f"img.{'tif' if mode in ('CMYK', 'I;16') else 'png'}", image)
+    array, notes = read_image(path)
+    assert array.shape == (128, 128, 3) and array.dtype == np.uint8
+    assert any("RGB" in n for n in notes)
+    if mode == "I;16":  # 16-bit is rescaled, not clipped to white
+        assert abs(int(array.mean()) - int(np.asarray(rgb.convert("L")).mean())) <= 2
+    assert detect(path, "shapes-detection")[2]["pair"] == "shapes-detection"
+
+
+def test_a_one_pixel_image_is_refused(tmp_path):
+    path = _save(tmp_path, "dot.png", Image.new("RGB", (1, 1)))
+    with pytest.raises(InputError, match="1×1"):
+        segment(path, "shapes-segmentation")
+
+
+def test_a_panorama_is_handled(tmp_path):
+    path = _save(tmp_path, "pano.png", Image.new("RGB", (10000, 200), (120, 130, 140)))
+    teacher_img, _, report = detect(path, "shapes-detection")
+    assert any("Downscaled from 10000×200" in n for n in report["notes"])
+    assert any("aspect ratio" in n for n in report["notes"])
+    _, _, seg_report, npz = segment(path, "shapes-segmentation")
+    assert np.load(npz)["teacher"].shape == (41, 2048)
+
+
+def test_a_40_megapixel_photo_is_downscaled_with_a_note(tmp_path):
+    photo = Image.fromarray(render_scene(SCENE_SEED, 512, 512).image).resize((7300, 5480))
+    path = _save(tmp_path, "big.jpg", photo, quality=70)
+    _, _, report = detect(path, "shapes-detection")
+    assert any("Downscaled from 7300×5480 to 2048×1537" in n for n in report["notes"])
+    assert all(b <= 2048 for d in report["teacher"]["detections"] for b in d["box"])
+
+
+def test_unknown_pair_and_bad_threshold(scene_png):
+    with pytest.raises(UnknownPairError, match="Choose one of"):
+        detect(str(scene_png), "../../etc/passwd")
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        detect(str(scene_png), "shapes-detection", 1.5)
+    with pytest.raises(InputError, match="No image"):
+        segment(None, "shapes-segmentation")

@@ -1,0 +1,16 @@
+import torch
+
+from analysis.profiling import count_gflops, count_parameters, time_call
+
+
+def test_flops_of_a_linear_layer():
+    layer = torch.nn.Linear(100, 50, bias=False)
+    x = torch.randn(4, 100)
+    assert count_gflops(lambda: layer(x)) * 1e9 == 2 * 4 * 100 * 50
+    assert count_parameters(layer) == 5000
+
+
+def test_time_call_returns_the_result_and_a_positive_latency():
+    calls = []
+    result, ms = time_call(lambda: calls.append(1) or len(calls), repeats=3, warmup=1)
+    assert len(calls) == 4 and result == 4 and ms > 0

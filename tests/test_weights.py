@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from weights.builtin import BUILTIN_CONFIGS, BUILTIN_DIR, checkpoint_path, load_checkpoint, save_checkpoint
+from weights.loaders import ModelCache, ModelUnavailableError, load_model
+from weights.registry import TASKS, ModelSource, UnknownPairError, get_pair, list_pairs
+from weights.shapes_nets import ShapesNet, decode_detections
+
+
+def test_every_pair_is_well_formed():
+    names = [p.name for p in list_pairs()]
+    assert len(names) == len(set(names))
+    for pair in list_pairs():
+        assert pair.task in TASKS and pair.licence
+        summary = pair.summary()
+        assert set(summary) >= {"name", "task", "source", "teacher", "student", "licence"}
+        assert summary["source"] in ("builtin", "hub")
+        for source in (pair.teacher, pair.student):
+            assert source.kind == "builtin" or source.revision, "Hub models carry a revision"
+
+
+def test_unknown_pair_names_the_choices():
+    with pytest.raises(UnknownPairError, match="shapes-detection"):
+        get_pair("no-such-pair", "detection")
+    with pytest.raises(UnknownPairError):
+        get_pair("shapes-segmentation", "detection")  # right name, wrong task
+
+
+@pytest.mark.parametrize("key", list(BUILTIN_CONFIGS))
+def test_builtin_architectures_run_at_random_init(key):
+    model = ShapesNet(BUILTIN_CONFIGS[key]).eval()
+    out = model(torch.randn(2, 3, 64, 96))
+    if key[0] == "detection":
+        assert out["heatmap"].shape == (2, 5, 16, 24) and out["size"].shape == (2, 2, 16, 24)
+        assert len(decode_detections(out, 0.0, max_detections=7)[0]["boxes"]) == 7
+    else:
+        assert out["logits"].shape == (2, 6, 64, 96)
+    assert [f.shape[-1] for f in out["features"]] == [48, 24, 12, 6]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = ShapesNet(BUILTIN_CONFIGS[("segmentation", "student")]).eval()
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(model(x)["logits"], loaded(x)["logits"])
+
+
+def test_committed_checkpoints_respect_the_size_rules():
+    files = [checkpoint_path(task, role) for task, role in BUILTIN_CONFIGS]
+    assert all(f.exists() for f in files)
+    assert all(f.stat().st_size < 10 * 2**20 for f in files)
+    assert sum(f.stat().st_size for f in BUILTIN_DIR.glob("*.safetensors")) < 40 * 2**20
+    for task in ("detection", "segmentation"):
+        teacher, student = (load_checkpoint(checkpoint_path(task, r)) for r in ("teacher", "student"))
+        assert sum(p.numel() for p in student.parameters()) <= sum(p.numel() for p in teacher.parameters()) / 3
+
+
+def test_cache_evicts_least_recently_used_by_bytes():
+    cache = ModelCache(max_bytes=100, sizeof=lambda v: v)
+    loads = []
+    for key in ["a", "b", "a", "c"]:
+        cache.get_or_load(key, lambda k=key: loads.append(k) or 40)
+    assert loads == ["a", "b", "c"]  # "a" came from the cache the second time
+    assert cache.keys() == ["a", "c"]  # "b" was least recently used when "c" pushed the total over 100
+
+
+def test_hub_classes_outside_the_allow_list_are_refused():
+    source = ModelSource("hub", "some/repo", model_class="AutoModel", revision="main",
+                         processor_class="AutoProcessor")
+    with pytest.raises(ModelUnavailableError, match="not an allowed"):
+        load_model(source, torch.device("cpu"), cache=ModelCache(1))
+
+
+def test_offline_hub_pair_says_how_to_fix_it():
+    pair = get_pair("rtdetr-r101vd-to-r18vd")
+    with pytest.raises(ModelUnavailableError) as info:
+        load_model(pair.student, torch.device("cpu"), cache=ModelCache(1))
+    assert "HF_HUB_OFFLINE" in str(info.value) and "huggingface" in str(info.value)
+
+
+def test_builtin_models_load_on_cpu_in_fp32_and_eval_mode():
+    model, processor = load_model(get_pair("shapes-detection").student, torch.device("cpu"), cache=ModelCache(2**30))
+    assert processor is None and not model.training
+    assert next(model.parameters()).dtype == torch.float32
