@@ -207,3 +207,22 @@ def examples_for(task: str) -> list[str]:
 
 def notes_markdown(notes: list[str]) -> str:
     return "".join(f"> **Note:** {note}\n\n" for note in notes)
+
+
+@functools.cache
+def _heat_lut() -> torch.Tensor:
+    """256 colours of plotly's Turbo scale, (256, 3) uint8."""
+    from plotly.colors import sample_colorscale, unlabel_rgb
+
+    colours = sample_colorscale("Turbo", [i / 255 for i in range(256)])
+    return torch.tensor([unlabel_rgb(c) for c in colours], dtype=torch.float32).round().to(torch.uint8)
+
+
+def heat_overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.55) -> np.ndarray:
+    """Blend an (h, w) map in [0, 1] (any grid, any device) over the image as a Turbo heat map."""
+    scale = display_scale(*image.shape[:2])
+    canvas = enlarge(image, scale).float()
+    big = torch.nn.functional.interpolate(heat.detach().float().cpu()[None, None], size=canvas.shape[1:],
+                                          mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+    colours = _heat_lut()[(big * 255).round().long()].permute(2, 0, 1).float()
+    return ((1 - alpha) * canvas + alpha * colours).round().to(torch.uint8).permute(1, 2, 0).numpy()

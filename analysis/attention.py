@@ -1,0 +1,165 @@
+"""Attention maps for the same target in teacher and student: Grad-CAM on CNN feature maps, attention rollout
+for ViTs, and the deformable-attention sampling points of a DETR query.
+
+Nothing here changes a model's mode or parameters: gradients are taken with ``torch.autograd.grad`` (no ``.grad``
+is written), and hooks or attention switches live only inside context managers that restore in ``finally``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from analysis.features import forward_with_stages
+
+
+def normalise_map(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Scale each (h, w) map of a (B, h, w) batch to [0, 1]."""
+    flat = maps.flatten(1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - low) / (high - low).clamp_min(eps)).reshape(maps.shape)
+
+
+def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, target: Callable[[object], torch.Tensor],
+             stage: int = -1, pattern: str | None = None) -> tuple[torch.Tensor, object]:
+    """Grad-CAM: a stage's channels weighted by the spatial mean of the target's gradient, rectified.
+
+    Args:
+        model: a CNN-like model whose stages are NCHW maps (see :func:`analysis.features.forward_with_stages`).
+        pixels: (B, 3, H, W) inputs; not modified.
+        target: maps the model's outputs to a (B,) score, e.g. a class logit at a box centre.
+        stage: index into the stages sorted by stride (-1: the coarsest).
+        pattern: module-name regex for the hook fallback.
+
+    Returns:
+        ``(cam, outputs)``: (B, h, w) maps in [0, 1] on the stage's grid, and the model's outputs.
+    """
+    inputs = pixels.detach().clone().requires_grad_(True)  # keeps a graph even when no parameter needs grad
+    with torch.enable_grad():
+        outputs, stages = forward_with_stages(model, inputs, pattern)
+        features = stages[stage].features
+        if stages[stage].features.dim() != 4 or features.grad_fn is None and not features.requires_grad:
+            raise ValueError("Grad-CAM needs NCHW feature maps inside the graph; use attention rollout for ViTs")
+        score = target(outputs)
+        (gradient,) = torch.autograd.grad(score.sum(), features)
+    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * features.detach()).sum(1))
+    return normalise_map(cam), outputs
+
+
+@contextmanager
+def unfused_attention(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Switch timm attention modules to their explicit (unfused) path and record their attention probabilities.
+
+    Yields:
+        A list filled during forwards inside the block with one (B, heads, N, N) tensor per attention module,
+        in call order. Every module's ``fused_attn`` flag and every hook are restored on exit, also after an error.
+    """
+    probs: list[torch.Tensor] = []
+    switched: list[tuple[torch.nn.Module, bool]] = []
+    handles = []
+    try:
+        for module in model.modules():
+            if hasattr(module, "fused_attn") and hasattr(module, "attn_drop"):
+                switched.append((module, module.fused_attn))
+                module.fused_attn = False
+                handles.append(module.attn_drop.register_forward_hook(
+                    lambda _m, _i, output: probs.append(output.detach())))
+        if not switched:
+            raise ValueError(f"{type(model).__name__} has no timm attention modules to capture")
+        yield probs
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, fused in switched:
+            module.fused_attn = fused
+
+
+def attention_rollout(attentions: list[torch.Tensor], residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020): heads averaged, the residual path added, layers multiplied.
+
+    Args:
+        attentions: per layer (B, heads, N, N) row-stochastic attention.
+        residual: weight of the identity (skip connection) mixed into each layer.
+
+    Returns:
+        (B, N, N) rollout; row ``i`` says how much each input token flows into output token ``i``.
+    """
+    rollout = None
+    for attention in attentions:
+        a = attention.float().mean(1)
+        eye = torch.eye(a.shape[-1], device=a.device).expand_as(a)
+        a = residual * eye + (1 - residual) * a
+        a = a / a.sum(-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    return rollout
+
+
+def vit_rollout_map(model: torch.nn.Module, pixels: torch.Tensor, prefix_tokens: int = 1,
+                    forward: Callable[[torch.nn.Module, torch.Tensor], object] | None = None) -> torch.Tensor:
+    """The class token's rollout over the patch grid of a timm ViT: (B, 3, H, W) -> (B, h, w) in [0, 1]."""
+    from analysis.features import infer_grid
+
+    with unfused_attention(model) as probs, torch.no_grad():
+        (forward or (lambda m, x: m(x)))(model, pixels)
+    rollout = attention_rollout(probs)
+    _, h, w = infer_grid(rollout.shape[-1] - prefix_tokens, pixels.shape[-2], pixels.shape[-1], max_prefix=0)
+    return normalise_map(rollout[:, 0, prefix_tokens:].reshape(-1, h, w))
+
+
+@contextmanager
+def capture_deformable_sampling(model: torch.nn.Module, name_contains: str = "decoder",
+                                ) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Record the sampling locations and attention weights of every multi-scale deformable attention kernel
+    whose module name contains ``name_contains``; hooks are removed on exit, also after an error.
+
+    Yields:
+        ``{module name: (sampling_locations (B, Q, heads, levels, points, 2) in [0, 1] xy,
+        attention_weights (B, Q, heads, levels, points))}``, filled during forwards inside the block.
+    """
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            if type(module).__name__ == "MultiScaleDeformableAttention" and name_contains in name:
+                def hook(_module, args, name=name):
+                    captured[name] = (args[4].detach(), args[5].detach())
+                handles.append(module.register_forward_pre_hook(hook))
+        if not handles:
+            raise ValueError(f"{type(model).__name__} has no multi-scale deformable attention to capture")
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def sampling_point_map(locations: torch.Tensor, weights: torch.Tensor, size: tuple[int, int],
+                       blur: float = 2.0) -> torch.Tensor:
+    """Splat one query's sampling points, weighted by their attention weights, onto an (H, W) map.
+
+    Args:
+        locations: (heads, levels, points, 2) xy in [0, 1].
+        weights: (heads, levels, points).
+        size: (H, W) of the output map.
+        blur: Gaussian sigma in pixels, so single points stay visible.
+
+    Returns:
+        (H, W) map in [0, 1].
+    """
+    height, width = size
+    xy = locations.reshape(-1, 2).float()
+    x = (xy[:, 0] * width).long().clamp(0, width - 1)
+    y = (xy[:, 1] * height).long().clamp(0, height - 1)
+    canvas = torch.zeros(height * width, device=locations.device)
+    canvas.index_add_(0, y * width + x, weights.reshape(-1).float())
+    canvas = canvas.reshape(1, 1, height, width)
+    radius = max(1, int(3 * blur))
+    grid = torch.arange(-radius, radius + 1, device=canvas.device, dtype=torch.float32)
+    kernel = torch.exp(-grid.square() / (2 * blur**2))
+    kernel = kernel / kernel.sum()
+    canvas = F.conv2d(canvas, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    canvas = F.conv2d(canvas, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+    return normalise_map(canvas[:, 0])[0]

@@ -1,0 +1,177 @@
+"""Where teacher and student features agree (consensus) and disagree (divergence), after the ADM paper.
+
+All functions take NCHW feature maps on any device, work in batch, return tensors on the same device and never
+modify their inputs. Teacher and student may have different channel widths; a student map of another size is
+resized to the teacher's grid.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MAX_LOCATIONS = 4096  # affinity matrices are (h*w)^2: larger maps are average-pooled to at most this many
+
+
+def _pool(features: torch.Tensor, max_locations: int = MAX_LOCATIONS) -> torch.Tensor:
+    """Average-pool a (B, C, h, w) map to at most ``max_locations`` cells, keeping its aspect ratio; float32."""
+    features = features.float()
+    h, w = features.shape[-2:]
+    if h * w <= max_locations:
+        return features
+    factor = (h * w / max_locations) ** 0.5
+    return F.adaptive_avg_pool2d(features, (max(1, int(h / factor)), max(1, int(w / factor))))
+
+
+def _fit_grid(teacher: torch.Tensor, student: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring both maps to the teacher's (pooled) grid, in float32."""
+    teacher, student = _pool(teacher), student.float()
+    h, w = teacher.shape[-2:]
+    if student.shape[-2:] != (h, w):
+        student = F.interpolate(student, size=(h, w), mode="bilinear", align_corners=False) \
+            if student.shape[-2] < h else F.adaptive_avg_pool2d(student, (h, w))
+    return teacher, student
+
+
+def _locations(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h*w, C)."""
+    return features.flatten(2).transpose(1, 2)
+
+
+def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Dimension-free similarity: per location, the Pearson correlation between its affinity row (cosine
+    similarity to every other location) in the teacher and in the student.
+
+    Invariant to any orthogonal transform and any global scaling of either side's channels.
+
+    Args:
+        teacher: (B, Ct, h, w) features.
+        student: (B, Cs, h', w') features.
+
+    Returns:
+        (B, h, w) similarity in [-1, 1] on the teacher's (possibly pooled) grid.
+    """
+    t, s = _fit_grid(teacher, student)
+    b, _, h, w = t.shape
+    rows = []
+    for side in (t, s):
+        unit = F.normalize(_locations(side), dim=-1, eps=eps)
+        affinity = unit @ unit.transpose(1, 2)  # (B, N, N)
+        rows.append(affinity - affinity.mean(dim=-1, keepdim=True))
+    numerator = (rows[0] * rows[1]).sum(-1)
+    denominator = rows[0].norm(dim=-1) * rows[1].norm(dim=-1)
+    return (numerator / denominator.clamp_min(eps)).reshape(b, h, w)
+
+
+def projected_consensus(teacher: torch.Tensor, student: torch.Tensor, ridge: float = 1e-4,
+                        eps: float = 1e-8) -> torch.Tensor:
+    """Similarity after projection: the student's channels are mapped onto the teacher's by (ridge) least squares
+    over the image's locations, then each location's cosine similarity to the teacher is taken (both centred).
+
+    Invariant to any invertible linear transform of the student's channels, up to the small ridge. The projection
+    is fitted on the locations it is judged on: with about as many student channels as locations it can fit
+    anything, so prefer :func:`affinity_consensus` for coarse maps.
+
+    Args:
+        teacher: (B, Ct, h, w) features.
+        student: (B, Cs, h', w') features.
+        ridge: regulariser, relative to the mean eigenvalue of the student's Gram matrix.
+
+    Returns:
+        (B, h, w) similarity in [-1, 1].
+    """
+    t, s = _fit_grid(teacher, student)
+    b, _, h, w = t.shape
+    y = _locations(t)
+    x = _locations(s)
+    y = y - y.mean(dim=1, keepdim=True)
+    x = x - x.mean(dim=1, keepdim=True)
+    gram = x.transpose(1, 2) @ x  # (B, Cs, Cs)
+    scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(eps)[:, None, None]
+    eye = torch.eye(gram.shape[-1], device=gram.device, dtype=gram.dtype)
+    projection = torch.linalg.solve(gram + ridge * scale * eye, x.transpose(1, 2) @ y)  # (B, Cs, Ct)
+    return F.cosine_similarity(x @ projection, y, dim=-1, eps=eps).reshape(b, h, w)
+
+
+def consensus_weights(similarity: torch.Tensor, tau: float) -> torch.Tensor:
+    """Spatial softmax of ``similarity / tau``: (B, h, w) -> (B, h, w), each map summing to 1."""
+    return _spatial_softmax(similarity / tau)
+
+
+def divergence_weights(similarity: torch.Tensor, tau: float) -> torch.Tensor:
+    """Spatial softmax of ``(1 - similarity) / tau``: where the teacher is ahead."""
+    return _spatial_softmax((1.0 - similarity) / tau)
+
+
+def _spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(logits).all():
+        raise ValueError("similarity / tau is not finite: tau must be a positive number")
+    return logits.flatten(1).softmax(-1).reshape(logits.shape)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Linear CKA of two representations of the same N samples: (N, C1), (N, C2) -> scalar in [0, 1]."""
+    x = x.float() - x.float().mean(0, keepdim=True)
+    y = y.float() - y.float().mean(0, keepdim=True)
+    cross = (y.transpose(0, 1) @ x).square().sum()
+    return cross / ((x.transpose(0, 1) @ x).norm() * (y.transpose(0, 1) @ y).norm()).clamp_min(eps)
+
+
+def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
+    """Linear CKA between every teacher stage and every student stage, over the batch's locations.
+
+    Each pair of maps is compared on the coarser of their two grids (average pooling).
+
+    Args:
+        teacher: T maps (B, C_i, h_i, w_i).
+        student: S maps (B, C_j, h_j, w_j).
+
+    Returns:
+        (T, S) matrix on the first map's device.
+    """
+    out = torch.empty(len(teacher), len(student), device=teacher[0].device)
+    for i, t in enumerate(teacher):
+        for j, s in enumerate(student):
+            h, w = min(t.shape[-2], s.shape[-2]), min(t.shape[-1], s.shape[-1])
+            tx = F.adaptive_avg_pool2d(t.float(), (h, w)).flatten(2).transpose(1, 2).reshape(-1, t.shape[1])
+            sx = F.adaptive_avg_pool2d(s.float(), (h, w)).flatten(2).transpose(1, 2).reshape(-1, s.shape[1])
+            out[i, j] = linear_cka(tx, sx)
+    return out
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) bool foreground -> (B, h, w) bool: a cell is foreground when over half of it is."""
+    return F.interpolate(mask[:, None].float(), size=size, mode="area")[:, 0] > 0.5
+
+
+def foreground_figures(similarity: torch.Tensor, teacher: torch.Tensor, student: torch.Tensor,
+                       foreground: torch.Tensor) -> dict[str, torch.Tensor]:
+    """ADM's two findings as numbers per image.
+
+    Args:
+        similarity: (B, h, w) consensus similarity.
+        teacher, student: (B, C, h', w') features of the same stage.
+        foreground: (B, H, W) bool foreground mask at any resolution.
+
+    Returns:
+        (B,) tensors: ``consensus_mean``, ``consensus_foreground``, ``consensus_background`` (NaN where an image
+        has no foreground or no background cell), ``energy_foreground_teacher`` and
+        ``energy_foreground_student`` (share of squared feature norm on foreground cells), and
+        ``foreground_area`` (share of cells that are foreground).
+    """
+    fg = resize_mask(foreground, similarity.shape[-2:]).float()
+    bg = 1.0 - fg
+    nan = torch.tensor(float("nan"), device=similarity.device)
+
+    def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        total = weights.sum((1, 2))
+        return torch.where(total > 0, (values * weights).sum((1, 2)) / total.clamp_min(1e-12), nan)
+
+    figures = {"consensus_mean": similarity.mean((1, 2)),
+               "consensus_foreground": masked_mean(similarity, fg),
+               "consensus_background": masked_mean(similarity, bg),
+               "foreground_area": fg.mean((1, 2))}
+    for role, features in (("teacher", teacher), ("student", student)):
+        energy = F.interpolate(_pool(features).square().sum(1, keepdim=True), size=fg.shape[-2:], mode="area")[:, 0]
+        figures[f"energy_foreground_{role}"] = (energy * fg).sum((1, 2)) / energy.sum((1, 2)).clamp_min(1e-12)
+    return figures

@@ -1,0 +1,158 @@
+"""Feature capture for any pair: explicit feature methods first, forward hooks only as a fallback.
+
+Every capture returns :class:`Stage` maps in NCHW with the stride inferred from the input size, so teacher and
+student stages can be matched by stride whatever their architectures. Token sequences are reshaped to maps with
+the grid inferred from the token count and the input's aspect ratio, never hard-coded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One feature map: ``features`` is (B, C, h, w); ``stride`` is the input side divided by the map side."""
+
+    name: str
+    stride: int
+    features: torch.Tensor
+
+
+def infer_grid(num_tokens: int, height: int, width: int, max_prefix: int = 8) -> tuple[int, int, int]:
+    """Find ``(prefix, h, w)`` with ``prefix + h * w == num_tokens`` and ``h / w`` closest to ``height / width``.
+
+    Args:
+        num_tokens: tokens in the sequence, prefix (class, register) tokens included.
+        height, width: the input image's size in pixels.
+        max_prefix: most prefix tokens to consider.
+
+    Raises:
+        ValueError: when no grid fits.
+    """
+    best = None
+    for prefix in range(0, max_prefix + 1):
+        n = num_tokens - prefix
+        if n <= 0:
+            break
+        for h in range(1, int(n**0.5) + 1):
+            if n % h:
+                continue
+            for gh, gw in ((h, n // h), (n // h, h)):
+                error = abs((gh / gw) / (height / width) - 1) + 1e-3 * prefix
+                if best is None or error < best[0]:
+                    best = (error, prefix, gh, gw)
+        if best is not None and best[0] < 0.05:
+            break
+    if best is None or best[0] > 0.5:
+        raise ValueError(f"no token grid of {num_tokens} tokens fits a {height}x{width} input")
+    return best[1], best[2], best[3]
+
+
+def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, N, C) tokens, prefix tokens first -> (B, C, h, w) map of the spatial tokens."""
+    prefix, h, w = infer_grid(tokens.shape[1], height, width)
+    return tokens[:, prefix:].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+
+def as_stage(name: str, tensor: torch.Tensor, height: int, width: int) -> Stage:
+    """Wrap a (B, C, h, w) map or a (B, N, C) token sequence as a :class:`Stage`."""
+    if tensor.dim() == 3:
+        tensor = tokens_to_map(tensor, height, width)
+    if tensor.dim() != 4:
+        raise ValueError(f"{name}: expected (B, C, h, w) or (B, N, C) features, got {tuple(tensor.shape)}")
+    return Stage(name, max(1, round(height / tensor.shape[-2])), tensor)
+
+
+@contextmanager
+def capture_modules(model: torch.nn.Module, pattern: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of every submodule whose name fully matches ``pattern``; hooks are removed on exit,
+    also after an exception.
+
+    Yields:
+        A dict, filled during forwards inside the block, from module name to its (first) output tensor.
+    """
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            if re.fullmatch(pattern, name):
+                def hook(_module, _inputs, output, name=name):
+                    captured[name] = output[0] if isinstance(output, (tuple, list)) else output
+                handles.append(module.register_forward_hook(hook))
+        if not handles:
+            raise ValueError(f"no module of {type(model).__name__} matches {pattern!r}")
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _explicit_forward(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[object, list] | None:
+    """(outputs, named feature maps) from a model's own feature method, or None when it has none we know."""
+    if type(model).__name__ == "ShapesNet":
+        out = model(pixels)
+        return out, [(f"stage{i + 1}", f) for i, f in enumerate(out["features"])]
+    if hasattr(model, "visual") and hasattr(model, "forward_intermediates"):  # open_clip
+        out = model.forward_intermediates(image=pixels)
+        return out, [(f"visual.block{i}", f) for i, f in enumerate(out["image_intermediates"])]
+    if hasattr(model, "forward_intermediates") and hasattr(model, "pretrained_cfg"):  # timm
+        final, maps = model.forward_intermediates(pixels, output_fmt="NCHW")
+        return model.forward_head(final), [(f"block{i}", f) for i, f in enumerate(maps)]
+    if hasattr(model, "config") and hasattr(model.config, "model_type"):  # transformers
+        out = model(pixel_values=pixels, output_hidden_states=True)
+        hidden = getattr(out, "hidden_states", None)
+        if hidden is None and isinstance(getattr(out, "encoder_last_hidden_state", None), (list, tuple)):
+            hidden = out.encoder_last_hidden_state  # RT-DETR: the encoder's multi-scale maps
+        if hidden is not None:
+            return out, [(f"hidden_states.{i}", h) for i, h in enumerate(hidden)]
+    return None
+
+
+DEFAULT_HOOK_PATTERN = r".*(layer|stage|block)s?\.\d+"
+
+
+def forward_with_stages(model: torch.nn.Module, pixels: torch.Tensor, pattern: str | None = None,
+                        ) -> tuple[object, list[Stage]]:
+    """One forward pass that returns the model's usual outputs and its spatial feature maps.
+
+    Args:
+        model: any module; its mode and gradient settings are left as they are (wrap the call in
+            ``torch.no_grad()`` when no gradients are wanted).
+        pixels: (B, 3, H, W) model inputs on the model's device.
+        pattern: regex of module names to hook instead of the model's own feature method.
+
+    Returns:
+        ``(outputs, stages)``: the stages as NCHW maps sorted by stride, finest first (stages of equal stride keep
+        the order the model produced them).
+    """
+    height, width = pixels.shape[-2:]
+    explicit = None if pattern else _explicit_forward(model, pixels)
+    if explicit is None:
+        with capture_modules(model, pattern or DEFAULT_HOOK_PATTERN) as captured:
+            outputs = model(pixels)
+        named = list(captured.items())
+    else:
+        outputs, named = explicit
+    stages = [as_stage(name, t, height, width) for name, t in named if torch.is_tensor(t) and t.dim() in (3, 4)]
+    return outputs, sorted(stages, key=lambda s: s.stride)
+
+
+def capture_stages(model: torch.nn.Module, pixels: torch.Tensor, pattern: str | None = None) -> list[Stage]:
+    """The spatial feature maps of one gradient-free forward pass (see :func:`forward_with_stages`)."""
+    with torch.no_grad():
+        return forward_with_stages(model, pixels, pattern)[1]
+
+
+def match_stages(teacher: list[Stage], student: list[Stage]) -> list[tuple[Stage, Stage]]:
+    """Pair teacher and student stages of equal stride (the deepest stage of each stride on both sides)."""
+    def deepest(stages: list[Stage]) -> dict[int, Stage]:
+        return {s.stride: s for s in stages}  # later stages of a stride overwrite earlier ones
+
+    t, s = deepest(teacher), deepest(student)
+    return [(t[k], s[k]) for k in sorted(set(t) & set(s))]

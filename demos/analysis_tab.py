@@ -1,0 +1,330 @@
+"""Analysis tab: where teacher and student features agree and disagree (consensus and divergence maps after ADM),
+their layer similarity (CKA), and their attention for the same target."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from analysis.attention import capture_deformable_sampling, grad_cam, normalise_map, sampling_point_map
+from analysis.consensus import (
+    MAX_LOCATIONS,
+    affinity_consensus,
+    cka_matrix,
+    consensus_weights,
+    divergence_weights,
+    foreground_figures,
+    projected_consensus,
+)
+from analysis.features import Stage, forward_with_stages, match_stages
+from demos.common import ROLES, InputError, examples_for, heat_overlay, notes_markdown, on_gpu, read_image
+from weights.predictors import Geometry, Predictor, predictors_for
+from weights.registry import get_pair, list_pairs
+
+DEFAULT_PAIR = "shapes-segmentation"
+DEFAULT_TAU = 0.1
+METHODS = {"affinity": affinity_consensus, "projection": projected_consensus}
+FOREGROUND_SCORE = 0.3
+
+
+def _valid_region(stage: Stage, geometry: Geometry, padded: tuple[int, int]) -> Stage:
+    """Crop a stage to the part of the grid that covers the image (builtin inputs are padded to a multiple of 16)."""
+    h, w = stage.features.shape[-2:]
+    rows = max(1, round(h * geometry.resized_height / padded[0]))
+    cols = max(1, round(w * geometry.resized_width / padded[1]))
+    return Stage(stage.name, stage.stride, stage.features[..., :rows, :cols])
+
+
+def _run_with_stages(predictor: Predictor, image: np.ndarray) -> tuple[object, list[Stage], Geometry]:
+    inputs, geometry = predictor.prepare(image)
+    pixels = inputs["pixel_values"]
+    with torch.no_grad():
+        outputs, stages = forward_with_stages(predictor.model, pixels)
+    return outputs, [_valid_region(s, geometry, tuple(pixels.shape[-2:])) for s in stages], geometry
+
+
+def teacher_foreground(predictor: Predictor, outputs: object, geometry: Geometry) -> torch.Tensor:
+    """(H, W) bool foreground from the teacher's own prediction: its boxes (score >= 0.3), or its mask without
+    the background class (without the image's dominant class when the label set has no background)."""
+    if predictor.pair.task == "detection":
+        mask = torch.zeros(geometry.height, geometry.width, dtype=torch.bool)
+        for d in predictor.detect(outputs, geometry, FOREGROUND_SCORE):
+            x0, y0, x1, y1 = (int(round(v)) for v in d.box)
+            mask[y0:y1, x0:x1] = True
+        return mask
+    class_map = predictor.class_map(outputs, geometry).cpu()
+    background = 0 if predictor.labels[0] == "background" else int(class_map.flatten().mode().values)
+    return class_map != background
+
+
+@on_gpu
+def consensus(image, pair: str = DEFAULT_PAIR, tau: float = DEFAULT_TAU, method: str = "affinity",
+              ) -> tuple[list[tuple[np.ndarray, str]], dict]:
+    """Consensus and divergence maps at every stage stride that teacher and student share, and their CKA.
+
+    Args:
+        image: a file path, numpy RGB array or PIL image.
+        pair: a detection or segmentation pair.
+        tau: softmax temperature of the consensus and divergence weights, > 0.
+        method: ``"affinity"`` (dimension-free) or ``"projection"`` (least squares).
+
+    Returns:
+        ``(overlays, report)``: (image, caption) overlays, consensus then divergence for each matched stage, and
+        ``{pair, method, tau, stages: [{teacher_layer, student_layer, stride, consensus_mean,
+        consensus_foreground, consensus_background, energy_foreground_teacher, energy_foreground_student,
+        foreground_area}], cka: {teacher_layers, student_layers, matrix}, notes}``.
+    """
+    try:
+        tau = float(tau)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"tau must be a positive number, got {tau!r}.") from error
+    if not 1e-3 <= tau <= 100:
+        raise InputError(f"tau must lie in [0.001, 100], got {tau}.")
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {str(method)[:40]!r}.")
+    spec = get_pair(pair)
+    if spec.task not in ("detection", "segmentation"):
+        raise InputError(f"The Analysis tab takes detection or segmentation pairs; {spec.name} is {spec.task}.")
+    array, notes = read_image(image)
+    predictors = predictors_for(spec)
+    runs = {role: _run_with_stages(predictors[role], array) for role in ROLES}
+    foreground = teacher_foreground(predictors["teacher"], runs["teacher"][0], runs["teacher"][2])
+    stages, overlays = [], []
+    for t_stage, s_stage in match_stages(runs["teacher"][1], runs["student"][1]):
+        stage_method = method
+        locations = min(t_stage.features.shape[-2] * t_stage.features.shape[-1], MAX_LOCATIONS)
+        if method == "projection" and locations < 2 * s_stage.features.shape[1]:
+            stage_method = "affinity"  # least squares would fit anything with this few locations
+            notes.append(f"Stride {t_stage.stride}: {locations} locations are too few for a least-squares map of "
+                         f"{s_stage.features.shape[1]} student channels; the affinity method is used there.")
+        similarity = METHODS[stage_method](t_stage.features, s_stage.features)
+        figures = foreground_figures(similarity, t_stage.features, s_stage.features,
+                                     foreground[None].to(similarity.device))
+        stages.append({"teacher_layer": t_stage.name, "student_layer": s_stage.name, "stride": t_stage.stride,
+                       "method": stage_method,
+                       **{k: _number(v[0]) for k, v in figures.items()}})
+        for kind, weights in (("consensus", consensus_weights), ("divergence", divergence_weights)):
+            heat = normalise_map(weights(similarity, tau))[0]
+            overlays.append((heat_overlay(array, heat), f"{kind} · stride {t_stage.stride} · "
+                                                         f"{t_stage.name} ↔ {s_stage.name}"))
+    if not stages:
+        raise InputError(f"Teacher and student of {spec.name} share no feature stride to compare.")
+    t_all, s_all = runs["teacher"][1], runs["student"][1]
+    cka = cka_matrix([s.features for s in t_all], [s.features.to(t_all[0].features.device) for s in s_all])
+    report = {"pair": spec.name, "method": method, "tau": tau, "stages": stages,
+              "cka": {"teacher_layers": [f"{s.name} (/{s.stride})" for s in t_all],
+                      "student_layers": [f"{s.name} (/{s.stride})" for s in s_all],
+                      "matrix": [[round(float(v), 4) for v in row] for row in cka.cpu()]},
+              "notes": notes}
+    return overlays, report
+
+
+def _number(value: torch.Tensor) -> float | None:
+    value = float(value)
+    return None if value != value else round(value, 4)  # NaN (no foreground) -> None
+
+
+# Attention for one target --------------------------------------------------------------------------------------
+
+def _detection_target(report_detections: list, target: str) -> int:
+    """Index of the teacher detection named by ``target``: '' or a rank ('0', '1', ...) or a label."""
+    if not report_detections:
+        raise InputError("The teacher found no object to explain at this image; try another image.")
+    target = (target or "").strip()
+    if target == "" or target.isdigit():
+        rank = int(target or 0)
+        if rank >= len(report_detections):
+            raise InputError(f"target rank {rank} is out of range: the teacher found {len(report_detections)} "
+                             f"objects (ranks 0 to {len(report_detections) - 1}).")
+        return rank
+    for i, d in enumerate(report_detections):
+        if d.label == target:
+            return i
+    raise InputError(f"The teacher found no {target[:40]!r}; it found: "
+                     f"{', '.join(sorted({d.label for d in report_detections}))}.")
+
+
+def _box_cell(box: list[float], geometry: Geometry, grid: tuple[int, int], padded: tuple[int, int]) -> tuple[int, int]:
+    """The heat-map cell under a box centre (input pixels -> network grid)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    sx, sy = geometry.resized_width / geometry.width, geometry.resized_height / geometry.height
+    return (min(int(cy * sy * grid[0] / padded[0]), grid[0] - 1), min(int(cx * sx * grid[1] / padded[1]), grid[1] - 1))
+
+
+def _query_for_box(outputs, box_xyxy: torch.Tensor) -> int:
+    """The DETR query whose predicted box overlaps the target box most (boxes in [0, 1] cxcywh)."""
+    from torchvision.ops import box_convert, box_iou
+
+    boxes = box_convert(outputs.pred_boxes[0].float(), "cxcywh", "xyxy")
+    return int(box_iou(boxes, box_xyxy[None].to(boxes.device)).squeeze(1).argmax())
+
+
+def _attention_map(predictor: Predictor, array: np.ndarray, task: str, target_box: list[float] | None,
+                   target_label: int | None, region: torch.Tensor | None) -> tuple[torch.Tensor, str]:
+    """One side's (h, w) map in [0, 1] for the shared target, and the method's name."""
+    inputs, geometry = predictor.prepare(array)
+    pixels = inputs["pixel_values"]
+    padded = tuple(pixels.shape[-2:])
+    if getattr(predictor.model.config, "model_type", "") == "rt_detr":
+        with capture_deformable_sampling(predictor.model) as captured, torch.no_grad():
+            outputs = predictor.model(pixel_values=pixels)
+        locations, weights = captured[sorted(captured)[-1]]  # the last decoder layer
+        w, h = geometry.width, geometry.height
+        query = _query_for_box(outputs, torch.tensor(target_box) / torch.tensor([w, h, w, h]))
+        return sampling_point_map(locations[0, query], weights[0, query], (h, w)), "deformable sampling points"
+
+    if task == "detection":
+        def score(out):
+            y, x = _box_cell(target_box, geometry, out["heatmap"].shape[-2:], padded)
+            return out["heatmap"][:, target_label - 1, y, x]
+    else:
+        def score(out):
+            logits = out["logits"] if isinstance(out, dict) else out.logits
+            mask = torch.nn.functional.interpolate(region[None, None].float(), size=padded, mode="nearest")
+            mask = torch.nn.functional.interpolate(mask, size=logits.shape[-2:], mode="area").to(logits.device)
+            return (logits[:, target_label].float() * mask[:, 0]).sum((1, 2)) / mask.sum().clamp_min(1)
+    cam, _ = grad_cam(predictor.model, pixels, score)
+    return _valid_region(Stage("cam", 1, cam[:, None]), geometry, padded).features[0, 0], "Grad-CAM (last stage)"
+
+
+@on_gpu
+def attention(image, pair: str = DEFAULT_PAIR, target: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Teacher and student attention for the same target, and their absolute difference.
+
+    Args:
+        image: a file path, numpy RGB array or PIL image.
+        pair: a detection or segmentation pair.
+        target: detection: a rank of the teacher's detections ('' or '0' = its best) or a label;
+            segmentation: a class name ('' = the largest non-background class in the teacher's mask).
+
+    Returns:
+        ``(teacher_image, student_image, difference_image, report)`` with
+        ``report = {pair, target, method: {teacher, student}, notes}``.
+    """
+    spec = get_pair(pair)
+    if spec.task not in ("detection", "segmentation"):
+        raise InputError(f"Attention maps take detection or segmentation pairs; {spec.name} is {spec.task}.")
+    array, notes = read_image(image)
+    predictors = predictors_for(spec)
+    teacher = predictors["teacher"]
+    inputs, geometry = teacher.prepare(array)
+    outputs = teacher.forward(inputs)
+    box, label, region = None, None, None
+    if spec.task == "detection":
+        detections = teacher.detect(outputs, geometry, FOREGROUND_SCORE)
+        chosen = detections[_detection_target(detections, str(target))]
+        box, label = chosen.box, teacher.labels.index(chosen.label)
+        target_info = {"kind": "box", "label": chosen.label, "box": [round(v, 2) for v in box],
+                       "score": round(chosen.score, 4)}
+    else:
+        class_map = teacher.class_map(outputs, geometry).cpu()
+        counts = torch.bincount(class_map.flatten(), minlength=len(teacher.labels))
+        if (target or "").strip():
+            if target.strip() not in teacher.labels:
+                raise InputError(f"Unknown class {target.strip()[:40]!r}; classes: {', '.join(teacher.labels[:20])}"
+                                 + (" …" if len(teacher.labels) > 20 else "") + ".")
+            label = teacher.labels.index(target.strip())
+        else:
+            ranked = counts.argsort(descending=True).tolist()
+            label = next((c for c in ranked if teacher.labels[c] != "background"), ranked[0])
+        region = class_map == label
+        if not region.any():
+            raise InputError(f"The teacher predicts no {teacher.labels[label]!r} pixels in this image.")
+        target_info = {"kind": "segment", "label": teacher.labels[label], "pixels": int(region.sum())}
+    maps, methods = {}, {}
+    for role in ROLES:
+        maps[role], methods[role] = _attention_map(predictors[role], array, spec.task, box, label, region)
+    size = array.shape[:2]
+    full = {r: torch.nn.functional.interpolate(maps[r][None, None].float().cpu(), size=size, mode="bilinear",
+                                               align_corners=False)[0, 0] for r in ROLES}
+    difference = (full["teacher"] - full["student"]).abs()
+    images = [heat_overlay(array, full[r]) for r in ROLES] + [heat_overlay(array, difference)]
+    report = {"pair": spec.name, "target": target_info, "method": methods,
+              "mean_abs_difference": round(float(difference.mean()), 4), "notes": notes}
+    return images[0], images[1], images[2], report
+
+
+def cka_figure(report: dict | None):
+    """Plotly heat map of the teacher-by-student linear CKA matrix."""
+    import plotly.graph_objects as go
+
+    if not report:
+        return None
+    cka = report["cka"]
+    fig = go.Figure(go.Heatmap(z=cka["matrix"], x=cka["student_layers"], y=cka["teacher_layers"], zmin=0, zmax=1,
+                               colorscale="Viridis", text=cka["matrix"], texttemplate="%{text:.2f}"))
+    fig.update_layout(title="Linear CKA, teacher stages × student stages", xaxis_title="student",
+                      yaxis_title="teacher", height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def figures_markdown(report: dict | None) -> str:
+    if not report:
+        return ""
+
+    def fmt(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    rows = "\n".join(
+        f"| /{s['stride']} {s['teacher_layer']} ↔ {s['student_layer']} | {fmt(s['consensus_mean'])} | "
+        f"{fmt(s['consensus_foreground'])} | {fmt(s['consensus_background'])} | "
+        f"{fmt(s['energy_foreground_teacher'])} | {fmt(s['energy_foreground_student'])} | "
+        f"{fmt(s['foreground_area'])} |" for s in report["stages"])
+    return (notes_markdown(report.get("notes", []))
+            + "ADM's findings on this image (foreground = the teacher's own boxes or mask): consensus should be "
+            "higher on the foreground, and the teacher should put more of its feature energy there.\n\n"
+            "| stage | consensus | on foreground | on background | teacher energy on fg | student energy on fg "
+            "| fg area |\n|---|---|---|---|---|---|---|\n" + rows)
+
+
+def stage_pair(overlays: list | None, stage: int) -> tuple:
+    """The consensus and divergence overlays of one stage from the gallery list."""
+    if not overlays:
+        return None, None
+    index = max(0, min(int(stage), len(overlays) // 2 - 1))
+    return overlays[2 * index][0], overlays[2 * index + 1][0]
+
+
+def build_analysis_tab() -> None:
+    import gradio as gr
+
+    from demos.common import user_errors
+    from demos.components import user_image
+
+    pairs = [p.name for p in list_pairs() if p.task in ("detection", "segmentation")]
+    with gr.Tab("Analysis", id="analysis"):
+        gr.Markdown("Where do teacher and student features agree (**consensus**) and disagree (**divergence**)? "
+                    "Similarity per location at every stride both models share; weights are a spatial softmax "
+                    "of similarity / τ (consensus) or (1 − similarity) / τ (divergence).")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = user_image(label="Image", elem_id="analysis-image")
+                pair = gr.Dropdown(pairs, value=DEFAULT_PAIR, label="Pair", allow_custom_value=True)
+                tau = gr.Slider(0.01, 2.0, value=DEFAULT_TAU, step=0.01, label="τ (softmax temperature)")
+                method = gr.Radio(list(METHODS), value="affinity", label="Similarity",
+                                  info="affinity: dimension-free; projection: least-squares channel map")
+                stage = gr.Slider(0, 4, value=0, step=1, label="Stage (0 = finest shared stride)")
+                run = gr.Button("Analyse", variant="primary", elem_id="analysis-run")
+                target = gr.Textbox(label="Attention target", placeholder="detection: rank or label; "
+                                    "segmentation: class name (empty = the main object)")
+                explain = gr.Button("Attention maps", elem_id="analysis-attention")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    chosen = [gr.Image(label=f"{k.capitalize()} (chosen stage)", interactive=False)
+                              for k in ("consensus", "divergence")]
+                gallery = gr.Gallery(label="All stages", columns=4, height=260)
+                figures = gr.Markdown()
+                cka = gr.Plot(label="CKA")
+                report = gr.JSON(label="Report", open=False)
+                with gr.Row():
+                    attention_images = [gr.Image(label=label, interactive=False)
+                                        for label in ("Teacher attention", "Student attention", "|difference|")]
+                attention_report = gr.JSON(label="Attention report", open=False)
+        gr.Examples(examples_for("analysis"), inputs=[image], label="Examples")
+        event = run.click(user_errors(consensus), [image, pair, tau, method], [gallery, report], api_name="consensus",
+                          concurrency_limit=2)
+        event.then(lambda r, g, s: (figures_markdown(r), cka_figure(r), *stage_pair(g, s)), [report, gallery, stage],
+                   [figures, cka, *chosen], api_visibility="private")
+        stage.change(stage_pair, [gallery, stage], chosen, api_visibility="private")
+        explain.click(user_errors(attention), [image, pair, target], [*attention_images, attention_report],
+                      api_name="attention", concurrency_limit=2)
