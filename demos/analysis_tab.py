@@ -211,7 +211,7 @@ def attention(image, pair: str = DEFAULT_PAIR, target: str = "") -> tuple[np.nda
     outputs = teacher.forward(inputs)
     box, label, region = None, None, None
     if spec.task == "detection":
-        detections = teacher.detect(outputs, geometry, FOREGROUND_SCORE)
+        detections = teacher.detect(outputs, geometry, 0.0)  # ranked by score; rank 0 is the teacher's best
         chosen = detections[_detection_target(detections, str(target))]
         box, label = chosen.box, teacher.labels.index(chosen.label)
         target_info = {"kind": "box", "label": chosen.label, "box": [round(v, 2) for v in box],
@@ -283,6 +283,26 @@ def stage_pair(overlays: list | None, stage: int) -> tuple:
         return None, None
     index = max(0, min(int(stage), len(overlays) // 2 - 1))
     return overlays[2 * index][0], overlays[2 * index + 1][0]
+
+
+def consensus_overlay(image, pair: str, enabled: bool):
+    """For the detection and segmentation tabs' toggle: the consensus overlay at the deepest shared stride."""
+    if not enabled or image is None:
+        return None
+    overlays, _ = consensus(image, pair)
+    return overlays[-2][0]
+
+
+def add_consensus_toggle(event, image, pair) -> None:
+    """Add the "consensus overlay" checkbox and image to a tab, refreshed after each of its runs."""
+    import gradio as gr
+
+    from demos.common import user_errors
+
+    toggle = gr.Checkbox(label="Consensus overlay (deepest shared stride, τ = 0.1)", value=False)
+    overlay = gr.Image(label="Consensus", interactive=False, height=260)
+    for trigger in (event.then, toggle.change):
+        trigger(user_errors(consensus_overlay), [image, pair, toggle], overlay, api_visibility="private")
 
 
 def build_analysis_tab() -> None:

@@ -7,6 +7,7 @@ import torch
 from torchvision.utils import draw_bounding_boxes
 
 from analysis.agreement import detection_agreement
+from demos.analysis_tab import add_consensus_toggle
 from demos.common import (
     ROLES,
     InputError,
@@ -132,3 +133,4 @@ def build_detection_tab() -> None:
         event = run.click(user_errors(detect), [image, pair, threshold], [*outputs, report], api_name="detect",
                           concurrency_limit=2)
         event.then(summary_markdown, report, summary, api_visibility="private")
+        add_consensus_toggle(event, image, pair)

@@ -12,6 +12,7 @@ import torch
 from torchvision.utils import draw_segmentation_masks
 
 from analysis.agreement import segmentation_agreement
+from demos.analysis_tab import add_consensus_toggle
 from demos.common import (
     ROLES,
     display_scale,
@@ -140,3 +141,4 @@ def build_segmentation_tab() -> None:
                           concurrency_limit=2)
         event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],
                    api_visibility="private")
+        add_consensus_toggle(event, image, pair)

@@ -108,3 +108,16 @@ def test_errors_reach_the_client_and_the_app_keeps_serving(client, scene_file, t
             client.predict(*args, api_name="/detect")
     _, _, report = client.predict(handle_file(scene_file), "shapes-detection", 0.3, api_name="/detect")
     assert report["pair"] == "shapes-detection"
+
+
+def test_consensus_and_attention_endpoints(client, scene_file):
+    from gradio_client import handle_file
+
+    gallery, report = client.predict(handle_file(scene_file), "shapes-segmentation", 0.1, api_name="/consensus")
+    assert len(gallery) == 2 * len(report["stages"]) and report["cka"]["matrix"]
+    assert {"teacher_layer", "student_layer", "consensus_mean", "consensus_foreground", "consensus_background",
+            "energy_foreground_teacher", "energy_foreground_student"} <= set(report["stages"][0])
+    *images, report = client.predict(handle_file(scene_file), "shapes-detection", "", api_name="/attention")
+    assert len(images) == 3 and report["method"]["teacher"] and report["target"]["kind"] == "box"
+    with pytest.raises(Exception, match="tau"):
+        client.predict(handle_file(scene_file), "shapes-segmentation", 0, api_name="/consensus")

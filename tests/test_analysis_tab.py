@@ -1,0 +1,71 @@
+"""The Analysis tab's computations on builtin and tiny Hub pairs, and their bad-input messages."""
+
+import pytest
+from PIL import Image
+
+from demos.analysis_tab import attention, consensus
+from demos.common import InputError
+from weights.shapes import render_scene
+
+
+@pytest.fixture(scope="module")
+def scene_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("analysis") / "scene.png"
+    Image.fromarray(render_scene(10_000_555, 128, 160).image).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("pair", ["shapes-detection", "shapes-segmentation"])
+def test_consensus_on_builtin_pairs(scene_png, pair):
+    overlays, report = consensus(scene_png, pair, 0.1)
+    assert [s["stride"] for s in report["stages"]] == [2, 4, 8, 16]
+    assert len(overlays) == 8 and overlays[0][0].shape[2] == 3 and "consensus" in overlays[0][1]
+    for stage in report["stages"]:
+        assert -1 <= stage["consensus_mean"] <= 1 and 0 <= stage["energy_foreground_teacher"] <= 1
+    matrix = report["cka"]["matrix"]
+    assert len(matrix) == len(report["cka"]["teacher_layers"]) == 4 and len(matrix[0]) == 4
+    assert all(0 <= v <= 1.0001 for row in matrix for v in row)
+
+
+def test_projection_falls_back_where_locations_are_too_few(scene_png):
+    _, report = consensus(scene_png, "shapes-detection", 0.5, "projection")
+    methods = [s["method"] for s in report["stages"]]
+    assert methods[0] == "projection" and methods[-1] == "affinity"
+    assert any("too few" in n for n in report["notes"])
+
+
+def test_consensus_on_hub_pairs(scene_png, tiny_hub_pairs):
+    _, report = consensus(scene_png, tiny_hub_pairs["segmentation"], 0.1)
+    assert [s["stride"] for s in report["stages"]] == [4, 8]
+    _, report = consensus(scene_png, tiny_hub_pairs["detection"], 0.1)
+    assert [s["stride"] for s in report["stages"]] == [8, 16, 32]
+
+
+def test_attention_for_the_same_target(scene_png, tiny_hub_pairs):
+    *images, report = attention(scene_png, "shapes-detection", "0")
+    assert report["target"]["kind"] == "box" and report["method"]["teacher"].startswith("Grad-CAM")
+    assert len({im.shape for im in images}) == 1
+    *_, report = attention(scene_png, "shapes-segmentation", "")
+    assert report["target"]["kind"] == "segment" and report["target"]["label"] != "background"
+    *_, report = attention(scene_png, tiny_hub_pairs["detection"], "")
+    assert report["method"] == {"teacher": "deformable sampling points", "student": "deformable sampling points"}
+    *_, report = attention(scene_png, tiny_hub_pairs["segmentation"], "")
+    assert report["method"]["student"].startswith("Grad-CAM")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tau": 0}, "tau"), ({"tau": "warm"}, "tau"), ({"method": "magic"}, "method"),
+    ({"pair": "nope"}, "Choose one of"),
+])
+def test_bad_consensus_input(scene_png, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        consensus(scene_png, **{"pair": "shapes-segmentation", **kwargs})
+
+
+@pytest.mark.parametrize("pair, target, message", [
+    ("shapes-detection", "99", "out of range"), ("shapes-detection", "unicorn", "found no 'unicorn'"),
+    ("shapes-segmentation", "unicorn", "Unknown class"),
+])
+def test_bad_attention_target(scene_png, pair, target, message):
+    with pytest.raises(InputError, match=message):
+        attention(scene_png, pair, target)
