@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-MAX_LOCATIONS = 4096  # affinity matrices are (h*w)^2: larger maps are average-pooled to at most this many
+MAX_LOCATIONS = 16384  # larger maps are average-pooled to at most this many locations (128 x 128)
 
 
 def _pool(features: torch.Tensor, max_locations: int = MAX_LOCATIONS) -> torch.Tensor:
@@ -42,7 +42,10 @@ def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float 
     """Dimension-free similarity: per location, the Pearson correlation between its affinity row (cosine
     similarity to every other location) in the teacher and in the student.
 
-    Invariant to any orthogonal transform and any global scaling of either side's channels.
+    Invariant to any orthogonal transform and any global scaling of either side's channels. Computed exactly
+    without forming the (h*w)^2 affinity matrices: with unit features ``u_i`` (teacher) and ``v_i`` (student),
+    ``sum_j a_ij b_ij = u_i^T (U^T V) v_i`` and ``sum_j a_ij^2 = u_i^T (U^T U) u_i``, so the cost is
+    O(h*w * C^2) rather than O((h*w)^2 * C).
 
     Args:
         teacher: (B, Ct, h, w) features.
@@ -53,14 +56,17 @@ def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float 
     """
     t, s = _fit_grid(teacher, student)
     b, _, h, w = t.shape
-    rows = []
-    for side in (t, s):
-        unit = F.normalize(_locations(side), dim=-1, eps=eps)
-        affinity = unit @ unit.transpose(1, 2)  # (B, N, N)
-        rows.append(affinity - affinity.mean(dim=-1, keepdim=True))
-    numerator = (rows[0] * rows[1]).sum(-1)
-    denominator = rows[0].norm(dim=-1) * rows[1].norm(dim=-1)
-    return (numerator / denominator.clamp_min(eps)).reshape(b, h, w)
+    n = h * w
+    u = F.normalize(_locations(t), dim=-1, eps=eps)  # (B, N, Ct)
+    v = F.normalize(_locations(s), dim=-1, eps=eps)  # (B, N, Cs)
+    row_mean_t = u @ u.mean(1).unsqueeze(-1)  # (B, N, 1): mean of each teacher affinity row
+    row_mean_s = v @ v.mean(1).unsqueeze(-1)
+    cross = ((u @ (u.transpose(1, 2) @ v)) * v).sum(-1, keepdim=True)
+    square_t = ((u @ (u.transpose(1, 2) @ u)) * u).sum(-1, keepdim=True)
+    square_s = ((v @ (v.transpose(1, 2) @ v)) * v).sum(-1, keepdim=True)
+    covariance = cross - n * row_mean_t * row_mean_s
+    variance = (square_t - n * row_mean_t.square()).clamp_min(0) * (square_s - n * row_mean_s.square()).clamp_min(0)
+    return (covariance / variance.sqrt().clamp_min(eps)).clamp(-1, 1).reshape(b, h, w)
 
 
 def projected_consensus(teacher: torch.Tensor, student: torch.Tensor, ridge: float = 1e-4,
@@ -89,24 +95,25 @@ def projected_consensus(teacher: torch.Tensor, student: torch.Tensor, ridge: flo
     gram = x.transpose(1, 2) @ x  # (B, Cs, Cs)
     scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(eps)[:, None, None]
     eye = torch.eye(gram.shape[-1], device=gram.device, dtype=gram.dtype)
-    projection = torch.linalg.solve(gram + ridge * scale * eye, x.transpose(1, 2) @ y)  # (B, Cs, Ct)
+    # solve_ex: no error check, so no device-to-host sync on CUDA (the ridge keeps the system well posed)
+    projection = torch.linalg.solve_ex(gram + ridge * scale * eye, x.transpose(1, 2) @ y)[0]  # (B, Cs, Ct)
     return F.cosine_similarity(x @ projection, y, dim=-1, eps=eps).reshape(b, h, w)
 
 
 def consensus_weights(similarity: torch.Tensor, tau: float) -> torch.Tensor:
     """Spatial softmax of ``similarity / tau``: (B, h, w) -> (B, h, w), each map summing to 1."""
-    return _spatial_softmax(similarity / tau)
+    return _spatial_softmax(similarity, tau)
 
 
 def divergence_weights(similarity: torch.Tensor, tau: float) -> torch.Tensor:
     """Spatial softmax of ``(1 - similarity) / tau``: where the teacher is ahead."""
-    return _spatial_softmax((1.0 - similarity) / tau)
+    return _spatial_softmax(1.0 - similarity, tau)
 
 
-def _spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
-    if not torch.isfinite(logits).all():
-        raise ValueError("similarity / tau is not finite: tau must be a positive number")
-    return logits.flatten(1).softmax(-1).reshape(logits.shape)
+def _spatial_softmax(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    if not float(tau) > 0:
+        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    return (scores / float(tau)).flatten(1).softmax(-1).reshape(scores.shape)
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -4,12 +4,30 @@ import pytest
 import timm
 import torch
 
-from analysis.attention import (attention_rollout, capture_deformable_sampling, grad_cam, sampling_point_map,
-                                unfused_attention, vit_rollout_map)
-from analysis.consensus import (affinity_consensus, cka_matrix, consensus_weights, divergence_weights,
-                                foreground_figures, linear_cka, projected_consensus)
-from analysis.features import (capture_modules, capture_stages, forward_with_stages, infer_grid, match_stages,
-                               tokens_to_map)
+from analysis.attention import (
+    attention_rollout,
+    capture_deformable_sampling,
+    grad_cam,
+    sampling_point_map,
+    unfused_attention,
+    vit_rollout_map,
+)
+from analysis.consensus import (
+    affinity_consensus,
+    cka_matrix,
+    consensus_weights,
+    divergence_weights,
+    foreground_figures,
+    linear_cka,
+    projected_consensus,
+)
+from analysis.features import (
+    capture_modules,
+    capture_stages,
+    infer_grid,
+    match_stages,
+    tokens_to_map,
+)
 from weights.builtin import BUILTIN_CONFIGS
 from weights.shapes_nets import ShapesNet
 
@@ -243,3 +261,19 @@ def test_sampling_point_map_puts_weight_where_the_points_are():
     weights = torch.tensor([[[0.9, 0.1]]])
     heat = sampling_point_map(locations, weights, (40, 40), blur=1.0)
     assert heat[10, 10] == 1.0 and heat[30, 30] < 0.2
+
+
+def test_affinity_consensus_equals_its_explicit_definition():
+    """The O(N C^2) computation matches correlating the explicit (N, N) affinity rows."""
+    torch.manual_seed(1)
+    teacher, student = torch.randn(2, 24, 10, 9).relu(), torch.randn(2, 40, 10, 9)
+    student[:, :24] += teacher
+
+    def explicit(x):
+        unit = torch.nn.functional.normalize(x.flatten(2).transpose(1, 2), dim=-1)
+        affinity = unit @ unit.transpose(1, 2)
+        return affinity - affinity.mean(-1, keepdim=True)
+
+    a, b = explicit(teacher), explicit(student)
+    expected = ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).reshape(2, 10, 9)
+    assert torch.allclose(affinity_consensus(teacher, student), expected, atol=1e-4)

@@ -63,7 +63,7 @@ def test_bad_consensus_input(scene_png, kwargs, message):
 
 
 @pytest.mark.parametrize("pair, target, message", [
-    ("shapes-detection", "99", "out of range"), ("shapes-detection", "unicorn", "found no 'unicorn'"),
+    ("shapes-detection", "500", "out of range"), ("shapes-detection", "unicorn", "found no 'unicorn'"),
     ("shapes-segmentation", "unicorn", "Unknown class"),
 ])
 def test_bad_attention_target(scene_png, pair, target, message):
