@@ -325,7 +325,7 @@ def build_analysis_tab() -> None:
                                   info="affinity: dimension-free; projection: least-squares channel map")
                 stage = gr.Slider(0, 4, value=0, step=1, label="Stage (0 = finest shared stride)")
                 run = gr.Button("Analyse", variant="primary", elem_id="analysis-run")
-                target = gr.Textbox(label="Attention target", placeholder="detection: rank or label; "
+                target = gr.Textbox(value="", label="Attention target", placeholder="detection: rank or label; "
                                     "segmentation: class name (empty = the main object)")
                 explain = gr.Button("Attention maps", elem_id="analysis-attention")
             with gr.Column(scale=2):

@@ -138,7 +138,9 @@ def display_scale(height: int, width: int, target: int = 512) -> float:
     return max(1.0, target / max(height, width))
 
 
-def _font_path() -> str | None:
+@functools.cache
+def font_path() -> str | None:
+    """A TrueType font for box labels when the system has DejaVu Sans; None falls back to PIL's default."""
     from PIL import ImageFont
 
     try:
@@ -146,11 +148,6 @@ def _font_path() -> str | None:
         return "DejaVuSans.ttf"
     except OSError:
         return None
-
-
-@functools.cache
-def font_path() -> str | None:
-    return _font_path()
 
 
 def enlarge(image: np.ndarray, scale: float) -> torch.Tensor:
