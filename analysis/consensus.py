@@ -100,6 +100,13 @@ def projected_consensus(teacher: torch.Tensor, student: torch.Tensor, ridge: flo
     return F.cosine_similarity(x @ projection, y, dim=-1, eps=eps).reshape(b, h, w)
 
 
+def projection_is_determined(teacher: torch.Tensor, student: torch.Tensor) -> bool:
+    """Whether a stage has enough locations (at least twice the student's channels, after pooling) for the
+    least-squares map of :func:`projected_consensus` to mean something rather than fit anything."""
+    h, w = teacher.shape[-2:]
+    return min(h * w, MAX_LOCATIONS) >= 2 * student.shape[1]
+
+
 def consensus_weights(similarity: torch.Tensor, tau: float) -> torch.Tensor:
     """Spatial softmax of ``similarity / tau``: (B, h, w) -> (B, h, w), each map summing to 1."""
     return _spatial_softmax(similarity, tau)

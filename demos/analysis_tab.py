@@ -8,13 +8,13 @@ import torch
 
 from analysis.attention import capture_deformable_sampling, grad_cam, normalise_map, sampling_point_map
 from analysis.consensus import (
-    MAX_LOCATIONS,
     affinity_consensus,
     cka_matrix,
     consensus_weights,
     divergence_weights,
     foreground_figures,
     projected_consensus,
+    projection_is_determined,
 )
 from analysis.features import Stage, forward_with_stages, match_stages
 from demos.common import ROLES, InputError, examples_for, heat_overlay, notes_markdown, on_gpu, read_image
@@ -92,10 +92,9 @@ def consensus(image, pair: str = DEFAULT_PAIR, tau: float = DEFAULT_TAU, method:
     stages, overlays = [], []
     for t_stage, s_stage in match_stages(runs["teacher"][1], runs["student"][1]):
         stage_method = method
-        locations = min(t_stage.features.shape[-2] * t_stage.features.shape[-1], MAX_LOCATIONS)
-        if method == "projection" and locations < 2 * s_stage.features.shape[1]:
+        if method == "projection" and not projection_is_determined(t_stage.features, s_stage.features):
             stage_method = "affinity"  # least squares would fit anything with this few locations
-            notes.append(f"Stride {t_stage.stride}: {locations} locations are too few for a least-squares map of "
+            notes.append(f"Stride {t_stage.stride}: too few locations for a least-squares map of "
                          f"{s_stage.features.shape[1]} student channels; the affinity method is used there.")
         similarity = METHODS[stage_method](t_stage.features, s_stage.features)
         figures = foreground_figures(similarity, t_stage.features, s_stage.features,
@@ -293,14 +292,17 @@ def consensus_overlay(image, pair: str, enabled: bool):
     return overlays[-2][0]
 
 
-def add_consensus_toggle(event, image, pair) -> None:
-    """Add the "consensus overlay" checkbox and image to a tab, refreshed after each of its runs."""
+def consensus_toggle():
+    """The checkbox of the detection and segmentation tabs' consensus overlay (place it in the inputs column)."""
     import gradio as gr
 
+    return gr.Checkbox(label="Consensus overlay (deepest shared stride, τ = 0.1)", value=False)
+
+
+def wire_consensus_toggle(event, image, pair, toggle, overlay) -> None:
+    """Refresh the overlay image after each run of the tab and whenever the checkbox changes."""
     from demos.common import user_errors
 
-    toggle = gr.Checkbox(label="Consensus overlay (deepest shared stride, τ = 0.1)", value=False)
-    overlay = gr.Image(label="Consensus", interactive=False, height=260)
     for trigger in (event.then, toggle.change):
         trigger(user_errors(consensus_overlay), [image, pair, toggle], overlay, api_visibility="private")
 

@@ -7,7 +7,7 @@ import torch
 from torchvision.utils import draw_bounding_boxes
 
 from analysis.agreement import detection_agreement
-from demos.analysis_tab import add_consensus_toggle
+from demos.analysis_tab import consensus_toggle, wire_consensus_toggle
 from demos.common import (
     ROLES,
     InputError,
@@ -121,11 +121,14 @@ def build_detection_tab() -> None:
                 pair = gr.Dropdown([p.name for p in list_pairs("detection")], value=DEFAULT_PAIR, label="Pair",
                                    allow_custom_value=True)
                 threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold")
+                toggle = consensus_toggle()
                 run = gr.Button("Detect", variant="primary", elem_id="detection-run")
             with gr.Column(scale=2):
                 with gr.Row():
                     outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png",
                                         elem_id=f"detection-{role}") for role in ROLES]
+                overlay = gr.Image(label="Consensus (teacher ↔ student)", interactive=False, height=300,
+                                   elem_id="detection-consensus")
                 summary = gr.Markdown()
                 report = gr.JSON(label="Report", open=False)
         gr.Examples(examples_for("detection"), inputs=[image], label="Examples",
@@ -133,4 +136,4 @@ def build_detection_tab() -> None:
         event = run.click(user_errors(detect), [image, pair, threshold], [*outputs, report], api_name="detect",
                           concurrency_limit=2)
         event.then(summary_markdown, report, summary, api_visibility="private")
-        add_consensus_toggle(event, image, pair)
+        wire_consensus_toggle(event, image, pair, toggle, overlay)

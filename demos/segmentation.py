@@ -12,7 +12,7 @@ import torch
 from torchvision.utils import draw_segmentation_masks
 
 from analysis.agreement import segmentation_agreement
-from demos.analysis_tab import add_consensus_toggle
+from demos.analysis_tab import consensus_toggle, wire_consensus_toggle
 from demos.common import (
     ROLES,
     display_scale,
@@ -125,11 +125,14 @@ def build_segmentation_tab() -> None:
                 image = user_image(label="Image", elem_id="segmentation-image")
                 pair = gr.Dropdown([p.name for p in list_pairs("segmentation")], value=DEFAULT_PAIR, label="Pair",
                                    allow_custom_value=True)
+                toggle = consensus_toggle()
                 run = gr.Button("Segment", variant="primary", elem_id="segmentation-run")
             with gr.Column(scale=2):
                 with gr.Row():
                     outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png",
                                         elem_id=f"segmentation-{role}") for role in ROLES]
+                overlay = gr.Image(label="Consensus (teacher ↔ student)", interactive=False, height=300,
+                                   elem_id="segmentation-consensus")
                 summary = gr.Markdown()
                 plot = gr.Plot(label="Per-class agreement")
                 with gr.Row():
@@ -141,4 +144,4 @@ def build_segmentation_tab() -> None:
                           concurrency_limit=2)
         event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],
                    api_visibility="private")
-        add_consensus_toggle(event, image, pair)
+        wire_consensus_toggle(event, image, pair, toggle, overlay)

@@ -277,3 +277,18 @@ def test_affinity_consensus_equals_its_explicit_definition():
     a, b = explicit(teacher), explicit(student)
     expected = ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).reshape(2, 10, 9)
     assert torch.allclose(affinity_consensus(teacher, student), expected, atol=1e-4)
+
+
+def test_open_clip_models_give_their_patch_maps(tmp_path):
+    import json
+
+    import open_clip
+
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
+                                               "head_width": 16},
+              "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / "tiny-clip-test.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path)
+    model = open_clip.create_model("tiny-clip-test").eval()
+    stages = capture_stages(model, torch.randn(2, 3, 32, 32))
+    assert [(s.stride, tuple(s.features.shape)) for s in stages] == [(8, (2, 32, 4, 4))] * 2

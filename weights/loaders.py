@@ -108,6 +108,43 @@ def _load_hub(source: ModelSource, device: torch.device, dtype: torch.dtype) -> 
     return model.to(device).eval(), processor
 
 
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+
+
+def _load_open_clip(source: ModelSource, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+    """An open_clip model from safetensors only: the builtin file, a local folder, or the Hub repo's
+    ``open_clip_model.safetensors`` (open_clip's own download would fall back to pickled weights)."""
+    import open_clip
+
+    from weights.clip_builtin import CLIP_CHECKPOINTS, clip_image_batch, register_clip_configs
+
+    register_clip_configs()
+    if source.kind == "builtin":
+        role = source.location.rsplit("_", 1)[-1]
+        weights = CLIP_CHECKPOINTS[role]
+        if not weights.exists():
+            raise ModelUnavailableError(f"builtin checkpoint {weights.name} is missing; train it with "
+                                        "`python -m weights.train_clip`")
+        model = open_clip.create_model(source.architecture, pretrained=str(weights))
+        transform = clip_image_batch
+    else:
+        from pathlib import Path
+
+        from huggingface_hub import hf_hub_download
+
+        folder = Path(source.location)
+        try:
+            weights = folder / OPEN_CLIP_WEIGHTS if folder.is_dir() else Path(
+                hf_hub_download(source.location, OPEN_CLIP_WEIGHTS, revision=source.revision))
+        except Exception as error:  # offline, not cached, or no safetensors in the repo
+            raise ModelUnavailableError(_hub_offline_message(source, error)) from error
+        cfg = open_clip.get_pretrained_cfg(source.architecture.replace("-quickgelu", ""), source.pretrained_tag or "")
+        model, _, transform = open_clip.create_model_and_transforms(
+            source.architecture, pretrained=str(weights), image_mean=cfg.get("mean"), image_std=cfg.get("std"))
+    tokenizer = open_clip.get_tokenizer(source.architecture)
+    return model.to(device=device, dtype=dtype).eval(), (transform, tokenizer)
+
+
 def load_model(source: ModelSource, device: torch.device | None = None, cache: ModelCache = MODEL_CACHE,
                ) -> tuple[torch.nn.Module, Any]:
     """Load (or fetch from the cache) one model and its processor.
@@ -125,6 +162,8 @@ def load_model(source: ModelSource, device: torch.device | None = None, cache: M
     dtype = default_dtype(device, source)
 
     def load() -> tuple[torch.nn.Module, Any]:
+        if source.model_class == "open_clip":
+            return _load_open_clip(source, device, dtype)
         if source.kind == "builtin":
             task, role = source.location.removeprefix("shapes_").rsplit("_", 1)
             try:

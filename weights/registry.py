@@ -17,6 +17,8 @@ TASKS: tuple[str, ...] = ("detection", "segmentation", "classification", "genera
 APACHE = "Apache-2.0"
 SEGFORMER_LICENCE = "NVIDIA Source Code License for SegFormer (non-commercial research use only)"
 BUILTIN_LICENCE = "MIT (Distill Lens builtin, trained on the synthetic Shapes world)"
+OPENAI_CLIP_LICENCE = "MIT (OpenAI CLIP weights)"
+MOBILECLIP_LICENCE = "Apple MobileCLIP model licence (research use; see apple/ml-mobileclip)"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class ModelSource:
     model_class: str
     revision: str | None = None
     processor_class: str | None = None
+    architecture: str | None = None  # open_clip: the model config name (e.g. "ViT-B-32-quickgelu")
+    pretrained_tag: str | None = None  # open_clip: the tag whose preprocessing the weights expect
 
     @property
     def display_name(self) -> str:
@@ -70,6 +74,14 @@ def _builtin(task: str, role: str) -> ModelSource:
     return ModelSource("builtin", f"shapes_{task}_{role}", model_class="ShapesNet")
 
 
+def _open_clip(repo: str, architecture: str, tag: str) -> ModelSource:
+    return ModelSource("hub", repo, model_class="open_clip", revision="main", architecture=architecture,
+                       pretrained_tag=tag)
+
+
+CLIP_TEACHER = _open_clip("timm/vit_large_patch14_clip_224.openai", "ViT-L-14-quickgelu", "openai")
+
+
 def _rtdetr(repo: str) -> ModelSource:
     return ModelSource("hub", repo, model_class="RTDetrForObjectDetection", revision="main",
                        processor_class="RTDetrImageProcessor")
@@ -98,6 +110,20 @@ _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
          _segformer("nvidia/segformer-b5-finetuned-cityscapes-1024-1024"),
          _segformer("nvidia/segformer-b0-finetuned-cityscapes-1024-1024"), SEGFORMER_LICENCE,
          "SegFormer on Cityscapes."),
+    Pair("shapes-clip", "classification", ModelSource("builtin", "shapes_clip_teacher", model_class="open_clip",
+                                                      architecture="shapes-clip-teacher"),
+         ModelSource("builtin", "shapes_clip_student", model_class="open_clip", architecture="shapes-clip-student"),
+         BUILTIN_LICENCE, "Builtin tiny CLIPs trained contrastively on Shapes captions (open_clip configs)."),
+    Pair("clip-vit-l14-to-b32", "classification", CLIP_TEACHER,
+         _open_clip("timm/vit_base_patch32_clip_224.openai", "ViT-B-32-quickgelu", "openai"), OPENAI_CLIP_LICENCE,
+         "OpenAI CLIP ViT-L/14 teacher, ViT-B/32 student (open_clip)."),
+    Pair("clip-vit-l14-to-b16", "classification", CLIP_TEACHER,
+         _open_clip("timm/vit_base_patch16_clip_224.openai", "ViT-B-16-quickgelu", "openai"), OPENAI_CLIP_LICENCE,
+         "OpenAI CLIP ViT-L/14 teacher, ViT-B/16 student (open_clip)."),
+    Pair("clip-vit-l14-to-mobileclip-s1", "classification", CLIP_TEACHER,
+         _open_clip("apple/MobileCLIP-S1-OpenCLIP", "MobileCLIP-S1", "datacompdr"),
+         f"teacher: {OPENAI_CLIP_LICENCE}; student: {MOBILECLIP_LICENCE}",
+         "OpenAI CLIP ViT-L/14 teacher, MobileCLIP-S1 student (open_clip)."),
 )
 
 
