@@ -197,9 +197,9 @@ def run_sides(predictors: dict, image: np.ndarray, post: Callable) -> dict[str, 
 
 
 def examples_for(task: str) -> list[str]:
-    """Example image paths for a tab: Shapes scenes first, then real photos."""
-    return sorted(str(p) for p in EXAMPLES_DIR.glob("shapes_*.png")) + sorted(
-        str(p) for p in EXAMPLES_DIR.glob("photo_*.jpg"))
+    """Example image paths for a tab: Shapes scenes (single objects for classification), then real photos."""
+    pattern = "single_*.png" if task == "classification" else "shapes_*.png"
+    return [str(p) for glob in (pattern, "photo_*.jpg") for p in sorted(EXAMPLES_DIR.glob(glob))]
 
 
 def notes_markdown(notes: list[str]) -> str:

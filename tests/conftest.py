@@ -17,8 +17,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def tiny_hub_pairs(tmp_path_factory):
     """Register a detection and a segmentation pair of tiny transformers models saved to a temporary folder."""
-    from tests.tiny_hub import save_tiny_rtdetr, save_tiny_segformer
-    from weights.registry import Pair, _rtdetr, _segformer, register_pair, unregister_pair
+    from tests.tiny_hub import save_tiny_open_clip, save_tiny_rtdetr, save_tiny_segformer
+    from weights.registry import Pair, _open_clip, _rtdetr, _segformer, register_pair, unregister_pair
 
     root = tmp_path_factory.mktemp("hub")
 
@@ -30,6 +30,10 @@ def tiny_hub_pairs(tmp_path_factory):
              local(_rtdetr("s"), save_tiny_rtdetr(root / "rt_s", seed=1, width=16)), "test only"),
         Pair("tiny-segformer", "segmentation", local(_segformer("t"), save_tiny_segformer(root / "sf_t", seed=0)),
              local(_segformer("s"), save_tiny_segformer(root / "sf_s", seed=1, width=8)), "test only"),
+        Pair("tiny-clip", "classification",
+             local(_open_clip("t", "tiny-clip-hub", ""), save_tiny_open_clip(root / "clip_t", "tiny-clip-hub", 0)),
+             local(_open_clip("s", "tiny-clip-hub", ""), save_tiny_open_clip(root / "clip_s", "tiny-clip-hub", 1)),
+             "test only"),
     ]
     for pair in pairs:
         register_pair(pair)

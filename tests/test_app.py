@@ -123,3 +123,21 @@ def test_consensus_and_attention_endpoints(client, scene_file):
         client.predict(handle_file(scene_file), "shapes-segmentation", 0, api_name="/consensus")
     with pytest.raises(Exception, match="not in the list of choices"):  # the Radio checks its choices
         client.predict(handle_file(scene_file), "shapes-segmentation", 0.1, "magic", api_name="/consensus")
+
+
+def test_clip_endpoints(client, tmp_path, monkeypatch):
+    from gradio_client import handle_file
+
+    from weights import prompt_store
+
+    monkeypatch.setattr(prompt_store, "PROMPT_DIR", tmp_path / "prompts")
+    _, report = client.predict(handle_file("demos/examples/single_0.png"), "shapes-clip", "circle, square, triangle",
+                               "", "a {}", api_name="/classify")
+    assert set(report["teacher"]["probs"]) == {"circle", "square", "triangle"} and "agreement" in report
+    name, figures = client.predict("shapes-clip", "red circle, blue square", "coop", "api-prompt", None, 1, 3,
+                                   api_name="/tune_prompts")
+    assert name == "api-prompt" and figures["method"] == "coop"
+    assert [p["name"] for p in client.predict(api_name="/prompts")] == ["api-prompt"]
+    for args, message in ((("circle",), "at least two"), (("circle, square", "../../x"), "Unknown prompt")):
+        with pytest.raises(Exception, match=message):
+            client.predict(handle_file("demos/examples/single_0.png"), "shapes-clip", *args, api_name="/classify")

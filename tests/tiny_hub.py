@@ -46,3 +46,24 @@ def save_tiny_segformer(folder: Path, seed: int, width: int = 16) -> Path:
     SegformerForSemanticSegmentation(config).save_pretrained(folder)
     SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
     return folder
+
+
+TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                             "head_width": 16},
+             "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+
+
+def save_tiny_open_clip(folder: Path, architecture: str, seed: int) -> Path:
+    """Register a tiny open_clip config and save a random model as ``open_clip_model.safetensors``."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{architecture}.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(architecture)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder

@@ -135,3 +135,58 @@ def predictors_for(pair: Pair, device: torch.device | None = None) -> dict[str, 
     """``{"teacher": ..., "student": ...}`` for a pair, loading lazily through the cache."""
     cls = PREDICTORS[pair.task]
     return {role: cls(pair, getattr(pair, role), device) for role in ("teacher", "student")}
+
+
+class ClassificationPredictor(Predictor):
+    """An open_clip model: image and text features, class logits, and patch-to-text similarity maps."""
+
+    def _config_labels(self) -> list[str]:
+        return []  # classes come from the user
+
+    def prepare(self, image: np.ndarray) -> tuple[dict[str, torch.Tensor], Geometry]:
+        from PIL import Image
+
+        transform, _ = self.processor
+        if self.source.kind == "builtin":
+            pixels = transform(image[None])
+        else:
+            pixels = transform(Image.fromarray(image)).unsqueeze(0)
+        height, width = image.shape[:2]
+        return {"pixel_values": pixels.to(self.device, self.dtype)}, Geometry(height, width, *pixels.shape[-2:])
+
+    @torch.inference_mode()
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, D) normalised image features."""
+        return self.model.encode_image(inputs["pixel_values"], normalize=True).float()
+
+    @property
+    def tokenizer(self):
+        return self.processor[1]
+
+    @torch.inference_mode()
+    def text_features(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """(K, D) normalised features of ``texts`` (encoded in batches)."""
+        chunks = [self.model.encode_text(self.tokenizer(texts[i:i + batch_size]).to(self.device), normalize=True)
+                  for i in range(0, len(texts), batch_size)]
+        return torch.cat(chunks).float()
+
+    @torch.inference_mode()
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return self.model.logit_scale.exp().float() * image_features @ text_features.t()
+
+    @torch.inference_mode()
+    def patch_similarity(self, inputs: dict[str, torch.Tensor], text_feature: torch.Tensor) -> torch.Tensor | None:
+        """(h, w) cosine similarity of every patch token (through the final norm and projection) to one text
+        feature, or None for towers without patch tokens (e.g. convolutional ones)."""
+        visual = self.model.visual
+        if not all(hasattr(visual, name) for name in ("ln_post", "proj", "forward_intermediates")):
+            return None
+        out = visual.forward_intermediates(inputs["pixel_values"], indices=1, intermediates_only=True,
+                                           output_fmt="NCHW")
+        maps = out["image_intermediates"][-1] if isinstance(out, dict) else out[-1]  # (1, width, h, w)
+        tokens = visual.ln_post(maps.flatten(2).transpose(1, 2))
+        patches = torch.nn.functional.normalize((tokens @ visual.proj).float(), dim=-1)
+        return (patches[0] @ text_feature.float()).reshape(maps.shape[-2:])
+
+
+PREDICTORS["classification"] = ClassificationPredictor

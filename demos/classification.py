@@ -1,0 +1,332 @@
+"""CLIP tab: teacher vs student zero-shot classification on the user's classes, and prompts tuned live for the
+student from the teacher (CoOp, CasPL)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional import kl_divergence, spearman_corrcoef
+
+from analysis.attention import normalise_map
+from demos.common import ROLES, InputError, heat_overlay, notes_markdown, on_gpu, read_image
+from weights.predictors import predictors_for
+from weights.prompt_learning import METHODS, prompted_text_features, tune
+from weights.prompt_store import PromptError, list_prompts, load_prompt, sanitise_name, save_prompt
+from weights.registry import get_pair, list_pairs
+from weights.shapes import COLOUR_SHAPE_NAMES, SHAPE_NAMES, render_scene
+
+DEFAULT_PAIR = "shapes-clip"
+PRESETS = {
+    "Shapes: 5 shapes": ", ".join(SHAPE_NAMES),
+    "Shapes: 30 colour-shapes": ", ".join(COLOUR_SHAPE_NAMES),
+    "Everyday objects": "cat, dog, car, bicycle, cup, chair, person, bird, tree, house",
+}
+DEFAULT_TEMPLATE = "a {}"
+MAX_CLASSES = 1000
+MAX_NAME_CHARS = 100
+TOP_K = 5
+MAX_TUNE_IMAGES = 64
+MAX_TUNE_STEPS = 500
+TUNE_SEED_START = 950_000  # Shapes tuning scenes: training-range seeds, never the evaluation seeds
+
+
+def parse_classes(text: str) -> tuple[list[str], list[str]]:
+    """Comma- or newline-separated class names -> (unique names in order, notes).
+
+    Raises:
+        InputError: fewer than two names, more than ``MAX_CLASSES``, or a name over ``MAX_NAME_CHARS``.
+    """
+    if not isinstance(text, str):
+        raise InputError("Class names must be text: a comma-separated list.")
+    names = [re.sub(r"\s+", " ", n).strip() for n in re.split(r"[,\n]", text)]
+    names = [n for n in names if n]
+    notes = []
+    long = [n for n in names if len(n) > MAX_NAME_CHARS]
+    if long:
+        raise InputError(f"Class names are limited to {MAX_NAME_CHARS} characters; one has {len(long[0]):,}.")
+    unique = list(dict.fromkeys(names))
+    if len(unique) < len(names):
+        notes.append(f"Removed {len(names) - len(unique)} duplicate class name(s).")
+    if len(unique) < 2:
+        raise InputError("Give at least two different class names, separated by commas.")
+    if len(unique) > MAX_CLASSES:
+        raise InputError(f"At most {MAX_CLASSES} classes, got {len(unique):,}.")
+    return unique, notes
+
+
+def check_template(template: str) -> str:
+    template = (template or "").strip() or DEFAULT_TEMPLATE
+    if template.count("{}") != 1 or len(template) > 200:
+        raise InputError("The prompt template needs exactly one {} where the class name goes, e.g. 'a photo of a {}.'")
+    return template
+
+
+def agreement(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> dict:
+    """Top-1 match, KL(teacher || student), Jensen-Shannon divergence and Spearman rank correlation."""
+    t, s = teacher_probs[None].double(), student_probs[None].double()
+    mixture = (t + s) / 2
+    js = (kl_divergence(t, mixture) + kl_divergence(s, mixture)) / 2
+    return {"top1_match": bool(t.argmax() == s.argmax()), "kl": round(float(kl_divergence(t, s)), 5),
+            "js": round(float(js), 5), "spearman": round(float(spearman_corrcoef(t[0], s[0])), 4)}
+
+
+def _student_text(student, names: list[str], template: str, prompt: str, pair: str) -> tuple[torch.Tensor, str]:
+    if not prompt:
+        return student.text_features([template.format(n) for n in names]), f"zero-shot '{template}'"
+    tensors, meta = load_prompt(prompt)
+    if meta.get("pair") != pair:
+        raise PromptError(f"Prompt {prompt!r} was learned for pair {meta.get('pair')!r}, not {pair!r}.")
+    return prompted_text_features(student, names, tensors), f"learned prompt '{prompt}' ({meta.get('method')})"
+
+
+@on_gpu
+def classify(image, pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 5 shapes"], prompt: str = "",
+             template: str = "") -> tuple[object, dict]:
+    """Zero-shot (or learned-prompt) classification by teacher and student.
+
+    Args:
+        image: a file path, numpy RGB array or PIL image.
+        pair: a classification pair.
+        class_names: comma-separated class names (2 to 1000).
+        prompt: the name of a learned prompt for the student, or empty for zero-shot.
+        template: the zero-shot template with one ``{}``; empty means ``a {}``.
+
+    Returns:
+        ``(figure, report)``: a plotly chart of both models' top-5 and
+        ``{pair, classes, teacher: {probs, latency_ms, prompt}, student: {...}, agreement: {top1_match, kl, js,
+        spearman}, notes}``.
+    """
+    spec = get_pair(pair, "classification")
+    names, notes = parse_classes(class_names)
+    template = check_template(template)
+    array, image_notes = read_image(image)
+    predictors = predictors_for(spec)
+    report, probs = {"pair": spec.name, "classes": names}, {}
+    for role in ROLES:
+        p = predictors[role]
+        start = time.perf_counter()
+        inputs, _ = p.prepare(array)
+        if role == "student":
+            text, used = _student_text(p, names, template, (prompt or "").strip(), spec.name)
+        else:
+            text, used = p.text_features([template.format(n) for n in names]), f"zero-shot '{template}'"
+        probs[role] = p.logits(p.forward(inputs), text)[0].softmax(-1).cpu()
+        latency = (time.perf_counter() - start) * 1000
+        report[role] = {"probs": {n: round(float(v), 5) for n, v in zip(names, probs[role], strict=True)},
+                        "latency_ms": round(latency, 2), "prompt": used}
+    report["agreement"] = agreement(probs["teacher"], probs["student"])
+    report["notes"] = notes + image_notes
+    return top_k_figure(report), report
+
+
+def top_k_figure(report: dict | None):
+    """Grouped bars: the teacher's and the student's probabilities on the union of their top-5 classes."""
+    import plotly.graph_objects as go
+
+    if not report:
+        return None
+    top = []
+    for role in ROLES:
+        ranked = sorted(report[role]["probs"].items(), key=lambda kv: -kv[1])[:TOP_K]
+        top += [name for name, _ in ranked if name not in top]
+    fig = go.Figure([go.Bar(name=role, x=top, y=[report[role]["probs"][n] for n in top]) for role in ROLES])
+    fig.update_layout(barmode="group", title="Top classes, teacher vs student", yaxis={"range": [0, 1]},
+                      height=340, margin={"l": 40, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+@on_gpu
+def similarity_maps(image, pair: str, class_names: str, template: str, report: dict | None) -> tuple:
+    """Patch-level similarity to the teacher's top class text, teacher beside student."""
+    if not report or image is None:
+        return None, None
+    spec = get_pair(pair, "classification")
+    names, _ = parse_classes(class_names)
+    top = max(report["teacher"]["probs"], key=report["teacher"]["probs"].get)
+    array, _ = read_image(image)
+    maps = []
+    for p in predictors_for(spec).values():
+        inputs, _ = p.prepare(array)
+        heat = p.patch_similarity(inputs, p.text_features([check_template(template).format(top)])[0])
+        maps.append(None if heat is None else heat_overlay(array, normalise_map(heat[None])[0]))
+    return tuple(maps)
+
+
+# Prompt tuning ------------------------------------------------------------------------------------------------
+
+def _label_of(path: str, names: list[str]) -> int:
+    """The class of an uploaded tuning image, from its file name: ``red circle_3.png`` -> ``red circle``."""
+    stem = Path(path).name.rsplit(".", 1)[0]
+    label = stem.split("_")[0].replace("-", " ").strip().lower()
+    lowered = [n.lower() for n in names]
+    if label not in lowered:
+        raise InputError(f"Cannot tell the class of {Path(path).name[:60]!r}: name files '<class>_<n>.png' with a "
+                         f"class from the list (e.g. '{names[0]}_1.png').")
+    return lowered.index(label)
+
+
+def _shapes_examples(names: list[str], per_class: int) -> tuple[list[np.ndarray], list[int]]:
+    """Labelled Shapes scenes for classes that are shapes or colour-shapes."""
+    images, labels, wanted = [], [], {n.lower(): i for i, n in enumerate(names)}
+    if not set(wanted) <= set(SHAPE_NAMES) | set(COLOUR_SHAPE_NAMES):
+        raise InputError("Shapes examples only exist for Shapes classes (shapes or colour-shapes); upload "
+                         "labelled images for other classes.")
+    counts = dict.fromkeys(wanted.values(), 0)
+    seed = TUNE_SEED_START
+    while min(counts.values()) < per_class and seed < TUNE_SEED_START + 200 * per_class * len(names):
+        scene = render_scene(seed, single_object=True)
+        seed += 1
+        obj = scene.objects[0]
+        for key in (obj.name, f"{obj.colour} {obj.name}"):
+            if key in wanted and counts[wanted[key]] < per_class:
+                images.append(scene.image)
+                labels.append(wanted[key])
+                counts[wanted[key]] += 1
+    return images, labels
+
+
+def _pixels(predictor, images: list[np.ndarray]) -> torch.Tensor:
+    return torch.cat([predictor.prepare(im)[0]["pixel_values"] for im in images])
+
+
+@on_gpu
+def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 30 colour-shapes"],
+                 method: str = "caspl", name: str = "my-prompt", files: list | None = None, per_class: int = 4,
+                 steps: int = 100, progress=None) -> tuple[str, dict]:
+    """Learn a prompt for the student of a CLIP pair and save it under ``weights/prompts/``.
+
+    Args:
+        pair: a classification pair.
+        class_names: the classes (2 to 1000).
+        method: ``coop``, ``caspl-boost`` or ``caspl``.
+        name: the prompt's name (sanitised; letters, digits, '-' and '_').
+        files: labelled images named ``<class>_<n>.<ext>``; when empty, Shapes scenes of the classes are used.
+        per_class: Shapes scenes per class when ``files`` is empty.
+        steps: optimisation steps per phase (1 to 500).
+        progress: a ``gr.Progress`` (or None).
+
+    Returns:
+        ``(name, figures)``: the saved name and ``{method, before, after, teacher, measured_on, ...}``: the
+        student's accuracy and agreement with the teacher before and after, on the tuning images.
+    """
+    spec = get_pair(pair, "classification")
+    names, notes = parse_classes(class_names)
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {str(method)[:40]!r}.")
+    stem = sanitise_name(name)
+    steps, per_class = int(steps), int(per_class)
+    if not 1 <= steps <= MAX_TUNE_STEPS:
+        raise InputError(f"steps must lie in [1, {MAX_TUNE_STEPS}].")
+    if files:
+        paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in files][:MAX_TUNE_IMAGES]
+        labels = [_label_of(p, names) for p in paths]
+        images = [read_image(p)[0] for p in paths]
+        source = f"{len(images)} uploaded images"
+    else:
+        images, labels = _shapes_examples(names, max(1, min(per_class, 16)))
+        source = f"{len(images)} Shapes scenes (training seeds)"
+    predictors = predictors_for(spec)
+    student, teacher = predictors["student"], predictors["teacher"]
+    s_pixels, t_pixels = _pixels(student, images), _pixels(teacher, images)
+    targets = torch.tensor(labels)
+
+    def on_step(phase: str, step: int, loss: float) -> None:
+        if progress is not None:
+            progress(step / steps, desc=f"{phase} prompt · step {step}/{steps} · loss {loss:.4f}")
+
+    with torch.enable_grad():
+        tensors = tune(student, teacher, names, method, (s_pixels, targets), (s_pixels, t_pixels), steps=steps,
+                       on_step=on_step)
+
+    def scores(text: torch.Tensor) -> dict:
+        s_probs = student.logits(student.forward({"pixel_values": s_pixels}), text).softmax(-1)
+        t_text = teacher.text_features([f"a {n}" for n in names])
+        t_probs = teacher.logits(teacher.forward({"pixel_values": t_pixels}), t_text).softmax(-1)
+        return {"accuracy": round(float((s_probs.argmax(1).cpu() == targets).float().mean()), 4),
+                "top1_match_with_teacher": round(float((s_probs.argmax(1) == t_probs.argmax(1)).float().mean()), 4),
+                "teacher_accuracy": round(float((t_probs.argmax(1).cpu() == targets).float().mean()), 4)}
+
+    before = scores(student.text_features([f"a {n}" for n in names]))
+    after = scores(prompted_text_features(student, names, tensors))
+    figures = {"method": method, "before": before, "after": after, "measured_on": f"the tuning images: {source}",
+               "notes": notes}
+    metadata = {"pair": spec.name, "method": method, "classes": names[:50], "n_classes": len(names),
+                "n_context": sum(t.shape[0] for t in tensors.values()), "steps": steps, "figures": figures,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    saved = save_prompt(stem, tensors, metadata)
+    return saved, figures
+
+
+def prompts() -> list[dict]:
+    """Saved prompts: ``[{name, pair, method, n_classes, n_context, figures, created}]``."""
+    return [{k: p.get(k) for k in ("name", "pair", "method", "n_classes", "n_context", "figures", "created")}
+            for p in list_prompts()]
+
+
+def build_classification_tab() -> None:
+    import gradio as gr
+
+    from demos.common import examples_for, user_errors
+    from demos.components import user_image
+
+    pairs = [p.name for p in list_pairs("classification")]
+    with gr.Tab("CLIP", id="classification"):
+        gr.Markdown("Zero-shot classification by a large CLIP and a small one on your image and classes; then close "
+                    "part of the gap by learning a prompt for the student from the teacher (CoOp, CasPL).")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = user_image(label="Image", elem_id="classification-image")
+                pair = gr.Dropdown(pairs, value=DEFAULT_PAIR, label="Pair", allow_custom_value=True)
+                preset = gr.Dropdown(list(PRESETS), value="Shapes: 5 shapes", label="Class preset")
+                classes = gr.Textbox(value=PRESETS["Shapes: 5 shapes"], label="Class names (comma-separated)",
+                                     lines=2, max_length=200_000)
+                prompt = gr.Dropdown(["", *[p["name"] for p in list_prompts()]], value="", allow_custom_value=True,
+                                     label="Student prompt (empty: zero-shot)")
+                template = gr.Textbox(value=DEFAULT_TEMPLATE, label="Zero-shot template")
+                run = gr.Button("Classify", variant="primary", elem_id="classification-run")
+            with gr.Column(scale=2):
+                plot = gr.Plot(label="Top classes")
+                with gr.Row():
+                    maps = [gr.Image(label=f"{role.capitalize()}: patches vs top class", interactive=False)
+                            for role in ROLES]
+                summary = gr.Markdown()
+                report = gr.JSON(label="Report", open=False)
+        with gr.Accordion("Tune a prompt for the student", open=False):
+            with gr.Row():
+                method = gr.Radio(list(METHODS), value="caspl", label="Method",
+                                  info="coop: labels; caspl-boost: teacher logits only; caspl: boost, then adapt")
+                name = gr.Textbox(value="my-prompt", label="Prompt name")
+                steps = gr.Slider(1, MAX_TUNE_STEPS, value=100, step=1, label="Steps per phase")
+                per_class = gr.Slider(1, 16, value=4, step=1, label="Shapes scenes per class (no uploads)")
+            files = gr.File(file_count="multiple", file_types=["image"], label="Labelled images '<class>_<n>.png' "
+                            "(optional; Shapes scenes are used otherwise)")
+            with gr.Row():
+                tune_button = gr.Button("Tune", variant="primary")
+                stop = gr.Button("Stop")
+            saved = gr.Textbox(label="Saved prompt", interactive=False)
+            figures = gr.JSON(label="Before / after")
+            saved_list = gr.JSON(label="Saved prompts", open=False)
+        gr.Examples(examples_for("classification"), inputs=[image], label="Examples")
+        preset.change(lambda p: PRESETS[p], preset, classes, api_visibility="private")
+        event = run.click(user_errors(classify), [image, pair, classes, prompt, template], [plot, report],
+                          api_name="classify", concurrency_limit=2)
+        event.then(lambda r: notes_markdown(r.get("notes", [])) if r else "", report, summary,
+                   api_visibility="private")
+        event.then(user_errors(similarity_maps), [image, pair, classes, template, report], maps,
+                   api_visibility="private")
+
+        def run_tuning(pair, classes, method, name, files, per_class, steps,
+                       progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
+            return tune_prompts(pair, classes, method, name, files, per_class, steps, progress)
+
+        tuning = tune_button.click(user_errors(run_tuning), [pair, classes, method, name, files, per_class, steps],
+                                   [saved, figures], api_name="tune_prompts", concurrency_limit=1)
+        stop.click(None, cancels=[tuning], api_visibility="private")
+        refreshed = tuning.then(prompts, None, saved_list, api_name="refresh_prompt_list", api_visibility="private")
+        refreshed.then(lambda: gr.Dropdown(choices=["", *[p["name"] for p in list_prompts()]]), None, prompt,
+                       api_visibility="private")
+        gr.api(prompts, api_name="prompts")
