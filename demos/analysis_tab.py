@@ -19,7 +19,7 @@ from analysis.consensus import (
 from analysis.features import Stage, forward_with_stages, match_stages
 from demos.common import ROLES, InputError, examples_for, heat_overlay, notes_markdown, on_gpu, read_image
 from weights.predictors import Geometry, Predictor, predictors_for
-from weights.registry import get_pair, list_pairs
+from weights.registry import get_pair
 
 DEFAULT_PAIR = "shapes-segmentation"
 DEFAULT_TAU = 0.1
@@ -299,6 +299,13 @@ def consensus_toggle():
     return gr.Checkbox(label="Consensus overlay (deepest shared stride, τ = 0.1)", value=False)
 
 
+def consensus_overlay_image(task: str):
+    """The image the consensus toggle fills (place it in the results column)."""
+    import gradio as gr
+
+    return gr.Image(label="Consensus (teacher ↔ student)", interactive=False, height=300, elem_id=f"{task}-consensus")
+
+
 def wire_consensus_toggle(event, image, pair, toggle, overlay) -> None:
     """Refresh the overlay image after each run of the tab and whenever the checkbox changes."""
     from demos.common import user_errors
@@ -310,10 +317,9 @@ def wire_consensus_toggle(event, image, pair, toggle, overlay) -> None:
 def build_analysis_tab() -> None:
     import gradio as gr
 
-    from demos.common import user_errors
+    from demos.common import pair_dropdown, user_errors
     from demos.components import user_image
 
-    pairs = [p.name for p in list_pairs() if p.task in ("detection", "segmentation")]
     with gr.Tab("Analysis", id="analysis"):
         gr.Markdown("Where do teacher and student features agree (**consensus**) and disagree (**divergence**)? "
                     "Similarity per location at every stride both models share; weights are a spatial softmax "
@@ -321,7 +327,7 @@ def build_analysis_tab() -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="analysis-image")
-                pair = gr.Dropdown(pairs, value=DEFAULT_PAIR, label="Pair", allow_custom_value=True)
+                pair = pair_dropdown(("detection", "segmentation"), DEFAULT_PAIR)
                 tau = gr.Slider(0.01, 2.0, value=DEFAULT_TAU, step=0.01, label="τ (softmax temperature)")
                 method = gr.Radio(list(METHODS), value="affinity", label="Similarity",
                                   info="affinity: dimension-free; projection: least-squares channel map")

@@ -16,7 +16,7 @@ from demos.common import ROLES, InputError, heat_overlay, notes_markdown, on_gpu
 from weights.predictors import predictors_for
 from weights.prompt_learning import METHODS, prompted_text_features, tune
 from weights.prompt_store import PromptError, list_prompts, load_prompt, sanitise_name, save_prompt
-from weights.registry import get_pair, list_pairs
+from weights.registry import get_pair
 from weights.shapes import COLOUR_SHAPE_NAMES, SHAPE_NAMES, render_scene
 
 DEFAULT_PAIR = "shapes-clip"
@@ -270,17 +270,16 @@ def prompts() -> list[dict]:
 def build_classification_tab() -> None:
     import gradio as gr
 
-    from demos.common import examples_for, user_errors
+    from demos.common import examples_for, pair_dropdown, user_errors
     from demos.components import user_image
 
-    pairs = [p.name for p in list_pairs("classification")]
     with gr.Tab("CLIP", id="classification"):
         gr.Markdown("Zero-shot classification by a large CLIP and a small one on your image and classes; then close "
                     "part of the gap by learning a prompt for the student from the teacher (CoOp, CasPL).")
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="classification-image")
-                pair = gr.Dropdown(pairs, value=DEFAULT_PAIR, label="Pair", allow_custom_value=True)
+                pair = pair_dropdown(("classification",), DEFAULT_PAIR)
                 preset = gr.Dropdown(list(PRESETS), value="Shapes: 5 shapes", label="Class preset")
                 classes = gr.Textbox(value=PRESETS["Shapes: 5 shapes"], label="Class names (comma-separated)",
                                      lines=2, max_length=200_000)

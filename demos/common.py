@@ -202,6 +202,24 @@ def examples_for(task: str) -> list[str]:
     return [str(p) for glob in (pattern, "photo_*.jpg") for p in sorted(EXAMPLES_DIR.glob(glob))]
 
 
+def pair_dropdown(tasks: tuple[str, ...], value: str):
+    """The "Pair" menu of a tab: every registered pair of these tasks (other names reach our own clear error)."""
+    import gradio as gr
+
+    from weights.registry import list_pairs
+
+    names = [p.name for p in list_pairs() if p.task in tasks]
+    return gr.Dropdown(names, value=value, label="Pair", allow_custom_value=True)
+
+
+def side_by_side_images(task: str) -> list:
+    """Teacher and student result images, built by one loop so both sides always look alike."""
+    import gradio as gr
+
+    return [gr.Image(label=role.capitalize(), interactive=False, format="png", elem_id=f"{task}-{role}")
+            for role in ROLES]
+
+
 def notes_markdown(notes: list[str]) -> str:
     return "".join(f"> **Note:** {note}\n\n" for note in notes)
 

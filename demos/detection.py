@@ -7,7 +7,7 @@ import torch
 from torchvision.utils import draw_bounding_boxes
 
 from analysis.agreement import detection_agreement
-from demos.analysis_tab import consensus_toggle, wire_consensus_toggle
+from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
 from demos.common import (
     ROLES,
     InputError,
@@ -17,14 +17,16 @@ from demos.common import (
     font_path,
     notes_markdown,
     on_gpu,
+    pair_dropdown,
     palette,
     read_image,
     run_sides,
+    side_by_side_images,
     user_errors,
 )
 from demos.components import user_image
 from weights.predictors import Detection, predictors_for
-from weights.registry import get_pair, list_pairs
+from weights.registry import get_pair
 
 DEFAULT_PAIR = "shapes-detection"
 DEFAULT_THRESHOLD = 0.3
@@ -118,17 +120,14 @@ def build_detection_tab() -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="detection-image")
-                pair = gr.Dropdown([p.name for p in list_pairs("detection")], value=DEFAULT_PAIR, label="Pair",
-                                   allow_custom_value=True)
+                pair = pair_dropdown(("detection",), DEFAULT_PAIR)
                 threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold")
                 toggle = consensus_toggle()
                 run = gr.Button("Detect", variant="primary", elem_id="detection-run")
             with gr.Column(scale=2):
                 with gr.Row():
-                    outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png",
-                                        elem_id=f"detection-{role}") for role in ROLES]
-                overlay = gr.Image(label="Consensus (teacher ↔ student)", interactive=False, height=300,
-                                   elem_id="detection-consensus")
+                    outputs = side_by_side_images("detection")
+                overlay = consensus_overlay_image("detection")
                 summary = gr.Markdown()
                 report = gr.JSON(label="Report", open=False)
         gr.Examples(examples_for("detection"), inputs=[image], label="Examples",

@@ -12,7 +12,7 @@ import torch
 from torchvision.utils import draw_segmentation_masks
 
 from analysis.agreement import segmentation_agreement
-from demos.analysis_tab import consensus_toggle, wire_consensus_toggle
+from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
 from demos.common import (
     ROLES,
     display_scale,
@@ -20,14 +20,16 @@ from demos.common import (
     examples_for,
     notes_markdown,
     on_gpu,
+    pair_dropdown,
     palette,
     read_image,
     run_sides,
+    side_by_side_images,
     user_errors,
 )
 from demos.components import user_image
 from weights.predictors import predictors_for
-from weights.registry import get_pair, list_pairs
+from weights.registry import get_pair
 
 DEFAULT_PAIR = "shapes-segmentation"
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "distill_lens_outputs"
@@ -123,16 +125,13 @@ def build_segmentation_tab() -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="segmentation-image")
-                pair = gr.Dropdown([p.name for p in list_pairs("segmentation")], value=DEFAULT_PAIR, label="Pair",
-                                   allow_custom_value=True)
+                pair = pair_dropdown(("segmentation",), DEFAULT_PAIR)
                 toggle = consensus_toggle()
                 run = gr.Button("Segment", variant="primary", elem_id="segmentation-run")
             with gr.Column(scale=2):
                 with gr.Row():
-                    outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png",
-                                        elem_id=f"segmentation-{role}") for role in ROLES]
-                overlay = gr.Image(label="Consensus (teacher ↔ student)", interactive=False, height=300,
-                                   elem_id="segmentation-consensus")
+                    outputs = side_by_side_images("segmentation")
+                overlay = consensus_overlay_image("segmentation")
                 summary = gr.Markdown()
                 plot = gr.Plot(label="Per-class agreement")
                 with gr.Row():
