@@ -8,12 +8,12 @@ is written), and hooks or attention switches live only inside context managers t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 import torch.nn.functional as F
 
-from analysis.features import forward_with_stages
+from analysis.features import forward_with_stages, hooked
 
 
 def normalise_map(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -110,30 +110,18 @@ def vit_rollout_map(model: torch.nn.Module, pixels: torch.Tensor, prefix_tokens:
     return normalise_map(rollout[:, 0, prefix_tokens:].reshape(-1, h, w))
 
 
-@contextmanager
 def capture_deformable_sampling(model: torch.nn.Module, name_contains: str = "decoder",
-                                ) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+                                ) -> AbstractContextManager[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """Record the sampling locations and attention weights of every multi-scale deformable attention kernel
-    whose module name contains ``name_contains``; hooks are removed on exit, also after an error.
+    whose module name contains ``name_contains`` (hooks removed on exit, see :func:`analysis.features.hooked`).
 
     Yields:
         ``{module name: (sampling_locations (B, Q, heads, levels, points, 2) in [0, 1] xy,
         attention_weights (B, Q, heads, levels, points))}``, filled during forwards inside the block.
     """
-    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    handles = []
-    try:
-        for name, module in model.named_modules():
-            if type(module).__name__ == "MultiScaleDeformableAttention" and name_contains in name:
-                def hook(_module, args, name=name):
-                    captured[name] = (args[4].detach(), args[5].detach())
-                handles.append(module.register_forward_pre_hook(hook))
-        if not handles:
-            raise ValueError(f"{type(model).__name__} has no multi-scale deformable attention to capture")
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
+    return hooked(model, lambda name, m: type(m).__name__ == "MultiScaleDeformableAttention" and name_contains in name,
+                  lambda args, _out: (args[4].detach(), args[5].detach()), pre=True,
+                  what="multi-scale deformable attention")
 
 
 def sampling_point_map(locations: torch.Tensor, weights: torch.Tensor, size: tuple[int, int],

@@ -8,8 +8,8 @@ the grid inferred from the token count and the input's aspect ratio, never hard-
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -70,27 +70,46 @@ def as_stage(name: str, tensor: torch.Tensor, height: int, width: int) -> Stage:
 
 
 @contextmanager
-def capture_modules(model: torch.nn.Module, pattern: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the outputs of every submodule whose name fully matches ``pattern``; hooks are removed on exit,
-    also after an exception.
+def hooked(model: torch.nn.Module, select: Callable[[str, torch.nn.Module], bool], record: Callable,
+           pre: bool = False, what: str = "modules") -> Iterator[dict[str, object]]:
+    """Hook every submodule that ``select(name, module)`` picks; every hook is removed on exit, also after an
+    exception.
+
+    Args:
+        model: the model to hook; nothing else about it changes.
+        select: which submodules to hook.
+        record: ``record(args, output)`` -> what to keep from a forward (``output`` is None for pre-hooks).
+        pre: hook the module's inputs (a forward pre-hook) instead of its outputs.
+        what: how to name the selected modules in the error raised when there are none.
 
     Yields:
-        A dict, filled during forwards inside the block, from module name to its (first) output tensor.
+        A dict, filled during forwards inside the block, from module name to what ``record`` kept.
     """
-    captured: dict[str, torch.Tensor] = {}
+    captured: dict[str, object] = {}
     handles = []
     try:
         for name, module in model.named_modules():
-            if re.fullmatch(pattern, name):
-                def hook(_module, _inputs, output, name=name):
-                    captured[name] = output[0] if isinstance(output, (tuple, list)) else output
-                handles.append(module.register_forward_hook(hook))
+            if not select(name, module):
+                continue
+            if pre:
+                handles.append(module.register_forward_pre_hook(
+                    lambda _m, args, name=name: captured.__setitem__(name, record(args, None))))
+            else:
+                handles.append(module.register_forward_hook(
+                    lambda _m, args, output, name=name: captured.__setitem__(name, record(args, output))))
         if not handles:
-            raise ValueError(f"no module of {type(model).__name__} matches {pattern!r}")
+            raise ValueError(f"{type(model).__name__} has no {what} to capture")
         yield captured
     finally:
         for handle in handles:
             handle.remove()
+
+
+def capture_modules(model: torch.nn.Module, pattern: str) -> AbstractContextManager[dict[str, torch.Tensor]]:
+    """Record the (first) output of every submodule whose name fully matches ``pattern`` (see :func:`hooked`)."""
+    return hooked(model, lambda name, _m: re.fullmatch(pattern, name) is not None,
+                  lambda _args, out: out[0] if isinstance(out, (tuple, list)) else out,
+                  what=f"module matching {pattern!r}")
 
 
 def _explicit_forward(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[object, list] | None:
