@@ -37,7 +37,7 @@ def test_context_equal_to_the_template_words_reproduces_encode_text(tiny_clip):
     assert context.shape == (4, 16)
     names = ["red circle", "cat"]
     with torch.no_grad():
-        mine = encode_with_context(model, context_tokens(tokenizer, names, 4), context)
+        mine = encode_with_context(model, context_tokens(tokenizer, names, 4, suffix="."), context)
         reference = model.encode_text(tokenizer([f"a photo of a {n}." for n in names]), normalize=True)
     assert torch.allclose(mine, reference, atol=1e-5)
 

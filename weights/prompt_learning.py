@@ -21,9 +21,13 @@ def check_text_tower(model: torch.nn.Module) -> None:
         raise ValueError(f"{type(model).__name__} has no open_clip CLIP text tower; prompt learning needs one")
 
 
-def context_tokens(tokenizer: Callable, class_names: list[str], n_context: int) -> torch.Tensor:
-    """(K, L) token ids of ``X … X <class>.`` with ``n_context`` placeholders right after the start token."""
-    return tokenizer([" ".join([PLACEHOLDER] * n_context) + f" {name}." for name in class_names])
+def context_tokens(tokenizer: Callable, class_names: list[str], n_context: int, suffix: str = "") -> torch.Tensor:
+    """(K, L) token ids of ``X … X <class><suffix>`` with ``n_context`` placeholders right after the start token.
+
+    CoOp ends prompts with "."; the default adds nothing, so that a context initialised from a template's words
+    starts exactly where that zero-shot template is (a full stop the text encoder never saw can cost accuracy).
+    """
+    return tokenizer([" ".join([PLACEHOLDER] * n_context) + f" {name}{suffix}" for name in class_names])
 
 
 def encode_with_context(model: torch.nn.Module, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

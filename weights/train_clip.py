@@ -1,4 +1,4 @@
-"""Recipe that trains the builtin Shapes CLIP pair: a tiny teacher and a smaller, less-trained student, both
+"""Recipe that trains the builtin Shapes CLIP pair: a tiny teacher and a smaller student, both
 contrastively on single-object Shapes scenes and their captions, through open_clip's own model classes.
 
     python -m weights.train_clip                  # both, the committed recipe
@@ -21,7 +21,7 @@ from weights.clip_builtin import CLIP_CHECKPOINTS, CLIP_ROLES, clip_image_batch,
 from weights.shapes import COLOUR_NAMES, SHAPE_NAMES, render_scene
 
 TRAIN_SEEDS = range(0, 1_000_000)
-STEPS = {"teacher": 1500, "student": 400}
+STEPS = {"teacher": 1500, "student": 1500}
 
 
 def caption_forms(colour: str | None, shape: str | None) -> str:
