@@ -196,7 +196,7 @@ def _pixels(predictor, images: list[np.ndarray]) -> torch.Tensor:
 @on_gpu
 def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 30 colour-shapes"],
                  method: str = "caspl", name: str = "my-prompt", files: list | None = None, per_class: int = 4,
-                 steps: int = 100, progress=None) -> tuple[str, dict]:
+                 steps: int = 100, progress=None, template: str = "") -> tuple[str, dict]:
     """Learn a prompt for the student of a CLIP pair and save it under ``weights/prompts/``.
 
     Args:
@@ -208,6 +208,7 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
         per_class: Shapes scenes per class when ``files`` is empty.
         steps: optimisation steps per phase (1 to 500).
         progress: a ``gr.Progress`` (or None).
+        template: the zero-shot template the context starts from (empty: ``a {}``).
 
     Returns:
         ``(name, figures)``: the saved name and ``{method, before, after, teacher, measured_on, ...}``: the
@@ -218,6 +219,7 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {str(method)[:40]!r}.")
     stem = sanitise_name(name)
+    template = check_template(template)
     steps, per_class = int(steps), int(per_class)
     if not 1 <= steps <= MAX_TUNE_STEPS:
         raise InputError(f"steps must lie in [1, {MAX_TUNE_STEPS}].")
@@ -240,21 +242,22 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
 
     with torch.enable_grad():
         tensors = tune(student, teacher, names, method, (s_pixels, targets), (s_pixels, t_pixels), steps=steps,
-                       on_step=on_step)
+                       template=template, on_step=on_step)
 
     def scores(text: torch.Tensor) -> dict:
         s_probs = student.logits(student.forward({"pixel_values": s_pixels}), text).softmax(-1)
-        t_text = teacher.text_features([f"a {n}" for n in names])
+        t_text = teacher.text_features([template.format(n) for n in names])
         t_probs = teacher.logits(teacher.forward({"pixel_values": t_pixels}), t_text).softmax(-1)
         return {"accuracy": round(float((s_probs.argmax(1).cpu() == targets).float().mean()), 4),
                 "top1_match_with_teacher": round(float((s_probs.argmax(1) == t_probs.argmax(1)).float().mean()), 4),
                 "teacher_accuracy": round(float((t_probs.argmax(1).cpu() == targets).float().mean()), 4)}
 
-    before = scores(student.text_features([f"a {n}" for n in names]))
+    before = scores(student.text_features([template.format(n) for n in names]))
     after = scores(prompted_text_features(student, names, tensors))
     figures = {"method": method, "before": before, "after": after, "measured_on": f"the tuning images: {source}",
                "notes": notes}
-    metadata = {"pair": spec.name, "method": method, "classes": names[:50], "n_classes": len(names),
+    metadata = {"pair": spec.name, "method": method, "template": template, "classes": names[:50],
+                "n_classes": len(names),
                 "n_context": sum(t.shape[0] for t in tensors.values()), "steps": steps, "figures": figures,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     saved = save_prompt(stem, tensors, metadata)
@@ -318,11 +321,12 @@ def build_classification_tab() -> None:
         event.then(user_errors(similarity_maps), [image, pair, classes, template, report], maps,
                    api_visibility="private")
 
-        def run_tuning(pair, classes, method, name, files, per_class, steps,
+        def run_tuning(pair, classes, method, name, files, per_class, steps, template,
                        progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
-            return tune_prompts(pair, classes, method, name, files, per_class, steps, progress)
+            return tune_prompts(pair, classes, method, name, files, per_class, steps, progress, template)
 
-        tuning = tune_button.click(user_errors(run_tuning), [pair, classes, method, name, files, per_class, steps],
+        tuning = tune_button.click(user_errors(run_tuning),
+                                   [pair, classes, method, name, files, per_class, steps, template],
                                    [saved, figures], api_name="tune_prompts", concurrency_limit=1)
         stop.click(None, cancels=[tuning], api_visibility="private")
         refreshed = tuning.then(prompts, None, saved_list, api_name="refresh_prompt_list", api_visibility="private")

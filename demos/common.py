@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from weights.loaders import ModelUnavailableError
+from weights.prompt_store import PromptError
 from weights.registry import UnknownPairError
 
 log = logging.getLogger("distill_lens")
@@ -33,7 +34,7 @@ class InputError(ValueError):
 
 
 # Errors whose message is meant for the user.
-USER_ERRORS = (InputError, UnknownPairError, ModelUnavailableError)
+USER_ERRORS = (InputError, UnknownPairError, ModelUnavailableError, PromptError)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -120,11 +120,16 @@ def learn_context(model: torch.nn.Module, tokenizer: Callable, class_names: list
 # Methods as the app and the evaluation run them -------------------------------------------------------------------
 
 METHODS = ("coop", "caspl-boost", "caspl")  # CoOp on labels; CasPL phase 1 only; CasPL phases 1 and 2
-CONTEXT_INIT = "a photo of a"
+
+
+def template_words(template: str) -> str:
+    """The words before ``{}`` in a zero-shot template (``"a photo of a {}."`` -> ``"a photo of a"``): context
+    initialised from them starts exactly where that template's zero-shot accuracy is."""
+    return template.split("{}")[0].strip() or "a"
 
 
 def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[torch.Tensor, torch.Tensor] | None,
-         unlabelled: torch.Tensor | None, steps: int = 100, temperature: float = 1.0,
+         unlabelled: torch.Tensor | None, steps: int = 100, temperature: float = 1.0, template: str = "a {}",
          on_step: Callable[[str, int, float], None] | None = None) -> dict[str, torch.Tensor]:
     """Learn prompt context for the student of a CLIP pair.
 
@@ -137,6 +142,7 @@ def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[
         unlabelled: ``(pixels_student, pixels_teacher)`` stacked as a tuple, or None.
         steps: optimisation steps per phase.
         temperature: of the distillation KL.
+        template: the zero-shot template: the teacher's class texts, and the words the context starts from.
         on_step: ``on_step(phase, step, loss)``; raising in it stops training.
 
     Returns:
@@ -146,14 +152,14 @@ def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[
         raise ValueError(f"method must be one of {', '.join(METHODS)}")
     model, tokenizer = student.model, student.tokenizer
     check_text_tower(model)
-    init = init_context(model, tokenizer, CONTEXT_INIT)
+    init = init_context(model, tokenizer, template_words(template))
     out: dict[str, torch.Tensor] = {}
     if method in ("caspl-boost", "caspl"):
         if unlabelled is None:
             raise ValueError("the boosting prompt needs unlabelled images")
         s_pixels, t_pixels = unlabelled
         with torch.no_grad():
-            teacher_text = teacher.text_features([f"a {n}" for n in class_names])  # computed once
+            teacher_text = teacher.text_features([template.format(n) for n in class_names])  # computed once
             teacher_logits = teacher.logits(teacher.forward({"pixel_values": t_pixels}), teacher_text)
             s_features = student.forward({"pixel_values": s_pixels}).clone()
         out["boost"] = learn_context(
