@@ -312,7 +312,8 @@ def build_classification_tab() -> None:
             saved = gr.Textbox(label="Saved prompt", interactive=False)
             figures = gr.JSON(label="Before / after")
             saved_list = gr.JSON(label="Saved prompts", open=False)
-        gr.Examples(examples_for("classification"), inputs=[image], label="Examples")
+        gr.Examples(examples_for("classification"), inputs=[image], label="Examples",
+                    elem_id="classification-examples")
         preset.change(lambda p: PRESETS[p], preset, classes, api_visibility="private")
         event = run.click(user_errors(classify), [image, pair, classes, prompt, template], [plot, report],
                           api_name="classify", concurrency_limit=2)
