@@ -1,0 +1,119 @@
+"""RAU-Net and MSW-MSA on tiny diffusers UNets: shapes, known answers, exact repeats, and full restoration."""
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from demos.hires import WindowedSelfAttention, high_resolution
+
+
+def tiny_unet(student: bool = False, seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16, 16),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+        attention_head_dim=2, norm_num_groups=4, mid_block_type=None if student else "UNetMidBlock2DCrossAttn",
+    ).eval()
+
+
+def run(unet, sample, steps=None):
+    text = torch.randn(sample.shape[0], 3, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return unet(sample, torch.tensor(10), encoder_hidden_states=text).sample
+
+
+def snapshot(unet):
+    return ({name: id(p) for name, p in unet.attn_processors.items()},
+            [id(m) for m in unet.modules()], sum(len(m._forward_pre_hooks) for m in unet.modules()))
+
+
+@pytest.mark.parametrize("student", [False, True])
+@pytest.mark.parametrize("size", [(16, 16), (24, 40), (20, 28), (18, 30)])
+def test_any_latent_size_keeps_its_shape(student, size):
+    unet = tiny_unet(student)
+    sample = torch.randn(2, 4, *size)
+    with high_resolution(unet, num_steps=10, generator=torch.Generator().manual_seed(0)) as controller:
+        assert controller.raunet_active
+        out = run(unet, sample)
+    assert out.shape == sample.shape and torch.isfinite(out).all()
+
+
+def test_raunet_changes_early_steps_only_and_everything_is_restored():
+    unet = tiny_unet()
+    sample = torch.randn(1, 4, 24, 32)
+    before, plain = snapshot(unet), run(unet, sample)
+    with high_resolution(unet, num_steps=10, msw_msa=False, switch_fraction=0.4) as controller:
+        early = run(unet, sample)
+        for step in range(4):
+            controller.callback_on_step_end(None, step, None, {})
+        assert not controller.raunet_active
+        late = run(unet, sample)
+    assert not torch.allclose(early, plain, atol=1e-4)  # stride-4 path in the first 40 % of steps
+    assert torch.allclose(late, plain, atol=1e-5)  # then the UNet runs normally
+    assert snapshot(unet) == before and torch.equal(run(unet, sample), plain)
+
+
+def test_everything_is_restored_after_an_error_or_a_cancelled_run():
+    unet = tiny_unet(student=True)
+    before = snapshot(unet)
+    with pytest.raises(KeyboardInterrupt):
+        with high_resolution(unet, num_steps=4, generator=torch.Generator().manual_seed(0)):
+            run(unet, torch.randn(1, 4, 16, 24))
+            raise KeyboardInterrupt  # e.g. the user pressed Stop mid-run
+    assert snapshot(unet) == before
+    assert not any(isinstance(p, WindowedSelfAttention) for p in unet.attn_processors.values())
+
+
+def test_runs_repeat_exactly_with_the_same_generator_seed():
+    unet = tiny_unet()
+    sample = torch.randn(1, 4, 24, 24)
+    outs, shifts = [], []
+    for _ in range(2):
+        with high_resolution(unet, num_steps=4, raunet=False, generator=torch.Generator().manual_seed(7)) as c:
+            outs.append(run(unet, sample))
+            shifts.append(c.shift)
+    assert torch.equal(outs[0], outs[1]) and shifts[0] == shifts[1]
+
+
+def test_shifts_come_from_the_generator():
+    unet = tiny_unet()
+    sample = torch.randn(1, 4, 24, 24)
+    sequences = []
+    for seed in (7, 8):
+        with high_resolution(unet, num_steps=6, raunet=False, generator=torch.Generator().manual_seed(seed)) as c:
+            sequences.append([(run(unet, sample), c.shift)[1] for _ in range(6)])
+    assert sequences[0] != sequences[1]
+    assert all(0 <= dy < 12 and 0 <= dx < 12 for seq in sequences for dy, dx in seq)
+
+
+def test_raunet_shrinks_the_deep_feature_maps():
+    unet = tiny_unet()
+    with high_resolution(unet, num_steps=10, msw_msa=False) as controller:
+        run(unet, torch.randn(1, 4, 32, 48))
+        assert controller.level_sizes == {0: (32, 48), 1: (8, 12), 2: (4, 6)}  # /4 after the first block
+        for step in range(4):
+            controller.callback_on_step_end(None, step, None, {})
+        run(unet, torch.randn(1, 4, 32, 48))
+        assert controller.level_sizes == {0: (32, 48), 1: (16, 24), 2: (8, 12)}
+
+
+def test_windows_confine_attention():
+    """With MSW-MSA, a change in one window leaves the self-attention output of the other windows unchanged."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from demos.hires import HiResController
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, heads=2, dim_head=4)
+    controller = HiResController(1, False, True, 0.4, None, level_sizes={0: (6, 8)}, shift=(0, 0))
+    windowed = WindowedSelfAttention(AttnProcessor2_0(), controller)
+    x = torch.randn(1, 48, 8)
+    y = x.clone()
+    y[0, 0] += 5.0  # token (0, 0): the top-left window
+    a, b = windowed(attn, x), windowed(attn, y)
+    grid_a, grid_b = a.reshape(6, 8, 8), b.reshape(6, 8, 8)
+    assert not torch.allclose(grid_a[:3, :4], grid_b[:3, :4])
+    assert torch.allclose(grid_a[3:], grid_b[3:]) and torch.allclose(grid_a[:3, 4:], grid_b[:3, 4:])
+    whole = HiResController(1, False, False, 0.4, None, level_sizes={0: (6, 8)})  # off: plain attention
+    assert torch.allclose(WindowedSelfAttention(AttnProcessor2_0(), whole)(attn, x), AttnProcessor2_0()(attn, x))
