@@ -10,6 +10,39 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
+class PeakMemory:
+    """Peak memory of the code inside ``with PeakMemory(device) as peak:``, in MiB (``peak.mb``).
+
+    CUDA: the peak of tensors allocated on the device. CPU (Linux): the process's peak resident set size, reset
+    on entry through ``/proc/self/clear_refs``; None where neither is available.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.mb = device, None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.mb = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+            return
+        try:
+            with open("/proc/self/status") as f:
+                peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+            self.mb = round(peak_kb / 1024, 1)
+        except (OSError, StopIteration):
+            self.mb = None
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

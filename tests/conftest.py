@@ -17,8 +17,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def tiny_hub_pairs(tmp_path_factory):
     """Register a detection and a segmentation pair of tiny transformers models saved to a temporary folder."""
-    from tests.tiny_hub import save_tiny_open_clip, save_tiny_rtdetr, save_tiny_segformer
-    from weights.registry import Pair, _open_clip, _rtdetr, _segformer, register_pair, unregister_pair
+    from tests.tiny_hub import save_tiny_diffusion, save_tiny_open_clip, save_tiny_rtdetr, save_tiny_segformer
+    from weights.registry import ModelSource, Pair, _open_clip, _rtdetr, _segformer, register_pair, unregister_pair
 
     root = tmp_path_factory.mktemp("hub")
 
@@ -35,6 +35,12 @@ def tiny_hub_pairs(tmp_path_factory):
              local(_open_clip("s", "tiny-clip-hub", ""), save_tiny_open_clip(root / "clip_s", "tiny-clip-hub", 1)),
              "test only"),
     ]
+    diffusion = save_tiny_diffusion(root / "sd")
+    pairs.append(Pair("tiny-diffusion", "generation",
+                      ModelSource("hub", str(diffusion), "StableDiffusionPipeline", revision="main"),
+                      ModelSource("hub", str(diffusion), "UNet2DConditionModel", revision="main",
+                                  processor_class="unet_student"),
+                      "test only", native={"width": 64, "height": 64, "steps": 4, "guidance": 4.0}))
     for pair in pairs:
         register_pair(pair)
     yield {p.task: p.name for p in pairs}

@@ -141,3 +141,14 @@ def test_clip_endpoints(client, tmp_path, monkeypatch):
     for args, message in ((("circle",), "at least two"), (("circle, square", "../../x"), "Unknown prompt")):
         with pytest.raises(Exception, match=message):
             client.predict(handle_file("demos/examples/single_0.png"), "shapes-clip", *args, api_name="/classify")
+
+
+def test_generate_endpoint(client, tiny_hub_pairs):
+    teacher, student, report = client.predict("a red circle", tiny_hub_pairs["generation"], 1, 64, 64, 2, 4.0,
+                                              True, True, api_name="/generate")
+    assert np.asarray(Image.open(teacher)).shape == (64, 64, 3) and student
+    assert set(report["teacher"]) >= {"seconds", "peak_mem_mb"} and report["settings"]["raunet"]
+    with pytest.raises(Exception, match="Enter a prompt"):
+        client.predict("", tiny_hub_pairs["generation"], 1, 64, 64, 2, 4.0, False, False, api_name="/generate")
+    generation = [p for p in client.predict(api_name="/pairs") if p["task"] == "generation"]
+    assert all({"width", "height", "steps", "guidance"} <= set(p) for p in generation)

@@ -67,3 +67,17 @@ def save_tiny_open_clip(folder: Path, architecture: str, seed: int) -> Path:
     model = open_clip.create_model(architecture)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder
+
+
+def save_tiny_diffusion(folder: Path) -> Path:
+    """A random tiny text-to-image pipeline in diffusers format, with a block-removed student UNet beside it."""
+    from diffusers import StableDiffusionPipeline
+
+    from weights.diffusion_builtin import build_components
+
+    parts = build_components(seed=0)
+    student = parts.pop("unet_student")
+    StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(folder, safe_serialization=True)
+    student.save_pretrained(folder / "unet_student", safe_serialization=True)
+    return folder

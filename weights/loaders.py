@@ -38,10 +38,11 @@ def default_dtype(device: torch.device, source: ModelSource) -> torch.dtype:
 
 
 def module_bytes(obj: Any) -> int:
-    module = obj[0] if isinstance(obj, tuple) else obj
-    if not isinstance(module, torch.nn.Module):
-        return 0
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+    """Bytes of parameters and buffers of a module, a (module, processor) pair or a diffusers pipeline."""
+    item = obj[0] if isinstance(obj, tuple) else obj
+    modules = [m for m in getattr(item, "components", {}).values() if isinstance(m, torch.nn.Module)] or [item]
+    return sum(t.numel() * t.element_size() for m in modules if isinstance(m, torch.nn.Module)
+               for t in list(m.parameters()) + list(m.buffers()))
 
 
 class ModelCache:
@@ -145,6 +146,72 @@ def _load_open_clip(source: ModelSource, device: torch.device, dtype: torch.dtyp
     return model.to(device=device, dtype=dtype).eval(), (transform, tokenizer)
 
 
+def _hub_kwargs(source: ModelSource, dtype: torch.dtype) -> dict:
+    from huggingface_hub import constants
+
+    kwargs = {"use_safetensors": True, "torch_dtype": dtype, "local_files_only": bool(constants.HF_HUB_OFFLINE)}
+    if source.kind == "hub":
+        kwargs["revision"] = source.revision
+        if dtype == torch.float16:
+            kwargs["variant"] = "fp16"
+    return kwargs
+
+
+def _load_diffusers(source: ModelSource, device: torch.device, dtype: torch.dtype) -> tuple[Any, None]:
+    """A ``StableDiffusionPipeline`` (teacher) or a student ``UNet2DConditionModel``, safetensors only."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from weights.diffusion_builtin import DIFFUSION_DIR
+
+    location = str(DIFFUSION_DIR) if source.kind == "builtin" else source.location
+    if source.kind == "builtin" and not DIFFUSION_DIR.exists():
+        raise ModelUnavailableError("the builtin diffusion pair is missing; train it with "
+                                    "`python -m weights.train_diffusion`")
+    try:
+        if source.model_class == "StableDiffusionPipeline":
+            model = StableDiffusionPipeline.from_pretrained(
+                location, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                **_hub_kwargs(source, dtype))
+            model.set_progress_bar_config(disable=True)
+        else:
+            model = UNet2DConditionModel.from_pretrained(location, subfolder=source.processor_class or "unet",
+                                                         **_hub_kwargs(source, dtype)).eval()
+    except (OSError, ValueError) as error:
+        if source.kind == "builtin":
+            raise ModelUnavailableError(f"the builtin diffusion pair could not be read: {error}") from error
+        raise ModelUnavailableError(_hub_offline_message(source, error)) from error
+    return model.to(device), None
+
+
+def load_generation_pair(pair, device: torch.device | None = None, cache: ModelCache = MODEL_CACHE) -> dict:
+    """``{"teacher": pipeline, "student": pipeline}``: the student shares the teacher's VAE, text encoder and
+    tokenizer and brings its own UNet (a block-removed UNet, or the teacher's UNet with LCM-LoRA fused in)."""
+    import copy
+
+    from diffusers import LCMScheduler, StableDiffusionPipeline
+
+    teacher, _ = load_model(pair.teacher, device, cache)
+    source = pair.student
+    if source.model_class == "LCMLoRA":
+        def build_lcm():
+            unet = copy.deepcopy(teacher.unet)
+            pipe = StableDiffusionPipeline(**{**teacher.components, "unet": unet,
+                                              "scheduler": LCMScheduler.from_config(teacher.scheduler.config)})
+            try:
+                pipe.load_lora_weights(source.location, weight_name="pytorch_lora_weights.safetensors",
+                                       revision=source.revision)
+            except (OSError, ValueError) as error:
+                raise ModelUnavailableError(_hub_offline_message(source, error)) from error
+            pipe.fuse_lora()
+            return pipe
+        student = cache.get_or_load((source, str(device)), build_lcm)
+    else:
+        unet, _ = load_model(source, device, cache)
+        student = StableDiffusionPipeline(**{**teacher.components, "unet": unet})
+    student.set_progress_bar_config(disable=True)
+    return {"teacher": teacher, "student": student}
+
+
 def load_model(source: ModelSource, device: torch.device | None = None, cache: ModelCache = MODEL_CACHE,
                ) -> tuple[torch.nn.Module, Any]:
     """Load (or fetch from the cache) one model and its processor.
@@ -164,6 +231,8 @@ def load_model(source: ModelSource, device: torch.device | None = None, cache: M
     def load() -> tuple[torch.nn.Module, Any]:
         if source.model_class == "open_clip":
             return _load_open_clip(source, device, dtype)
+        if source.model_class in ("StableDiffusionPipeline", "UNet2DConditionModel"):
+            return _load_diffusers(source, device, dtype)
         if source.kind == "builtin":
             task, role = source.location.removeprefix("shapes_").rsplit("_", 1)
             try:

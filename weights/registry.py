@@ -18,6 +18,7 @@ APACHE = "Apache-2.0"
 SEGFORMER_LICENCE = "NVIDIA Source Code License for SegFormer (non-commercial research use only)"
 BUILTIN_LICENCE = "MIT (Distill Lens builtin, trained on the synthetic Shapes world)"
 OPENAI_CLIP_LICENCE = "MIT (OpenAI CLIP weights)"
+SD_LICENCE = "CreativeML OpenRAIL-M (Stable Diffusion 1.5 and its derivatives)"
 MOBILECLIP_LICENCE = "Apple MobileCLIP model licence (research use; see apple/ml-mobileclip)"
 
 
@@ -52,6 +53,7 @@ class Pair:
     description: str = ""
     labels: tuple[str, ...] | None = None  # None: read from the model's own config
     preprocessing: dict = field(default_factory=dict)  # builtin pairs: resize policy
+    native: dict = field(default_factory=dict)  # generation: width, height, steps, guidance (student_* overrides)
 
     @property
     def source(self) -> str:
@@ -59,9 +61,10 @@ class Pair:
 
     def summary(self) -> dict:
         """The public description served by ``/pairs``."""
-        return {"name": self.name, "task": self.task, "source": self.source,
-                "teacher": self.teacher.display_name, "student": self.student.display_name,
-                "licence": self.licence, "description": self.description}
+        summary = {"name": self.name, "task": self.task, "source": self.source,
+                   "teacher": self.teacher.display_name, "student": self.student.display_name,
+                   "licence": self.licence, "description": self.description}
+        return summary | self.native
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +80,14 @@ def _builtin(task: str, role: str) -> ModelSource:
 def _open_clip(repo: str, architecture: str, tag: str) -> ModelSource:
     return ModelSource("hub", repo, model_class="open_clip", revision="main", architecture=architecture,
                        pretrained_tag=tag)
+
+
+SD15 = ModelSource("hub", "stable-diffusion-v1-5/stable-diffusion-v1-5", model_class="StableDiffusionPipeline",
+                   revision="main")
+
+
+def _unet(repo: str, subfolder: str = "unet") -> ModelSource:
+    return ModelSource("hub", repo, model_class="UNet2DConditionModel", revision="main", processor_class=subfolder)
 
 
 CLIP_TEACHER = _open_clip("timm/vit_large_patch14_clip_224.openai", "ViT-L-14-quickgelu", "openai")
@@ -124,6 +135,20 @@ _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
          _open_clip("apple/MobileCLIP-S1-OpenCLIP", "MobileCLIP-S1", "datacompdr"),
          f"teacher: {OPENAI_CLIP_LICENCE}; student: {MOBILECLIP_LICENCE}",
          "OpenAI CLIP ViT-L/14 teacher, MobileCLIP-S1 student (open_clip)."),
+    Pair("shapes-diffusion", "generation",
+         ModelSource("builtin", "shapes_diffusion", model_class="StableDiffusionPipeline"),
+         ModelSource("builtin", "shapes_diffusion", model_class="UNet2DConditionModel",
+                     processor_class="unet_student"), BUILTIN_LICENCE,
+         "Builtin tiny latent text-to-image teacher and its block-removed student UNet (shared VAE and text encoder).",
+         native={"width": 64, "height": 64, "steps": 25, "guidance": 4.0}),
+    Pair("sd15-to-bk-sdm-small", "generation", SD15, _unet("nota-ai/bk-sdm-small"), SD_LICENCE,
+         "Stable Diffusion 1.5 and BK-SDM-Small's block-removed UNet (sharing SD 1.5's VAE and text encoder).",
+         native={"width": 512, "height": 512, "steps": 25, "guidance": 7.5}),
+    Pair("sd15-to-lcm-lora", "generation", SD15,
+         ModelSource("hub", "latent-consistency/lcm-lora-sdv1-5", model_class="LCMLoRA", revision="main"),
+         SD_LICENCE, "Stable Diffusion 1.5 and the same UNet with LCM-LoRA (4 steps, LCM scheduler).",
+         native={"width": 512, "height": 512, "steps": 25, "guidance": 7.5, "student_steps": 4,
+                 "student_guidance": 1.0}),
 )
 
 

@@ -1,0 +1,150 @@
+"""Diffusion tab: teacher and distilled student from the same seed and initial latent, at high resolution, with
+our own RAU-Net and MSW-MSA (``demos.hires``)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from analysis.profiling import PeakMemory
+from demos.common import ROLES, InputError, on_gpu
+from demos.hires import high_resolution
+from weights.loaders import default_device, load_generation_pair
+from weights.registry import get_pair
+
+DEFAULT_PAIR = "shapes-diffusion"
+MAX_SCALE = 4  # width and height up to 4x the pair's native side
+MAX_STEPS = 150
+MAX_PROMPT_CHARS = 1000
+
+
+def check_settings(pair, prompt: str, width, height, steps, guidance) -> tuple[str, int, int, int, float, list[str]]:
+    """Validate and normalise the request; returns the settings and notes on anything changed."""
+    notes: list[str] = []
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("Enter a prompt, e.g. 'a red circle'.")
+    prompt = " ".join(prompt.split())
+    if len(prompt) > MAX_PROMPT_CHARS:
+        notes.append(f"The prompt was cut from {len(prompt):,} to {MAX_PROMPT_CHARS:,} characters (the text encoder "
+                     "reads only its first tokens anyway).")
+        prompt = prompt[:MAX_PROMPT_CHARS]
+    try:
+        width, height, steps, guidance = int(width), int(height), int(steps), float(guidance)
+    except (TypeError, ValueError) as error:
+        raise InputError("width, height and steps must be whole numbers and guidance a number.") from error
+    native = max(pair.native["width"], pair.native["height"])
+    limit = MAX_SCALE * native
+    for name, value in (("width", width), ("height", height)):
+        if not 32 <= value <= limit:
+            raise InputError(f"{name} must lie in [32, {limit}] for {pair.name} (up to {MAX_SCALE}x its native "
+                             f"{native} px), got {value}.")
+    rounded = (8 * round(width / 8), 8 * round(height / 8))
+    if rounded != (width, height):
+        notes.append(f"Size rounded from {width}x{height} to {rounded[0]}x{rounded[1]} (a multiple of 8).")
+        width, height = rounded
+    if not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"steps must lie in [1, {MAX_STEPS}], got {steps}.")
+    if not 0.0 <= guidance <= 30.0:
+        raise InputError(f"guidance must lie in [0, 30], got {guidance}.")
+    return prompt, width, height, steps, guidance, notes
+
+
+@on_gpu
+def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 64, height: int = 64,
+             steps: int = 25, guidance: float = 4.0, raunet: bool = False, msw_msa: bool = False,
+             progress=None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Teacher and student images for one prompt, from the same seed and initial latent.
+
+    Args:
+        prompt: the text prompt.
+        pair: a generation pair.
+        seed: seeds the initial latent and the MSW-MSA window shifts (runs repeat exactly).
+        width, height: output size in pixels (multiples of 8, up to 4x the pair's native side).
+        steps, guidance: the teacher's denoising steps and guidance (pairs with ``student_steps`` /
+            ``student_guidance``, e.g. LCM-LoRA, use those for the student).
+        raunet, msw_msa: apply RAU-Net and MSW-MSA (both models alike).
+        progress: ``progress(fraction, desc)`` per denoising step, or None.
+
+    Returns:
+        ``(teacher_image, student_image, report)``, ``report = {pair, teacher: {seconds, peak_mem_mb, steps,
+        guidance}, student: {...}, settings: {prompt, seed, width, height, raunet, msw_msa}, notes}``.
+    """
+    spec = get_pair(pair, "generation")
+    prompt, width, height, steps, guidance, notes = check_settings(spec, prompt, width, height, steps, guidance)
+    seed = int(seed) % 2**32
+    device = default_device()
+    pipelines = load_generation_pair(spec, device)
+    scale = pipelines["teacher"].vae_scale_factor
+    channels = pipelines["teacher"].unet.config.in_channels
+    latents = torch.randn((1, channels, height // scale, width // scale),
+                          generator=torch.Generator().manual_seed(seed))  # shared by teacher and student
+    report = {"pair": spec.name}
+    images = {}
+    for role in ROLES:
+        pipe = pipelines[role]
+        n = int(spec.native.get(f"{role}_steps", steps)) if role == "student" else steps
+        g = float(spec.native.get(f"{role}_guidance", guidance)) if role == "student" else guidance
+        generator = torch.Generator().manual_seed(seed)
+
+        with high_resolution(pipe.unet, n, raunet=raunet, msw_msa=msw_msa, generator=generator) as hires:
+            def on_step(pipeline, i, t, kwargs, role=role, n=n, hires=hires):
+                if progress is not None:
+                    progress((ROLES.index(role) * n + i + 1) / (2 * n), desc=f"{role}: step {i + 1}/{n}")
+                return hires.callback_on_step_end(pipeline, i, t, kwargs)
+
+            start = time.perf_counter()
+            with PeakMemory(device) as peak, torch.inference_mode():
+                out = pipe(prompt, height=height, width=width, num_inference_steps=n, guidance_scale=g,
+                           latents=latents.to(device, pipe.unet.dtype), generator=generator, output_type="np",
+                           callback_on_step_end=on_step)
+        images[role] = (out.images[0] * 255).round().astype(np.uint8)
+        report[role] = {"seconds": round(time.perf_counter() - start, 3), "peak_mem_mb": peak.mb, "steps": n,
+                        "guidance": g}
+    report["settings"] = {"prompt": prompt, "seed": seed, "width": width, "height": height, "raunet": bool(raunet),
+                          "msw_msa": bool(msw_msa), "device": device.type}
+    report["notes"] = notes + (["Peak memory on the CPU is the whole process's peak resident set size."]
+                               if device.type == "cpu" else [])
+    return images["teacher"], images["student"], report
+
+
+def build_diffusion_tab() -> None:
+    import gradio as gr
+
+    from demos.common import notes_markdown, pair_dropdown, user_errors
+
+    with gr.Tab("Diffusion", id="generation"):
+        gr.Markdown("The teacher and its distilled student from the same seed and initial latent. Above the native "
+                    "size, RAU-Net and MSW-MSA (after HiDiffusion, our own implementation) curb duplicated objects "
+                    "and save time.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(value="a red circle", label="Prompt", max_length=5000)
+                pair = pair_dropdown(("generation",), DEFAULT_PAIR)
+                seed = gr.Number(value=0, precision=0, label="Seed")
+                with gr.Row():
+                    width = gr.Slider(32, 2048, value=64, step=8, label="Width")
+                    height = gr.Slider(32, 2048, value=64, step=8, label="Height")
+                steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps")
+                guidance = gr.Slider(0, 30, value=4.0, step=0.5, label="Guidance")
+                with gr.Row():
+                    raunet = gr.Checkbox(label="RAU-Net", value=False)
+                    msw_msa = gr.Checkbox(label="MSW-MSA", value=False)
+                run = gr.Button("Generate", variant="primary", elem_id="generation-run")
+            with gr.Column(scale=2):
+                slider = gr.ImageSlider(label="Teacher | student", type="numpy")
+                with gr.Row():
+                    outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png") for role in ROLES]
+                summary = gr.Markdown()
+                report = gr.JSON(label="Report", open=False)
+
+        def run_generation(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa,
+                           progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
+            return generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress)
+
+        event = run.click(user_errors(run_generation),
+                          [prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa],
+                          [*outputs, report], api_name="generate", concurrency_limit=1)
+        event.then(lambda t, s, r: ((t, s), notes_markdown(r.get("notes", [])) if r else ""), [*outputs, report],
+                   [slider, summary], api_visibility="private")

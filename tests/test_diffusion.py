@@ -1,0 +1,48 @@
+"""The Diffusion tab's computation on a tiny random pipeline (diffusers format, loaded from a folder)."""
+
+import numpy as np
+import pytest
+
+from demos.diffusion import generate
+
+
+def test_teacher_and_student_from_the_same_seed(tiny_hub_pairs):
+    teacher, student, report = generate("a red circle", tiny_hub_pairs["generation"], seed=3, width=64, height=48,
+                                        steps=3)
+    assert teacher.shape == student.shape == (48, 64, 3) and teacher.dtype == np.uint8
+    assert report["teacher"]["steps"] == 3 and report["teacher"]["seconds"] > 0
+    again, _, _ = generate("a red circle", tiny_hub_pairs["generation"], seed=3, width=64, height=48, steps=3)
+    assert np.array_equal(teacher, again)  # runs repeat exactly
+
+
+def test_high_resolution_with_both_techniques_on_a_non_square_size(tiny_hub_pairs):
+    teacher, student, report = generate("a blue star", tiny_hub_pairs["generation"], seed=0, width=256, height=136,
+                                        steps=3, raunet=True, msw_msa=True)
+    assert teacher.shape == (136, 256, 3) and student.shape == (136, 256, 3)
+    assert report["settings"]["raunet"] and report["settings"]["msw_msa"]
+    first, _, _ = generate("a blue star", tiny_hub_pairs["generation"], seed=0, width=256, height=136, steps=3,
+                           raunet=True, msw_msa=True)
+    assert np.array_equal(first, teacher)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prompt": ""}, "Enter a prompt"), ({"width": 1000}, r"\[32, 256\]"), ({"steps": 0}, "steps"),
+    ({"steps": 1000}, "steps"), ({"pair": "nope"}, "Choose one of"),
+])
+def test_bad_requests(tiny_hub_pairs, kwargs, message):
+    args = {"prompt": "a red circle", "pair": tiny_hub_pairs["generation"], "steps": 2} | kwargs
+    with pytest.raises(ValueError, match=message):
+        generate(**args)
+
+
+def test_long_prompts_and_odd_sizes_are_handled_with_notes(tiny_hub_pairs):
+    _, _, report = generate("a red circle " * 300, tiny_hub_pairs["generation"], width=61, height=67, steps=1)
+    assert (report["settings"]["width"], report["settings"]["height"]) == (64, 64)
+    assert any("cut from" in n for n in report["notes"]) and any("rounded" in n for n in report["notes"])
+
+
+def test_offline_hub_pair_says_how_to_fix_it():
+    from weights.loaders import ModelUnavailableError
+
+    with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE"):
+        generate("a cat", "sd15-to-bk-sdm-small", steps=1, width=512, height=512)
