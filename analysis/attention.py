@@ -151,3 +151,55 @@ def sampling_point_map(locations: torch.Tensor, weights: torch.Tensor, size: tup
     canvas = F.conv2d(canvas, kernel.view(1, 1, 1, -1), padding=(0, radius))
     canvas = F.conv2d(canvas, kernel.view(1, 1, -1, 1), padding=(radius, 0))
     return normalise_map(canvas[:, 0])[0]
+
+
+class CrossAttentionRecorder:
+    """An attention processor that records cross-attention probabilities, averaged over heads, and leaves the
+    output to the wrapped processor (so recording never changes what the model computes)."""
+
+    def __init__(self, inner, store: list[torch.Tensor], active: Callable[[], bool]):
+        self.inner, self.store, self.active = inner, store, active
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, **kwargs) -> torch.Tensor:
+        if encoder_hidden_states is not None and hidden_states.dim() == 3 and self.active():
+            with torch.no_grad():
+                query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+                key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+                probs = attn.get_attention_scores(query, key, None)  # (B * heads, Nq, tokens)
+                self.store.append(probs.reshape(hidden_states.shape[0], attn.heads, *probs.shape[1:]).mean(1).float())
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+
+
+@contextmanager
+def capture_cross_attention(unet, active: Callable[[], bool] = lambda: True) -> Iterator[list[torch.Tensor]]:
+    """Record every cross-attention layer's (B, Nq, tokens) probabilities while ``active()`` holds; the UNet's
+    processors are restored on exit, also after an error."""
+    store: list[torch.Tensor] = []
+    processors = dict(unet.attn_processors)
+    try:
+        unet.set_attn_processor({name: CrossAttentionRecorder(p, store, active) if name.endswith("attn2.processor")
+                                 else p for name, p in processors.items()})
+        yield store
+    finally:
+        unet.set_attn_processor(processors)
+
+
+def token_maps(store: list[torch.Tensor], height: int, width: int, batch_index: int = -1) -> torch.Tensor:
+    """Average recorded cross-attention into one (tokens, h, w) map per token on the finest grid recorded.
+
+    Args:
+        store: (B, Nq, tokens) probabilities from :func:`capture_cross_attention` (any mix of resolutions).
+        height, width: the latent's size, to infer each layer's grid.
+        batch_index: which batch element (-1: the last, the conditional half under classifier-free guidance).
+    """
+    from analysis.features import infer_grid
+
+    maps, finest = [], None
+    for probs in store:
+        _, h, w = infer_grid(probs.shape[1], height, width, max_prefix=0)
+        grid = probs[batch_index].t().reshape(-1, 1, h, w)
+        finest = (h, w) if finest is None or h * w > finest[0] * finest[1] else finest
+        maps.append(grid)
+    resized = [F.interpolate(m, size=finest, mode="bilinear", align_corners=False) for m in maps]
+    return torch.stack(resized).mean(0)[:, 0]

@@ -78,7 +78,8 @@ def hooked(model: torch.nn.Module, select: Callable[[str, torch.nn.Module], bool
     Args:
         model: the model to hook; nothing else about it changes.
         select: which submodules to hook.
-        record: ``record(args, output)`` -> what to keep from a forward (``output`` is None for pre-hooks).
+        record: ``record(args, output)`` -> what to keep from a forward (``output`` is None for pre-hooks);
+            returning None keeps nothing from that call (an earlier value stays).
         pre: hook the module's inputs (a forward pre-hook) instead of its outputs.
         what: how to name the selected modules in the error raised when there are none.
 
@@ -87,16 +88,21 @@ def hooked(model: torch.nn.Module, select: Callable[[str, torch.nn.Module], bool
     """
     captured: dict[str, object] = {}
     handles = []
+
+    def keep(name: str, value: object) -> None:
+        if value is not None:
+            captured[name] = value
+
     try:
         for name, module in model.named_modules():
             if not select(name, module):
                 continue
             if pre:
                 handles.append(module.register_forward_pre_hook(
-                    lambda _m, args, name=name: captured.__setitem__(name, record(args, None))))
+                    lambda _m, args, name=name: keep(name, record(args, None))))
             else:
                 handles.append(module.register_forward_hook(
-                    lambda _m, args, output, name=name: captured.__setitem__(name, record(args, output))))
+                    lambda _m, args, output, name=name: keep(name, record(args, output))))
         if not handles:
             raise ValueError(f"{type(model).__name__} has no {what} to capture")
         yield captured

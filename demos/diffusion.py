@@ -3,13 +3,18 @@ our own RAU-Net and MSW-MSA (``demos.hires``)."""
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
+from analysis.attention import capture_cross_attention
+from analysis.features import hooked
 from analysis.profiling import PeakMemory
-from demos.common import ROLES, InputError, on_gpu
+from demos.common import ROLES, InputError, heat_overlay, on_gpu
 from demos.hires import high_resolution
 from weights.loaders import default_device, load_generation_pair
 from weights.registry import get_pair
@@ -51,10 +56,48 @@ def check_settings(pair, prompt: str, width, height, steps, guidance) -> tuple[s
     return prompt, width, height, steps, guidance, notes
 
 
+@contextmanager
+def _recording(unet, hires, step: int | None) -> Iterator[dict]:
+    """At denoising step ``step``, record cross-attention and every up block's output (nothing when None)."""
+    if step is None:
+        yield {}
+        return
+    active = lambda: hires.step == step  # noqa: E731
+    with capture_cross_attention(unet, active) as attention, hooked(
+            unet, lambda name, _m: re.fullmatch(r"up_blocks\.\d+", name) is not None,
+            lambda _args, out: out.detach() if active() else None, what="up blocks") as blocks:
+        yield {"attention": attention, "blocks": blocks}
+
+
+def _insight(array: dict, records: dict, tokenizer, prompt: str, latent_hw: tuple[int, int]) -> dict:
+    """Consensus overlays per up block and per-word cross-attention overlays for both models."""
+    from analysis.attention import normalise_map, token_maps
+    from analysis.consensus import affinity_consensus
+
+    out = {"consensus": [], "attention": {}, "figures": []}
+    t_blocks, s_blocks = records["teacher"]["blocks"], records["student"]["blocks"]
+    for name in sorted(set(t_blocks) & set(s_blocks)):
+        similarity = affinity_consensus(t_blocks[name][-1:], s_blocks[name][-1:])  # the conditional half
+        out["consensus"].append((heat_overlay(array["teacher"], normalise_map(similarity)[0]),
+                                 f"{name}: mean consensus {float(similarity.mean()):.3f}"))
+        out["figures"].append({"block": name, "consensus_mean": round(float(similarity.mean()), 4)})
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    words = [w.replace("</w>", "") for w in tokenizer.convert_ids_to_tokens(ids)[1:-1]]
+    for role in ROLES:
+        store = records[role]["attention"]
+        if not store:
+            continue
+        maps = token_maps(store, *latent_hw)[1:1 + len(words)]
+        out["attention"][role] = [(heat_overlay(array[role], normalise_map(m[None])[0]), w)
+                                  for m, w in zip(maps, words, strict=False)]
+    return out
+
+
 @on_gpu
 def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 64, height: int = 64,
              steps: int = 25, guidance: float = 4.0, raunet: bool = False, msw_msa: bool = False,
-             progress=None) -> tuple[np.ndarray, np.ndarray, dict]:
+             progress=None, insight: dict | None = None, insight_step: int | None = None,
+             ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Teacher and student images for one prompt, from the same seed and initial latent.
 
     Args:
@@ -66,6 +109,8 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
             ``student_guidance``, e.g. LCM-LoRA, use those for the student).
         raunet, msw_msa: apply RAU-Net and MSW-MSA (both models alike).
         progress: ``progress(fraction, desc)`` per denoising step, or None.
+        insight: a dict to fill with UNet feature consensus overlays per up block and cross-attention overlays
+            per prompt word, recorded at ``insight_step`` (default: the middle step) during the same runs.
 
     Returns:
         ``(teacher_image, student_image, report)``, ``report = {pair, teacher: {seconds, peak_mem_mb, steps,
@@ -81,7 +126,7 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
     latents = torch.randn((1, channels, height // scale, width // scale),
                           generator=torch.Generator().manual_seed(seed))  # shared by teacher and student
     report = {"pair": spec.name}
-    images = {}
+    images, records = {}, {}
     for role in ROLES:
         pipe = pipelines[role]
         n = int(spec.native.get(f"{role}_steps", steps)) if role == "student" else steps
@@ -94,11 +139,13 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
                     progress((ROLES.index(role) * n + i + 1) / (2 * n), desc=f"{role}: step {i + 1}/{n}")
                 return hires.callback_on_step_end(pipeline, i, t, kwargs)
 
+            chosen = None if insight is None else min(n - 1, insight_step if insight_step is not None else n // 2)
             start = time.perf_counter()
-            with PeakMemory(device) as peak, torch.inference_mode():
+            with PeakMemory(device) as peak, torch.inference_mode(), _recording(pipe.unet, hires, chosen) as rec:
                 out = pipe(prompt, height=height, width=width, num_inference_steps=n, guidance_scale=g,
                            latents=latents.to(device, pipe.unet.dtype), generator=generator, output_type="np",
                            callback_on_step_end=on_step)
+        records[role] = rec
         images[role] = (out.images[0] * 255).round().astype(np.uint8)
         report[role] = {"seconds": round(time.perf_counter() - start, 3), "peak_mem_mb": peak.mb, "steps": n,
                         "guidance": g}
@@ -106,6 +153,9 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
                           "msw_msa": bool(msw_msa), "device": device.type}
     report["notes"] = notes + (["Peak memory on the CPU is the whole process's peak resident set size."]
                                if device.type == "cpu" else [])
+    if insight is not None:
+        insight.update(_insight(images, records, pipelines["teacher"].tokenizer, prompt, latents.shape[-2:]))
+        report["unet_consensus"] = insight["figures"]
     return images["teacher"], images["student"], report
 
 
@@ -131,20 +181,35 @@ def build_diffusion_tab() -> None:
                 with gr.Row():
                     raunet = gr.Checkbox(label="RAU-Net", value=False)
                     msw_msa = gr.Checkbox(label="MSW-MSA", value=False)
+                insight_step = gr.Slider(0, MAX_STEPS - 1, value=12, step=1, label="Analyse at step")
                 run = gr.Button("Generate", variant="primary", elem_id="generation-run")
+                api_run = gr.Button(visible=False)
             with gr.Column(scale=2):
                 slider = gr.ImageSlider(label="Teacher | student", type="numpy")
                 with gr.Row():
                     outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png") for role in ROLES]
                 summary = gr.Markdown()
+                consensus = gr.Gallery(label="UNet feature consensus, teacher ↔ student (per up block)", columns=4,
+                                       height=220)
+                attention = [gr.Gallery(label=f"{role.capitalize()}: cross-attention per word", columns=6,
+                                        height=200) for role in ROLES]
                 report = gr.JSON(label="Report", open=False)
+        inputs = [prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa]
 
-        def run_generation(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa,
-                           progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
+        def run_for_ui(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, step,
+                       progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
+            found: dict = {}
+            t, s, r = generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress,
+                               insight=found, insight_step=int(step))
+            return (t, s, r, (t, s), notes_markdown(r.get("notes", [])), found.get("consensus", []),
+                    *(found.get("attention", {}).get(role, []) for role in ROLES))
+
+        def run_for_api(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa,
+                        progress=gr.Progress()):  # noqa: B008
             return generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress)
 
-        event = run.click(user_errors(run_generation),
-                          [prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa],
-                          [*outputs, report], api_name="generate", concurrency_limit=1)
-        event.then(lambda t, s, r: ((t, s), notes_markdown(r.get("notes", [])) if r else ""), [*outputs, report],
-                   [slider, summary], api_visibility="private")
+        run.click(user_errors(run_for_ui), [*inputs, insight_step],
+                  [*outputs, report, slider, summary, consensus, *attention], api_visibility="private",
+                  concurrency_limit=1)
+        api_run.click(user_errors(run_for_api), inputs, [*outputs, report], api_name="generate",
+                      concurrency_limit=1)

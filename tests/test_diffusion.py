@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from demos.diffusion import generate
 
@@ -46,3 +47,30 @@ def test_offline_hub_pair_says_how_to_fix_it():
 
     with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE"):
         generate("a cat", "sd15-to-bk-sdm-small", steps=1, width=512, height=512)
+
+
+def test_insight_records_without_changing_the_images(tiny_hub_pairs):
+    found = {}
+    args = ("a red circle", tiny_hub_pairs["generation"], 5, 96, 64, 4, 4.0, True, True)
+    teacher, student, report = generate(*args, insight=found, insight_step=2)
+    plain_teacher, plain_student, _ = generate(*args)
+    assert np.array_equal(teacher, plain_teacher) and np.array_equal(student, plain_student)
+    assert [f["block"] for f in report["unet_consensus"]] == ["up_blocks.0", "up_blocks.1", "up_blocks.2"]
+    assert all(-1 <= f["consensus_mean"] <= 1 for f in report["unet_consensus"])
+    for role in ("teacher", "student"):
+        assert [word for _, word in found["attention"][role]] == ["a", "red", "circle"]
+        assert found["attention"][role][0][0].shape[2] == 3
+
+
+def test_cross_attention_capture_is_restored_after_an_error(tiny_hub_pairs):
+    from analysis.attention import capture_cross_attention
+    from tests.test_hires import snapshot, tiny_unet
+
+    unet = tiny_unet()
+    before = snapshot(unet)
+    with pytest.raises(RuntimeError):
+        with capture_cross_attention(unet) as store:
+            unet(torch.randn(1, 4, 16, 16), torch.tensor(3), encoder_hidden_states=torch.randn(1, 3, 8))
+            assert store and store[0].shape[-1] == 3
+            raise RuntimeError("stop")
+    assert snapshot(unet) == before
