@@ -149,7 +149,7 @@ def _load_open_clip(source: ModelSource, device: torch.device, dtype: torch.dtyp
 def _hub_kwargs(source: ModelSource, dtype: torch.dtype) -> dict:
     from huggingface_hub import constants
 
-    kwargs = {"use_safetensors": True, "torch_dtype": dtype, "local_files_only": bool(constants.HF_HUB_OFFLINE)}
+    kwargs = {"use_safetensors": True, "dtype": dtype, "local_files_only": bool(constants.HF_HUB_OFFLINE)}
     if source.kind == "hub":
         kwargs["revision"] = source.revision
         if dtype == torch.float16:
