@@ -53,8 +53,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     side = 64
-    rows = []
     colour_hits = {"teacher": [], "student": []}
+    print(f"Builtin pair {args.pair}, {args.seeds} seeds per size, {args.steps} DDIM steps, guidance 4\n")
+    print("| size | model | extra objects / image | with RAU-Net | seconds / image | with MSW-MSA |")
+    print("|---|---|---|---|---|---|", flush=True)
     for scale in (1, 2, 4):
         stats = {}
         for setting, (raunet, msw) in {"plain": (False, False), "raunet": (True, False), "msw": (False, True)}.items():
@@ -73,14 +75,8 @@ def main() -> None:
         for role in ("teacher", "student"):
             extra = [statistics.mean(stats[(role, k)]["extra"]) for k in ("plain", "raunet")]
             seconds = [statistics.mean(stats[(role, k)]["seconds"]) for k in ("plain", "msw")]
-            rows.append((scale * side, role, *extra, *seconds))
-        print(f"... {scale * side} px done", flush=True)
-
-    print(f"\nBuiltin pair {args.pair}, {args.seeds} seeds per size, {args.steps} DDIM steps, guidance 4, CPU\n")
-    print("| size | model | extra objects / image | with RAU-Net | seconds / image | with MSW-MSA |")
-    print("|---|---|---|---|---|---|")
-    for size, role, extra, extra_rau, seconds, seconds_msw in rows:
-        print(f"| {size}² | {role} | {extra:.2f} | {extra_rau:.2f} | {seconds:.2f} | {seconds_msw:.2f} |")
+            print(f"| {scale * side}² | {role} | {extra[0]:.2f} | {extra[1]:.2f} | {seconds[0]:.2f} | "
+                  f"{seconds[1]:.2f} |", flush=True)  # each size as soon as it is done
     print("\nAt 1x, images whose object has the colour asked for: "
           + ", ".join(f"{role} {np.mean(hits):.2f}" for role, hits in colour_hits.items()) + " (teacher bar: 0.8)")
 
