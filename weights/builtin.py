@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from weights.shapes_nets import ShapesNet, ShapesNetConfig
@@ -52,7 +51,3 @@ def load_builtin_model(task: str, role: str) -> ShapesNet:
         raise FileNotFoundError(f"builtin checkpoint {path.name} is missing; train it with "
                                 f"`python -m weights.train_builtin --task {task} --role {role}`")
     return load_checkpoint(path)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -18,6 +18,7 @@ import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
 
+from analysis.profiling import count_parameters
 from weights.builtin import load_builtin_model
 from weights.shapes import render_scene
 from weights.shapes_nets import decode_detections, normalise
@@ -52,7 +53,7 @@ def evaluate_task(task: str, scenes: int, threshold: float = 0.01) -> dict[str, 
     for role, model in models.items():
         value = metrics[role].compute()
         score = float(value["map_50"] if task == "detection" else value)
-        results[role] = {"score": score, "params": sum(p.numel() for p in model.parameters()),
+        results[role] = {"score": score, "params": count_parameters(model),
                          "latency_ms": statistics.median(latency[role][5:]) * 1000}
     return results
 

@@ -129,8 +129,8 @@ def template_words(template: str) -> str:
 
 
 def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[torch.Tensor, torch.Tensor] | None,
-         unlabelled: torch.Tensor | None, steps: int = 100, temperature: float = 1.0, template: str = "a {}",
-         on_step: Callable[[str, int, float], None] | None = None) -> dict[str, torch.Tensor]:
+         unlabelled: tuple[torch.Tensor, torch.Tensor] | None, steps: int = 100, temperature: float = 1.0,
+         template: str = "a {}", on_step: Callable[[str, int, float], None] | None = None) -> dict[str, torch.Tensor]:
     """Learn prompt context for the student of a CLIP pair.
 
     Args:
@@ -139,7 +139,7 @@ def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[
         method: ``"coop"`` (labels only), ``"caspl-boost"`` (a boosting prompt from the teacher's logits on
             unlabelled images) or ``"caspl"`` (that boosting prompt, frozen, then an adapting prompt on labels).
         labelled: ``(pixels (N, 3, H, W) for the student, labels (N,))`` or None.
-        unlabelled: ``(pixels_student, pixels_teacher)`` stacked as a tuple, or None.
+        unlabelled: ``(pixels for the student, pixels for the teacher)`` of the same images, or None.
         steps: optimisation steps per phase.
         temperature: of the distillation KL.
         template: the zero-shot template: the teacher's class texts, and the words the context starts from.

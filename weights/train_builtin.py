@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.profiling import count_parameters
 from weights.builtin import BUILTIN_CONFIGS, BUILTIN_DIR, checkpoint_path, save_checkpoint
 from weights.shapes import render_scene
 from weights.shapes_nets import DETECTION_STRIDE, ShapesNet, ShapesNetConfig, normalise
@@ -161,7 +162,7 @@ def train(task: str, role: str, steps: int, batch_size: int = 32, pool_size: int
     start = time.time()
     print(f"[{task}/{role}] rendering {pool_size} training scenes", flush=True)
     pool = ScenePool(task, pool_size)
-    print(f"[{task}/{role}] {sum(p.numel() for p in model.parameters()):,} params; "
+    print(f"[{task}/{role}] {count_parameters(model):,} params; "
           f"pool ready in {time.time() - start:.0f}s", flush=True)
     path = checkpoint_path(task, role)
     for step in range(1, steps + 1):

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from analysis.profiling import count_parameters
 from weights.clip_builtin import CLIP_CHECKPOINTS, CLIP_ROLES, clip_image_batch, create_builtin_clip
 from weights.shapes import COLOUR_NAMES, SHAPE_NAMES, render_scene
 
@@ -59,7 +60,7 @@ def train(role: str, steps: int, pool_size: int = 12000, batch_size: int = 128, 
     images = clip_image_batch(np.stack([s.image for s in scenes]))
     shapes = np.array([s.objects[0].class_id - 1 for s in scenes])
     colours = np.array([COLOUR_NAMES.index(s.objects[0].colour) for s in scenes])
-    print(f"[clip/{role}] {sum(p.numel() for p in model.parameters()):,} params; {pool_size} scenes in "
+    print(f"[clip/{role}] {count_parameters(model):,} params; {pool_size} scenes in "
           f"{time.time() - start:.0f}s", flush=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
