@@ -196,7 +196,8 @@ def load_generation_pair(pair, device: torch.device | None = None, cache: ModelC
         def build_lcm():
             unet = copy.deepcopy(teacher.unet)
             pipe = StableDiffusionPipeline(**{**teacher.components, "unet": unet,
-                                              "scheduler": LCMScheduler.from_config(teacher.scheduler.config)})
+                                              "scheduler": LCMScheduler.from_config(teacher.scheduler.config)},
+                                           requires_safety_checker=False)
             try:
                 pipe.load_lora_weights(source.location, weight_name="pytorch_lora_weights.safetensors",
                                        revision=source.revision)
@@ -207,7 +208,7 @@ def load_generation_pair(pair, device: torch.device | None = None, cache: ModelC
         student = cache.get_or_load((source, str(device)), build_lcm)
     else:
         unet, _ = load_model(source, device, cache)
-        student = StableDiffusionPipeline(**{**teacher.components, "unet": unet})
+        student = StableDiffusionPipeline(**{**teacher.components, "unet": unet}, requires_safety_checker=False)
     student.set_progress_bar_config(disable=True)
     return {"teacher": teacher, "student": student}
 
