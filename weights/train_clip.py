@@ -1,28 +1,33 @@
-"""Recipe that trains the builtin Shapes CLIP pair: a tiny teacher and a smaller student, both
-contrastively on single-object Shapes scenes and their captions, through open_clip's own model classes.
+"""Recipe that trains the builtin Shapes CLIP pair through open_clip's own model classes: a tiny teacher trained
+contrastively on single-object Shapes scenes and their captions, then a smaller student distilled from it.
 
-    python -m weights.train_clip                  # both, the committed recipe
+    python -m weights.train_clip                  # both, the committed recipe (teacher first)
     python -m weights.train_clip --role student --steps 200
 
-Captions take three forms: ``a red circle``, ``a circle`` and ``a red shape``. The loss is multi-positive
+Captions take three forms: ``a red circle``, ``a circle`` and ``a red shape``. The task loss is multi-positive
 contrastive (every caption that describes an image is a positive for it), so ``a circle`` does not push away the
-other circles in the batch. Weights are saved in fp16 safetensors (open_clip casts them back on load).
+other circles in the batch. The student adds CLIP-KD's distillation terms against the frozen teacher: feature
+distillation (MSE between the two models' normalised image and text embeddings, which share a width) and
+relational distillation (KL between the teacher's and the student's image-to-text similarity distributions over
+the batch). Weights are saved in fp16 safetensors (open_clip casts them back on load).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from analysis.profiling import count_parameters
 from weights.clip_builtin import CLIP_CHECKPOINTS, CLIP_ROLES, clip_image_batch, create_builtin_clip
 from weights.shapes import COLOUR_NAMES, SHAPE_NAMES, render_scene
 
 TRAIN_SEEDS = range(0, 1_000_000)
-STEPS = {"teacher": 1500, "student": 1500}
+STEPS = {"teacher": 1500, "student": 2000}
 
 
 def caption_forms(colour: str | None, shape: str | None) -> str:
@@ -49,12 +54,26 @@ def multi_positive_loss(logits: torch.Tensor, matches: torch.Tensor) -> torch.Te
             - (text_targets * logits.t().log_softmax(1)).sum(1).mean()) / 2
 
 
+def distillation_terms(student_out: tuple, teacher_out: tuple) -> torch.Tensor:
+    """CLIP-KD: feature MSE on normalised image and text embeddings, and relational KL on image->text logits."""
+    s_image, s_text, s_scale = student_out[:3]
+    t_image, t_text, t_scale = teacher_out[:3]
+    features = F.mse_loss(s_image, t_image, reduction="sum") / len(s_image) \
+        + F.mse_loss(s_text, t_text, reduction="sum") / len(s_text)
+    s_logits, t_logits = t_scale * s_image @ s_text.t(), t_scale * t_image @ t_text.t()
+    relational = F.kl_div(s_logits.log_softmax(1), t_logits.log_softmax(1), reduction="batchmean", log_target=True)
+    return features + relational
+
+
 def train(role: str, steps: int, pool_size: int = 12000, batch_size: int = 128, lr: float = 1e-3,
-          seed: int = 0) -> None:
+          seed: int = 0, out: Path | None = None) -> None:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model, tokenizer = create_builtin_clip(role, pretrained=False)
     model.train()
+    teacher = None
+    if role == "student":
+        teacher = create_builtin_clip("teacher")[0].float().eval().requires_grad_(False)
     start = time.time()
     scenes = [render_scene(TRAIN_SEEDS[i], single_object=True) for i in range(pool_size)]
     images = clip_image_batch(np.stack([s.image for s in scenes]))
@@ -69,12 +88,18 @@ def train(role: str, steps: int, pool_size: int = 12000, batch_size: int = 128, 
         x = images[index]
         x = torch.where(torch.rand(batch_size, 1, 1, 1) < 0.5, x.flip(-1), x)
         texts, cap_colours, cap_shapes = sample_captions(colours[index], shapes[index], rng)
-        image_features, text_features, scale = model(x, tokenizer(texts))[:3]
+        tokens = tokenizer(texts)
+        outputs = model(x, tokens)
+        image_features, text_features, scale = outputs[:3]
         logits = scale * image_features @ text_features.t()
         matches = torch.from_numpy(
             ((cap_colours[None, :] < 0) | (cap_colours[None, :] == colours[index][:, None]))
             & ((cap_shapes[None, :] < 0) | (cap_shapes[None, :] == shapes[index][:, None]))).float()
         loss = multi_positive_loss(logits, matches)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_out = teacher(x, tokens)
+            loss = loss + distillation_terms(outputs, teacher_out)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -84,8 +109,9 @@ def train(role: str, steps: int, pool_size: int = 12000, batch_size: int = 128, 
     from safetensors.torch import save_file
 
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(CLIP_CHECKPOINTS[role]), metadata={"format": "pt"})
-    print(f"saved {CLIP_CHECKPOINTS[role]}", flush=True)
+    path = CLIP_CHECKPOINTS[role] if out is None else out / CLIP_CHECKPOINTS[role].name
+    save_file(state, str(path), metadata={"format": "pt"})
+    print(f"saved {path}", flush=True)
 
 
 def main() -> None:
@@ -93,11 +119,12 @@ def main() -> None:
     parser.add_argument("--role", choices=[*CLIP_ROLES, "both"], default="both")
     parser.add_argument("--steps", type=int, default=0, help="0: the recipe's own count per role")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="write here instead of weights/checkpoints")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     for role in CLIP_ROLES if args.role == "both" else [args.role]:
-        train(role, args.steps or STEPS[role])
+        train(role, args.steps or STEPS[role], out=args.out)
 
 
 if __name__ == "__main__":
