@@ -56,6 +56,18 @@ def test_learning_context_changes_only_the_context(tiny_clip):
     assert all(p.grad is None for p in model.parameters()) and not model.training
 
 
+def test_clip_kd_terms_vanish_only_when_the_student_matches_the_teacher(tiny_clip):
+    from weights.train_clip import distillation_terms
+
+    model, tokenizer = tiny_clip
+    pixels, tokens = torch.randn(4, 3, 32, 32), tokenizer(["a red circle", "a circle", "a red shape", "a star"])
+    with torch.no_grad():
+        teacher_out = model(pixels, tokens)
+        assert float(distillation_terms(teacher_out, teacher_out)) == pytest.approx(0.0, abs=1e-6)
+        shuffled = (teacher_out[0].flip(0), teacher_out[1], teacher_out[2])  # images matched to the wrong texts
+        assert float(distillation_terms(shuffled, teacher_out)) > 0.01
+
+
 def test_parse_classes():
     assert parse_classes("cat, dog,, cat\n bird ") == (["cat", "dog", "bird"], ["Removed 1 duplicate class name(s)."])
     assert parse_classes("猫, 犬, собака")[0] == ["猫", "犬", "собака"]
