@@ -27,13 +27,19 @@ def register_clip_configs() -> None:
         open_clip.add_model_config(CLIP_CONFIG_DIR)
 
 
-def create_builtin_clip(role: str, pretrained: bool = True):
-    """``(model, tokenizer)`` for a builtin CLIP via ``open_clip.create_model``; weights from safetensors."""
+def clip_checkpoint(role: str, folder: Path | None = None) -> Path:
+    """Where a builtin CLIP's safetensors live: ``weights/checkpoints``, or ``folder`` (a recipe's ``--out``)."""
+    return CLIP_CHECKPOINTS[role] if folder is None else folder / CLIP_CHECKPOINTS[role].name
+
+
+def create_builtin_clip(role: str, pretrained: bool = True, folder: Path | None = None):
+    """``(model, tokenizer)`` for a builtin CLIP via ``open_clip.create_model``; weights from safetensors, read
+    from ``folder`` when given (a recipe's ``--out``) instead of ``weights/checkpoints``."""
     import open_clip
 
     register_clip_configs()
     name = CLIP_MODEL_NAMES[role]
-    checkpoint = str(CLIP_CHECKPOINTS[role]) if pretrained else None
+    checkpoint = str(clip_checkpoint(role, folder)) if pretrained else None
     model = open_clip.create_model(name, pretrained=checkpoint)
     return model, open_clip.get_tokenizer(name)
 

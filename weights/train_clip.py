@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis.profiling import count_parameters
-from weights.clip_builtin import CLIP_CHECKPOINTS, CLIP_ROLES, clip_image_batch, create_builtin_clip
+from weights.clip_builtin import CLIP_ROLES, clip_checkpoint, clip_image_batch, create_builtin_clip
 from weights.shapes import COLOUR_NAMES, SHAPE_NAMES, render_scene
 
 TRAIN_SEEDS = range(0, 1_000_000)
@@ -73,7 +73,7 @@ def train(role: str, steps: int, pool_size: int = 12000, batch_size: int = 128, 
     model.train()
     teacher = None
     if role == "student":
-        teacher = create_builtin_clip("teacher")[0].float().eval().requires_grad_(False)
+        teacher = create_builtin_clip("teacher", folder=out)[0].float().eval().requires_grad_(False)
     start = time.time()
     scenes = [render_scene(TRAIN_SEEDS[i], single_object=True) for i in range(pool_size)]
     images = clip_image_batch(np.stack([s.image for s in scenes]))
@@ -109,7 +109,7 @@ def train(role: str, steps: int, pool_size: int = 12000, batch_size: int = 128, 
     from safetensors.torch import save_file
 
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    path = CLIP_CHECKPOINTS[role] if out is None else out / CLIP_CHECKPOINTS[role].name
+    path = clip_checkpoint(role, out)
     save_file(state, str(path), metadata={"format": "pt"})
     print(f"saved {path}", flush=True)
 
@@ -119,7 +119,8 @@ def main() -> None:
     parser.add_argument("--role", choices=[*CLIP_ROLES, "both"], default="both")
     parser.add_argument("--steps", type=int, default=0, help="0: the recipe's own count per role")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="write here instead of weights/checkpoints")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write here instead of weights/checkpoints (a student distils from the teacher there)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
