@@ -17,8 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from demos.diffusion import generate
-from weights.evaluate_diffusion import objects
-from weights.shapes import COLOUR_NAMES, SHAPE_NAMES
+from weights.evaluate_diffusion import GUIDANCE, objects, prompt_for
 
 COLUMNS = (("teacher", False), ("teacher", True), ("student", False), ("student", True))
 
@@ -39,9 +38,9 @@ def main() -> None:
     for c, (role, raunet) in enumerate(COLUMNS):
         draw.text((pad + c * (tile + pad), 2), f"{role}, {'RAU-Net' if raunet else 'plain'}", fill="black")
     for r, seed in enumerate(args.seeds):
-        prompt = f"a {COLOUR_NAMES[seed % 6]} {SHAPE_NAMES[(seed // 6) % 5]}"
-        images = {raunet: generate(prompt, "shapes-diffusion", seed, args.side, args.side, args.steps, 4.0, raunet,
-                                   False)[:2] for raunet in (False, True)}
+        prompt = prompt_for(seed)[0]
+        images = {raunet: generate(prompt, "shapes-diffusion", seed, args.side, args.side, args.steps, GUIDANCE,
+                                   raunet, False)[:2] for raunet in (False, True)}
         top = header + r * (tile + header + pad)
         for c, (role, raunet) in enumerate(COLUMNS):
             image = images[raunet][0 if role == "teacher" else 1]

@@ -20,8 +20,10 @@ from scipy import ndimage
 from skimage.color import rgb2hsv
 
 from demos.diffusion import generate
+from weights.registry import get_pair
 from weights.shapes import COLOUR_NAMES, COLOURS, SHAPE_NAMES
 
+GUIDANCE = 4.0
 SATURATION = 0.5
 MAX_COLOUR_DISTANCE = 70.0
 MIN_AREA = 0.005
@@ -55,6 +57,12 @@ def objects(image: np.ndarray) -> tuple[int, str | None]:
     return len(found), max(found)[1]
 
 
+def prompt_for(seed: int) -> tuple[str, str]:
+    """``(prompt, colour)`` for a seed: ``a <colour> <shape>``, cycling over the 30 colour-shapes."""
+    colour = COLOUR_NAMES[seed % 6]
+    return f"a {colour} {SHAPE_NAMES[(seed // 6) % 5]}", colour
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=32)
@@ -63,19 +71,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    side = 64
+    side = get_pair(args.pair, "generation").native["width"]
     colour_hits = {"teacher": [], "student": []}
-    print(f"Builtin pair {args.pair}, {args.seeds} seeds per size, {args.steps} DDIM steps, guidance 4\n")
+    print(f"Builtin pair {args.pair}, {args.seeds} seeds per size, {args.steps} DDIM steps, guidance {GUIDANCE:g}\n")
     print("| size | model | extra objects / image | with RAU-Net | seconds / image | with MSW-MSA |")
     print("|---|---|---|---|---|---|", flush=True)
     for scale in (1, 2, 4):
         stats = {}
         for setting, (raunet, msw) in {"plain": (False, False), "raunet": (True, False), "msw": (False, True)}.items():
             for seed in range(args.seeds):
-                colour = COLOUR_NAMES[seed % 6]
-                prompt = f"a {colour} {SHAPE_NAMES[(seed // 6) % 5]}"
+                prompt, colour = prompt_for(seed)
                 teacher, student, report = generate(prompt, args.pair, seed, side * scale, side * scale, args.steps,
-                                                    4.0, raunet, msw)
+                                                    GUIDANCE, raunet, msw)
                 for role, image in (("teacher", teacher), ("student", student)):
                     n, found = objects(image)
                     stats.setdefault((role, setting), {"extra": [], "seconds": []})

@@ -32,11 +32,15 @@ from weights.shapes import render_scene
 TRAIN_SEEDS = range(0, 1_000_000)
 
 
+def scene_tensor(scenes: list) -> torch.Tensor:
+    """(N, 3, H, W) images in [-1, 1], the VAE's range, of rendered scenes."""
+    return torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def scene_pool(count: int) -> tuple[torch.Tensor, list[str]]:
     """(N, 3, 64, 64) images in [-1, 1] and their captions."""
     scenes = [render_scene(TRAIN_SEEDS[i], IMAGE_SIDE, IMAGE_SIDE, single_object=True) for i in range(count)]
-    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return images, [s.caption for s in scenes]
+    return scene_tensor(scenes), [s.caption for s in scenes]
 
 
 def log(tag: str, step: int, steps: int, loss: float, start: float) -> None:
@@ -75,9 +79,8 @@ def vae_colour_fidelity(vae, count: int = 96) -> float:
 
     scenes = [render_scene(EVAL_SEED_START + 5000 + i, IMAGE_SIDE, IMAGE_SIDE, single_object=True)
               for i in range(count)]
-    x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
-        recon = vae.decode(vae.encode(x).latent_dist.mean).sample
+        recon = vae.decode(vae.encode(scene_tensor(scenes)).latent_dist.mean).sample
     images = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return float(np.mean([objects(im)[1] == s.objects[0].colour for im, s in zip(images, scenes, strict=True)]))
 
