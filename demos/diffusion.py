@@ -129,8 +129,8 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
     images, records = {}, {}
     for role in ROLES:
         pipe = pipelines[role]
-        n = int(spec.native.get(f"{role}_steps", steps)) if role == "student" else steps
-        g = float(spec.native.get(f"{role}_guidance", guidance)) if role == "student" else guidance
+        n = int(spec.native.get("student_steps", steps)) if role == "student" else steps
+        g = float(spec.native.get("student_guidance", guidance)) if role == "student" else guidance
         generator = torch.Generator().manual_seed(seed)
 
         with high_resolution(pipe.unet, n, raunet=raunet, msw_msa=msw_msa, generator=generator) as hires:
