@@ -92,3 +92,38 @@ def test_the_object_counter_on_ground_truth_scenes():
     assert objects(backdrop) == (0, None)
     backdrop[20:40, 20:40] = (150, 70, 200)
     assert objects(backdrop) == (1, "purple")
+
+
+def test_the_recipe_resumes_a_saved_pipeline_and_snapshots_the_teacher(tmp_path):
+    """``--resume``: the saved VAE, text encoder and teacher come back unchanged and the student starts fresh;
+    a teacher trained with ``snapshot`` leaves a loadable UNet behind at every snapshot step."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from weights.diffusion_builtin import build_components, encode_prompts
+    from weights.train_diffusion import load_components, train_unet
+
+    parts = build_components()
+    parts["vae"].register_to_config(scaling_factor=0.5)
+    with torch.no_grad():
+        parts["unet"].conv_out.bias.fill_(0.25)  # something a fresh teacher does not have
+    StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                            unet=parts["unet"], scheduler=parts["scheduler"], safety_checker=None,
+                            feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp_path / "pipe")
+    resumed = load_components(tmp_path / "pipe")
+    assert resumed["vae"].config.scaling_factor == 0.5
+    for name in ("unet", "vae", "text_encoder"):
+        saved = parts[name].state_dict()
+        assert all(torch.equal(v, saved[k]) for k, v in resumed[name].state_dict().items()), name
+    fresh = build_components()["unet_student"].state_dict()
+    assert all(torch.equal(v, fresh[k]) for k, v in resumed["unet_student"].state_dict().items())
+
+    latents = torch.randn(4, 4, 16, 16)
+    text = encode_prompts(resumed["tokenizer"], resumed["text_encoder"], ["a red circle"] * 4)
+    empty = encode_prompts(resumed["tokenizer"], resumed["text_encoder"], [""])
+    before = resumed["unet"].conv_out.bias.clone()
+    train_unet(resumed["unet"], latents, text, empty, resumed["scheduler"], 4, torch.Generator().manual_seed(0),
+               batch=2, snapshot=tmp_path / "snap", snapshot_every=2)
+    assert not torch.equal(resumed["unet"].conv_out.bias, before)
+    snapped = UNet2DConditionModel.from_pretrained(tmp_path / "snap")  # step 2, not the final step 4
+    assert not torch.equal(snapped.conv_out.bias, before)
+    assert not torch.equal(snapped.conv_out.bias, resumed["unet"].conv_out.bias)
