@@ -97,18 +97,16 @@ def test_the_object_counter_on_ground_truth_scenes():
 def test_the_recipe_resumes_a_saved_pipeline_and_snapshots_the_teacher(tmp_path):
     """``--resume``: the saved VAE, text encoder and teacher come back unchanged and the student starts fresh;
     a teacher trained with ``snapshot`` leaves a loadable UNet behind at every snapshot step."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     from weights.diffusion_builtin import build_components, encode_prompts
-    from weights.train_diffusion import load_components, train_unet
+    from weights.train_diffusion import load_components, save_teacher_pipeline, train_unet
 
     parts = build_components()
     parts["vae"].register_to_config(scaling_factor=0.5)
     with torch.no_grad():
         parts["unet"].conv_out.bias.fill_(0.25)  # something a fresh teacher does not have
-    StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
-                            unet=parts["unet"], scheduler=parts["scheduler"], safety_checker=None,
-                            feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp_path / "pipe")
+    save_teacher_pipeline(parts, tmp_path / "pipe")
     resumed = load_components(tmp_path / "pipe")
     assert resumed["vae"].config.scaling_factor == 0.5
     for name in ("unet", "vae", "text_encoder"):

@@ -1,11 +1,14 @@
-"""Recipe that trains the builtin Shapes text-to-image pair (one command):
+"""Recipe that trains the builtin Shapes text-to-image pair:
 
     python -m weights.train_diffusion [--vae-steps 2000] [--unet-steps 3000] [--student-steps 1200] [--out DIR]
-    python -m weights.train_diffusion --resume DIR --unet-steps 5000     # train DIR's teacher further
+    python -m weights.train_diffusion --resume DIR --unet-steps 6000 [--out DIR]   # train DIR's teacher further
 
-(about 50 minutes on 2 CPU cores with the defaults). ``--resume`` starts from a saved pipeline instead of fresh
-components: its VAE and text encoder are kept, its teacher UNet trains for another ``--unet-steps`` (a new
-one-cycle learning-rate schedule, i.e. a warm restart) and the student is distilled afresh from the result.
+The first takes about 50 minutes on 2 CPU cores; the committed pair is the first followed by the second on
+``weights/checkpoints/shapes_diffusion`` (about 70 more minutes). ``--resume`` starts from a saved pipeline
+instead of fresh components: its VAE and text encoder are kept, its teacher UNet trains for another
+``--unet-steps`` (a new one-cycle learning-rate schedule, i.e. a warm restart) and the student is distilled afresh
+from the result. While the teacher trains, ``OUT/unet`` is overwritten every 1,000 steps, beside the VAE and text
+encoder it was trained with, so that ``OUT`` always loads as a (partly trained) teacher pipeline.
 
 1. the tiny VAE on random 32x32 crops of single-object 64x64 Shapes scenes (reconstruction + a small KL term; it
    is fully convolutional, so crops teach it the same thing at a quarter of the cost), then its colour fidelity on
@@ -152,9 +155,17 @@ def load_components(folder: Path) -> dict:
     return parts
 
 
-def main() -> None:
+def save_teacher_pipeline(parts: dict, folder: Path) -> None:
+    """The teacher pipeline (VAE, text encoder, tokenizer, teacher UNet, scheduler) in diffusers format."""
     from diffusers import StableDiffusionPipeline
 
+    pipeline = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"],
+                                       tokenizer=parts["tokenizer"], unet=parts["unet"], scheduler=parts["scheduler"],
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=8000)
     parser.add_argument("--vae-steps", type=int, default=2000)
@@ -180,12 +191,10 @@ def main() -> None:
     latents = latents * parts["vae"].config.scaling_factor
     text = encode_prompts(parts["tokenizer"], parts["text_encoder"], captions)
     empty = encode_prompts(parts["tokenizer"], parts["text_encoder"], [""])
+    save_teacher_pipeline(parts, args.out)  # the teacher's snapshots then sit beside the VAE they were trained with
     train_unet(parts["unet"], latents, text, empty, parts["scheduler"], args.unet_steps, rng,
                snapshot=args.out / "unet")
-    pipeline = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"],
-                                       tokenizer=parts["tokenizer"], unet=parts["unet"], scheduler=parts["scheduler"],
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipeline.save_pretrained(args.out, safe_serialization=True)
+    save_teacher_pipeline(parts, args.out)
     print(f"saved the teacher pipeline to {args.out}", flush=True)
     student = parts["unet_student"]
     print(f"[student] {init_from_teacher(student, parts['unet'])} tensors initialised from the teacher", flush=True)
