@@ -120,15 +120,15 @@ def capture_modules(model: torch.nn.Module, pattern: str) -> AbstractContextMana
 
 def _explicit_forward(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[object, list] | None:
     """(outputs, named feature maps) from a model's own feature method, or None when it has none we know."""
-    if type(model).__name__ == "ShapesNet":
-        out = model(pixels)
-        return out, [(f"stage{i + 1}", f) for i, f in enumerate(out["features"])]
     if hasattr(model, "visual") and hasattr(model, "forward_intermediates"):  # open_clip
         out = model.forward_intermediates(image=pixels)
         return out, [(f"visual.block{i}", f) for i, f in enumerate(out["image_intermediates"])]
     if hasattr(model, "forward_intermediates") and hasattr(model, "pretrained_cfg"):  # timm
         final, maps = model.forward_intermediates(pixels, output_fmt="NCHW")
         return model.forward_head(final), [(f"block{i}", f) for i, f in enumerate(maps)]
+    if hasattr(model, "forward_intermediates"):  # our own convention: (outputs, encoder maps)
+        out, maps = model.forward_intermediates(pixels)
+        return out, [(f"stage{i + 1}", f) for i, f in enumerate(maps)]
     if hasattr(model, "config") and hasattr(model.config, "model_type"):  # transformers
         out = model(pixel_values=pixels, output_hidden_states=True)
         hidden = getattr(out, "hidden_states", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -59,27 +60,57 @@ def _synchronise(device: torch.device | None) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Latency of repeated calls: the median and the interquartile range of the timed runs, in milliseconds."""
+
+    median_ms: float
+    iqr_ms: float
+    runs: int
+
+    def as_dict(self) -> dict:
+        return {"latency_ms": round(self.median_ms, 3), "latency_iqr_ms": round(self.iqr_ms, 3), "runs": self.runs}
+
+
+class Stopwatch:
+    """Wall-clock time of the code inside ``with Stopwatch(device) as watch:`` (``watch.seconds``), with the
+    device synchronised on entry and exit so that queued CUDA work is counted where it was issued."""
+
+    def __init__(self, device: torch.device | None = None):
+        self.device, self.seconds = device, None
+
+    def __enter__(self) -> Stopwatch:
+        _synchronise(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _synchronise(self.device)
+        self.seconds = time.perf_counter() - self._start
+
+
 def time_call(fn: Callable[[], object], device: torch.device | None = None, repeats: int = 5, warmup: int = 1,
-              budget_s: float = 1.0) -> tuple[object, float]:
-    """Run ``fn`` and return its last result and the median latency in milliseconds.
+              budget_s: float = 1.0) -> tuple[object, Timing]:
+    """The one timer of Distill Lens: tabs, benchmarks and recipes all time calls through it.
 
     Args:
         fn: the call to time (e.g. a model's forward on prepared inputs).
-        device: the device to synchronise before reading the clock (CUDA runs asynchronously).
-        repeats: timed calls at most; fewer when they would exceed ``budget_s``.
-        warmup: untimed calls first.
-        budget_s: stop repeating once this much time has been spent timing.
+        device: the device to synchronise around each timed call (CUDA runs asynchronously).
+        repeats: timed calls at most; fewer when they would exceed ``budget_s`` (at least one).
+        warmup: untimed calls first (first-call allocations, cuDNN autotuning, lazy initialisation).
+        budget_s: stop repeating once this much time has been spent timing, so a slow model on a CPU still
+            answers promptly.
+
+    Returns:
+        ``(result, timing)``: the last call's result and a :class:`Timing` of the timed calls.
     """
     result = None
     for _ in range(warmup):
         result = fn()
     times: list[float] = []
-    spent = 0.0
-    while len(times) < repeats and (not times or spent < budget_s):
-        _synchronise(device)
-        start = time.perf_counter()
-        result = fn()
-        _synchronise(device)
-        times.append(time.perf_counter() - start)
-        spent += times[-1]
-    return result, statistics.median(times) * 1000
+    while len(times) < repeats and (not times or sum(times) < budget_s):
+        with Stopwatch(device) as watch:
+            result = fn()
+        times.append(watch.seconds * 1000)
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return result, Timing(statistics.median(times), quartiles[2] - quartiles[0], len(times))

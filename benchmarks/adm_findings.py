@@ -15,10 +15,9 @@ import torch
 
 from analysis.consensus import affinity_consensus, foreground_figures, projected_consensus, projection_is_determined
 from analysis.features import capture_stages, match_stages
-from weights.builtin import load_builtin_model
-from weights.evaluate_builtin import EVAL_SEED_START
-from weights.shapes import render_scene
-from weights.shapes_nets import normalise
+from weights.shapes.checkpoints import load_builtin_model
+from weights.shapes.nets import normalise
+from weights.shapes.world import EVAL_SEED_START, render_scene
 
 SEED_START = EVAL_SEED_START + 2000  # held out from training, and apart from the accuracy table's scenes
 METHODS = {"affinity": affinity_consensus, "projection": projected_consensus}

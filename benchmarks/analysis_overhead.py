@@ -24,10 +24,9 @@ from analysis.consensus import (
     foreground_figures,
 )
 from analysis.features import forward_with_stages, match_stages
-from weights.builtin import load_builtin_model
-from weights.evaluate_builtin import EVAL_SEED_START
-from weights.shapes import render_scene
-from weights.shapes_nets import normalise
+from weights.shapes.checkpoints import load_builtin_model
+from weights.shapes.nets import normalise
+from weights.shapes.world import EVAL_SEED_START, render_scene
 
 
 def _timed(fn, device: torch.device, repeats: int) -> tuple[object, float]:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.hires_figure [--out docs/hires_256.png] [--seeds 0 7 14] [--side 256]
 
-Rows are seeds (prompt ``a <colour> <shape>`` as in ``weights.evaluate_diffusion``); columns are the teacher and
+Rows are seeds (prompt ``a <colour> <shape>`` as in ``benchmarks.builtin_diffusion``); columns are the teacher and
 the student, each plain and with RAU-Net, from the same seed and initial latent. Each tile is labelled with the
 number of objects that the measurement's detector finds in it.
 """
@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from benchmarks.builtin_diffusion import GUIDANCE, prompt_for
 from demos.diffusion import generate
-from weights.evaluate_diffusion import GUIDANCE, objects, prompt_for
+from weights.shapes.measure import objects
 
 COLUMNS = (("teacher", False), ("teacher", True), ("student", False), ("student", True))
 

@@ -16,7 +16,7 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
-from demos.hires import high_resolution
+from methods.hires import high_resolution
 
 SD15 = dict(layers_per_block=2, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
             attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),

@@ -12,12 +12,13 @@ import torch
 from torchmetrics.functional import kl_divergence, spearman_corrcoef
 
 from analysis.attention import normalise_map
+from analysis.profiling import Stopwatch
 from demos.common import ROLES, InputError, heat_overlay, notes_markdown, on_gpu, read_image
+from methods.prompts import METHODS, prompted_text_features, tune
 from weights.predictors import predictors_for
-from weights.prompt_learning import METHODS, prompted_text_features, tune
 from weights.prompt_store import PromptError, list_prompts, load_prompt, sanitise_name, save_prompt
 from weights.registry import get_pair
-from weights.shapes import COLOUR_SHAPE_NAMES, SHAPE_NAMES, render_scene
+from weights.shapes.world import COLOUR_SHAPE_NAMES, SHAPE_NAMES, TUNING_SEED_START, render_scene
 
 DEFAULT_PAIR = "shapes-clip"
 PRESETS = {
@@ -31,7 +32,7 @@ MAX_NAME_CHARS = 100
 TOP_K = 5
 MAX_TUNE_IMAGES = 64
 MAX_TUNE_STEPS = 500
-TUNE_SEED_START = 950_000  # Shapes tuning scenes: training-range seeds, never the evaluation seeds
+TUNE_SEED_START = TUNING_SEED_START + 50_000  # Shapes tuning scenes, never the evaluation seeds
 
 
 def parse_classes(text: str) -> tuple[list[str], list[str]]:
@@ -108,14 +109,14 @@ def classify(image, pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes
     report, probs = {"pair": spec.name, "classes": names}, {}
     for role in ROLES:
         p = predictors[role]
-        start = time.perf_counter()
-        inputs, _ = p.prepare(array)
-        if role == "student":
-            text, used = _student_text(p, names, template, (prompt or "").strip(), spec.name)
-        else:
-            text, used = p.text_features([template.format(n) for n in names]), f"zero-shot '{template}'"
-        probs[role] = p.logits(p.forward(inputs), text)[0].softmax(-1).cpu()
-        latency = (time.perf_counter() - start) * 1000
+        with Stopwatch(p.device) as watch:
+            inputs, _ = p.prepare(array)
+            if role == "student":
+                text, used = _student_text(p, names, template, (prompt or "").strip(), spec.name)
+            else:
+                text, used = p.text_features([template.format(n) for n in names]), f"zero-shot '{template}'"
+            probs[role] = p.logits(p.forward(inputs), text)[0].softmax(-1).cpu()
+        latency = watch.seconds * 1000
         report[role] = {"probs": {n: round(float(v), 5) for n, v in zip(names, probs[role], strict=True)},
                         "latency_ms": round(latency, 2), "prompt": used}
     report["agreement"] = agreement(probs["teacher"], probs["student"])

@@ -183,7 +183,8 @@ def run_sides(predictors: dict, image: np.ndarray, post: Callable) -> dict[str, 
         post: ``post(predictor, outputs, geometry)`` -> the side's result.
 
     Returns:
-        ``{role: (result, {"latency_ms", "params", "gflops"})}``; latency is the median of a few forwards.
+        ``{role: (result, {"latency_ms", "params", "gflops"})}``; latency is the median of a few warm forwards, with
+        its interquartile range (``latency_iqr_ms``) and the number of timed runs.
     """
     from analysis.profiling import time_call
 
@@ -191,8 +192,8 @@ def run_sides(predictors: dict, image: np.ndarray, post: Callable) -> dict[str, 
     for role in ROLES:
         predictor = predictors[role]
         inputs, geometry = predictor.prepare(image)
-        outputs, latency = time_call(lambda p=predictor, x=inputs: p.forward(x), predictor.device)
-        profile = {"latency_ms": round(latency, 3), "params": predictor.params, "gflops": predictor.gflops(inputs)}
+        outputs, timing = time_call(lambda p=predictor, x=inputs: p.forward(x), predictor.device)
+        profile = timing.as_dict() | {"params": predictor.params, "gflops": predictor.gflops(inputs)}
         sides[role] = (post(predictor, outputs, geometry), profile)
     return sides
 

@@ -1,10 +1,9 @@
 """Diffusion tab: teacher and distilled student from the same seed and initial latent, at high resolution, with
-our own RAU-Net and MSW-MSA (``demos.hires``)."""
+our own RAU-Net and MSW-MSA (``methods.hires``)."""
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,9 +12,9 @@ import torch
 
 from analysis.attention import capture_cross_attention
 from analysis.features import hooked
-from analysis.profiling import PeakMemory
+from analysis.profiling import PeakMemory, Stopwatch
 from demos.common import ROLES, InputError, heat_overlay, on_gpu
-from demos.hires import high_resolution
+from methods.hires import high_resolution
 from weights.loaders import default_device, load_generation_pair
 from weights.registry import get_pair
 
@@ -140,14 +139,14 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
                 return hires.callback_on_step_end(pipeline, i, t, kwargs)
 
             chosen = None if insight is None else min(n - 1, insight_step if insight_step is not None else n // 2)
-            start = time.perf_counter()
-            with PeakMemory(device) as peak, torch.inference_mode(), _recording(pipe.unet, hires, chosen) as rec:
+            with (Stopwatch(device) as watch, PeakMemory(device) as peak, torch.inference_mode(),
+                  _recording(pipe.unet, hires, chosen) as rec):
                 out = pipe(prompt, height=height, width=width, num_inference_steps=n, guidance_scale=g,
                            latents=latents.to(device, pipe.unet.dtype), generator=generator, output_type="np",
                            callback_on_step_end=on_step)
         records[role] = rec
         images[role] = (out.images[0] * 255).round().astype(np.uint8)
-        report[role] = {"seconds": round(time.perf_counter() - start, 3), "peak_mem_mb": peak.mb, "steps": n,
+        report[role] = {"seconds": round(watch.seconds, 3), "peak_mem_mb": peak.mb, "steps": n,
                         "guidance": g}
     report["settings"] = {"prompt": prompt, "seed": seed, "width": width, "height": height, "raunet": bool(raunet),
                           "msw_msa": bool(msw_msa), "device": device.type}

@@ -39,7 +39,7 @@ def tiny_hub_pairs(tmp_path_factory):
     pairs.append(Pair("tiny-diffusion", "generation",
                       ModelSource("hub", str(diffusion), "StableDiffusionPipeline", revision="main"),
                       ModelSource("hub", str(diffusion), "UNet2DConditionModel", revision="main",
-                                  processor_class="unet_student"),
+                                  subfolder="unet_student"),
                       "test only", native={"width": 64, "height": 64, "steps": 4, "guidance": 4.0}))
     for pair in pairs:
         register_pair(pair)

@@ -28,8 +28,8 @@ from analysis.features import (
     match_stages,
     tokens_to_map,
 )
-from weights.builtin import BUILTIN_CONFIGS
-from weights.shapes_nets import ShapesNet
+from weights.shapes.checkpoints import BUILTIN_CONFIGS
+from weights.shapes.nets import ShapesNet
 
 CONSENSUS = [affinity_consensus, projected_consensus]
 

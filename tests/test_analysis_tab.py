@@ -5,7 +5,7 @@ from PIL import Image
 
 from demos.analysis_tab import attention, consensus
 from demos.common import InputError
-from weights.shapes import render_scene
+from weights.shapes.world import render_scene
 
 
 @pytest.fixture(scope="module")

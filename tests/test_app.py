@@ -52,7 +52,7 @@ def client(tiny_hub_pairs):
 
 @pytest.fixture(scope="module")
 def scene_file(tmp_path_factory):
-    from weights.shapes import render_scene
+    from weights.shapes.world import render_scene
 
     path = tmp_path_factory.mktemp("api") / "scene.png"
     Image.fromarray(render_scene(10_000_777).image).save(path)

@@ -1,14 +1,13 @@
-"""The committed builtin weights really work: a quick held-out check (the full table is weights.evaluate_builtin)."""
+"""The committed builtin weights really work: a quick held-out check (the full table is benchmarks.builtin_nets)."""
 
 import numpy as np
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
 
-from weights.builtin import load_builtin_model
-from weights.evaluate_builtin import EVAL_SEED_START
-from weights.shapes import render_scene
-from weights.shapes_nets import decode_detections, normalise
+from weights.shapes.checkpoints import load_builtin_model
+from weights.shapes.nets import decode_detections, normalise
+from weights.shapes.world import EVAL_SEED_START, render_scene
 
 SEEDS = range(EVAL_SEED_START + 900, EVAL_SEED_START + 940)  # held out, and not the README's 500 either
 

@@ -8,8 +8,8 @@ import torch
 
 from demos.classification import MAX_CLASSES, agreement, check_template, classify, parse_classes, tune_prompts
 from demos.common import InputError
+from methods.prompts import context_tokens, encode_with_context, init_context, learn_context
 from weights import prompt_store
-from weights.prompt_learning import context_tokens, encode_with_context, init_context, learn_context
 from weights.prompt_store import PromptError, list_prompts, load_prompt, sanitise_name, save_prompt
 
 TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
@@ -57,15 +57,15 @@ def test_learning_context_changes_only_the_context(tiny_clip):
 
 
 def test_clip_kd_terms_vanish_only_when_the_student_matches_the_teacher(tiny_clip):
-    from weights.train_clip import distillation_terms
+    from methods.distill import clip_kd
 
     model, tokenizer = tiny_clip
     pixels, tokens = torch.randn(4, 3, 32, 32), tokenizer(["a red circle", "a circle", "a red shape", "a star"])
     with torch.no_grad():
         teacher_out = model(pixels, tokens)
-        assert float(distillation_terms(teacher_out, teacher_out)) == pytest.approx(0.0, abs=1e-6)
+        assert float(clip_kd(teacher_out, teacher_out)) == pytest.approx(0.0, abs=1e-6)
         shuffled = (teacher_out[0].flip(0), teacher_out[1], teacher_out[2])  # images matched to the wrong texts
-        assert float(distillation_terms(shuffled, teacher_out)) > 0.01
+        assert float(clip_kd(shuffled, teacher_out)) > 0.01
 
 
 def test_parse_classes():
@@ -114,7 +114,7 @@ def test_prompt_names_are_sanitised_and_looked_up_safely(prompt_dir):
 def test_classify_on_the_builtin_pair(tmp_path):
     from PIL import Image
 
-    from weights.shapes import render_scene
+    from weights.shapes.world import render_scene
 
     path = tmp_path / "single.png"
     Image.fromarray(render_scene(10_000_444, single_object=True).image).save(path)
@@ -134,7 +134,7 @@ def test_classify_on_the_builtin_pair(tmp_path):
 def test_tune_save_and_use_a_prompt(prompt_dir, tmp_path):
     from PIL import Image
 
-    from weights.shapes import render_scene
+    from weights.shapes.world import render_scene
 
     name, figures = tune_prompts("shapes-clip", "red circle, blue square, green star", "caspl", "../tuned",
                                  per_class=2, steps=5)

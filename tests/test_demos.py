@@ -8,7 +8,7 @@ from demos.common import InputError, read_image
 from demos.detection import detect
 from demos.segmentation import segment
 from weights.registry import UnknownPairError
-from weights.shapes import render_scene
+from weights.shapes.world import render_scene
 
 SCENE_SEED = 10_000_321
 

@@ -78,8 +78,8 @@ def test_cross_attention_capture_is_restored_after_an_error(tiny_hub_pairs):
 
 def test_the_object_counter_on_ground_truth_scenes():
     """The measurement's detector, checked where the answer is known: rendered Shapes scenes."""
-    from weights.evaluate_diffusion import objects
-    from weights.shapes import render_scene
+    from weights.shapes.measure import objects
+    from weights.shapes.world import render_scene
 
     for seed in range(40):
         scene = render_scene(20_000_000 + seed, 64 if seed % 2 else 256, 64 if seed % 2 else 256,
@@ -99,8 +99,8 @@ def test_the_recipe_resumes_a_saved_pipeline_and_snapshots_the_teacher(tmp_path)
     a teacher trained with ``snapshot`` leaves a loadable UNet behind at every snapshot step."""
     from diffusers import UNet2DConditionModel
 
-    from weights.diffusion_builtin import build_components, encode_prompts
-    from weights.train_diffusion import load_components, save_teacher_pipeline, train_unet
+    from weights.shapes.diffusion import build_components, encode_prompts
+    from weights.shapes.train_diffusion import load_components, save_teacher_pipeline, train_unet
 
     parts = build_components()
     parts["vae"].register_to_config(scaling_factor=0.5)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from demos.hires import WindowedSelfAttention, high_resolution
+from methods.hires import WindowedSelfAttention, high_resolution
 
 
 def tiny_unet(student: bool = False, seed: int = 0) -> UNet2DConditionModel:
@@ -102,7 +102,7 @@ def test_windows_confine_attention():
     """With MSW-MSA, a change in one window leaves the self-attention output of the other windows unchanged."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-    from demos.hires import HiResController
+    from methods.hires import HiResController
 
     torch.manual_seed(0)
     attn = Attention(query_dim=8, heads=2, dim_head=4)

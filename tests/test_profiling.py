@@ -12,5 +12,13 @@ def test_flops_of_a_linear_layer():
 
 def test_time_call_returns_the_result_and_a_positive_latency():
     calls = []
-    result, ms = time_call(lambda: calls.append(1) or len(calls), repeats=3, warmup=1)
-    assert len(calls) == 4 and result == 4 and ms > 0
+    result, timing = time_call(lambda: calls.append(1) or len(calls), repeats=3, warmup=1)
+    assert len(calls) == 4 and result == 4 and timing.runs == 3
+    assert timing.median_ms > 0 and timing.iqr_ms >= 0
+
+
+def test_time_call_stops_at_its_budget_but_times_at_least_once():
+    import time
+
+    _, timing = time_call(lambda: time.sleep(0.03), repeats=50, warmup=0, budget_s=0.05)
+    assert 1 <= timing.runs <= 3 and timing.median_ms >= 25

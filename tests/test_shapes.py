@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from weights.shapes import CLASS_NAMES, COLOUR_NAMES, render_scene
+from weights.shapes.world import CLASS_NAMES, COLOUR_NAMES, render_scene
 
 
 def test_a_seed_names_a_scene_exactly():

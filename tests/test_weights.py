@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from weights.builtin import BUILTIN_CONFIGS, BUILTIN_DIR, checkpoint_path, load_checkpoint, save_checkpoint
 from weights.loaders import ModelCache, ModelUnavailableError, load_model
 from weights.registry import TASKS, ModelSource, UnknownPairError, get_pair, list_pairs
-from weights.shapes_nets import ShapesNet, decode_detections
+from weights.shapes.checkpoints import BUILTIN_CONFIGS, BUILTIN_DIR, checkpoint_path, load_checkpoint, save_checkpoint
+from weights.shapes.nets import ShapesNet, decode_detections
 
 
 def test_every_pair_is_well_formed():

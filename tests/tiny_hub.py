@@ -73,7 +73,7 @@ def save_tiny_diffusion(folder: Path) -> Path:
     """A random tiny text-to-image pipeline in diffusers format, with a block-removed student UNet beside it."""
     from diffusers import StableDiffusionPipeline
 
-    from weights.diffusion_builtin import build_components
+    from weights.shapes.diffusion import build_components
 
     parts = build_components(seed=0)
     student = parts.pop("unet_student")

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from weights.builtin import load_builtin_model
 from weights.registry import ModelSource
+from weights.shapes.checkpoints import BUILTIN_DIR, load_named_checkpoint
 
 # Hub model and processor classes we load, by name. Anything else is refused (no remote code).
 HUB_MODEL_CLASSES = ("RTDetrForObjectDetection", "SegformerForSemanticSegmentation")
@@ -117,15 +117,14 @@ def _load_open_clip(source: ModelSource, device: torch.device, dtype: torch.dtyp
     ``open_clip_model.safetensors`` (open_clip's own download would fall back to pickled weights)."""
     import open_clip
 
-    from weights.clip_builtin import CLIP_CHECKPOINTS, clip_image_batch, register_clip_configs
+    from weights.shapes.clip import clip_image_batch, register_clip_configs
 
     register_clip_configs()
     if source.kind == "builtin":
-        role = source.location.rsplit("_", 1)[-1]
-        weights = CLIP_CHECKPOINTS[role]
+        weights = BUILTIN_DIR / f"{source.location}.safetensors"
         if not weights.exists():
             raise ModelUnavailableError(f"builtin checkpoint {weights.name} is missing; train it with "
-                                        "`python -m weights.train_clip`")
+                                        "`python -m weights.shapes.train_clip`")
         model = open_clip.create_model(source.architecture, pretrained=str(weights))
         transform = clip_image_batch
     else:
@@ -161,12 +160,12 @@ def _load_diffusers(source: ModelSource, device: torch.device, dtype: torch.dtyp
     """A ``StableDiffusionPipeline`` (teacher) or a student ``UNet2DConditionModel``, safetensors only."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    from weights.diffusion_builtin import DIFFUSION_DIR
+    from weights.shapes.diffusion import DIFFUSION_DIR
 
     location = str(DIFFUSION_DIR) if source.kind == "builtin" else source.location
     if source.kind == "builtin" and not DIFFUSION_DIR.exists():
         raise ModelUnavailableError("the builtin diffusion pair is missing; train it with "
-                                    "`python -m weights.train_diffusion`")
+                                    "`python -m weights.shapes.train_diffusion`")
     try:
         if source.model_class == "StableDiffusionPipeline":
             model = StableDiffusionPipeline.from_pretrained(
@@ -174,7 +173,7 @@ def _load_diffusers(source: ModelSource, device: torch.device, dtype: torch.dtyp
                 **_hub_kwargs(source, dtype))
             model.set_progress_bar_config(disable=True)
         else:
-            model = UNet2DConditionModel.from_pretrained(location, subfolder=source.processor_class or "unet",
+            model = UNet2DConditionModel.from_pretrained(location, subfolder=source.subfolder or "unet",
                                                          **_hub_kwargs(source, dtype)).eval()
     except (OSError, ValueError) as error:
         if source.kind == "builtin":
@@ -188,24 +187,26 @@ def load_generation_pair(pair, device: torch.device | None = None, cache: ModelC
     tokenizer and brings its own UNet (a block-removed UNet, or the teacher's UNet with LCM-LoRA fused in)."""
     import copy
 
-    from diffusers import LCMScheduler, StableDiffusionPipeline
+    import diffusers
+    from diffusers import StableDiffusionPipeline
 
     teacher, _ = load_model(pair.teacher, device, cache)
     source = pair.student
-    if source.model_class == "LCMLoRA":
-        def build_lcm():
+    if source.lora:
+        def build_lora_student():
             unet = copy.deepcopy(teacher.unet)
-            pipe = StableDiffusionPipeline(**{**teacher.components, "unet": unet,
-                                              "scheduler": LCMScheduler.from_config(teacher.scheduler.config)},
+            scheduler = teacher.scheduler
+            if source.scheduler:
+                scheduler = getattr(diffusers, source.scheduler).from_config(teacher.scheduler.config)
+            pipe = StableDiffusionPipeline(**{**teacher.components, "unet": unet, "scheduler": scheduler},
                                            requires_safety_checker=False)
             try:
-                pipe.load_lora_weights(source.location, weight_name="pytorch_lora_weights.safetensors",
-                                       revision=source.revision)
+                pipe.load_lora_weights(source.location, weight_name=source.lora, revision=source.revision)
             except (OSError, ValueError) as error:
                 raise ModelUnavailableError(_hub_offline_message(source, error)) from error
             pipe.fuse_lora()
             return pipe
-        student = cache.get_or_load((source, str(device)), build_lcm)
+        student = cache.get_or_load((source, str(device)), build_lora_student)
     else:
         unet, _ = load_model(source, device, cache)
         student = StableDiffusionPipeline(**{**teacher.components, "unet": unet}, requires_safety_checker=False)
@@ -235,9 +236,8 @@ def load_model(source: ModelSource, device: torch.device | None = None, cache: M
         if source.model_class in ("StableDiffusionPipeline", "UNet2DConditionModel"):
             return _load_diffusers(source, device, dtype)
         if source.kind == "builtin":
-            task, role = source.location.removeprefix("shapes_").rsplit("_", 1)
             try:
-                model = load_builtin_model(task, role)
+                model = load_named_checkpoint(source.location)
             except FileNotFoundError as error:
                 raise ModelUnavailableError(str(error)) from error
             return model.to(device=device, dtype=dtype).eval(), None

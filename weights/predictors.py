@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from analysis.profiling import count_gflops, count_parameters
 from weights.loaders import load_model
 from weights.registry import ModelSource, Pair
-from weights.shapes_nets import decode_detections, normalise
+from weights.shapes.nets import decode_detections, normalise
 
 _GFLOPS_MEMO: OrderedDict[tuple, float] = OrderedDict()
 

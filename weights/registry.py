@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from weights.shapes import CLASS_NAMES
+from weights.shapes.world import CLASS_NAMES
 
 Task = Literal["detection", "segmentation", "classification", "generation"]
 TASKS: tuple[str, ...] = ("detection", "segmentation", "classification", "generation")
@@ -28,6 +28,9 @@ class ModelSource:
 
     ``kind`` is ``"builtin"`` (``location`` is a checkpoint name in ``weights/checkpoints``) or ``"hub"``
     (``location`` is a Hub repo id, or a local folder saved with ``save_pretrained``).
+    ``subfolder`` names the folder of a repo that holds the model (a student UNet beside a teacher pipeline).
+    ``lora`` names a LoRA weight file in ``location``: the model is then the teacher's UNet with that LoRA fused in,
+    sampled with ``scheduler`` (a diffusers scheduler class name) instead of the teacher's.
     """
 
     kind: Literal["builtin", "hub"]
@@ -35,6 +38,9 @@ class ModelSource:
     model_class: str
     revision: str | None = None
     processor_class: str | None = None
+    subfolder: str | None = None
+    lora: str | None = None
+    scheduler: str | None = None
     architecture: str | None = None  # open_clip: the model config name (e.g. "ViT-B-32-quickgelu")
     pretrained_tag: str | None = None  # open_clip: the tag whose preprocessing the weights expect
 
@@ -87,7 +93,7 @@ SD15 = ModelSource("hub", "stable-diffusion-v1-5/stable-diffusion-v1-5", model_c
 
 
 def _unet(repo: str, subfolder: str = "unet") -> ModelSource:
-    return ModelSource("hub", repo, model_class="UNet2DConditionModel", revision="main", processor_class=subfolder)
+    return ModelSource("hub", repo, model_class="UNet2DConditionModel", revision="main", subfolder=subfolder)
 
 
 CLIP_TEACHER = _open_clip("timm/vit_large_patch14_clip_224.openai", "ViT-L-14-quickgelu", "openai")
@@ -139,14 +145,15 @@ _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
     Pair("shapes-diffusion", "generation",
          ModelSource("builtin", "shapes_diffusion", model_class="StableDiffusionPipeline"),
          ModelSource("builtin", "shapes_diffusion", model_class="UNet2DConditionModel",
-                     processor_class="unet_student"), BUILTIN_LICENCE,
+                     subfolder="unet_student"), BUILTIN_LICENCE,
          "Builtin tiny latent text-to-image teacher and its block-removed student UNet (shared VAE and text encoder).",
          native={"width": 64, "height": 64, "steps": 25, "guidance": 4.0}),
     Pair("sd15-to-bk-sdm-small", "generation", SD15, _unet("nota-ai/bk-sdm-small"), SD_LICENCE,
          "Stable Diffusion 1.5 and BK-SDM-Small's block-removed UNet (sharing SD 1.5's VAE and text encoder).",
          native={"width": 512, "height": 512, "steps": 25, "guidance": 7.5}),
     Pair("sd15-to-lcm-lora", "generation", SD15,
-         ModelSource("hub", "latent-consistency/lcm-lora-sdv1-5", model_class="LCMLoRA", revision="main"),
+         ModelSource("hub", "latent-consistency/lcm-lora-sdv1-5", model_class="UNet2DConditionModel", revision="main",
+                     lora="pytorch_lora_weights.safetensors", scheduler="LCMScheduler"),
          SD_LICENCE, "Stable Diffusion 1.5 and the same UNet with LCM-LoRA (4 steps, LCM scheduler).",
          native={"width": 512, "height": 512, "steps": 25, "guidance": 7.5, "student_steps": 4,
                  "student_guidance": 1.0}),

@@ -1,7 +1,7 @@
 """Recipe that trains the builtin Shapes text-to-image pair:
 
-    python -m weights.train_diffusion [--vae-steps 2000] [--unet-steps 3000] [--student-steps 1200] [--out DIR]
-    python -m weights.train_diffusion --resume DIR --unet-steps 6000 [--out DIR]   # train DIR's teacher further
+    python -m weights.shapes.train_diffusion [--vae-steps 2000] [--unet-steps 3000] [--student-steps 1200] [--out DIR]
+    python -m weights.shapes.train_diffusion --resume DIR --unet-steps 6000 [--out DIR]   # train DIR's teacher further
 
 The first takes about 50 minutes on 2 CPU cores; the committed pair is the first followed by the second on
 ``weights/checkpoints/shapes_diffusion`` (about 70 more minutes). ``--resume`` starts from a saved pipeline
@@ -32,10 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from analysis.features import hooked
-from weights.diffusion_builtin import DIFFUSION_DIR, IMAGE_SIDE, build_components, encode_prompts
-from weights.shapes import render_scene
-
-TRAIN_SEEDS = range(0, 1_000_000)
+from weights.shapes.diffusion import DIFFUSION_DIR, IMAGE_SIDE, build_components, encode_prompts
+from weights.shapes.world import EVAL_SEED_START, TRAIN_SEEDS, render_scene
 
 
 def scene_tensor(scenes: list) -> torch.Tensor:
@@ -80,8 +78,7 @@ def train_vae(vae, images: torch.Tensor, steps: int, rng: torch.Generator, batch
 
 def vae_colour_fidelity(vae, count: int = 96) -> float:
     """Share of held-out scenes whose reconstructed object keeps its named colour (the measurement's detector)."""
-    from weights.evaluate_builtin import EVAL_SEED_START
-    from weights.evaluate_diffusion import objects
+    from weights.shapes.measure import objects
 
     scenes = [render_scene(EVAL_SEED_START + 5000 + i, IMAGE_SIDE, IMAGE_SIDE, single_object=True)
               for i in range(count)]

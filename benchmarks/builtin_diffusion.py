@@ -1,11 +1,11 @@
 """Measure the builtin text-to-image pair at 1x, 2x and 4x its training side, and print the README's table.
 
-    python -m weights.evaluate_diffusion [--seeds 32] [--steps 20]      # about 55 minutes on 2 CPU cores
+    python -m benchmarks.builtin_diffusion [--seeds 32] [--steps 20]      # about 55 minutes on 2 CPU cores
 
 Prompts ``a <colour> <shape>`` cycle over the 30 colour-shapes, one per seed. For each image the objects are the
-connected components of saturated pixels near one of the six named colours (see :func:`objects`), of at least
-0.5 % of the image; "extra objects" are the components beyond the one asked for. At 1x it also reports the share
-of images whose largest object has the asked colour.
+connected components of saturated pixels near one of the six named colours (see
+:func:`weights.shapes.measure.objects`), of at least 0.5 % of the image; "extra objects" are the components beyond
+the one asked for. At 1x it also reports the share of images whose largest object has the asked colour.
 Seconds are the mean wall-clock time per image on this machine, teacher and student, without and with MSW-MSA.
 """
 
@@ -16,47 +16,13 @@ import statistics
 
 import numpy as np
 import torch
-from scipy import ndimage
-from skimage.color import rgb2hsv
 
 from demos.diffusion import generate
 from weights.registry import get_pair
-from weights.shapes import COLOUR_NAMES, COLOURS, SHAPE_NAMES
+from weights.shapes.measure import objects
+from weights.shapes.world import COLOUR_NAMES, SHAPE_NAMES
 
 GUIDANCE = 4.0
-SATURATION = 0.5
-MAX_COLOUR_DISTANCE = 70.0
-MIN_AREA = 0.005
-
-
-def objects(image: np.ndarray) -> tuple[int, str | None]:
-    """(number of objects, named colour of the largest) of an RGB uint8 image.
-
-    A pixel is object-coloured when it is saturated (Shapes backgrounds have saturation at most 0.35, the six
-    object colours about 0.65-0.83) and within ``MAX_COLOUR_DISTANCE`` (RGB) of a named colour (object colours
-    are jittered by at most 20 per channel, about 35 away), so that a generated background that comes out
-    saturated in some other hue is not taken for an object. Objects are the connected components of each named
-    colour's pixels, of at least ``MIN_AREA`` of the image. On ground-truth scenes this finds exactly one object
-    of the right colour in single-object scenes, and the exact object count in most multi-object scenes
-    (``tests/test_diffusion.py``).
-    """
-    hsv = rgb2hsv(image)
-    named = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)
-    distance = np.linalg.norm(image.astype(np.float32)[..., None, :] - named, axis=-1)  # (H, W, 6)
-    nearest = distance.argmin(-1)
-    coloured = (distance.min(-1) < MAX_COLOUR_DISTANCE) & (hsv[..., 1] > SATURATION) & (hsv[..., 2] > 0.25)
-    found: list[tuple[float, str]] = []
-    for k, name in enumerate(COLOUR_NAMES):
-        mask = ndimage.binary_opening(coloured & (nearest == k), iterations=1)
-        labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
-        if count:
-            areas = ndimage.sum(mask, labels, range(1, count + 1))
-            found += [(float(a), name) for a in areas if a >= MIN_AREA * mask.size]
-    if not found:
-        return 0, None
-    return len(found), max(found)[1]
-
-
 def prompt_for(seed: int) -> tuple[str, str]:
     """``(prompt, colour)`` for a seed: ``a <colour> <shape>``, cycling over the 30 colour-shapes."""
     colour = COLOUR_NAMES[seed % 6]

@@ -1,7 +1,7 @@
 """Recipe that trains the builtin Shapes pairs: teacher first, then the student distilled from it.
 
-    python -m weights.train_builtin                      # all four models, the committed recipe
-    python -m weights.train_builtin --task detection --role student --steps 300   # one model
+    python -m weights.shapes.train_nets                      # all four models, the committed recipe
+    python -m weights.shapes.train_nets --task detection --role student --steps 300   # one model
 
 Students learn from ground truth plus the teacher's outputs (soft heatmaps / soft pixel labels) and the
 teacher's encoder features at strides 8 and 16 (1x1 adapters map student channels onto the teacher's;
@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.profiling import count_parameters
-from weights.builtin import BUILTIN_CONFIGS, BUILTIN_DIR, checkpoint_path, save_checkpoint
-from weights.shapes import render_scene
-from weights.shapes_nets import DETECTION_STRIDE, ShapesNet, ShapesNetConfig, normalise
+from methods.distill import feature_kd, heatmap_kd, soft_label_kd
+from weights.shapes.checkpoints import BUILTIN_CONFIGS, BUILTIN_DIR, checkpoint_path, save_checkpoint
+from weights.shapes.nets import DETECTION_STRIDE, ShapesNet, ShapesNetConfig, normalise
+from weights.shapes.world import TRAIN_SEEDS, render_scene
 
-TRAIN_SEEDS = range(0, 1_000_000)
 KD_STAGES = (2, 3)  # encoder stages (strides 8 and 16) matched by feature distillation
 
 
@@ -122,36 +122,23 @@ def distillation_loss(out: dict, teacher_out: dict, adapters: nn.ModuleList, tem
                       ) -> torch.Tensor:
     """Output distillation (soft targets from the teacher) plus feature distillation at ``KD_STAGES``."""
     if "logits" in out:
-        t = temperature
-        output_kd = F.kl_div(F.log_softmax(out["logits"] / t, 1), F.softmax(teacher_out["logits"] / t, 1),
-                             reduction="batchmean") * t * t / (out["logits"].shape[-1] * out["logits"].shape[-2])
+        output = soft_label_kd(out["logits"], teacher_out["logits"], temperature)
     else:
-        soft = teacher_out["heatmap"].sigmoid()
-        output_kd = F.binary_cross_entropy_with_logits(out["heatmap"], soft, reduction="none")
-        output_kd = (output_kd * (soft + 0.05)).sum() / (soft.sum() + 0.05 * soft.numel())  # emphasise peaks
-        confident = (soft.amax(1, keepdim=True) > 0.3).float()
-        output_kd = output_kd + (
-            F.l1_loss(torch.cat([out["size"], out["offset"]], 1),
-                      torch.cat([teacher_out["size"], teacher_out["offset"]], 1), reduction="none") * confident
-        ).sum() / confident.sum().clamp(min=1)
-    feature_kd = sum(
-        F.mse_loss(F.layer_norm(adapter(out["features"][s]), out["features"][s].shape[-2:]).flatten(),
-                   F.layer_norm(teacher_out["features"][s], teacher_out["features"][s].shape[-2:]).flatten())
-        for adapter, s in zip(adapters, KD_STAGES, strict=True)
-    )
-    return output_kd + feature_kd
+        output = heatmap_kd(out, teacher_out)
+    student_maps = [adapter(out["features"][s]) for adapter, s in zip(adapters, KD_STAGES, strict=True)]
+    return output + feature_kd(student_maps, [teacher_out["features"][s] for s in KD_STAGES])
 
 
 def train(task: str, role: str, steps: int, batch_size: int = 32, pool_size: int = 12000, lr: float = 2e-3,
           seed: int = 0, log_every: int = 50) -> Path:
-    """Train one builtin model and save it as safetensors under ``weights/builtin/``; returns the path."""
+    """Train one builtin model and save it as safetensors under ``weights/checkpoints/``; returns the path."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     config: ShapesNetConfig = BUILTIN_CONFIGS[(task, role)]
     model = ShapesNet(config).train()
     teacher, adapters = None, nn.ModuleList()
     if role == "student":
-        from weights.builtin import load_builtin_model
+        from weights.shapes.checkpoints import load_builtin_model
 
         teacher = load_builtin_model(task, "teacher").eval()
         t_widths = BUILTIN_CONFIGS[(task, "teacher")].widths

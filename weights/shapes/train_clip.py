@@ -1,8 +1,8 @@
 """Recipe that trains the builtin Shapes CLIP pair through open_clip's own model classes: a tiny teacher trained
 contrastively on single-object Shapes scenes and their captions, then a smaller student distilled from it.
 
-    python -m weights.train_clip                  # both, the committed recipe (teacher first)
-    python -m weights.train_clip --role student --steps 200
+    python -m weights.shapes.train_clip                  # both, the committed recipe (teacher first)
+    python -m weights.shapes.train_clip --role student --steps 200
 
 Captions take three forms: ``a red circle``, ``a circle`` and ``a red shape``. The task loss is multi-positive
 contrastive (every caption that describes an image is a positive for it), so ``a circle`` does not push away the
@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from analysis.profiling import count_parameters
-from weights.clip_builtin import CLIP_ROLES, clip_checkpoint, clip_image_batch, create_builtin_clip
-from weights.shapes import COLOUR_NAMES, SHAPE_NAMES, render_scene
+from methods.distill import clip_kd
+from weights.shapes.clip import CLIP_ROLES, clip_checkpoint, clip_image_batch, create_builtin_clip
+from weights.shapes.world import COLOUR_NAMES, SHAPE_NAMES, TRAIN_SEEDS, render_scene
 
-TRAIN_SEEDS = range(0, 1_000_000)
 STEPS = {"teacher": 1500, "student": 2000}
 
 
@@ -52,17 +51,6 @@ def multi_positive_loss(logits: torch.Tensor, matches: torch.Tensor) -> torch.Te
     text_targets = matches.t() / matches.t().sum(1, keepdim=True)
     return (-(image_targets * logits.log_softmax(1)).sum(1).mean()
             - (text_targets * logits.t().log_softmax(1)).sum(1).mean()) / 2
-
-
-def distillation_terms(student_out: tuple, teacher_out: tuple) -> torch.Tensor:
-    """CLIP-KD: feature MSE on normalised image and text embeddings, and relational KL on image->text logits."""
-    s_image, s_text, s_scale = student_out[:3]
-    t_image, t_text, t_scale = teacher_out[:3]
-    features = F.mse_loss(s_image, t_image, reduction="sum") / len(s_image) \
-        + F.mse_loss(s_text, t_text, reduction="sum") / len(s_text)
-    s_logits, t_logits = t_scale * s_image @ s_text.t(), t_scale * t_image @ t_text.t()
-    relational = F.kl_div(s_logits.log_softmax(1), t_logits.log_softmax(1), reduction="batchmean", log_target=True)
-    return features + relational
 
 
 def train(role: str, steps: int, pool_size: int = 12000, batch_size: int = 128, lr: float = 1e-3,
@@ -99,7 +87,7 @@ def train(role: str, steps: int, pool_size: int = 12000, batch_size: int = 128, 
         if teacher is not None:
             with torch.no_grad():
                 teacher_out = teacher(x, tokens)
-            loss = loss + distillation_terms(outputs, teacher_out)
+            loss = loss + clip_kd(outputs, teacher_out)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from weights.builtin import BUILTIN_DIR
-from weights.shapes import COLOUR_NAMES, SHAPE_NAMES
+from weights.shapes.checkpoints import BUILTIN_DIR
+from weights.shapes.world import COLOUR_NAMES, SHAPE_NAMES
 
 DIFFUSION_DIR = BUILTIN_DIR / "shapes_diffusion"  # the teacher pipeline; the student UNet is in unet_student/
 IMAGE_SIDE = 64

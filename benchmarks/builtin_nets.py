@@ -1,6 +1,6 @@
 """Judge the builtin pairs on Shapes scenes that training never saw, and print the table the README shows.
 
-    python -m weights.evaluate_builtin [--scenes 500] [--threads 2]
+    python -m benchmarks.builtin_nets [--scenes 500] [--threads 2]
 
 Detection: COCO-style mAP at IoU 0.5 over the five shapes (torchmetrics ``MeanAveragePrecision``).
 Segmentation: mIoU over the six labels, background included (torchmetrics ``MulticlassJaccardIndex``).
@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
 
-from analysis.profiling import count_parameters
-from weights.builtin import load_builtin_model
-from weights.shapes import render_scene
-from weights.shapes_nets import decode_detections, normalise
+from analysis.profiling import Stopwatch, count_parameters
+from weights.shapes.checkpoints import load_builtin_model
+from weights.shapes.nets import decode_detections, normalise
+from weights.shapes.world import EVAL_SEED_START, render_scene
 
-EVAL_SEED_START = 10_000_000  # training draws seeds below 1,000,000
 BARS = {("detection", "teacher"): 0.90, ("detection", "student"): 0.80,
         ("segmentation", "teacher"): 0.85, ("segmentation", "student"): 0.75}
 
@@ -40,9 +38,9 @@ def evaluate_task(task: str, scenes: int, threshold: float = 0.01) -> dict[str, 
         scene = render_scene(seed)
         x = normalise(torch.from_numpy(scene.image)[None])
         for role, model in models.items():
-            start = time.perf_counter()
-            out = model(x)
-            latency[role].append(time.perf_counter() - start)
+            with Stopwatch() as watch:
+                out = model(x)
+            latency[role].append(watch.seconds)
             if task == "detection":
                 pred = decode_detections(out, threshold)[0]
                 target = {"boxes": torch.from_numpy(scene.boxes), "labels": torch.from_numpy(scene.class_ids)}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from weights.shapes_nets import ShapesNet, ShapesNetConfig
+from weights.shapes.nets import ShapesNet, ShapesNetConfig
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "checkpoints"
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 
 BUILTIN_CONFIGS: dict[tuple[str, str], ShapesNetConfig] = {
     ("detection", "teacher"): ShapesNetConfig("detection", widths=(24, 48, 96, 192), depth=2, decoder_width=64,
@@ -46,8 +46,14 @@ def load_checkpoint(path: str | Path) -> ShapesNet:
 
 
 def load_builtin_model(task: str, role: str) -> ShapesNet:
-    path = checkpoint_path(task, role)
+    """The committed builtin ``ShapesNet`` of a task and role (see :func:`load_named_checkpoint`)."""
+    return load_named_checkpoint(checkpoint_path(task, role).stem)
+
+
+def load_named_checkpoint(name: str) -> ShapesNet:
+    """A ``ShapesNet`` saved as ``weights/checkpoints/<name>.safetensors``; its config is in the file."""
+    path = BUILTIN_DIR / f"{name}.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"builtin checkpoint {path.name} is missing; train it with "
-                                f"`python -m weights.train_builtin --task {task} --role {role}`")
+                                "`python -m weights.shapes.train_nets`")
     return load_checkpoint(path)

@@ -1,6 +1,6 @@
 """Judge the builtin CLIP pair on held-out single-object Shapes scenes, and print the README's table.
 
-    python -m weights.evaluate_clip [--scenes 300] [--unlabelled 1024] [--steps 150]
+    python -m benchmarks.builtin_clip [--scenes 300] [--unlabelled 1024] [--steps 150]
 
 Zero-shot accuracy of teacher and student on the 5 shapes and the 30 colour-shapes (template ``a {}``), then the
 student with learned prompts on the 30 classes: CasPL's boosting prompt (learned from the teacher's logits on
@@ -17,15 +17,13 @@ import argparse
 import numpy as np
 import torch
 
-from weights.clip_builtin import clip_image_batch
-from weights.evaluate_builtin import EVAL_SEED_START
+from methods.prompts import prompted_text_features, tune
 from weights.predictors import predictors_for
-from weights.prompt_learning import prompted_text_features, tune
 from weights.registry import get_pair
-from weights.shapes import COLOUR_SHAPE_NAMES, SHAPE_NAMES, render_scene
+from weights.shapes.clip import clip_image_batch
+from weights.shapes.world import COLOUR_SHAPE_NAMES, EVAL_SEED_START, SHAPE_NAMES, TUNING_SEED_START, render_scene
 
 SEED_START = EVAL_SEED_START + 3000  # held out from training and from the other tables
-TRAIN_SEED_START = 900_000  # unlabelled and labelled tuning scenes: training seeds the CLIPs' pools did not use
 
 
 def scenes(start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,9 +82,9 @@ def main() -> None:
         rows[name] = {role: accuracy(p, pixels, p.text_features([f"a {c}" for c in classes]), labels)
                       for role, p in predictors.items()}
     classes = list(COLOUR_SHAPE_NAMES)
-    unlabelled_images = scenes(TRAIN_SEED_START, args.unlabelled)[0]
+    unlabelled_images = scenes(TUNING_SEED_START, args.unlabelled)[0]
     unlabelled = clip_image_batch(unlabelled_images)
-    pool_images, _, pool_labels = scenes(TRAIN_SEED_START + args.unlabelled, 40 * len(classes))
+    pool_images, _, pool_labels = scenes(TUNING_SEED_START + args.unlabelled, 40 * len(classes))
     chosen = np.concatenate([np.flatnonzero(pool_labels == k)[: args.shots] for k in range(len(classes))])
     labelled = (clip_image_batch(pool_images[chosen]), torch.from_numpy(pool_labels[chosen]))
     tuned = {}
@@ -110,7 +108,7 @@ def main() -> None:
     for method, acc in tuned.items():
         closed = (acc - s) / (t - s) if t > s else float("nan")
         print(f"| {labels[method]} | {acc:.3f} | {closed:.0%} |")
-    probe_images, _, probe_labels = scenes(TRAIN_SEED_START + args.unlabelled + 40 * len(classes), args.probe)
+    probe_images, _, probe_labels = scenes(TUNING_SEED_START + args.unlabelled + 40 * len(classes), args.probe)
     print(f"\nLinear probe on image features, 30 colour-shapes ({args.probe} labelled training-range scenes; "
           "about the most any text-side prompt can reach):")
     for role, p in predictors.items():

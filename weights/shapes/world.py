@@ -26,6 +26,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 COLOUR_SHAPE_NAMES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOUR_NAMES for s in SHAPE_NAMES)
 
+# Seed ranges, in one place. Every recipe draws its training scenes from TRAIN_SEEDS (pools use its start);
+# tuning scenes (prompt learning, probes) come from TUNING_SEED_START on, training-range seeds no pool reaches;
+# every measurement uses seeds from EVAL_SEED_START on, which nothing ever trains or tunes on.
+TRAIN_SEEDS = range(0, 1_000_000)
+TUNING_SEED_START = 900_000
+EVAL_SEED_START = 10_000_000
+
 _SUPERSAMPLE = 4
 _MAX_HIDDEN = 0.4
 _MAX_REDRAWS = 20

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from weights.builtin import BUILTIN_DIR
+from weights.shapes.checkpoints import BUILTIN_DIR
 
-CLIP_CONFIG_DIR = Path(__file__).resolve().parent / "clip_configs"
+CLIP_CONFIG_DIR = Path(__file__).resolve().parents[1] / "clip_configs"
 CLIP_ROLES = ("teacher", "student")
 CLIP_MODEL_NAMES = {role: f"shapes-clip-{role}" for role in CLIP_ROLES}
 CLIP_CHECKPOINTS = {role: BUILTIN_DIR / f"shapes_clip_{role}.safetensors" for role in CLIP_ROLES}

@@ -91,6 +91,12 @@ class ShapesNet(nn.Module):
             top = self.smooth[level - self.finest](top)
         return top
 
+    def forward_intermediates(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """The usual outputs and the encoder maps (strides 2, 4, 8, 16), as timm's method of this name gives
+        a model's features without hooks."""
+        out = self(x)
+        return out, out["features"]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.forward_features(x)
         decoded = self.decode(features)

@@ -1,0 +1,1 @@
+"""The papers' methods, applied to any model: HiDiffusion (hires), CoOp/CasPL (prompts), distillation losses."""

@@ -1,0 +1,78 @@
+"""Distillation losses the builtin recipes train with, for any teacher and student of the same task.
+
+- :func:`soft_label_kd`: Hinton et al.'s output KD on class logits (per pixel for dense outputs), temperature
+  softened and scaled by ``T²``.
+- :func:`heatmap_kd`: output KD for CenterNet-style detectors: binary cross-entropy against the teacher's sigmoid
+  heatmap, weighted toward its peaks, plus L1 on the box size and offset maps where the teacher is confident.
+- :func:`feature_kd`: FitNets-style feature KD: MSE between the (adapted) student map and the teacher map, each
+  layer-normalised over its spatial extent so that stages of different scale weigh alike.
+- :func:`clip_kd`: CLIP-KD's feature term (MSE on normalised image and text embeddings) and relational term
+  (KL between the image-to-text logits).
+
+Every function takes tensors and returns a scalar loss; none knows our registry or our models.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_label_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
+                  ) -> torch.Tensor:
+    """KL(teacher ‖ student) of temperature-softened class distributions, × T², averaged over batch and locations.
+
+    Args:
+        student_logits, teacher_logits: (B, K) or (B, K, H, W) logits; classes on dim 1.
+        temperature: the softening temperature T.
+    """
+    t = temperature
+    locations = student_logits[0, 0].numel()
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1),
+                    reduction="batchmean") * t * t / locations
+
+
+def heatmap_kd(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], peak_threshold: float = 0.3,
+               ) -> torch.Tensor:
+    """Output KD for a centre-heatmap detector.
+
+    Args:
+        student, teacher: outputs with ``heatmap`` (B, K, h, w) logits and ``size``, ``offset`` (B, 2, h, w).
+        peak_threshold: teacher heatmap probability above which the box regression is distilled.
+    """
+    soft = teacher["heatmap"].sigmoid()
+    heat = F.binary_cross_entropy_with_logits(student["heatmap"], soft, reduction="none")
+    heat = (heat * (soft + 0.05)).sum() / (soft.sum() + 0.05 * soft.numel())  # emphasise peaks
+    confident = (soft.amax(1, keepdim=True) > peak_threshold).float()
+    boxes = F.l1_loss(torch.cat([student["size"], student["offset"]], 1),
+                      torch.cat([teacher["size"], teacher["offset"]], 1), reduction="none")
+    return heat + (boxes * confident).sum() / confident.sum().clamp(min=1)
+
+
+def feature_kd(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over stages of the MSE between spatially layer-normalised maps of equal shape.
+
+    Args:
+        student_maps: (B, C, h, w) student maps, already adapted to the teacher's channels.
+        teacher_maps: the teacher's maps at the same stages.
+    """
+    def normalised(x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-2:]).flatten()
+
+    return sum(F.mse_loss(normalised(s), normalised(t)) for s, t in zip(student_maps, teacher_maps, strict=True))
+
+
+def clip_kd(student_out: tuple, teacher_out: tuple) -> torch.Tensor:
+    """CLIP-KD: feature MSE on normalised image and text embeddings, and relational KL on image->text logits.
+
+    Args:
+        student_out, teacher_out: ``(image_features, text_features, logit_scale, ...)`` as open_clip returns them,
+            features L2-normalised.
+    """
+    s_image, s_text, s_scale = student_out[:3]
+    t_image, t_text, t_scale = teacher_out[:3]
+    features = F.mse_loss(s_image, t_image, reduction="sum") / len(s_image) \
+        + F.mse_loss(s_text, t_text, reduction="sum") / len(s_text)
+    s_logits, t_logits = t_scale * s_image @ s_text.t(), t_scale * t_image @ t_text.t()
+    relational = F.kl_div(s_logits.log_softmax(1), t_logits.log_softmax(1), reduction="batchmean", log_target=True)
+    return features + relational

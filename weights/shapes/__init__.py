@@ -1,0 +1,1 @@
+"""The builtin Shapes world: scene generator, nets, builtin checkpoints and the recipes that train them."""
