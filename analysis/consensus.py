@@ -7,6 +7,8 @@ resized to the teacher's grid.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -131,26 +133,51 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Te
     return cross / ((x.transpose(0, 1) @ x).norm() * (y.transpose(0, 1) @ y).norm()).clamp_min(eps)
 
 
-def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
+MAX_CKA_LOCATIONS = 1024  # the shared grid of the CKA matrix holds at most this many cells per image
+
+
+def shared_grid(maps: list[torch.Tensor], max_locations: int = MAX_CKA_LOCATIONS) -> tuple[int, int]:
+    """The coarsest grid among ``maps`` (per side), shrunk further to at most ``max_locations`` cells."""
+    h, w = min(m.shape[-2] for m in maps), min(m.shape[-1] for m in maps)
+    if h * w > max_locations:
+        factor = (h * w / max_locations) ** 0.5
+        h, w = max(1, int(h / factor)), max(1, int(w / factor))
+    return h, w
+
+
+def centred_grams(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+    """(K, N, N) Gram matrices over the N = B·h·w locations of ``grid``, of each map's centred features.
+
+    Each map is pooled once to the grid; channels are zero-padded to the widest map so that all stack into one
+    tensor (zero channels change no Gram matrix, so linear CKA is unchanged).
+    """
+    width = max(m.shape[1] for m in maps)
+    rows = [F.pad(_locations(F.adaptive_avg_pool2d(m.float(), grid)).flatten(0, 1), (0, width - m.shape[1]))
+            for m in maps]
+    x = torch.stack(rows)  # (K, N, width)
+    x = x - x.mean(1, keepdim=True)
+    return x @ x.transpose(1, 2)
+
+
+def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor],
+               max_locations: int = MAX_CKA_LOCATIONS, eps: float = 1e-12) -> torch.Tensor:
     """Linear CKA between every teacher stage and every student stage, over the batch's locations.
 
-    Each pair of maps is compared on the coarser of their two grids (average pooling).
+    All maps are pooled once to one shared grid (the coarsest of them); then the whole matrix comes from stacked
+    centred Gram matrices in one product: ``CKA(i, j) = <K_i, L_j> / (|K_i| |L_j|)``.
 
     Args:
         teacher: T maps (B, C_i, h_i, w_i).
-        student: S maps (B, C_j, h_j, w_j).
+        student: S maps (B, C_j, h_j, w_j), same batch.
+        max_locations: most cells per image of the shared grid.
 
     Returns:
-        (T, S) matrix on the first map's device.
+        (T, S) matrix on the teacher maps' device.
     """
-    out = torch.empty(len(teacher), len(student), device=teacher[0].device)
-    for i, t in enumerate(teacher):
-        for j, s in enumerate(student):
-            h, w = min(t.shape[-2], s.shape[-2]), min(t.shape[-1], s.shape[-1])
-            tx = F.adaptive_avg_pool2d(t.float(), (h, w)).flatten(2).transpose(1, 2).reshape(-1, t.shape[1])
-            sx = F.adaptive_avg_pool2d(s.float(), (h, w)).flatten(2).transpose(1, 2).reshape(-1, s.shape[1])
-            out[i, j] = linear_cka(tx, sx)
-    return out
+    grid = shared_grid(teacher + student, max_locations)
+    grams = centred_grams(teacher + [s.to(teacher[0].device) for s in student], grid).flatten(1)  # (T+S, N*N)
+    grams = grams / grams.norm(dim=1, keepdim=True).clamp_min(eps)
+    return grams[: len(teacher)] @ grams[len(teacher):].T
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -165,7 +192,7 @@ def foreground_figures(similarity: torch.Tensor, teacher: torch.Tensor, student:
     Args:
         similarity: (B, h, w) consensus similarity.
         teacher, student: (B, C, h', w') features of the same stage.
-        foreground: (B, H, W) bool foreground mask at any resolution.
+        foreground: (B, H, W) bool foreground mask at any resolution (at the similarity's, it is used as is).
 
     Returns:
         (B,) tensors: ``consensus_mean``, ``consensus_foreground``, ``consensus_background`` (NaN where an image
@@ -173,9 +200,10 @@ def foreground_figures(similarity: torch.Tensor, teacher: torch.Tensor, student:
         ``energy_foreground_student`` (share of squared feature norm on foreground cells), and
         ``foreground_area`` (share of cells that are foreground).
     """
-    fg = resize_mask(foreground, similarity.shape[-2:]).float()
+    fg = (foreground if foreground.shape[-2:] == similarity.shape[-2:]
+          else resize_mask(foreground, similarity.shape[-2:])).float()
     bg = 1.0 - fg
-    nan = torch.tensor(float("nan"), device=similarity.device)
+    nan = torch.full((), float("nan"), device=similarity.device)  # a fill, not a host-to-device copy
 
     def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         total = weights.sum((1, 2))
@@ -189,3 +217,59 @@ def foreground_figures(similarity: torch.Tensor, teacher: torch.Tensor, student:
         energy = F.interpolate(_pool(features).square().sum(1, keepdim=True), size=fg.shape[-2:], mode="area")[:, 0]
         figures[f"energy_foreground_{role}"] = (energy * fg).sum((1, 2)) / energy.sum((1, 2)).clamp_min(1e-12)
     return figures
+
+
+FIGURES = ("consensus_mean", "consensus_foreground", "consensus_background", "energy_foreground_teacher",
+           "energy_foreground_student", "foreground_area")
+SIMILARITY = {"affinity": affinity_consensus, "projection": projected_consensus}
+
+
+@dataclass
+class ConsensusAnalysis:
+    """Everything the Analysis tab shows for a batch, as tensors on the features' device.
+
+    ``similarity``: P maps (B, h_p, w_p), one per matched stage pair; ``weights``: (P, 2, B, H, W) consensus and
+    divergence weights, each map scaled to [0, 1] and resized to ``size``; ``figures``: (P, B, 6) in the order of
+    :data:`FIGURES`; ``cka``: (T, S).
+    """
+
+    similarity: list[torch.Tensor]
+    weights: torch.Tensor
+    figures: torch.Tensor
+    cka: torch.Tensor
+
+
+def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list[str], foreground: torch.Tensor,
+                   tau: float, size: tuple[int, int], teacher_all: list[torch.Tensor],
+                   student_all: list[torch.Tensor]) -> ConsensusAnalysis:
+    """Consensus, divergence, ADM's figures and CKA for matched stages, batched and without host syncs.
+
+    Args:
+        pairs: P matched (teacher, student) maps, (B, C, h, w) each.
+        methods: the similarity of each pair, a key of :data:`SIMILARITY`.
+        foreground: (B, H, W) bool foreground; resized once per distinct grid.
+        tau: softmax temperature of the weights, > 0.
+        size: (H, W) of the returned weight maps (e.g. the displayed image's).
+        teacher_all, student_all: every stage of each side, for the CKA matrix.
+
+    Returns:
+        A :class:`ConsensusAnalysis`; nothing is read back to the host.
+    """
+    masks: dict[tuple[int, int], torch.Tensor] = {}
+    similarity, figures, weights = [], [], []
+    for (t, s), method in zip(pairs, methods, strict=True):
+        sim = SIMILARITY[method](t, s)
+        grid = tuple(sim.shape[-2:])
+        if grid not in masks:
+            masks[grid] = resize_mask(foreground, grid)
+        found = foreground_figures(sim, t, s, masks[grid])
+        similarity.append(sim)
+        figures.append(torch.stack([found[k] for k in FIGURES], -1))
+        both = torch.stack([consensus_weights(sim, tau), divergence_weights(sim, tau)])  # (2, B, h, w)
+        both = both.flatten(0, 1)
+        low, high = both.amin((1, 2), keepdim=True), both.amax((1, 2), keepdim=True)
+        scaled = (both - low) / (high - low).clamp_min(1e-12)
+        weights.append(F.interpolate(scaled[:, None], size=size, mode="bilinear", align_corners=False)
+                       .reshape(2, -1, *size).clamp(0, 1))
+    return ConsensusAnalysis(similarity, torch.stack(weights), torch.stack(figures),
+                             cka_matrix(teacher_all, student_all))

@@ -174,10 +174,25 @@ def capture_stages(model: torch.nn.Module, pixels: torch.Tensor, pattern: str | 
         return forward_with_stages(model, pixels, pattern)[1]
 
 
-def match_stages(teacher: list[Stage], student: list[Stage]) -> list[tuple[Stage, Stage]]:
-    """Pair teacher and student stages of equal stride (the deepest stage of each stride on both sides)."""
-    def deepest(stages: list[Stage]) -> dict[int, Stage]:
-        return {s.stride: s for s in stages}  # later stages of a stride overwrite earlier ones
+def match_stages(teacher: list[Stage], student: list[Stage], per_stride: int = 4) -> list[tuple[Stage, Stage]]:
+    """Pair teacher and student stages of equal stride, finest first.
 
-    t, s = deepest(teacher), deepest(student)
-    return [(t[k], s[k]) for k in sorted(set(t) & set(s))]
+    Hierarchical models (CNNs, SegFormer, RT-DETR): the deepest stage of each shared stride on both sides.
+    Isotropic models (ViTs: every block at one stride, on both sides): up to ``per_stride`` blocks at the same
+    relative depths, evenly spaced and ending with the last.
+    """
+    def by_stride(stages: list[Stage]) -> dict[int, list[Stage]]:
+        grouped: dict[int, list[Stage]] = {}
+        for stage in stages:
+            grouped.setdefault(stage.stride, []).append(stage)
+        return grouped
+
+    t, s = by_stride(teacher), by_stride(student)
+    shared = sorted(set(t) & set(s))
+    isotropic = len(t) == len(s) == 1 and len(shared) == 1
+    pairs = []
+    for stride in shared:
+        k = min(per_stride, len(t[stride]), len(s[stride])) if isotropic else 1
+        for q in range(1, k + 1):
+            pairs.append((t[stride][round(q / k * len(t[stride])) - 1], s[stride][round(q / k * len(s[stride])) - 1]))
+    return pairs

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -114,3 +116,54 @@ def time_call(fn: Callable[[], object], device: torch.device | None = None, repe
         times.append(watch.seconds * 1000)
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return result, Timing(statistics.median(times), quartiles[2] - quartiles[0], len(times))
+
+
+_SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
+             "equal", "is_nonzero", "allclose"}
+
+
+class DispatchCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched inside ``with DispatchCounter() as counter:`` and the host syncs among them.
+
+    A host sync is an op whose result the host must wait for on an asynchronous device: reading a scalar
+    (``aten._local_scalar_dense``: ``.item()``, ``float(t)``, ``bool(t)``), an op with a data-dependent output
+    shape (``nonzero``, boolean-mask indexing, ``unique``), a copy from another device to the CPU, or a blocking copy
+    from the CPU to another device (PyTorch waits for the stream after a pageable upload). The same
+    code is counted the same way on every device, so a CPU run predicts the syncs of a CUDA run. (On the CPU a
+    ``.cpu()`` of a CPU tensor is no op at all, so a CPU run can only miss read-backs, never invent them.)
+
+    Attributes:
+        ops: aten ops dispatched.
+        syncs: host syncs among them; ``sync_ops`` names them with their counts.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.syncs, self.sync_ops = 0, 0, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.ops += 1
+        name = func.overloadpacket.__name__
+        if name in _SYNC_OPS or self._bool_index(name, args) or self._to_host(args, kwargs, out):
+            self.syncs += 1
+            self.sync_ops[name] = self.sync_ops.get(name, 0) + 1
+        return out
+
+    @staticmethod
+    def _bool_index(name: str, args: tuple) -> bool:
+        if name not in ("index", "index_put", "index_put_") or len(args) < 2:
+            return False
+        return any(torch.is_tensor(i) and i.dtype in (torch.bool, torch.uint8) for i in args[1] if i is not None)
+
+    @staticmethod
+    def _to_host(args: tuple, kwargs: dict, out: object) -> bool:
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if torch.is_tensor(t)]
+        outputs = [t for t in tree_flatten(out)[0] if torch.is_tensor(t)]
+        to_host = (any(t.device.type not in ("cpu", "meta") for t in inputs)
+                   and any(t.device.type == "cpu" for t in outputs))
+        blocking_upload = (not kwargs.get("non_blocking", False)
+                           and any(t.device.type == "cpu" and t.dim() for t in inputs)
+                           and any(t.device.type not in ("cpu", "meta") for t in outputs))
+        return to_host or blocking_upload

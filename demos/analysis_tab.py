@@ -3,28 +3,38 @@ their layer similarity (CKA), and their attention for the same target."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from analysis.attention import capture_deformable_sampling, grad_cam, normalise_map, sampling_point_map
-from analysis.consensus import (
-    affinity_consensus,
-    cka_matrix,
-    consensus_weights,
-    divergence_weights,
-    foreground_figures,
-    projected_consensus,
-    projection_is_determined,
-)
+from analysis.attention import capture_deformable_sampling, grad_cam, sampling_point_map
+from analysis.consensus import FIGURES, SIMILARITY, analyse_stages, projection_is_determined
 from analysis.features import Stage, forward_with_stages, match_stages
-from demos.common import ROLES, InputError, examples_for, heat_overlay, notes_markdown, on_gpu, read_image
+from analysis.graphs import GraphCache
+from analysis.readback import Layout, pack, unpack
+from demos.common import (
+    ROLES,
+    InputError,
+    examples_for,
+    heat_overlay,
+    heat_overlays,
+    notes_markdown,
+    on_gpu,
+    read_image,
+    upload_image,
+)
 from weights.predictors import Geometry, Predictor, predictors_for
 from weights.registry import get_pair
 
 DEFAULT_PAIR = "shapes-segmentation"
 DEFAULT_TAU = 0.1
-METHODS = {"affinity": affinity_consensus, "projection": projected_consensus}
+METHODS = SIMILARITY
 FOREGROUND_SCORE = 0.3
+USE_CUDA_GRAPHS = os.environ.get("DISTILL_LENS_CUDA_GRAPHS", "1") != "0"  # replay repeated analyses as one graph
+ANALYSIS_GRAPHS = GraphCache()
 
 
 def _valid_region(stage: Stage, geometry: Geometry, padded: tuple[int, int]) -> Stage:
@@ -35,26 +45,100 @@ def _valid_region(stage: Stage, geometry: Geometry, padded: tuple[int, int]) -> 
     return Stage(stage.name, stage.stride, stage.features[..., :rows, :cols])
 
 
-def _run_with_stages(predictor: Predictor, image: np.ndarray) -> tuple[object, list[Stage], Geometry]:
-    inputs, geometry = predictor.prepare(image)
-    pixels = inputs["pixel_values"]
+@dataclass
+class Side:
+    """One model of a pair as the analysis sees it: the module, its prepared input, and how the input was resized
+    (to crop padded grids to the image)."""
+
+    model: torch.nn.Module
+    pixels: torch.Tensor
+    geometry: Geometry
+
+
+def forward_stages(side: Side) -> tuple[object, list[Stage]]:
+    """One forward of the side's model that also yields its feature maps (the forward the tab shows)."""
     with torch.no_grad():
-        outputs, stages = forward_with_stages(predictor.model, pixels)
-    return outputs, [_valid_region(s, geometry, tuple(pixels.shape[-2:])) for s in stages], geometry
+        outputs, stages = forward_with_stages(side.model, side.pixels)
+    padded = tuple(side.pixels.shape[-2:])
+    return outputs, [_valid_region(s, side.geometry, padded) for s in stages]
 
 
-def teacher_foreground(predictor: Predictor, outputs: object, geometry: Geometry) -> torch.Tensor:
-    """(H, W) bool foreground from the teacher's own prediction: its boxes (score >= 0.3), or its mask without
-    the background class (without the image's dominant class when the label set has no background)."""
-    if predictor.pair.task == "detection":
-        mask = torch.zeros(geometry.height, geometry.width, dtype=torch.bool)
-        for d in predictor.detect(outputs, geometry, FOREGROUND_SCORE):
-            x0, y0, x1, y1 = (int(round(v)) for v in d.box)
-            mask[y0:y1, x0:x1] = True
-        return mask
-    class_map = predictor.class_map(outputs, geometry).cpu()
-    background = 0 if predictor.labels[0] == "background" else int(class_map.flatten().mode().values)
-    return class_map != background
+def analyse_sides(teacher: Side, student: Side, foreground_of: Callable[[object], torch.Tensor], image: np.ndarray,
+                  tau: float = DEFAULT_TAU, method: str = "affinity") -> tuple[list[tuple[np.ndarray, str]], dict]:
+    """The analysis of one image exactly as the tab runs it: one forward per model, then everything on the models'
+    device until a single read-back at the end.
+
+    Args:
+        teacher, student: the two models with their prepared inputs.
+        foreground_of: the teacher's outputs -> (H, W) bool foreground on the device (its boxes or its mask).
+        image: the RGB uint8 image the overlays are drawn on.
+        tau: softmax temperature, > 0.
+        method: a key of :data:`METHODS`.
+
+    Returns:
+        ``(overlays, report)`` as :func:`consensus` returns them (without the pair's name).
+    """
+    (t_out, t_all), (_, s_all) = forward_stages(teacher), forward_stages(student)
+    device = t_all[0].features.device
+    pairs = match_stages(t_all, s_all)
+    if not pairs:
+        raise InputError("Teacher and student share no feature stride to compare.")
+    notes, methods = [], []
+    for t, s in pairs:
+        determined = method != "projection" or projection_is_determined(t.features, s.features)
+        methods.append(method if determined else "affinity")
+        if not determined:  # least squares would fit anything with this few locations
+            notes.append(f"Stride {t.stride}: too few locations for a least-squares map of "
+                         f"{s.features.shape[1]} student channels; the affinity method is used there.")
+    size = overlay_size(*image.shape[:2])
+    canvas = upload_image(image, device)
+    index = [(next(i for i, x in enumerate(t_all) if x is t), next(j for j, x in enumerate(s_all) if x is s))
+             for t, s in pairs]
+    n_t, n_s = len(t_all), len(s_all)
+
+    def compute(*tensors: torch.Tensor) -> tuple[torch.Tensor, Layout]:
+        t_maps, s_maps, foreground, canvas = tensors[:n_t], tensors[n_t:n_t + n_s], tensors[-2], tensors[-1]
+        if tuple(canvas.shape[:2]) != size:
+            canvas = torch.nn.functional.interpolate(canvas.permute(2, 0, 1)[None].float(), size=size,
+                                                     mode="area")[0].permute(1, 2, 0).round().to(torch.uint8)
+        result = analyse_stages([(t_maps[i], s_maps[j]) for i, j in index], methods, foreground, tau, size,
+                                list(t_maps), list(s_maps))
+        overlays = heat_overlays(canvas, result.weights.flatten(0, 2))  # (P * 2, H, W, 3): consensus, divergence
+        return pack({"overlays": overlays, "figures": result.figures[:, 0], "cka": result.cka})
+
+    inputs = ([t.features for t in t_all] + [s.features.to(device) for s in s_all]
+              + [foreground_of(t_out).to(device)[None], canvas])
+
+    def finish(packed: tuple[torch.Tensor, Layout]) -> dict[str, np.ndarray]:
+        return unpack(packed[0].cpu().numpy(), packed[1])
+
+    if device.type == "cuda" and USE_CUDA_GRAPHS:
+        key = (tuple((tuple(x.shape), x.dtype) for x in inputs), tuple(index), tuple(methods), tau, size)
+        host = ANALYSIS_GRAPHS.run(key, compute, inputs, finish)
+    else:
+        host = finish(compute(*inputs))
+    captions = [f"{kind} · stride {t.stride} · {t.name} ↔ {s.name}" for t, s in pairs
+                for kind in ("consensus", "divergence")]
+    stages = [{"teacher_layer": t.name, "student_layer": s.name, "stride": t.stride, "method": m,
+               **{k: _number(v) for k, v in zip(FIGURES, row, strict=True)}}
+              for (t, s), m, row in zip(pairs, methods, host["figures"], strict=True)]
+    report = {"method": method, "tau": tau, "stages": stages,
+              "cka": {"teacher_layers": [f"{s.name} (/{s.stride})" for s in t_all],
+                      "student_layers": [f"{s.name} (/{s.stride})" for s in s_all],
+                      "matrix": np.round(host["cka"].astype(np.float64), 4).tolist()},
+              "notes": notes}
+    return list(zip(host["overlays"], captions, strict=True)), report
+
+
+def overlay_size(height: int, width: int, max_side: int = 512) -> tuple[int, int]:
+    """Overlays are drawn at the image's own size, shrunk to at most ``max_side`` on the long side."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def side_of(predictor: Predictor, image: np.ndarray) -> Side:
+    inputs, geometry = predictor.prepare(image)
+    return Side(predictor.model, inputs["pixel_values"], geometry)
 
 
 @on_gpu
@@ -87,40 +171,21 @@ def consensus(image, pair: str = DEFAULT_PAIR, tau: float = DEFAULT_TAU, method:
         raise InputError(f"The Analysis tab takes detection or segmentation pairs; {spec.name} is {spec.task}.")
     array, notes = read_image(image)
     predictors = predictors_for(spec)
-    runs = {role: _run_with_stages(predictors[role], array) for role in ROLES}
-    foreground = teacher_foreground(predictors["teacher"], runs["teacher"][0], runs["teacher"][2])
-    stages, overlays = [], []
-    for t_stage, s_stage in match_stages(runs["teacher"][1], runs["student"][1]):
-        stage_method = method
-        if method == "projection" and not projection_is_determined(t_stage.features, s_stage.features):
-            stage_method = "affinity"  # least squares would fit anything with this few locations
-            notes.append(f"Stride {t_stage.stride}: too few locations for a least-squares map of "
-                         f"{s_stage.features.shape[1]} student channels; the affinity method is used there.")
-        similarity = METHODS[stage_method](t_stage.features, s_stage.features)
-        figures = foreground_figures(similarity, t_stage.features, s_stage.features,
-                                     foreground[None].to(similarity.device))
-        stages.append({"teacher_layer": t_stage.name, "student_layer": s_stage.name, "stride": t_stage.stride,
-                       "method": stage_method,
-                       **{k: _number(v[0]) for k, v in figures.items()}})
-        for kind, weights in (("consensus", consensus_weights), ("divergence", divergence_weights)):
-            heat = normalise_map(weights(similarity, tau))[0]
-            overlays.append((heat_overlay(array, heat), f"{kind} · stride {t_stage.stride} · "
-                                                         f"{t_stage.name} ↔ {s_stage.name}"))
-    if not stages:
-        raise InputError(f"Teacher and student of {spec.name} share no feature stride to compare.")
-    t_all, s_all = runs["teacher"][1], runs["student"][1]
-    cka = cka_matrix([s.features for s in t_all], [s.features.to(t_all[0].features.device) for s in s_all])
-    report = {"pair": spec.name, "method": method, "tau": tau, "stages": stages,
-              "cka": {"teacher_layers": [f"{s.name} (/{s.stride})" for s in t_all],
-                      "student_layers": [f"{s.name} (/{s.stride})" for s in s_all],
-                      "matrix": [[round(float(v), 4) for v in row] for row in cka.cpu()]},
-              "notes": notes}
-    return overlays, report
+    sides = {role: side_of(predictors[role], array) for role in ROLES}
+    teacher = predictors["teacher"]
+
+    def foreground_of(outputs):
+        return teacher.foreground(outputs, sides["teacher"].geometry, FOREGROUND_SCORE)
+
+    try:
+        overlays, report = analyse_sides(sides["teacher"], sides["student"], foreground_of, array, tau, method)
+    except InputError as error:
+        raise InputError(f"{spec.name}: {error}") from error
+    return overlays, {"pair": spec.name, **report, "notes": notes + report["notes"]}
 
 
-def _number(value: torch.Tensor) -> float | None:
-    value = float(value)
-    return None if value != value else round(value, 4)  # NaN (no foreground) -> None
+def _number(value: float) -> float | None:
+    return None if value != value else round(float(value), 4)  # NaN (no foreground) -> None
 
 
 # Attention for one target --------------------------------------------------------------------------------------

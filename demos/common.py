@@ -235,11 +235,40 @@ def _heat_lut() -> torch.Tensor:
     return torch.tensor([unlabel_rgb(c) for c in colours], dtype=torch.float32).round().to(torch.uint8)
 
 
+@functools.cache
+def _heat_lut_on(device: torch.device) -> torch.Tensor:
+    """The Turbo colours as (256, 3) float32 on ``device``, uploaded once per device."""
+    return _heat_lut().float().to(device)
+
+
+def upload_image(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) uint8 numpy -> the same tensor on ``device``; to CUDA through pinned memory, without waiting."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def heat_overlays(canvas: torch.Tensor, heats: torch.Tensor, alpha: float = 0.55) -> torch.Tensor:
+    """Blend maps over an image as Turbo heat maps, on the tensors' device.
+
+    Args:
+        canvas: (H, W, 3) uint8 image.
+        heats: (N, h, w) maps in [0, 1] (resized to (H, W) when their size differs).
+        alpha: the heat map's weight.
+
+    Returns:
+        (N, H, W, 3) uint8 overlays.
+    """
+    size = tuple(canvas.shape[:2])
+    if tuple(heats.shape[-2:]) != size:
+        heats = torch.nn.functional.interpolate(heats[:, None].float(), size=size, mode="bilinear",
+                                                align_corners=False)[:, 0]
+    colours = _heat_lut_on(canvas.device)[(heats.float().clamp(0, 1) * 255).round().long()]  # (N, H, W, 3)
+    return ((1 - alpha) * canvas.float() + alpha * colours).round().to(torch.uint8)
+
+
 def heat_overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.55) -> np.ndarray:
     """Blend an (h, w) map in [0, 1] (any grid, any device) over the image as a Turbo heat map."""
-    scale = display_scale(*image.shape[:2])
-    canvas = enlarge(image, scale).float()
-    big = torch.nn.functional.interpolate(heat.detach().float().cpu()[None, None], size=canvas.shape[1:],
-                                          mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
-    colours = _heat_lut()[(big * 255).round().long()].permute(2, 0, 1).float()
-    return ((1 - alpha) * canvas + alpha * colours).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    canvas = enlarge(image, display_scale(*image.shape[:2])).permute(1, 2, 0)
+    return heat_overlays(canvas, heat.detach().float().cpu()[None], alpha)[0].numpy()

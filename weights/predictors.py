@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from analysis.profiling import count_gflops, count_parameters
+from analysis.readback import read_back
 from weights.loaders import load_model
 from weights.registry import ModelSource, Pair
-from weights.shapes.nets import decode_detections, normalise
+from weights.shapes.nets import decode_detections, detection_candidates, normalise
 
 _GFLOPS_MEMO: OrderedDict[tuple, float] = OrderedDict()
 
@@ -110,12 +111,57 @@ class DetectionPredictor(Predictor):
         else:
             result = decode_detections(outputs, threshold)[0]
             sx, sy = geometry.width / geometry.resized_width, geometry.height / geometry.resized_height
-            boxes = result["boxes"] * torch.tensor([sx, sy, sx, sy], device=result["boxes"].device)
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, geometry.width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, geometry.height)
+            b = result["boxes"]
+            boxes = torch.stack([(b[:, 0] * sx).clamp(0, geometry.width), (b[:, 1] * sy).clamp(0, geometry.height),
+                                 (b[:, 2] * sx).clamp(0, geometry.width), (b[:, 3] * sy).clamp(0, geometry.height)],
+                                -1)
             scores, labels = result["scores"], result["labels"]
         order = scores.argsort(descending=True)
-        return [Detection(self.labels[int(labels[i])], float(scores[i]), boxes[i].float().tolist()) for i in order]
+        host = read_back({"boxes": boxes[order].float(), "scores": scores[order].float(), "labels": labels[order]})
+        return [Detection(self.labels[int(label)], float(score), box.tolist())
+                for box, score, label in zip(host["boxes"], host["scores"], host["labels"], strict=True)]
+
+    def foreground(self, outputs: Any, geometry: Geometry, threshold: float, max_side: int = 256) -> torch.Tensor:
+        """(h, w) bool mask of the image (long side at most ``max_side``) inside the boxes scoring ``threshold`` or
+        more, made on the model's device without a host sync (no thresholded list is built)."""
+        scale = min(1.0, max_side / max(geometry.height, geometry.width))
+        h, w = max(1, round(geometry.height * scale)), max(1, round(geometry.width * scale))
+        if self.processor is not None:
+            boxes, scores = detr_candidates(outputs, h, w)
+        else:
+            boxes, scores, _ = detection_candidates(outputs)
+            boxes, scores = boxes[0], scores[0]
+            sx, sy = w / geometry.resized_width, h / geometry.resized_height
+            boxes = torch.stack([boxes[:, 0] * sx, boxes[:, 1] * sy, boxes[:, 2] * sx, boxes[:, 3] * sy], -1)
+        return box_foreground(boxes, scores, threshold, h, w)
+
+
+def detr_candidates(outputs: Any, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A DETR-style model's boxes for the first image, (Q, 4) xyxy scaled to ``height`` x ``width``, and each
+    query's best sigmoid class score (Q,)."""
+    from torchvision.ops import box_convert
+
+    boxes = box_convert(outputs.pred_boxes[0].float(), "cxcywh", "xyxy")
+    boxes = torch.stack([boxes[:, 0] * width, boxes[:, 1] * height, boxes[:, 2] * width, boxes[:, 3] * height], -1)
+    return boxes, outputs.logits[0].float().sigmoid().amax(-1)
+
+
+def box_foreground(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, height: int, width: int,
+                   ) -> torch.Tensor:
+    """(height, width) bool: pixels whose centre lies inside any (N, 4) xyxy box scoring ``threshold`` or more,
+    by broadcasting (a score threshold as a mask, so nothing is read back to choose the boxes)."""
+    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype)[None, :, None] + 0.5
+    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype)[None, None, :] + 0.5
+    x0, y0, x1, y1 = (boxes[:, k, None, None] for k in range(4))
+    return ((xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1) & (scores >= threshold)[:, None, None]).any(0)
+
+
+def class_foreground(class_map: torch.Tensor, has_background: bool) -> torch.Tensor:
+    """(H, W) bool: pixels not of class 0 (the background), or, without a background class, not of the image's
+    dominant class; no host sync."""
+    if has_background:
+        return class_map != 0
+    return class_map != class_map.flatten().mode().values
 
 
 class SegmentationPredictor(Predictor):
@@ -126,6 +172,11 @@ class SegmentationPredictor(Predictor):
             return self.processor.post_process_semantic_segmentation(outputs, target_sizes=[size])[0].long()
         logits = outputs["logits"][:, :, : geometry.resized_height, : geometry.resized_width].float()
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+
+    def foreground(self, outputs: Any, geometry: Geometry, threshold: float = 0.0) -> torch.Tensor:
+        """(H, W) bool: pixels not of the background class (without the image's dominant class when the label set
+        has no background), on the model's device without a host sync."""
+        return class_foreground(self.class_map(outputs, geometry), self.labels[0] == "background")
 
 
 PREDICTORS = {"detection": DetectionPredictor, "segmentation": SegmentationPredictor}

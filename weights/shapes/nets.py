@@ -108,6 +108,27 @@ class ShapesNet(nn.Module):
         return {"heatmap": heatmap, "size": size, "offset": offset, "features": features}
 
 
+def detection_candidates(out: dict[str, torch.Tensor], max_detections: int = 100
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``max_detections`` highest heatmap peaks of each image as boxes, with no threshold (no host sync).
+
+    Returns:
+        ``(boxes, scores, labels)``: (B, K, 4) xyxy in network-input pixels, (B, K), (B, K) in 1..5.
+    """
+    heat = out["heatmap"].sigmoid()
+    peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
+    b, c, h, w = peaks.shape
+    scores, index = peaks.flatten(1).topk(min(max_detections, c * h * w))
+    labels, cell = index // (h * w), index % (h * w)
+    ys, xs = (cell // w).float(), (cell % w).float()
+    size = out["size"].flatten(2).exp().gather(2, cell[:, None].expand(-1, 2, -1))  # (B, 2, K) in cells
+    offset = out["offset"].flatten(2).gather(2, cell[:, None].expand(-1, 2, -1))
+    cx, cy = (xs + offset[:, 0]) * DETECTION_STRIDE, (ys + offset[:, 1]) * DETECTION_STRIDE
+    bw, bh = size[:, 0] * DETECTION_STRIDE, size[:, 1] * DETECTION_STRIDE
+    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1)
+    return boxes, scores, labels + 1
+
+
 def decode_detections(out: dict[str, torch.Tensor], threshold: float, max_detections: int = 100,
                       ) -> list[dict[str, torch.Tensor]]:
     """Turn CenterNet outputs into boxes in network-input pixels.
@@ -120,21 +141,9 @@ def decode_detections(out: dict[str, torch.Tensor], threshold: float, max_detect
     Returns:
         B dicts with ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``labels`` (N,) in 1..5 (0 is background).
     """
-    heat = out["heatmap"].sigmoid()
-    peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
-    b, c, h, w = peaks.shape
-    scores, index = peaks.flatten(1).topk(min(max_detections, c * h * w))
-    labels, cell = index // (h * w), index % (h * w)
-    ys, xs = (cell // w).float(), (cell % w).float()
-    size = out["size"].flatten(2).exp()  # (B, 2, h*w) in cells
-    offset = out["offset"].flatten(2)
+    boxes, scores, labels = detection_candidates(out, max_detections)
     results = []
-    for i in range(b):
+    for i in range(len(boxes)):
         keep = scores[i] >= threshold
-        cells = cell[i][keep]
-        cx = (xs[i][keep] + offset[i, 0, cells]) * DETECTION_STRIDE
-        cy = (ys[i][keep] + offset[i, 1, cells]) * DETECTION_STRIDE
-        bw, bh = size[i, 0, cells] * DETECTION_STRIDE, size[i, 1, cells] * DETECTION_STRIDE
-        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1)
-        results.append({"boxes": boxes, "scores": scores[i][keep], "labels": labels[i][keep] + 1})
+        results.append({"boxes": boxes[i][keep], "scores": scores[i][keep], "labels": labels[i][keep]})
     return results

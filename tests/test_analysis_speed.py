@@ -1,0 +1,128 @@
+"""The analysis as the GPU runs it: batched, no host syncs before the one read-back, every dtype and device."""
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from analysis.consensus import analyse_stages, cka_matrix, linear_cka
+from analysis.features import capture_stages, match_stages
+from analysis.profiling import DispatchCounter
+from analysis.readback import read_back
+from demos.analysis_tab import Side, analyse_sides
+from weights.predictors import Geometry, box_foreground
+from weights.shapes.checkpoints import BUILTIN_CONFIGS
+from weights.shapes.nets import ShapesNet, detection_candidates, normalise
+from weights.shapes.world import render_scene
+
+
+def test_the_dispatch_counter_counts_ops_and_each_kind_of_sync():
+    x = torch.randn(10)
+    with DispatchCounter() as counter:
+        y = (x * 2).sum()
+    assert counter.ops == 2 and counter.syncs == 0
+    with DispatchCounter() as counter:
+        float(y), x[x > 0], torch.nonzero(x)
+    assert counter.syncs == 3 and set(counter.sync_ops) == {"_local_scalar_dense", "index", "nonzero"}
+
+
+def test_read_back_returns_every_tensor_with_its_shape_and_dtype():
+    tensors = {"ints": torch.arange(6).reshape(2, 3), "mask": torch.tensor([True, False, True]),
+               "half": torch.randn(2, 2).to(torch.bfloat16), "bytes": torch.arange(5, dtype=torch.uint8)}
+    host = read_back(tensors)
+    assert host["ints"].tolist() == [[0, 1, 2], [3, 4, 5]] and host["mask"].tolist() == [True, False, True]
+    assert host["half"].dtype == np.float32 and np.allclose(host["half"], tensors["half"].float().numpy())
+    assert host["bytes"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_the_stacked_cka_matrix_equals_pairwise_cka_on_a_shared_grid():
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
+    student = [torch.randn(2, 4, 8, 8), torch.randn(2, 12, 4, 4), torch.randn(2, 6, 4, 4)]
+    matrix = cka_matrix(teacher, student)
+
+    def rows(x):
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x, (4, 4))
+        return pooled.flatten(2).transpose(1, 2).reshape(-1, x.shape[1])
+
+    expected = torch.tensor([[linear_cka(rows(t), rows(s)) for s in student] for t in teacher])
+    assert matrix.shape == (2, 3) and torch.allclose(matrix, expected, atol=1e-5)
+
+
+def test_isotropic_models_are_matched_at_evenly_spaced_depths():
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=8).eval()
+    small = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=4).eval()
+    x = torch.randn(1, 3, 64, 64)
+    pairs = match_stages(capture_stages(vit, x), capture_stages(small, x))
+    assert [(t.name, s.name) for t, s in pairs] == [("block1", "block0"), ("block3", "block1"),
+                                                  ("block5", "block2"), ("block7", "block3")]
+
+
+def _maps(device, dtype):
+    torch.manual_seed(0)
+    teacher = [torch.randn(1, 24, 32, 32), torch.randn(1, 48, 16, 16), torch.randn(1, 96, 8, 8)]
+    student = [torch.randn(1, 16, 32, 32), torch.randn(1, 32, 16, 16), torch.randn(1, 64, 8, 8)]
+    return ([t.to(device, dtype) for t in teacher], [s.to(device, dtype) for s in student],
+            (torch.rand(1, 64, 64) > 0.5).to(device))
+
+
+@pytest.mark.parametrize("method", ["affinity", "projection"])
+def test_the_analysis_runs_on_the_meta_device_so_it_never_reads_a_value_back(method):
+    teacher, student, foreground = _maps("meta", torch.float32)
+    result = analyse_stages(list(zip(teacher, student, strict=True)), [method] * 3, foreground, 0.1, (64, 64),
+                            teacher, student)
+    assert result.weights.shape == (3, 2, 1, 64, 64) and result.figures.shape == (3, 1, 6)
+    assert result.cka.shape == (3, 3)
+
+
+def test_half_precision_features_give_the_float32_answer():
+    """The CUDA path runs the Hub models in fp16; bfloat16 on the CPU exercises the same casts."""
+    teacher, student, foreground = _maps("cpu", torch.float32)
+    pairs = list(zip(teacher, student, strict=True))
+    full = analyse_stages(pairs, ["affinity"] * 3, foreground, 0.1, (64, 64), teacher, student)
+    low = [[x.to(torch.bfloat16) for x in maps] for maps in (teacher, student)]
+    half = analyse_stages(list(zip(*low, strict=True)), ["affinity"] * 3, foreground, 0.1, (64, 64), *low)
+    assert half.weights.dtype == torch.float32
+    assert torch.allclose(half.cka, full.cka, atol=0.02) and torch.allclose(half.figures, full.figures, atol=0.05,
+                                                                            equal_nan=True)
+
+
+def test_the_tabs_analysis_syncs_only_in_its_final_read_back():
+    models = [ShapesNet(BUILTIN_CONFIGS[("detection", role)]).eval() for role in ("teacher", "student")]
+    image = render_scene(10_000_007).image
+    pixels = normalise(torch.from_numpy(image)[None])
+    geometry = Geometry(128, 128, 128, 128)
+    sides = [Side(m, pixels, geometry) for m in models]
+
+    def foreground(outputs):
+        boxes, scores, _ = detection_candidates(outputs)
+        return box_foreground(boxes[0], scores[0], 0.3, 128, 128)
+
+    with DispatchCounter() as counter:
+        overlays, report = analyse_sides(*sides, foreground, image)
+    assert counter.syncs == 0, counter.sync_ops  # on the CPU the read-back is no copy; on CUDA it is the one sync
+    assert len(overlays) == 8 and overlays[0][0].shape == (128, 128, 3)
+    assert len(report["cka"]["matrix"]) == 4 and len(report["stages"]) == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_captured_graph_gives_the_eager_answer_on_cuda():
+    from demos import analysis_tab
+
+    models = [ShapesNet(BUILTIN_CONFIGS[("segmentation", role)]).cuda().eval() for role in ("teacher", "student")]
+    image = render_scene(10_000_008).image
+    pixels = normalise(torch.from_numpy(image)[None]).cuda()
+    sides = [Side(m, pixels, Geometry(128, 128, 128, 128)) for m in models]
+
+    def foreground(outputs):
+        return outputs["logits"][0].argmax(0) != 0
+
+    analysis_tab.USE_CUDA_GRAPHS = False
+    eager = analyse_sides(*sides, foreground, image)
+    analysis_tab.USE_CUDA_GRAPHS = True
+    replays = [analyse_sides(*sides, foreground, image) for _ in range(3)]  # eager, capture, replay
+    for overlays, report in replays:
+        assert np.allclose(report["cka"]["matrix"], eager[1]["cka"]["matrix"], atol=2e-4)
+        assert np.allclose([s["consensus_mean"] for s in report["stages"]],
+                           [s["consensus_mean"] for s in eager[1]["stages"]], atol=2e-4)
+        assert all(np.abs(a[0].astype(int) - b[0]).max() <= 1 for a, b in zip(overlays, eager[0], strict=True))
