@@ -13,7 +13,8 @@ ViT-Ti/16 at 224², timm ResNet-101 -> ResNet-18 at 640². Real-size pairs run i
 The ops column counts aten ops with a ``TorchDispatchMode`` (:class:`analysis.profiling.DispatchCounter`): the
 teacher's forward alone, and the analysis alone (the tab's whole call minus both forwards). Host syncs count scalar
 reads, data-dependent shapes and copies between host and device made by the analysis; the final read-back is one
-of them on CUDA (on the CPU it is no copy at all).
+of them on CUDA (on the CPU it is no copy at all). Ops are counted on the eager analysis; on CUDA the timed runs
+replay it as one captured graph once its input shapes repeat (``DISTILL_LENS_CUDA_GRAPHS=0`` times it eagerly).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from analysis.profiling import DispatchCounter, time_call
+from demos import analysis_tab
 from demos.analysis_tab import FOREGROUND_SCORE, Side, analyse_sides, forward_stages
 from weights.predictors import Geometry, box_foreground, class_foreground, detr_candidates
 from weights.shapes.checkpoints import load_builtin_model
@@ -117,7 +120,8 @@ def measure(bench: Bench, device: torch.device, repeats: int) -> dict:
     """Time and count one pair on one device."""
     dtype = torch.float16 if device.type == "cuda" and bench.real_size else torch.float32
     teacher, student = (m.to(device, dtype).eval() for m in bench.build())
-    image = render_scene(EVAL_SEED_START + 7, bench.side, bench.side).image
+    rendered = render_scene(EVAL_SEED_START + 7, min(bench.side, 512), min(bench.side, 512)).image
+    image = np.asarray(Image.fromarray(rendered).resize((bench.side, bench.side), Image.BILINEAR))
     pixels = normalise(torch.from_numpy(image)[None]).to(device, dtype)
     geometry = Geometry(bench.side, bench.side, bench.side, bench.side)
     sides = Side(teacher, pixels, geometry), Side(student, pixels, geometry)
@@ -137,8 +141,12 @@ def measure(bench: Bench, device: torch.device, repeats: int) -> dict:
         forward_stages(sides[0])
     with DispatchCounter() as stage_ops:
         forward_stages(sides[0]), forward_stages(sides[1])
-    with DispatchCounter() as tab_ops:
-        analysis()
+    graphs, analysis_tab.USE_CUDA_GRAPHS = analysis_tab.USE_CUDA_GRAPHS, False
+    try:  # ops and syncs of the eager analysis: what a CUDA graph replays is the same kernels, launched once
+        with DispatchCounter() as tab_ops:
+            analysis()
+    finally:
+        analysis_tab.USE_CUDA_GRAPHS = graphs
     return {"dtype": str(dtype).removeprefix("torch."), "inference_ms": inference_time.median_ms,
             "with_analysis_ms": analysis_time.median_ms, "teacher_ops": teacher_ops.ops,
             "analysis_ops": tab_ops.ops - stage_ops.ops, "syncs": tab_ops.syncs - stage_ops.syncs,

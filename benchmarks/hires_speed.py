@@ -1,8 +1,8 @@
 """Steps per second of an SD 1.5-architecture UNet and a BK-SDM-Small-architecture UNet (random weights: time does
 not depend on weights) at high resolution, without and with RAU-Net and MSW-MSA.
 
-    python -m benchmarks.hires_speed [--side 1024] [--steps 20]      # on a CUDA machine (fp16)
-    python -m benchmarks.hires_speed --side 256 --steps 2 --width-scale 0.25   # a quick CPU check of the code
+    python -m benchmarks.hires_speed --side 1024 2048 [--steps 20]      # on a CUDA machine (fp16)
+    python -m benchmarks.hires_speed --side 512 --steps 10 --width-scale 0.25   # the CPU check (fp32)
 
 Each run is a full denoising loop of UNet calls at batch 2 (classifier-free guidance), with RAU-Net active for
 the first 40 % of the steps as in HiDiffusion's SD 1.5 setting.
@@ -11,11 +11,12 @@ the first 40 % of the steps as in HiDiffusion's SD 1.5 setting.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from diffusers import UNet2DConditionModel
+from torch.utils.flop_counter import FlopCounterMode
 
+from analysis.profiling import Stopwatch
 from methods.hires import high_resolution
 
 SD15 = dict(layers_per_block=2, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
@@ -31,43 +32,84 @@ def build(config: dict, width_scale: float) -> UNet2DConditionModel:
     return UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4, **config)
 
 
-def steps_per_second(unet, side: int, steps: int, device, dtype, raunet: bool, msw_msa: bool) -> float:
+SETTINGS = {"plain": (False, False), "RAU-Net": (True, False), "MSW-MSA": (False, True), "both": (True, True)}
+
+
+def _inputs(unet, side: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     latents = torch.randn(2, 4, side // 8, side // 8, device=device, dtype=dtype)
     text = torch.randn(2, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    return latents, text
+
+
+def steps_per_second(unet, side: int, steps: int, device, dtype, raunet: bool, msw_msa: bool,
+                     channels_last: bool = False) -> float:
+    latents, text = _inputs(unet, side, device, dtype)
+    if channels_last:
+        latents = latents.to(memory_format=torch.channels_last)
     generator = torch.Generator(device=device).manual_seed(0)
-    with torch.inference_mode(), high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa,
-                                                 generator=generator) as controller:
-        unet(latents, torch.tensor(999, device=device), encoder_hidden_states=text)  # warm-up
-        controller.step = 0
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    with torch.inference_mode():
+        with high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa, generator=generator):
+            unet(latents, torch.tensor(999, device=device), encoder_hidden_states=text)  # warm-up, RAU-Net phase
+        with high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa, generator=generator) as controller:
+            with Stopwatch(device) as watch:
+                for step in range(steps):
+                    unet(latents, torch.tensor(999 - step, device=device), encoder_hidden_states=text)
+                    controller.callback_on_step_end(None, step, None, {})
+    return steps / watch.seconds
+
+
+def flops_per_run(config: dict, width_scale: float, side: int, steps: int, raunet: bool, msw_msa: bool) -> float:
+    """FLOPs of a whole denoising loop as ``torch.utils.flop_counter`` counts them, on the meta device (shapes
+    only, no arithmetic, so a 2048² SD 1.5 loop is counted in seconds)."""
+    with torch.device("meta"):
+        unet = build(config, width_scale).eval()
+    latents, text = _inputs(unet, side, torch.device("meta"), torch.float32)
+    with (torch.no_grad(), high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa) as controller,
+          FlopCounterMode(display=False) as counter):
         for step in range(steps):
-            unet(latents, torch.tensor(999 - step, device=device), encoder_hidden_states=text)
+            unet(latents, torch.tensor(999 - step, device="meta"), encoder_hidden_states=text)
             controller.callback_on_step_end(None, step, None, {})
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return steps / (time.perf_counter() - start)
+    return counter.get_total_flops()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--side", type=int, default=1024)
+    parser.add_argument("--side", type=int, nargs="+", default=[1024])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--width-scale", type=float, default=1.0, help="shrink channel widths (CPU checks only)")
+    parser.add_argument("--channels-last", action="store_true", help="run the UNets in channels_last layout")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"UNet steps per second at {args.side}x{args.side}, batch 2, {args.steps} steps, {name}, {dtype}"
-          + (f", channel widths x{args.width_scale}" if args.width_scale != 1 else "") + "\n")
-    print("| UNet | plain | RAU-Net | MSW-MSA | both | both vs plain |")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({args.threads} threads)"
+    print(f"UNet steps per second, batch 2, {args.steps} steps (RAU-Net for the first 40 %), {name}, {dtype}"
+          + (f", channel widths x{args.width_scale}" if args.width_scale != 1 else "")
+          + (", channels_last" if args.channels_last else "") + "\n")
+    rows, ratios = [], []
+    for side in args.side:
+        for label, config in (("SD 1.5 architecture", SD15), ("BK-SDM-Small architecture", BK_SDM_SMALL)):
+            unet = build(config, args.width_scale).to(device, dtype).eval()
+            if args.channels_last:
+                unet = unet.to(memory_format=torch.channels_last)
+            rates = {k: steps_per_second(unet, side, args.steps, device, dtype, *v, args.channels_last)
+                     for k, v in SETTINGS.items()}
+            flops = {k: flops_per_run(config, args.width_scale, side, args.steps, *v) for k, v in SETTINGS.items()}
+            rows.append(f"| {label} | {side}² | {' | '.join(f'{r:.2f}' for r in rates.values())} | "
+                        f"{rates['both'] / rates['plain']:.2f}x |")
+            for k in ("RAU-Net", "MSW-MSA", "both"):
+                ratio, speedup = flops["plain"] / flops[k], rates[k] / rates["plain"]
+                ratios.append(f"| {label} | {side}² | {k} | {ratio:.2f}x | {speedup:.2f}x | {speedup / ratio:.0%} |")
+            del unet
+            print(rows[-1], flush=True)
+    print("\n| UNet | side | plain | RAU-Net | MSW-MSA | both | both vs plain |\n|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print("\nShare of FLOP ratio reached: measured speed-up / FLOP ratio (FLOPs of the whole loop, on the meta "
+          "device).\n")
+    print("| UNet | side | setting | FLOP ratio to plain | measured speed-up | share of FLOP ratio reached |")
     print("|---|---|---|---|---|---|")
-    for label, config in (("SD 1.5 architecture", SD15), ("BK-SDM-Small architecture", BK_SDM_SMALL)):
-        unet = build(config, args.width_scale).to(device, dtype).eval()
-        rates = [steps_per_second(unet, args.side, args.steps, device, dtype, r, m)
-                 for r, m in ((False, False), (True, False), (False, True), (True, True))]
-        print(f"| {label} | {' | '.join(f'{r:.2f}' for r in rates)} | {rates[3] / rates[0]:.2f}x |", flush=True)
+    print("\n".join(ratios))
 
 
 if __name__ == "__main__":

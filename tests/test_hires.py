@@ -89,13 +89,64 @@ def test_shifts_come_from_the_generator():
 
 def test_raunet_shrinks_the_deep_feature_maps():
     unet = tiny_unet()
-    with high_resolution(unet, num_steps=10, msw_msa=False) as controller:
+    with high_resolution(unet, num_steps=10, msw_msa=True) as controller:
         run(unet, torch.randn(1, 4, 32, 48))
         assert controller.level_sizes == {0: (32, 48), 1: (8, 12), 2: (4, 6)}  # /4 after the first block
         for step in range(4):
             controller.callback_on_step_end(None, step, None, {})
         run(unet, torch.randn(1, 4, 32, 48))
         assert controller.level_sizes == {0: (32, 48), 1: (16, 24), 2: (8, 12)}
+
+
+def test_the_original_modules_come_back_once_at_the_switch_step():
+    unet = tiny_unet()
+    before = snapshot(unet)
+    with high_resolution(unet, num_steps=10, msw_msa=False, switch_fraction=0.4) as controller:
+        assert snapshot(unet) != before
+        for step in range(3):
+            controller.callback_on_step_end(None, step, None, {})
+        assert snapshot(unet) != before  # still three steps of RAU-Net out of ten: step 4 is the last
+        controller.callback_on_step_end(None, 3, None, {})
+        assert snapshot(unet) == before  # the UNet itself from the switch on: no wrapper, no hook left
+    assert snapshot(unet) == before
+
+
+def test_nothing_is_installed_when_both_techniques_are_off():
+    unet = tiny_unet()
+    before = snapshot(unet)
+    with high_resolution(unet, num_steps=10, raunet=False, msw_msa=False):
+        assert snapshot(unet) == before
+
+
+@pytest.mark.parametrize("size", [(16, 16), (17, 23), (30, 9), (5, 6)])
+def test_the_stride_4_dilated_convolution_is_the_stride_2_one_on_every_other_pixel(size):
+    from methods.hires import RAUDownsample
+
+    unet = tiny_unet()
+    downsampler = unet.down_blocks[0].downsamplers[0]
+    conv = downsampler.conv
+    x = torch.randn(2, conv.in_channels, *size)
+    dilated = torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride=4, padding=2, dilation=2)
+    with torch.no_grad():
+        assert torch.allclose(RAUDownsample(downsampler)(x), dilated, atol=1e-5)
+
+
+def test_the_mirror_upsampler_convolves_at_its_usual_size():
+    """Under RAU-Net the mirror upsampler goes from 1/4 to full size; its convolution runs at 1/2 size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from methods.hires import HiResController, SizeMatchedUpsample
+
+    unet = tiny_unet()
+    upsampler = unet.up_blocks[1].upsamplers[0]  # the mirror of down level 0
+    controller = HiResController(10, True, False, 0.4, None, level_sizes={0: (32, 48)})
+    x = torch.randn(1, upsampler.channels, 8, 12)
+    with torch.no_grad(), FlopCounterMode(display=False) as ours:
+        out = SizeMatchedUpsample(upsampler, controller, level=0)(x)
+    with torch.no_grad(), FlopCounterMode(display=False) as direct:
+        upsampler(x, output_size=(32, 48))
+    assert out.shape[-2:] == (32, 48)
+    assert ours.get_total_flops() * 4 == direct.get_total_flops()
 
 
 def test_windows_confine_attention():
