@@ -67,7 +67,8 @@ def _rtdetr() -> tuple[torch.nn.Module, torch.nn.Module]:
     r101 = RTDetrConfig(backbone_config=RTDetrResNetConfig(
         depths=[3, 4, 23, 3], layer_type="bottleneck", hidden_sizes=[256, 512, 1024, 2048], embedding_size=64,
         out_features=["stage2", "stage3", "stage4"]), encoder_in_channels=[512, 1024, 2048],
-        encoder_hidden_dim=384, encoder_ffn_dim=2048, decoder_layers=6, num_labels=80)
+        encoder_hidden_dim=384, encoder_ffn_dim=2048, decoder_in_channels=[384, 384, 384], decoder_layers=6,
+        num_labels=80)
     r18 = RTDetrConfig(backbone_config=RTDetrResNetConfig(
         depths=[2, 2, 2, 2], layer_type="basic", hidden_sizes=[64, 128, 256, 512], embedding_size=64,
         downsample_in_bottleneck=False, out_features=["stage2", "stage3", "stage4"]),
@@ -121,7 +122,7 @@ def measure(bench: Bench, device: torch.device, repeats: int) -> dict:
     dtype = torch.float16 if device.type == "cuda" and bench.real_size else torch.float32
     teacher, student = (m.to(device, dtype).eval() for m in bench.build())
     rendered = render_scene(EVAL_SEED_START + 7, min(bench.side, 512), min(bench.side, 512)).image
-    image = np.asarray(Image.fromarray(rendered).resize((bench.side, bench.side), Image.BILINEAR))
+    image = np.array(Image.fromarray(rendered).resize((bench.side, bench.side), Image.BILINEAR))
     pixels = normalise(torch.from_numpy(image)[None]).to(device, dtype)
     geometry = Geometry(bench.side, bench.side, bench.side, bench.side)
     sides = Side(teacher, pixels, geometry), Side(student, pixels, geometry)

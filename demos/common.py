@@ -264,7 +264,8 @@ def heat_overlays(canvas: torch.Tensor, heats: torch.Tensor, alpha: float = 0.55
     if tuple(heats.shape[-2:]) != size:
         heats = torch.nn.functional.interpolate(heats[:, None].float(), size=size, mode="bilinear",
                                                 align_corners=False)[:, 0]
-    colours = _heat_lut_on(canvas.device)[(heats.float().clamp(0, 1) * 255).round().long()]  # (N, H, W, 3)
+    heats = torch.nan_to_num(heats.float(), nan=0.0).clamp(0, 1)  # a NaN (fp16 overflow) must not index the LUT
+    colours = _heat_lut_on(canvas.device)[(heats * 255).round().long()]  # (N, H, W, 3)
     return ((1 - alpha) * canvas.float() + alpha * colours).round().to(torch.uint8)
 
 
