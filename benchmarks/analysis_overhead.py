@@ -91,11 +91,12 @@ def _segmentation_foreground(outputs, side: int) -> torch.Tensor:
     return class_foreground(logits[0].argmax(0), has_background=not hasattr(outputs, "logits"))
 
 
-def _centre_foreground(_outputs, side: int) -> torch.Tensor:
-    """Classifiers have no boxes: the central half of the image stands in for the object."""
-    mask = torch.zeros(side, side, dtype=torch.bool)
-    mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = True
-    return mask
+def _centre_foreground(outputs, side: int) -> torch.Tensor:
+    """Classifiers have no boxes: the central half of the image stands in for the object (made on the device)."""
+    logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+    cells = torch.arange(side, device=logits.device)
+    inside = (cells >= side // 4) & (cells < 3 * side // 4)
+    return inside[:, None] & inside[None, :]
 
 
 def _shapes_detection_foreground(outputs, side: int) -> torch.Tensor:
