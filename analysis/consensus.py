@@ -40,6 +40,12 @@ def _locations(features: torch.Tensor) -> torch.Tensor:
     return features.flatten(2).transpose(1, 2)
 
 
+def _unit_locations(features: torch.Tensor, eps: float) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h*w, C) with every location's feature vector scaled to unit length."""
+    x = _locations(features)
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
 def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Dimension-free similarity: per location, the Pearson correlation between its affinity row (cosine
     similarity to every other location) in the teacher and in the student.
@@ -47,7 +53,7 @@ def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float 
     Invariant to any orthogonal transform and any global scaling of either side's channels. Computed exactly
     without forming the (h*w)^2 affinity matrices: with unit features ``u_i`` (teacher) and ``v_i`` (student),
     ``sum_j a_ij b_ij = u_i^T (U^T V) v_i`` and ``sum_j a_ij^2 = u_i^T (U^T U) u_i``, so the cost is
-    O(h*w * C^2) rather than O((h*w)^2 * C).
+    O(h*w * C^2) rather than O((h*w)^2 * C), in a few batched matrix products.
 
     Args:
         teacher: (B, Ct, h, w) features.
@@ -59,16 +65,16 @@ def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float 
     t, s = _fit_grid(teacher, student)
     b, _, h, w = t.shape
     n = h * w
-    u = F.normalize(_locations(t), dim=-1, eps=eps)  # (B, N, Ct)
-    v = F.normalize(_locations(s), dim=-1, eps=eps)  # (B, N, Cs)
-    row_mean_t = u @ u.mean(1).unsqueeze(-1)  # (B, N, 1): mean of each teacher affinity row
-    row_mean_s = v @ v.mean(1).unsqueeze(-1)
-    cross = ((u @ (u.transpose(1, 2) @ v)) * v).sum(-1, keepdim=True)
-    square_t = ((u @ (u.transpose(1, 2) @ u)) * u).sum(-1, keepdim=True)
-    square_s = ((v @ (v.transpose(1, 2) @ v)) * v).sum(-1, keepdim=True)
+    u, v = _unit_locations(t, eps), _unit_locations(s, eps)  # (B, N, Ct), (B, N, Cs)
+    ut, vt = u.transpose(1, 2), v.transpose(1, 2)
+    row_mean_t = (u * u.mean(1, keepdim=True)).sum(-1)  # (B, N): mean of each teacher affinity row
+    row_mean_s = (v * v.mean(1, keepdim=True)).sum(-1)
+    cross = (torch.bmm(u, torch.bmm(ut, v)) * v).sum(-1)
+    square_t = (torch.bmm(u, torch.bmm(ut, u)) * u).sum(-1)
+    square_s = (torch.bmm(v, torch.bmm(vt, v)) * v).sum(-1)
     covariance = cross - n * row_mean_t * row_mean_s
     variance = (square_t - n * row_mean_t.square()).clamp_min(0) * (square_s - n * row_mean_s.square()).clamp_min(0)
-    return (covariance / variance.sqrt().clamp_min(eps)).clamp(-1, 1).reshape(b, h, w)
+    return (covariance * variance.clamp_min(eps * eps).rsqrt()).clamp(-1, 1).reshape(b, h, w)
 
 
 def projected_consensus(teacher: torch.Tensor, student: torch.Tensor, ridge: float = 1e-4,
@@ -152,11 +158,21 @@ def centred_grams(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tens
     tensor (zero channels change no Gram matrix, so linear CKA is unchanged).
     """
     width = max(m.shape[1] for m in maps)
-    rows = [F.pad(_locations(F.adaptive_avg_pool2d(m.float(), grid)).flatten(0, 1), (0, width - m.shape[1]))
-            for m in maps]
-    x = torch.stack(rows)  # (K, N, width)
+    groups: dict[tuple, list[int]] = {}  # maps of one shape (e.g. a ViT's blocks) are pooled as one batch
+    for k, m in enumerate(maps):
+        groups.setdefault((tuple(m.shape), m.dtype), []).append(k)
+    blocks = []
+    for (shape, _), members in groups.items():
+        stacked = torch.stack([maps[k] for k in members]) if len(members) > 1 else maps[members[0]][None]
+        pooled = F.adaptive_avg_pool2d(stacked.flatten(0, 1).float(), grid)  # (G*B, C, h, w)
+        x = pooled.reshape(len(members), -1, shape[1], grid[0] * grid[1]).transpose(2, 3).flatten(1, 2)
+        blocks.append(F.pad(x, (0, width - shape[1])) if shape[1] < width else x)  # (G, N, width)
+    order = [k for members in groups.values() for k in members]
+    x = torch.cat(blocks) if len(blocks) > 1 else blocks[0]  # (K, N, width) in group order
+    if order != sorted(order):  # groups interleave: back to the maps' order
+        x = torch.stack([x[order.index(k)] for k in range(len(maps))])
     x = x - x.mean(1, keepdim=True)
-    return x @ x.transpose(1, 2)
+    return torch.bmm(x, x.transpose(1, 2))
 
 
 def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor],
@@ -239,6 +255,30 @@ class ConsensusAnalysis:
     cka: torch.Tensor
 
 
+def _stacked_figures(similarity: torch.Tensor, teacher: torch.Tensor, student: torch.Tensor, fg: torch.Tensor,
+                     ) -> torch.Tensor:
+    """(B, 6) figures in the order of :data:`FIGURES`; all maps on the similarity's grid, ``fg`` float 0/1."""
+    n = fg.shape[-1] * fg.shape[-2]
+    maps = torch.stack([similarity, teacher.square().sum(1), student.square().sum(1), fg], 1)  # (B, 4, h, w)
+    total, on_fg = maps.sum((2, 3)), (maps * fg[:, None]).sum((2, 3))  # (B, 4) each
+    fg_cells = total[:, 3]
+    background = torch.where(fg_cells < n, (total[:, 0] - on_fg[:, 0]) / (n - fg_cells), torch.nan)
+    energy_fg = on_fg[:, 1:3] / total[:, 1:3].clamp_min(1e-12)
+    return torch.stack([total[:, 0] / n, on_fg[:, 0] / fg_cells, background, energy_fg[:, 0], energy_fg[:, 1],
+                        fg_cells / n], -1)  # 0 / 0 = NaN where an image has no foreground cell
+
+
+def _scaled_weights(similarity: torch.Tensor, tau: float, size: tuple[int, int]) -> torch.Tensor:
+    """(2, B, H, W): consensus and divergence weights of a (B, h, w) similarity, each scaled to [0, 1], resized."""
+    if not float(tau) > 0:
+        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    b, h, w = similarity.shape
+    weights = (torch.stack([similarity, 1.0 - similarity]) / float(tau)).flatten(2).softmax(-1)  # (2, B, h*w)
+    low, high = weights.aminmax(dim=-1, keepdim=True)
+    scaled = ((weights - low) / (high - low).clamp_min(1e-12)).reshape(2 * b, 1, h, w)
+    return F.interpolate(scaled, size=size, mode="bilinear", align_corners=False).reshape(2, b, *size)
+
+
 def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list[str], foreground: torch.Tensor,
                    tau: float, size: tuple[int, int], teacher_all: list[torch.Tensor],
                    student_all: list[torch.Tensor]) -> ConsensusAnalysis:
@@ -255,21 +295,24 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
     Returns:
         A :class:`ConsensusAnalysis`; nothing is read back to the host.
     """
+    groups: dict[tuple, list[int]] = {}  # pairs of equal shapes (e.g. a ViT's blocks) run as one batch
+    for k, ((t, s), method) in enumerate(zip(pairs, methods, strict=True)):
+        groups.setdefault((tuple(t.shape), tuple(s.shape), t.dtype, s.dtype, method), []).append(k)
     masks: dict[tuple[int, int], torch.Tensor] = {}
-    similarity, figures, weights = [], [], []
-    for (t, s), method in zip(pairs, methods, strict=True):
+    b = foreground.shape[0]
+    similarity, figures, weights = [None] * len(pairs), [None] * len(pairs), [None] * len(pairs)
+    for (*_, method), members in groups.items():
+        t = torch.cat([pairs[k][0] for k in members]) if len(members) > 1 else pairs[members[0]][0]
+        s = torch.cat([pairs[k][1] for k in members]) if len(members) > 1 else pairs[members[0]][1]
+        t, s = _fit_grid(t, s)  # pooled once: the similarity and the energies use the same maps
         sim = SIMILARITY[method](t, s)
         grid = tuple(sim.shape[-2:])
         if grid not in masks:
-            masks[grid] = resize_mask(foreground, grid)
-        found = foreground_figures(sim, t, s, masks[grid])
-        similarity.append(sim)
-        figures.append(torch.stack([found[k] for k in FIGURES], -1))
-        both = torch.stack([consensus_weights(sim, tau), divergence_weights(sim, tau)])  # (2, B, h, w)
-        both = both.flatten(0, 1)
-        low, high = both.amin((1, 2), keepdim=True), both.amax((1, 2), keepdim=True)
-        scaled = (both - low) / (high - low).clamp_min(1e-12)
-        weights.append(F.interpolate(scaled[:, None], size=size, mode="bilinear", align_corners=False)
-                       .reshape(2, -1, *size).clamp(0, 1))
-    return ConsensusAnalysis(similarity, torch.stack(weights), torch.stack(figures),
+            masks[grid] = resize_mask(foreground, grid).float()
+        fg = masks[grid].repeat(len(members), 1, 1) if len(members) > 1 else masks[grid]
+        found, scaled = _stacked_figures(sim, t, s, fg), _scaled_weights(sim, tau, size)
+        for i, k in enumerate(members):
+            similarity[k], figures[k] = sim[i * b:(i + 1) * b], found[i * b:(i + 1) * b]
+            weights[k] = scaled[:, i * b:(i + 1) * b]
+    return ConsensusAnalysis(similarity, torch.stack(weights).clamp(0, 1), torch.stack(figures),
                              cka_matrix(teacher_all, student_all))

@@ -174,12 +174,13 @@ def capture_stages(model: torch.nn.Module, pixels: torch.Tensor, pattern: str | 
         return forward_with_stages(model, pixels, pattern)[1]
 
 
-def match_stages(teacher: list[Stage], student: list[Stage], per_stride: int = 4) -> list[tuple[Stage, Stage]]:
-    """Pair teacher and student stages of equal stride, finest first.
+def match_stages(teacher: list[Stage], student: list[Stage], per_stride: int = 4, max_pairs: int = 4,
+                 ) -> list[tuple[Stage, Stage]]:
+    """Pair teacher and student stages of equal stride, finest first, at most ``max_pairs`` (the deepest).
 
-    Hierarchical models (CNNs, SegFormer, RT-DETR): the deepest stage of each shared stride on both sides.
-    Isotropic models (ViTs: every block at one stride, on both sides): up to ``per_stride`` blocks at the same
-    relative depths, evenly spaced and ending with the last.
+    Hierarchical models (CNNs, SegFormer, RT-DETR): the deepest stage of each shared stride on both sides (a
+    ResNet's stride-2 stem is dropped when there are five). Isotropic models (ViTs: every block at one stride, on
+    both sides): up to ``per_stride`` blocks at the same relative depths, evenly spaced and ending with the last.
     """
     def by_stride(stages: list[Stage]) -> dict[int, list[Stage]]:
         grouped: dict[int, list[Stage]] = {}
@@ -195,4 +196,4 @@ def match_stages(teacher: list[Stage], student: list[Stage], per_stride: int = 4
         k = min(per_stride, len(t[stride]), len(s[stride])) if isotropic else 1
         for q in range(1, k + 1):
             pairs.append((t[stride][round(q / k * len(t[stride])) - 1], s[stride][round(q / k * len(s[stride])) - 1]))
-    return pairs
+    return pairs[-max_pairs:]

@@ -1,6 +1,6 @@
 """How much the Analysis tab's analysis of one image adds to the pair's own inference, on every device here.
 
-    python -m benchmarks.analysis_overhead [--repeats 10] [--only shapes-detection ...]
+    python -m benchmarks.analysis_overhead [--repeats 20] [--only shapes-detection ...]
 
 Both columns time the tab's own code (:func:`demos.analysis_tab.analyse_sides`), not a copy of it: "inference" is
 the teacher's and the student's forward on the prepared input; "inference + analysis" is the tab's whole analysis
@@ -20,6 +20,7 @@ replay it as one captured graph once its input shapes repeat (``DISTILL_LENS_CUD
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,7 +88,6 @@ def _timm(teacher: str, student: str) -> Callable:
 
 def _segmentation_foreground(outputs, side: int) -> torch.Tensor:
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-    logits = torch.nn.functional.interpolate(logits.float(), size=(side, side), mode="bilinear", align_corners=False)
     return class_foreground(logits[0].argmax(0), has_background=not hasattr(outputs, "logits"))
 
 
@@ -135,8 +135,13 @@ def measure(bench: Bench, device: torch.device, repeats: int) -> dict:
     def analysis():
         return analyse_sides(*sides, lambda out: bench.foreground(out, bench.side).to(device), image)
 
-    _, inference_time = time_call(inference, device, repeats=repeats, warmup=2, budget_s=30)
-    result, analysis_time = time_call(analysis, device, repeats=repeats, warmup=2, budget_s=30)
+    for _ in range(2):  # warm-up: the second analysis captures its CUDA graph
+        inference(), analysis()
+    inference_times, analysis_times = [], []
+    for _ in range(repeats):  # interleaved, so a drifting clock or a neighbour's load hits both alike
+        inference_times.append(time_call(inference, device, repeats=1, warmup=0)[1].median_ms)
+        result, timing = time_call(analysis, device, repeats=1, warmup=0)
+        analysis_times.append(timing.median_ms)
     with DispatchCounter() as forward_ops:
         inference()
     with DispatchCounter() as teacher_ops:
@@ -149,15 +154,15 @@ def measure(bench: Bench, device: torch.device, repeats: int) -> dict:
             analysis()
     finally:
         analysis_tab.USE_CUDA_GRAPHS = graphs
-    return {"dtype": str(dtype).removeprefix("torch."), "inference_ms": inference_time.median_ms,
-            "with_analysis_ms": analysis_time.median_ms, "teacher_ops": teacher_ops.ops,
+    return {"dtype": str(dtype).removeprefix("torch."), "inference_ms": statistics.median(inference_times),
+            "with_analysis_ms": statistics.median(analysis_times), "teacher_ops": teacher_ops.ops,
             "analysis_ops": tab_ops.ops - stage_ops.ops, "syncs": tab_ops.syncs - stage_ops.syncs,
             "sync_ops": tab_ops.sync_ops, "forward_syncs": forward_ops.syncs, "report": result[1]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="pair names (or prefixes) to measure")
     parser.add_argument("--devices", nargs="*", help="devices to measure on (default: cpu, and cuda if present)")
@@ -166,7 +171,8 @@ def main() -> None:
     devices = [torch.device(d) for d in args.devices] if args.devices else (
         [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
     gpu = f" ({torch.cuda.get_device_name()}, torch {torch.__version__})" if torch.cuda.is_available() else ""
-    print(f"Analysis overhead of one image, median of {args.repeats} warm runs; devices: "
+    print(f"Analysis overhead of one image, median of {args.repeats} warm runs (inference and analysis "
+          f"interleaved); devices: "
           f"{', '.join(str(d) for d in devices)}{gpu}\n")
     print("| pair | device | dtype | inference (ms) | inference + analysis (ms) | analysis adds "
           "| aten ops: teacher forward / analysis | host syncs in analysis |")

@@ -174,9 +174,13 @@ class SegmentationPredictor(Predictor):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0].argmax(0)
 
     def foreground(self, outputs: Any, geometry: Geometry, threshold: float = 0.0) -> torch.Tensor:
-        """(H, W) bool: pixels not of the background class (without the image's dominant class when the label set
-        has no background), on the model's device without a host sync."""
-        return class_foreground(self.class_map(outputs, geometry), self.labels[0] == "background")
+        """(h, w) bool at the logits' own resolution (the analysis pools it to its grids anyway): cells not of the
+        background class (not of the image's dominant class when the label set has no background), on the model's
+        device without a host sync."""
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        if self.processor is None:  # builtin logits are at the padded input's size: keep the image part
+            logits = logits[:, :, : geometry.resized_height, : geometry.resized_width]
+        return class_foreground(logits[0].argmax(0), self.labels[0] == "background")
 
 
 PREDICTORS = {"detection": DetectionPredictor, "segmentation": SegmentationPredictor}
