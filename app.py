@@ -33,7 +33,7 @@ def build_app() -> gr.Blocks:
         with gr.Tabs():
             for build_tab in TABS:
                 build_tab()
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.queue(default_concurrency_limit=2, max_size=int(os.environ.get("DISTILL_LENS_QUEUE_SIZE", "64")))
     return demo
 
 

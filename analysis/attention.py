@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, contextmanager
 import torch
 import torch.nn.functional as F
 
-from analysis.features import forward_with_stages, hooked
+from analysis.features import forward_with_stages, hooked, this_call_only
 
 
 def normalise_map(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -61,21 +61,22 @@ def unfused_attention(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
     probs: list[torch.Tensor] = []
     switched: list[tuple[torch.nn.Module, bool]] = []
     handles = []
-    try:
-        for module in model.modules():
-            if hasattr(module, "fused_attn") and hasattr(module, "attn_drop"):
-                switched.append((module, module.fused_attn))
-                module.fused_attn = False
-                handles.append(module.attn_drop.register_forward_hook(
-                    lambda _m, _i, output: probs.append(output.detach())))
-        if not switched:
-            raise ValueError(f"{type(model).__name__} has no timm attention modules to capture")
-        yield probs
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, fused in switched:
-            module.fused_attn = fused
+    with this_call_only() as mine:
+        try:
+            for module in model.modules():
+                if hasattr(module, "fused_attn") and hasattr(module, "attn_drop"):
+                    switched.append((module, module.fused_attn))
+                    module.fused_attn = False
+                    handles.append(module.attn_drop.register_forward_hook(
+                        lambda _m, _i, output: probs.append(output.detach()) if mine() else None))
+            if not switched:
+                raise ValueError(f"{type(model).__name__} has no timm attention modules to capture")
+            yield probs
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, fused in switched:
+                module.fused_attn = fused
 
 
 def attention_rollout(attentions: list[torch.Tensor], residual: float = 0.5) -> torch.Tensor:
@@ -177,12 +178,13 @@ def capture_cross_attention(unet, active: Callable[[], bool] = lambda: True) -> 
     processors are restored on exit, also after an error."""
     store: list[torch.Tensor] = []
     processors = dict(unet.attn_processors)
-    try:
-        unet.set_attn_processor({name: CrossAttentionRecorder(p, store, active) if name.endswith("attn2.processor")
-                                 else p for name, p in processors.items()})
-        yield store
-    finally:
-        unet.set_attn_processor(processors)
+    with this_call_only() as mine:
+        try:
+            unet.set_attn_processor({name: CrossAttentionRecorder(p, store, lambda: mine() and active())
+                                     if name.endswith("attn2.processor") else p for name, p in processors.items()})
+            yield store
+        finally:
+            unet.set_attn_processor(processors)
 
 
 def token_maps(store: list[torch.Tensor], height: int, width: int, batch_index: int = -1) -> torch.Tensor:

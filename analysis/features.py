@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,24 @@ def as_stage(name: str, tensor: torch.Tensor, height: int, width: int) -> Stage:
     return Stage(name, max(1, round(height / tensor.shape[-2])), tensor)
 
 
+_RECORDERS: ContextVar[frozenset] = ContextVar("distill_lens_recorders", default=frozenset())
+
+
+@contextmanager
+def this_call_only() -> Iterator[Callable[[], bool]]:
+    """A predicate that is true only inside the call (thread or task context) that entered the block.
+
+    Hooks and recording processors sit on shared, cached models, where other users' calls run forwards too; a
+    recorder that checks this predicate keeps only the forwards of the call that asked for them.
+    """
+    token = object()
+    reset = _RECORDERS.set(_RECORDERS.get() | {token})
+    try:
+        yield lambda: token in _RECORDERS.get()
+    finally:
+        _RECORDERS.reset(reset)
+
+
 @contextmanager
 def hooked(model: torch.nn.Module, select: Callable[[str, torch.nn.Module], bool], record: Callable,
            pre: bool = False, what: str = "modules") -> Iterator[dict[str, object]]:
@@ -79,7 +98,8 @@ def hooked(model: torch.nn.Module, select: Callable[[str, torch.nn.Module], bool
         model: the model to hook; nothing else about it changes.
         select: which submodules to hook.
         record: ``record(args, output)`` -> what to keep from a forward (``output`` is None for pre-hooks);
-            returning None keeps nothing from that call (an earlier value stays).
+            returning None keeps nothing from that call (an earlier value stays). Forwards run by other calls
+            (other threads or tasks using the same model meanwhile) are never recorded.
         pre: hook the module's inputs (a forward pre-hook) instead of its outputs.
         what: how to name the selected modules in the error raised when there are none.
 
@@ -93,22 +113,23 @@ def hooked(model: torch.nn.Module, select: Callable[[str, torch.nn.Module], bool
         if value is not None:
             captured[name] = value
 
-    try:
-        for name, module in model.named_modules():
-            if not select(name, module):
-                continue
-            if pre:
-                handles.append(module.register_forward_pre_hook(
-                    lambda _m, args, name=name: keep(name, record(args, None))))
-            else:
-                handles.append(module.register_forward_hook(
-                    lambda _m, args, output, name=name: keep(name, record(args, output))))
-        if not handles:
-            raise ValueError(f"{type(model).__name__} has no {what} to capture")
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
+    with this_call_only() as mine:
+        try:
+            for name, module in model.named_modules():
+                if not select(name, module):
+                    continue
+                if pre:
+                    handles.append(module.register_forward_pre_hook(
+                        lambda _m, args, name=name: keep(name, record(args, None)) if mine() else None))
+                else:
+                    handles.append(module.register_forward_hook(
+                        lambda _m, args, output, name=name: keep(name, record(args, output)) if mine() else None))
+            if not handles:
+                raise ValueError(f"{type(model).__name__} has no {what} to capture")
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def capture_modules(model: torch.nn.Module, pattern: str) -> AbstractContextManager[dict[str, torch.Tensor]]:

@@ -49,6 +49,7 @@ def linear_probe(train: torch.Tensor, labels: np.ndarray, test: torch.Tensor, cl
     such a classifier can go on them.
     """
     torch.manual_seed(0)
+    train, test = train.float().cpu(), test.float().cpu()  # a small probe, fitted on the host wherever features are
     probe = torch.nn.Linear(train.shape[1], classes)
     optimiser = torch.optim.Adam(probe.parameters(), lr=0.01)
     y = torch.from_numpy(labels)

@@ -19,6 +19,7 @@ from demos.common import (
     ROLES,
     InputError,
     examples_for,
+    exclusive,
     heat_overlay,
     heat_overlays,
     notes_markdown,
@@ -297,7 +298,8 @@ def attention(image, pair: str = DEFAULT_PAIR, target: str = "") -> tuple[np.nda
         target_info = {"kind": "segment", "label": teacher.labels[label], "pixels": int(region.sum())}
     maps, methods = {}, {}
     for role in ROLES:
-        maps[role], methods[role] = _attention_map(predictors[role], array, spec.task, box, label, region)
+        with exclusive(predictors[role].model):  # hooks on the shared model, for this call only
+            maps[role], methods[role] = _attention_map(predictors[role], array, spec.task, box, label, region)
     size = array.shape[:2]
     full = {r: torch.nn.functional.interpolate(maps[r][None, None].float().cpu(), size=size, mode="bilinear",
                                                align_corners=False)[0, 0] for r in ROLES}
@@ -373,16 +375,16 @@ def consensus_overlay_image(task: str):
 
 def wire_consensus_toggle(event, image, pair, toggle, overlay) -> None:
     """Refresh the overlay image after each run of the tab and whenever the checkbox changes."""
-    from demos.common import user_errors
+    from demos.common import GPU_QUEUE, user_errors
 
     for trigger in (event.then, toggle.change):
-        trigger(user_errors(consensus_overlay), [image, pair, toggle], overlay, api_visibility="private")
+        trigger(user_errors(consensus_overlay), [image, pair, toggle], overlay, api_visibility="private", **GPU_QUEUE)
 
 
 def build_analysis_tab() -> None:
     import gradio as gr
 
-    from demos.common import pair_dropdown, user_errors
+    from demos.common import GPU_QUEUE, pair_dropdown, user_errors
     from demos.components import user_image
 
     with gr.Tab("Analysis", id="analysis"):
@@ -415,9 +417,9 @@ def build_analysis_tab() -> None:
                 attention_report = gr.JSON(label="Attention report", open=False)
         gr.Examples(examples_for("analysis"), inputs=[image], label="Examples")
         event = run.click(user_errors(consensus), [image, pair, tau, method], [gallery, report], api_name="consensus",
-                          concurrency_limit=2)
+                          **GPU_QUEUE)
         event.then(lambda r, g, s: (figures_markdown(r), cka_figure(r), *stage_pair(g, s)), [report, gallery, stage],
                    [figures, cka, *chosen], api_visibility="private")
         stage.change(stage_pair, [gallery, stage], chosen, api_visibility="private")
         explain.click(user_errors(attention), [image, pair, target], [*attention_images, attention_report],
-                      api_name="attention", concurrency_limit=2)
+                      api_name="attention", **GPU_QUEUE)

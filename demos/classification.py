@@ -60,9 +60,18 @@ def parse_classes(text: str) -> tuple[list[str], list[str]]:
 
 
 def check_template(template: str) -> str:
+    """The template with exactly one ``{}`` for the class name; any other brace is refused with a message saying
+    which (``str.format`` would otherwise fail with a bare KeyError or ValueError)."""
     template = (template or "").strip() or DEFAULT_TEMPLATE
-    if template.count("{}") != 1 or len(template) > 200:
-        raise InputError("The prompt template needs exactly one {} where the class name goes, e.g. 'a photo of a {}.'")
+    example = "e.g. 'a photo of a {}.'"
+    if len(template) > 200:
+        raise InputError(f"The prompt template is {len(template)} characters; keep it under 200, {example}")
+    if template.count("{}") != 1:
+        raise InputError(f"The prompt template needs exactly one {{}} where the class name goes, {example}")
+    rest = template.replace("{}", "", 1)
+    if "{" in rest or "}" in rest:
+        raise InputError(f"The prompt template may hold no braces besides its one {{}} (found "
+                         f"{''.join(c for c in rest if c in '{}')!r}); {example}")
     return template
 
 
@@ -274,7 +283,7 @@ def prompts() -> list[dict]:
 def build_classification_tab() -> None:
     import gradio as gr
 
-    from demos.common import examples_for, pair_dropdown, user_errors
+    from demos.common import GPU_QUEUE, examples_for, pair_dropdown, user_errors
     from demos.components import user_image
 
     with gr.Tab("CLIP", id="classification"):
@@ -317,7 +326,7 @@ def build_classification_tab() -> None:
                     elem_id="classification-examples")
         preset.change(lambda p: PRESETS[p], preset, classes, api_visibility="private")
         event = run.click(user_errors(classify), [image, pair, classes, prompt, template], [plot, report],
-                          api_name="classify", concurrency_limit=2)
+                          api_name="classify", **GPU_QUEUE)
         event.then(lambda r: notes_markdown(r.get("notes", [])) if r else "", report, summary,
                    api_visibility="private")
         event.then(user_errors(similarity_maps), [image, pair, classes, template, report], maps,
@@ -329,7 +338,7 @@ def build_classification_tab() -> None:
 
         tuning = tune_button.click(user_errors(run_tuning),
                                    [pair, classes, method, name, files, per_class, steps, template],
-                                   [saved, figures], api_name="tune_prompts", concurrency_limit=1)
+                                   [saved, figures], api_name="tune_prompts", **GPU_QUEUE)
         stop.click(None, cancels=[tuning], api_visibility="private")
         refreshed = tuning.then(prompts, None, saved_list, api_name="refresh_prompt_list", api_visibility="private")
         refreshed.then(lambda: gr.Dropdown(choices=["", *[p["name"] for p in list_prompts()]]), None, prompt,

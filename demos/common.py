@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,36 @@ UNREADABLE = ("Could not read the file as an image (it may be corrupt or not an 
 
 class InputError(ValueError):
     """Bad input from a user; the message is shown to them as it is."""
+
+
+def gpu_concurrency() -> int:
+    """How many model-running events may run at once: ``DISTILL_LENS_GPU_CONCURRENCY``, else 1 on a GPU (one queue
+    in front of it) and 2 on a CPU."""
+    value = os.environ.get("DISTILL_LENS_GPU_CONCURRENCY")
+    return max(1, int(value)) if value else (1 if torch.cuda.is_available() else 2)
+
+
+# Every event that runs a model waits in this one queue, whether it came from the page or from the API.
+GPU_QUEUE = {"concurrency_id": "gpu", "concurrency_limit": gpu_concurrency()}
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def exclusive(*models: torch.nn.Module) -> Iterator[None]:
+    """Hold the models for this call alone while it changes them (swapped modules, processors, hooks).
+
+    Locks are taken in one global order, so two calls that need the same models can never deadlock; a call
+    holding a model may take it again (re-entrant).
+    """
+    unique = sorted({id(m): m for m in models if m is not None}.values(), key=id)
+    with _MODEL_LOCKS_GUARD:
+        locks = [_MODEL_LOCKS.setdefault(m, threading.RLock()) for m in unique]
+    with ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield
 
 
 # Errors whose message is meant for the user.
@@ -66,13 +101,23 @@ def read_image(value: str | Path | np.ndarray | Image.Image | None) -> tuple[np.
     if value is None:
         raise InputError("No image given: upload one, use the webcam, or pick an example.")
     notes: list[str] = []
+    reduction = 1.0  # a large JPEG is decoded at 1/2, 1/4 or 1/8 of its stored size
     try:
         if isinstance(value, (str, Path)):
             path = Path(value)
             if path.stat().st_size > MAX_UPLOAD_BYTES:
                 raise InputError(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
-            image = Image.open(path)
-            image.load()
+            image = Image.open(path)  # reads the header only: the size is known before any pixel is decoded
+            if image.width * image.height > MAX_INPUT_PIXELS:
+                raise InputError(f"The image is {image.width:,}×{image.height:,} pixels, more than "
+                                 f"{MAX_INPUT_PIXELS:,}; please downscale it.")
+            stored_width = image.width
+            if image.format == "JPEG" and max(image.size) > 2 * MAX_WORKING_SIDE:
+                image.draft("RGB", (MAX_WORKING_SIDE, MAX_WORKING_SIDE))  # decode a large JPEG at 1/2, 1/4 or 1/8
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image.load()
+            reduction = stored_width / image.width
         elif isinstance(value, np.ndarray):
             image = Image.fromarray(value)
         else:
@@ -81,20 +126,22 @@ def read_image(value: str | Path | np.ndarray | Image.Image | None) -> tuple[np.
         if image.mode != "RGB":
             notes.append(f"Converted from {image.mode} to RGB.")
         image = _to_rgb(image)
-    except Image.DecompressionBombError as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InputError(f"The image has more than {MAX_INPUT_PIXELS:,} pixels; please downscale it.") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as error:
         if isinstance(error, InputError):
             raise
         raise InputError(UNREADABLE) from error
     width, height = image.size
+    stored = (round(width * reduction), round(height * reduction))
     if min(width, height) < MIN_SIDE:
         raise InputError(f"The image is {width}×{height} pixels; each side needs at least {MIN_SIDE} pixels.")
     if max(width, height) > MAX_WORKING_SIDE:
         scale = MAX_WORKING_SIDE / max(width, height)
         new_size = (max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale)))
         image = image.resize(new_size, Image.Resampling.LANCZOS)
-        notes.append(f"Downscaled from {width}×{height} to {new_size[0]}×{new_size[1]} pixels.")
+    if stored != image.size:
+        notes.append(f"Downscaled from {stored[0]}×{stored[1]} to {image.size[0]}×{image.size[1]} pixels.")
     if max(width, height) / min(width, height) > 8:
         notes.append(f"Extreme aspect ratio ({width}×{height}): objects may be too thin for the models.")
     return np.asarray(image, dtype=np.uint8).copy(), notes

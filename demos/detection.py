@@ -9,6 +9,7 @@ from torchvision.utils import draw_bounding_boxes
 from analysis.agreement import detection_agreement
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
 from demos.common import (
+    GPU_QUEUE,
     ROLES,
     InputError,
     display_scale,
@@ -133,6 +134,6 @@ def build_detection_tab() -> None:
         gr.Examples(examples_for("detection"), inputs=[image], label="Examples",
                     elem_id="detection-examples")
         event = run.click(user_errors(detect), [image, pair, threshold], [*outputs, report], api_name="detect",
-                          concurrency_limit=2)
+                          **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
         wire_consensus_toggle(event, image, pair, toggle, overlay)

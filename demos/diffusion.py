@@ -3,6 +3,7 @@ our own RAU-Net and MSW-MSA (``methods.hires``)."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ import torch
 from analysis.attention import capture_cross_attention
 from analysis.features import hooked
 from analysis.profiling import PeakMemory, Stopwatch
-from demos.common import ROLES, InputError, heat_overlay, on_gpu
+from demos.common import ROLES, InputError, exclusive, heat_overlay, on_gpu
 from methods.hires import high_resolution
 from weights.loaders import default_device, load_generation_pair
 from weights.registry import get_pair
@@ -55,6 +56,21 @@ def check_settings(pair, prompt: str, width, height, steps, guidance) -> tuple[s
     return prompt, width, height, steps, guidance, notes
 
 
+# Work one request may ask of a CPU, in denoising steps times pixels: 25 steps at 256 x 256 (about a minute for the
+# builtin pair on two cores); a GPU has no such cap. DISTILL_LENS_CPU_STEP_PIXELS changes it.
+CPU_STEP_PIXELS = int(os.environ.get("DISTILL_LENS_CPU_STEP_PIXELS", str(25 * 256 * 256)))
+
+
+def check_budget(device: torch.device, steps: int, width: int, height: int) -> None:
+    """Refuse, with what to change, a CPU request whose steps x pixels exceed :data:`CPU_STEP_PIXELS`."""
+    work = steps * width * height
+    if device.type == "cpu" and work > CPU_STEP_PIXELS:
+        most = max(1, CPU_STEP_PIXELS // (width * height))
+        raise InputError(f"{steps} steps at {width}x{height} is more than this CPU server runs per request "
+                         f"({CPU_STEP_PIXELS:,} step-pixels). Use at most {most} steps at this size, or a smaller "
+                         f"size; a GPU server has no such limit.")
+
+
 @contextmanager
 def _recording(unet, hires, step: int | None) -> Iterator[dict]:
     """At denoising step ``step``, record cross-attention and every up block's output (nothing when None)."""
@@ -92,6 +108,16 @@ def _insight(array: dict, records: dict, tokenizer, prompt: str, latent_hw: tupl
     return out
 
 
+def with_fresh_scheduler(pipe):
+    """The same pipeline (the same cached modules) with a scheduler of its own: a scheduler holds per-run state
+    (its timesteps, its step index), so concurrent calls must never share one."""
+    components = {**pipe.components, "scheduler": type(pipe.scheduler).from_config(pipe.scheduler.config)}
+    fresh = type(pipe)(**components, requires_safety_checker=False) if "safety_checker" in components \
+        else type(pipe)(**components)
+    fresh.set_progress_bar_config(disable=True)
+    return fresh
+
+
 @on_gpu
 def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 64, height: int = 64,
              steps: int = 25, guidance: float = 4.0, raunet: bool = False, msw_msa: bool = False,
@@ -119,6 +145,7 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
     prompt, width, height, steps, guidance, notes = check_settings(spec, prompt, width, height, steps, guidance)
     seed = int(seed) % 2**32
     device = default_device()
+    check_budget(device, steps, width, height)
     pipelines = load_generation_pair(spec, device)
     scale = pipelines["teacher"].vae_scale_factor
     channels = pipelines["teacher"].unet.config.in_channels
@@ -127,12 +154,13 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
     report = {"pair": spec.name}
     images, records = {}, {}
     for role in ROLES:
-        pipe = pipelines[role]
+        pipe = with_fresh_scheduler(pipelines[role])
         n = int(spec.native.get("student_steps", steps)) if role == "student" else steps
         g = float(spec.native.get("student_guidance", guidance)) if role == "student" else guidance
         generator = torch.Generator().manual_seed(seed)
 
-        with high_resolution(pipe.unet, n, raunet=raunet, msw_msa=msw_msa, generator=generator) as hires:
+        with (exclusive(pipe.unet, pipe.text_encoder, pipe.vae),  # shared modules (and tokenizer), this call only
+              high_resolution(pipe.unet, n, raunet=raunet, msw_msa=msw_msa, generator=generator) as hires):
             def on_step(pipeline, i, t, kwargs, role=role, n=n, hires=hires):
                 if progress is not None:
                     progress((ROLES.index(role) * n + i + 1) / (2 * n), desc=f"{role}: step {i + 1}/{n}")
@@ -161,7 +189,7 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
 def build_diffusion_tab() -> None:
     import gradio as gr
 
-    from demos.common import notes_markdown, pair_dropdown, user_errors
+    from demos.common import GPU_QUEUE, notes_markdown, pair_dropdown, user_errors
 
     with gr.Tab("Diffusion", id="generation"):
         gr.Markdown("The teacher and its distilled student from the same seed and initial latent. Above the native "
@@ -209,6 +237,6 @@ def build_diffusion_tab() -> None:
 
         run.click(user_errors(run_for_ui), [*inputs, insight_step],
                   [*outputs, report, slider, summary, consensus, *attention], api_visibility="private",
-                  concurrency_limit=1)
+                  **GPU_QUEUE)
         api_run.click(user_errors(run_for_api), inputs, [*outputs, report], api_name="generate",
-                      concurrency_limit=1)
+                      **GPU_QUEUE)

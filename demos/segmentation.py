@@ -14,6 +14,7 @@ from torchvision.utils import draw_segmentation_masks
 from analysis.agreement import segmentation_agreement
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
 from demos.common import (
+    GPU_QUEUE,
     ROLES,
     display_scale,
     enlarge,
@@ -140,7 +141,7 @@ def build_segmentation_tab() -> None:
         gr.Examples(examples_for("segmentation"), inputs=[image], label="Examples",
                     elem_id="segmentation-examples")
         event = run.click(user_errors(segment), [image, pair], [*outputs, report, npz], api_name="segment",
-                          concurrency_limit=2)
+                          **GPU_QUEUE)
         event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],
                    api_visibility="private")
         wire_consensus_toggle(event, image, pair, toggle, overlay)

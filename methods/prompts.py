@@ -73,8 +73,9 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 # Training -----------------------------------------------------------------------------------------------------
 
 def class_logits(model: torch.nn.Module, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    """CLIP logits: the model's logit scale times cosine similarity. (B, D), (K, D) -> (B, K)."""
-    return model.logit_scale.exp() * image_features @ text_features.t()
+    """CLIP logits: the model's logit scale times cosine similarity, in float32 whatever the model's precision (a
+    half-precision text tower on CUDA meets float32 image features here). (B, D), (K, D) -> (B, K)."""
+    return model.logit_scale.exp().float() * image_features.float() @ text_features.float().t()
 
 
 def learn_context(model: torch.nn.Module, tokenizer: Callable, class_names: list[str], image_features: torch.Tensor,
@@ -100,6 +101,7 @@ def learn_context(model: torch.nn.Module, tokenizer: Callable, class_names: list
         The learned (M, width) context, detached.
     """
     generator = torch.Generator().manual_seed(seed)
+    targets = targets.to(image_features.device)  # labels may come from the host; the batch index lives on the device
     context = torch.nn.Parameter(init.detach().clone().float())
     prefix = frozen_prefix.detach().float() if frozen_prefix is not None else init.new_zeros(0, init.shape[1])
     n_total = prefix.shape[0] + context.shape[0]

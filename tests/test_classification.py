@@ -56,6 +56,20 @@ def test_learning_context_changes_only_the_context(tiny_clip):
     assert all(p.grad is None for p in model.parameters()) and not model.training
 
 
+def test_prompt_learning_runs_with_a_half_precision_text_tower(tiny_clip):
+    """On CUDA the Hub CLIPs run in fp16 while image features come back as float32; bfloat16 on the CPU takes the
+    same paths (a dtype mismatch fails here the way it would there)."""
+    import copy
+
+    model, tokenizer = tiny_clip
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    features = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)  # float32, as the predictors return them
+    init = init_context(half, tokenizer, "a photo of a")
+    context = learn_context(half, tokenizer, ["circle", "square"], features, torch.nn.functional.cross_entropy,
+                            torch.arange(8) % 2, init, steps=3, lr=0.05)
+    assert context.dtype == torch.float32 and torch.isfinite(context).all()
+
+
 def test_clip_kd_terms_vanish_only_when_the_student_matches_the_teacher(tiny_clip):
     from methods.distill import clip_kd
 
@@ -83,6 +97,9 @@ def test_template_needs_one_slot():
     assert check_template("") == "a {}" and check_template("a photo of a {}.") == "a photo of a {}."
     with pytest.raises(InputError, match="exactly one"):
         check_template("a photo")
+    for bad in ("{x} {}", "a {} {", "a {}}"):  # once a bare KeyError / ValueError from str.format
+        with pytest.raises(InputError, match="no braces besides"):
+            check_template(bad)
 
 
 def test_agreement_known_answers():

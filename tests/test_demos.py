@@ -127,3 +127,10 @@ def test_unknown_pair_and_bad_threshold(scene_png):
         detect(str(scene_png), "shapes-detection", 1.5)
     with pytest.raises(InputError, match="No image"):
         segment(None, "shapes-segmentation")
+
+
+def test_a_huge_image_is_refused_from_its_header_before_decoding(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("1", (12_000, 12_000)).save(path)  # 144 MP, a few kB on disk
+    with pytest.raises(InputError, match="12,000×12,000 pixels"):
+        read_image(str(path))

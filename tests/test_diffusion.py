@@ -29,6 +29,7 @@ def test_high_resolution_with_both_techniques_on_a_non_square_size(tiny_hub_pair
 @pytest.mark.parametrize("kwargs, message", [
     ({"prompt": ""}, "Enter a prompt"), ({"width": 1000}, r"\[32, 256\]"), ({"steps": 0}, "steps"),
     ({"steps": 1000}, "steps"), ({"pair": "nope"}, "Choose one of"),
+    ({"steps": 150, "width": 256, "height": 256}, "more than this CPU server runs per request"),
 ])
 def test_bad_requests(tiny_hub_pairs, kwargs, message):
     args = {"prompt": "a red circle", "pair": tiny_hub_pairs["generation"], "steps": 2} | kwargs

@@ -85,3 +85,18 @@ def test_builtin_models_load_on_cpu_in_fp32_and_eval_mode():
     model, processor = load_model(get_pair("shapes-detection").student, torch.device("cpu"), cache=ModelCache(2**30))
     assert processor is None and not model.training
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_load_errors_say_offline_only_when_the_network_is_the_cause(monkeypatch):
+    from huggingface_hub import constants
+
+    from weights.loaders import _hub_error_message
+
+    source = get_pair("rtdetr-r101vd-to-r18vd").student
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    try:
+        raise OSError("wrapped") from ConnectionError("Failed to establish a new connection")
+    except OSError as error:
+        assert "offline" in _hub_error_message(source, error)
+    message = _hub_error_message(source, ValueError("PEFT backend is required for this method."))
+    assert "PEFT backend is required" in message and "offline" not in message

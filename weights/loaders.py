@@ -52,19 +52,34 @@ class ModelCache:
         self.max_bytes = max_bytes
         self._sizeof = sizeof
         self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the dict only, never held while a model loads
+        self._loading: dict[Any, threading.Lock] = {}
 
     def get_or_load(self, key: Any, load: Callable[[], Any]) -> Any:
+        """The cached value of ``key``, loading it first if needed. A load blocks only the calls that need the same
+        key (a first SD 1.5 download does not stall a Shapes detection); a failed load is retried by the next call.
+        """
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key][0]
-            value = load()
-            size = self._sizeof(value)
-            self._items[key] = (value, size)
-            while self.total_bytes > self.max_bytes and len(self._items) > 1:
-                self._items.popitem(last=False)
-            return value
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._items:  # another call loaded it while this one waited
+                    self._items.move_to_end(key)
+                    return self._items[key][0]
+            try:
+                value = load()
+                size = self._sizeof(value)
+                with self._lock:
+                    self._items[key] = (value, size)
+                    while self.total_bytes > self.max_bytes and len(self._items) > 1:
+                        self._items.popitem(last=False)
+                return value
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
 
     @property
     def total_bytes(self) -> int:
@@ -82,13 +97,40 @@ class ModelCache:
 MODEL_CACHE = ModelCache(DEFAULT_CACHE_MB * 2**20)
 
 
-def _hub_offline_message(source: ModelSource, error: Exception) -> str:
-    from huggingface_hub import constants
+def _causes(error: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
 
-    return (f"Could not load {source.location} (revision {source.revision or 'main'}) from the Hugging Face Hub: "
-            f"{type(error).__name__}. This machine seems to be offline or the files are not cached. Download the "
-            f"model once while online (it is then kept in {constants.HF_HUB_CACHE}), or set HF_HUB_OFFLINE=1 to "
-            f"use only that cache, or pick a builtin pair.")
+
+NETWORK_WORDS = ("offline", "connect", "local_files_only", "local cache", "timed out", "name resolution")
+
+
+def _hub_error_message(source: ModelSource, error: Exception) -> str:
+    """What went wrong loading a Hub model, and what to do: "offline" only when the cause is the network or an
+    empty cache; a repo or file that does not exist, and anything else, say so instead."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hub_errors
+
+    chain = _causes(error)
+    where = f"{source.location} (revision {source.revision or 'main'})"
+    network_types = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError,
+                     TimeoutError)
+    offline_mode = bool(constants.HF_HUB_OFFLINE) and any(isinstance(e, OSError) for e in chain)
+    if offline_mode or any(isinstance(e, network_types) for e in chain) or any(
+            word in str(e).lower() for e in chain for word in NETWORK_WORDS):
+        return (f"Could not load {where} from the Hugging Face Hub: {type(error).__name__}. This machine seems to "
+                f"be offline or the files are not cached. Download the model once while online (it is then kept in "
+                f"{constants.HF_HUB_CACHE}), or set HF_HUB_OFFLINE=1 to use only that cache, or pick a builtin pair.")
+    missing = (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError, hub_errors.EntryNotFoundError)
+    if any(isinstance(e, missing) for e in chain):
+        return (f"{where} or one of its files does not exist on the Hugging Face Hub ({type(error).__name__}); "
+                f"check the repo id and revision in weights/registry.py.")
+    detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    return f"Could not load {where}: {type(error).__name__}: {detail}"
 
 
 def _load_hub(source: ModelSource, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
@@ -105,7 +147,7 @@ def _load_hub(source: ModelSource, device: torch.device, dtype: torch.dtype) -> 
         model = model_cls.from_pretrained(source.location, use_safetensors=True, trust_remote_code=False,
                                           dtype=dtype, **kwargs)
     except (OSError, ValueError) as error:  # offline, missing files, or no safetensors weights
-        raise ModelUnavailableError(_hub_offline_message(source, error)) from error
+        raise ModelUnavailableError(_hub_error_message(source, error)) from error
     return model.to(device).eval(), processor
 
 
@@ -137,7 +179,7 @@ def _load_open_clip(source: ModelSource, device: torch.device, dtype: torch.dtyp
             weights = folder / OPEN_CLIP_WEIGHTS if folder.is_dir() else Path(
                 hf_hub_download(source.location, OPEN_CLIP_WEIGHTS, revision=source.revision))
         except Exception as error:  # offline, not cached, or no safetensors in the repo
-            raise ModelUnavailableError(_hub_offline_message(source, error)) from error
+            raise ModelUnavailableError(_hub_error_message(source, error)) from error
         cfg = open_clip.get_pretrained_cfg(source.architecture.replace("-quickgelu", ""), source.pretrained_tag or "")
         model, _, transform = open_clip.create_model_and_transforms(
             source.architecture, pretrained=str(weights), image_mean=cfg.get("mean"), image_std=cfg.get("std"))
@@ -178,7 +220,7 @@ def _load_diffusers(source: ModelSource, device: torch.device, dtype: torch.dtyp
     except (OSError, ValueError) as error:
         if source.kind == "builtin":
             raise ModelUnavailableError(f"the builtin diffusion pair could not be read: {error}") from error
-        raise ModelUnavailableError(_hub_offline_message(source, error)) from error
+        raise ModelUnavailableError(_hub_error_message(source, error)) from error
     return model.to(device), None
 
 
@@ -203,7 +245,7 @@ def load_generation_pair(pair, device: torch.device | None = None, cache: ModelC
             try:
                 pipe.load_lora_weights(source.location, weight_name=source.lora, revision=source.revision)
             except (OSError, ValueError) as error:
-                raise ModelUnavailableError(_hub_offline_message(source, error)) from error
+                raise ModelUnavailableError(_hub_error_message(source, error)) from error
             pipe.fuse_lora()
             return pipe
         student = cache.get_or_load((source, str(device)), build_lora_student)
