@@ -107,7 +107,9 @@ def read_image(value: str | Path | np.ndarray | Image.Image | None) -> tuple[np.
             path = Path(value)
             if path.stat().st_size > MAX_UPLOAD_BYTES:
                 raise InputError(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
-            image = Image.open(path)  # reads the header only: the size is known before any pixel is decoded
+            with warnings.catch_warnings():  # the size is checked just below, with a message that names it
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(path)  # reads the header only: the size is known before any pixel is decoded
             if image.width * image.height > MAX_INPUT_PIXELS:
                 raise InputError(f"The image is {image.width:,}×{image.height:,} pixels, more than "
                                  f"{MAX_INPUT_PIXELS:,}; please downscale it.")
