@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
+import tempfile
 import threading
+import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -149,16 +152,55 @@ def read_image(value: str | Path | np.ndarray | Image.Image | None) -> tuple[np.
     return np.asarray(image, dtype=np.uint8).copy(), notes
 
 
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "distill_lens_outputs"
+MAX_OUTPUT_FILES = 2000  # the oldest files beyond this many are deleted
+_written = itertools.count()
+
+
+def output_path(prefix: str, suffix: str) -> Path:
+    """A fresh, never user-given path for one output file, in a folder kept to ``MAX_OUTPUT_FILES`` files."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    if next(_written) % 100 == 0:
+        def age(file: Path) -> float:
+            try:
+                return file.stat().st_mtime
+            except OSError:  # removed meanwhile by another call
+                return 0.0
+
+        files = sorted(OUTPUT_DIR.iterdir(), key=age)
+        for old in files[: max(0, len(files) - MAX_OUTPUT_FILES)]:
+            old.unlink(missing_ok=True)
+    return OUTPUT_DIR / f"{prefix}-{uuid.uuid4().hex[:16]}{suffix}"
+
+
+def served_files(value: object) -> object:
+    """Every RGB(A) uint8 image in an event's result, written to a PNG file of its own (name unique per call, written
+    under a temporary name and renamed), so that two calls with identical images never share, rewrite or serve a
+    half-written file; galleries' (image, caption) pairs keep their captions. Anything else is returned as it is."""
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3 and value.shape[2] in (3, 4):
+        path = output_path("image", ".png")
+        partial = path.with_suffix(".partial")
+        Image.fromarray(value).save(partial, format="PNG")
+        os.replace(partial, path)
+        return str(path)
+    if isinstance(value, tuple):
+        return tuple(served_files(v) for v in value)
+    if isinstance(value, list):
+        return [served_files(v) for v in value]
+    return value
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn our user-facing errors into ``gr.Error`` (which reaches gradio_client callers too)
-    and any other failure into a short message, so the app keeps serving."""
+    and any other failure into a short message, so the app keeps serving. Images in the result are served from
+    files of their own (:func:`served_files`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         import gradio as gr
 
         try:
-            return fn(*args, **kwargs)
+            return served_files(fn(*args, **kwargs))
         except gr.Error:
             raise
         except USER_ERRORS as error:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import html
-import tempfile
-import uuid
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +18,7 @@ from demos.common import (
     examples_for,
     notes_markdown,
     on_gpu,
+    output_path,
     pair_dropdown,
     palette,
     read_image,
@@ -33,7 +31,6 @@ from weights.predictors import predictors_for
 from weights.registry import get_pair
 
 DEFAULT_PAIR = "shapes-segmentation"
-OUTPUT_DIR = Path(tempfile.gettempdir()) / "distill_lens_outputs"
 
 
 def draw_mask(image: np.ndarray, class_map: torch.Tensor, num_classes: int, alpha: float = 0.55) -> np.ndarray:
@@ -53,8 +50,7 @@ def draw_mask(image: np.ndarray, class_map: torch.Tensor, num_classes: int, alph
 
 def save_class_maps(maps: dict[str, np.ndarray]) -> str:
     """Write the class-index maps to a fresh ``.npz`` with a generated (never user-given) name."""
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    path = OUTPUT_DIR / f"segmentation-{uuid.uuid4().hex[:12]}.npz"
+    path = output_path("segmentation", ".npz")
     np.savez_compressed(path, **maps)
     return str(path)
 

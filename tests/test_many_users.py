@@ -75,3 +75,15 @@ def test_every_event_that_runs_a_model_waits_in_the_one_gpu_queue():
     running = {"detect", "segment", "classify", "consensus", "attention", "generate", "tune_prompts"}
     found = {fn.api_name: fn.concurrency_id for fn in demo.fns.values() if fn.api_name in running}
     assert set(found) == running and set(found.values()) == {"gpu"}
+
+
+def test_identical_images_from_two_calls_are_served_from_files_of_their_own():
+    """Gradio caches array outputs by content and rewrote one shared file while another request served it."""
+    from PIL import Image
+
+    from demos.common import served_files
+
+    image = np.full((8, 8, 3), 200, dtype=np.uint8)
+    first, second = served_files((image, [(image, "caption")], {"k": 1})), served_files((image, "text"))
+    assert first[0] != second[0] and first[1][0][1] == "caption" and first[2] == {"k": 1}
+    assert np.array_equal(np.asarray(Image.open(first[0])), image)
