@@ -4,6 +4,7 @@ student from the teacher (CoOp, CasPL)."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from torchmetrics.functional import kl_divergence, spearman_corrcoef
 
 from analysis.attention import normalise_map
 from analysis.profiling import Stopwatch
-from demos.common import ROLES, InputError, heat_overlay, notes_markdown, on_gpu, read_image
+from demos.common import ROLES, Cancelled, InputError, heat_overlay, notes_markdown, on_gpu, read_image
 from methods.prompts import METHODS, prompted_text_features, tune
 from weights.predictors import predictors_for
 from weights.prompt_store import PromptError, list_prompts, load_prompt, sanitise_name, save_prompt
@@ -206,7 +207,8 @@ def _pixels(predictor, images: list[np.ndarray]) -> torch.Tensor:
 @on_gpu
 def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 30 colour-shapes"],
                  method: str = "caspl", name: str = "my-prompt", files: list | None = None, per_class: int = 4,
-                 steps: int = 100, progress=None, template: str = "") -> tuple[str, dict]:
+                 steps: int = 100, progress=None, template: str = "", cancel: threading.Event | None = None,
+                 ) -> tuple[str, dict]:
     """Learn a prompt for the student of a CLIP pair and save it under ``weights/prompts/``.
 
     Args:
@@ -218,6 +220,7 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
         per_class: Shapes scenes per class when ``files`` is empty.
         steps: optimisation steps per phase (1 to 500).
         progress: a ``gr.Progress`` (or None).
+        cancel: checked every step; once set, training stops, nothing is saved and :class:`Cancelled` is raised.
         template: the zero-shot template the context starts from (empty: ``a {}``).
 
     Returns:
@@ -247,6 +250,8 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
     targets = torch.tensor(labels)
 
     def on_step(phase: str, step: int, loss: float) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"Prompt tuning stopped at step {step}/{steps} of the {phase} prompt; nothing was saved.")
         if progress is not None:
             progress(step / steps, desc=f"{phase} prompt · step {step}/{steps} · loss {loss:.4f}")
 
@@ -283,7 +288,16 @@ def prompts() -> list[dict]:
 def build_classification_tab() -> None:
     import gradio as gr
 
-    from demos.common import GPU_QUEUE, examples_for, pair_dropdown, user_errors
+    from demos.common import (
+        GPU_QUEUE,
+        examples_for,
+        pair_dropdown,
+        session_of,
+        stop_flag,
+        stop_session,
+        takes_request,
+        user_errors,
+    )
     from demos.components import user_image
 
     with gr.Tab("CLIP", id="classification"):
@@ -332,14 +346,16 @@ def build_classification_tab() -> None:
         event.then(user_errors(similarity_maps), [image, pair, classes, template, report], maps,
                    api_visibility="private")
 
-        def run_tuning(pair, classes, method, name, files, per_class, steps, template,
+        @takes_request
+        def run_tuning(pair, classes, method, name, files, per_class, steps, template, request,
                        progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
-            return tune_prompts(pair, classes, method, name, files, per_class, steps, progress, template)
+            return tune_prompts(pair, classes, method, name, files, per_class, steps, progress, template,
+                                cancel=stop_flag(session_of(request)))
 
         tuning = tune_button.click(user_errors(run_tuning),
                                    [pair, classes, method, name, files, per_class, steps, template],
                                    [saved, figures], api_name="tune_prompts", **GPU_QUEUE)
-        stop.click(None, cancels=[tuning], api_visibility="private")
+        stop.click(takes_request(stop_session), None, None, cancels=[tuning], api_visibility="private")
         refreshed = tuning.then(prompts, None, saved_list, api_name="refresh_prompt_list", api_visibility="private")
         refreshed.then(lambda: gr.Dropdown(choices=["", *[p["name"] for p in list_prompts()]]), None, prompt,
                        api_visibility="private")

@@ -71,8 +71,54 @@ def exclusive(*models: torch.nn.Module) -> Iterator[None]:
         yield
 
 
+class Cancelled(InputError):
+    """The user pressed Stop; the message says where the run stopped and that nothing was kept."""
+
+
 # Errors whose message is meant for the user.
 USER_ERRORS = (InputError, UnknownPairError, ModelUnavailableError, PromptError)
+
+_STOP_FLAGS: dict[str, threading.Event] = {}  # browser session -> the flag its running job checks every step
+_STOP_GUARD = threading.Lock()
+
+
+def stop_flag(session: str | None) -> threading.Event:
+    """A fresh flag for a new job of this browser session (a Stop sets it; the job checks it every step)."""
+    flag = threading.Event()
+    if session:
+        with _STOP_GUARD:
+            _STOP_FLAGS[session] = flag
+            while len(_STOP_FLAGS) > 10_000:
+                _STOP_FLAGS.pop(next(iter(_STOP_FLAGS)))
+    return flag
+
+
+def request_stop(session: str | None) -> None:
+    """Stop this session's running job at its next step (its Stop button calls this)."""
+    with _STOP_GUARD:
+        flag = _STOP_FLAGS.get(session or "")
+    if flag is not None:
+        flag.set()
+
+
+def takes_request(fn: Callable) -> Callable:
+    """Mark ``fn``'s ``request`` parameter as a ``gr.Request``, so Gradio passes the caller's request. (Our modules
+    use postponed annotations and import gradio lazily, so a written ``gr.Request`` annotation would stay a string
+    that Gradio cannot resolve.)"""
+    import gradio as gr
+
+    fn.__annotations__["request"] = gr.Request
+    return fn
+
+
+def session_of(request) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+def stop_session(request) -> None:
+    """A Stop button's handler (wrap it in :func:`takes_request`): the session's running job stops at its next
+    step."""
+    request_stop(session_of(request))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,7 +15,7 @@ import torch
 from analysis.attention import capture_cross_attention
 from analysis.features import hooked
 from analysis.profiling import PeakMemory, Stopwatch
-from demos.common import ROLES, InputError, exclusive, heat_overlay, on_gpu
+from demos.common import ROLES, Cancelled, InputError, exclusive, heat_overlay, on_gpu
 from methods.hires import high_resolution
 from weights.loaders import default_device, load_generation_pair
 from weights.registry import get_pair
@@ -122,7 +123,7 @@ def with_fresh_scheduler(pipe):
 def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 64, height: int = 64,
              steps: int = 25, guidance: float = 4.0, raunet: bool = False, msw_msa: bool = False,
              progress=None, insight: dict | None = None, insight_step: int | None = None,
-             ) -> tuple[np.ndarray, np.ndarray, dict]:
+             cancel: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Teacher and student images for one prompt, from the same seed and initial latent.
 
     Args:
@@ -136,6 +137,7 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
         progress: ``progress(fraction, desc)`` per denoising step, or None.
         insight: a dict to fill with UNet feature consensus overlays per up block and cross-attention overlays
             per prompt word, recorded at ``insight_step`` (default: the middle step) during the same runs.
+        cancel: checked every denoising step; once set, the run stops with :class:`Cancelled`.
 
     Returns:
         ``(teacher_image, student_image, report)``, ``report = {pair, teacher: {seconds, peak_mem_mb, steps,
@@ -162,6 +164,8 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
         with (exclusive(pipe.unet, pipe.text_encoder, pipe.vae),  # shared modules (and tokenizer), this call only
               high_resolution(pipe.unet, n, raunet=raunet, msw_msa=msw_msa, generator=generator) as hires):
             def on_step(pipeline, i, t, kwargs, role=role, n=n, hires=hires):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"Generation stopped at the {role}'s step {i + 1}/{n}.")
                 if progress is not None:
                     progress((ROLES.index(role) * n + i + 1) / (2 * n), desc=f"{role}: step {i + 1}/{n}")
                 return hires.callback_on_step_end(pipeline, i, t, kwargs)
@@ -189,7 +193,16 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
 def build_diffusion_tab() -> None:
     import gradio as gr
 
-    from demos.common import GPU_QUEUE, notes_markdown, pair_dropdown, user_errors
+    from demos.common import (
+        GPU_QUEUE,
+        notes_markdown,
+        pair_dropdown,
+        session_of,
+        stop_flag,
+        stop_session,
+        takes_request,
+        user_errors,
+    )
 
     with gr.Tab("Diffusion", id="generation"):
         gr.Markdown("The teacher and its distilled student from the same seed and initial latent. Above the native "
@@ -209,7 +222,9 @@ def build_diffusion_tab() -> None:
                     raunet = gr.Checkbox(label="RAU-Net", value=False)
                     msw_msa = gr.Checkbox(label="MSW-MSA", value=False)
                 insight_step = gr.Slider(0, MAX_STEPS - 1, value=12, step=1, label="Analyse at step")
-                run = gr.Button("Generate", variant="primary", elem_id="generation-run")
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="generation-run")
+                    stop = gr.Button("Stop", elem_id="generation-stop")
                 api_run = gr.Button(visible=False)
             with gr.Column(scale=2):
                 slider = gr.ImageSlider(label="Teacher | student", type="numpy")
@@ -223,11 +238,13 @@ def build_diffusion_tab() -> None:
                 report = gr.JSON(label="Report", open=False)
         inputs = [prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa]
 
-        def run_for_ui(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, step,
+        @takes_request
+        def run_for_ui(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, step, request,
                        progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
             found: dict = {}
             t, s, r = generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress,
-                               insight=found, insight_step=int(step))
+                               insight=found, insight_step=int(step),
+                               cancel=stop_flag(session_of(request)))
             return (t, s, r, (t, s), notes_markdown(r.get("notes", [])), found.get("consensus", []),
                     *(found.get("attention", {}).get(role, []) for role in ROLES))
 
@@ -235,8 +252,9 @@ def build_diffusion_tab() -> None:
                         progress=gr.Progress()):  # noqa: B008
             return generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress)
 
-        run.click(user_errors(run_for_ui), [*inputs, insight_step],
-                  [*outputs, report, slider, summary, consensus, *attention], api_visibility="private",
-                  **GPU_QUEUE)
+        running = run.click(user_errors(run_for_ui), [*inputs, insight_step],
+                            [*outputs, report, slider, summary, consensus, *attention], api_visibility="private",
+                            **GPU_QUEUE)
+        stop.click(takes_request(stop_session), None, None, cancels=[running], api_visibility="private")
         api_run.click(user_errors(run_for_api), inputs, [*outputs, report], api_name="generate",
                       **GPU_QUEUE)

@@ -87,3 +87,47 @@ def test_identical_images_from_two_calls_are_served_from_files_of_their_own():
     first, second = served_files((image, [(image, "caption")], {"k": 1})), served_files((image, "text"))
     assert first[0] != second[0] and first[1][0][1] == "caption" and first[2] == {"k": 1}
     assert np.array_equal(np.asarray(Image.open(first[0])), image)
+
+
+def test_stop_ends_prompt_tuning_within_a_step_and_saves_nothing(tmp_path, monkeypatch):
+    import pytest
+
+    from demos import classification
+    from demos.common import Cancelled, request_stop, stop_flag
+    from weights import prompt_store
+
+    monkeypatch.setattr(prompt_store, "PROMPT_DIR", tmp_path)
+    flag = stop_flag("session-a")
+    steps = []
+    real_tune = classification.tune
+
+    def tune_then_stop(*args, on_step, **kwargs):
+        def step(phase, i, loss):
+            steps.append(i)
+            if i == 2:
+                request_stop("session-a")  # the user presses Stop during step 2
+            on_step(phase, i, loss)
+        return real_tune(*args, on_step=step, **kwargs)
+
+    monkeypatch.setattr(classification, "tune", tune_then_stop)
+    with pytest.raises(Cancelled, match="stopped at step 2/30"):
+        classification.tune_prompts("shapes-clip", "red circle, blue square", "coop", "stopped", None, 2, 30,
+                                    cancel=flag)
+    assert steps == [1, 2] and prompt_store.list_prompts(tmp_path) == []
+
+
+def test_stop_ends_a_generation_and_leaves_the_unet_as_it_was(tiny_hub_pairs):
+    import pytest
+
+    from demos.common import Cancelled, stop_flag
+    from weights.loaders import load_generation_pair
+    from weights.registry import get_pair
+
+    unet = load_generation_pair(get_pair(tiny_hub_pairs["generation"]))["teacher"].unet
+    before = [id(m) for m in unet.modules()], dict(unet.attn_processors)
+    flag = stop_flag(None)
+    flag.set()
+    with pytest.raises(Cancelled, match="stopped at the teacher's step 1/3"):
+        generate("a red circle", tiny_hub_pairs["generation"], steps=3, width=128, height=128, raunet=True,
+                 msw_msa=True, cancel=flag)
+    assert [id(m) for m in unet.modules()] == before[0] and dict(unet.attn_processors) == before[1]
