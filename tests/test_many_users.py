@@ -131,3 +131,26 @@ def test_stop_ends_a_generation_and_leaves_the_unet_as_it_was(tiny_hub_pairs):
         generate("a red circle", tiny_hub_pairs["generation"], steps=3, width=128, height=128, raunet=True,
                  msw_msa=True, cancel=flag)
     assert [id(m) for m in unet.modules()] == before[0] and dict(unet.attn_processors) == before[1]
+
+
+def test_each_pair_keeps_its_newest_prompts_and_builtin_prompts_are_protected(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from weights import prompt_store
+
+    user, builtin = tmp_path / "user", tmp_path / "builtin"
+    monkeypatch.setattr(prompt_store, "PROMPT_DIR", user)
+    monkeypatch.setattr(prompt_store, "MAX_PROMPTS_PER_PAIR", 2)
+    prompt_store.save_prompt("shipped", {"boost": torch.ones(2, 4)}, {"pair": "a"}, directory=builtin)
+    monkeypatch.setattr(prompt_store, "BUILTIN_PROMPT_DIR", builtin)
+    for i, (name, pair) in enumerate((("a1", "a"), ("b1", "b"), ("a2", "a"), ("a3", "a"))):
+        prompt_store.save_prompt(name, {"boost": torch.ones(2, 4)}, {"pair": pair})
+        os.utime(user / f"{name}.safetensors", (1000 + i, 1000 + i))  # a clear order, whatever the clock's grain
+    listed = prompt_store.list_prompts()
+    assert [(p["name"], p["builtin"]) for p in listed] == [("shipped", True), ("a3", False), ("a2", False),
+                                                          ("b1", False)]  # a1, the oldest of pair a, went
+    with pytest.raises(prompt_store.PromptError, match="builtin"):
+        prompt_store.save_prompt("shipped", {"boost": torch.ones(2, 4)}, {"pair": "a"}, overwrite=True)
+    assert prompt_store.load_prompt("shipped")[1]["builtin"]

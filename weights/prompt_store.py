@@ -1,4 +1,9 @@
-"""Learned prompts on disk: safetensors tensors plus JSON metadata under ``weights/prompts/``.
+"""Learned prompts on disk: safetensors tensors plus JSON metadata.
+
+Prompts users learn live in a data folder outside the source tree (``$DISTILL_LENS_DATA/prompts``, by default
+``~/.cache/distill_lens/prompts``); prompts shipped with Distill Lens live in ``weights/prompts/``, are marked
+``builtin`` and are never overwritten or deleted. Each pair keeps at most ``MAX_PROMPTS_PER_PAIR`` user prompts (the
+oldest goes first), so one busy user cannot fill the store for everyone.
 
 Names come from users, so they are sanitised to ``[A-Za-z0-9_-]`` and looked up only among the files listed here;
 a name is never joined into a path before it has passed that check.
@@ -7,6 +12,7 @@ a name is never joined into a path before it has passed that check.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -14,9 +20,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
+BUILTIN_PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
+PROMPT_DIR = Path(os.environ.get("DISTILL_LENS_DATA", Path.home() / ".cache" / "distill_lens")) / "prompts"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-MAX_PROMPTS = 200
+MAX_PROMPTS = 200  # user prompts in all
+MAX_PROMPTS_PER_PAIR = 50
 
 
 class PromptError(ValueError):
@@ -31,44 +39,73 @@ def sanitise_name(name: str) -> str:
     return stem
 
 
-def list_prompts(directory: Path | None = None) -> list[dict]:
-    """Metadata of every saved prompt, newest first: ``[{name, pair, method, classes, n_context, figures, ...}]``."""
-    directory = directory or PROMPT_DIR
+def _listed(directory: Path, builtin: bool) -> list[dict]:
     if not directory.is_dir():
         return []
     found = []
-    for path in sorted(directory.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True):
-        if NAME_PATTERN.fullmatch(path.stem):
+    for path in directory.glob("*.safetensors"):
+        if not NAME_PATTERN.fullmatch(path.stem):
+            continue
+        try:
+            modified = path.stat().st_mtime
             with safe_open(str(path), framework="pt") as f:
-                found.append(json.loads((f.metadata() or {}).get("distill_lens", "{}")) | {"name": path.stem})
+                meta = json.loads((f.metadata() or {}).get("distill_lens", "{}"))
+        except (OSError, ValueError):  # removed meanwhile, or not one of ours
+            continue
+        found.append(meta | {"name": path.stem, "builtin": builtin, "_path": path, "_mtime": modified})
     return found
+
+
+def _all(directory: Path | None) -> list[dict]:
+    """Builtin prompts first (their names win), then the user's, newest first within each."""
+    user = sorted(_listed(directory or PROMPT_DIR, False), key=lambda p: p["_mtime"], reverse=True)
+    builtin = sorted(_listed(BUILTIN_PROMPT_DIR, True), key=lambda p: p["name"])
+    names = {p["name"] for p in builtin}
+    return builtin + [p for p in user if p["name"] not in names]
+
+
+def list_prompts(directory: Path | None = None) -> list[dict]:
+    """Metadata of every saved prompt, builtin ones first, then the newest:
+    ``[{name, pair, method, classes, n_context, figures, builtin, ...}]``."""
+    return [{k: v for k, v in p.items() if not k.startswith("_")} for p in _all(directory)]
 
 
 def save_prompt(name: str, tensors: dict[str, torch.Tensor], metadata: dict, directory: Path | None = None,
                 overwrite: bool = False) -> str:
-    """Save context tensors and metadata; returns the sanitised name actually used."""
+    """Save context tensors and metadata in the user's data folder; returns the sanitised name actually used.
+
+    The pair's oldest user prompts are removed beyond ``MAX_PROMPTS_PER_PAIR`` (and the oldest of all beyond
+    ``MAX_PROMPTS``); builtin prompts are never touched and their names cannot be taken.
+    """
     stem = sanitise_name(name)
     directory = directory or PROMPT_DIR
-    directory.mkdir(parents=True, exist_ok=True)
+    known = {p["name"]: p for p in _all(directory)}
+    if stem in known and known[stem]["builtin"]:
+        raise PromptError(f"{stem!r} is a builtin prompt; choose another name.")
     path = directory / f"{stem}.safetensors"
-    if path.exists() and not overwrite:
+    if stem in known and not overwrite:
         raise PromptError(f"A prompt named {stem!r} exists already; choose another name.")
-    if len(list(directory.glob("*.safetensors"))) >= MAX_PROMPTS and not path.exists():
-        raise PromptError(f"There are already {MAX_PROMPTS} saved prompts; delete some first.")
+    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
-    save_file(state, str(path), metadata={"distill_lens": json.dumps(metadata), "format": "pt"})
+    partial = directory / f".{stem}.partial"
+    save_file(state, str(partial), metadata={"distill_lens": json.dumps(metadata), "format": "pt"})
+    os.replace(partial, path)  # never a half-written prompt under a listed name
+    user = [p for p in _all(directory) if not p["builtin"]]  # newest first
+    same_pair = [p for p in user if p.get("pair") == metadata.get("pair")]
+    for old in same_pair[MAX_PROMPTS_PER_PAIR:] + user[MAX_PROMPTS:]:
+        if old["name"] != stem:
+            old["_path"].unlink(missing_ok=True)
     return stem
 
 
 def load_prompt(name: str, directory: Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and metadata of a saved prompt, found by exact name among the listed files."""
-    directory = directory or PROMPT_DIR
-    known = {p["name"]: p for p in list_prompts(directory)}
+    known = {p["name"]: p for p in _all(directory)}
     if not isinstance(name, str) or name not in known:
         shown = str(name)[:60]
         raise PromptError(f"Unknown prompt {shown!r}. Saved prompts: {', '.join(known) or 'none yet'}.")
     tensors = {}
-    with safe_open(str(directory / f"{name}.safetensors"), framework="pt") as f:
+    with safe_open(str(known[name]["_path"]), framework="pt") as f:
         for key in f.keys():
             tensors[key] = f.get_tensor(key)
-    return tensors, known[name]
+    return tensors, {k: v for k, v in known[name].items() if not k.startswith("_")}
