@@ -208,15 +208,23 @@ def _load_diffusers(source: ModelSource, device: torch.device, dtype: torch.dtyp
     if source.kind == "builtin" and not DIFFUSION_DIR.exists():
         raise ModelUnavailableError("the builtin diffusion pair is missing; train it with "
                                     "`python -m weights.shapes.train_diffusion`")
-    try:
+    def read(kwargs: dict):
         if source.model_class == "StableDiffusionPipeline":
-            model = StableDiffusionPipeline.from_pretrained(
-                location, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-                **_hub_kwargs(source, dtype))
-            model.set_progress_bar_config(disable=True)
-        else:
-            model = UNet2DConditionModel.from_pretrained(location, subfolder=source.subfolder or "unet",
-                                                         **_hub_kwargs(source, dtype)).eval()
+            pipe = StableDiffusionPipeline.from_pretrained(
+                location, safety_checker=None, feature_extractor=None, requires_safety_checker=False, **kwargs)
+            pipe.set_progress_bar_config(disable=True)
+            return pipe
+        return UNet2DConditionModel.from_pretrained(location, subfolder=source.subfolder or "unet", **kwargs).eval()
+
+    kwargs = _hub_kwargs(source, dtype)
+    try:
+        try:
+            model = read(kwargs)
+        except (OSError, ValueError):
+            if "variant" not in kwargs:
+                raise
+            # no fp16 files in this repo or folder: the full-precision ones, cast on load
+            model = read({k: v for k, v in kwargs.items() if k != "variant"})
     except (OSError, ValueError) as error:
         if source.kind == "builtin":
             raise ModelUnavailableError(f"the builtin diffusion pair could not be read: {error}") from error
