@@ -156,7 +156,7 @@ def test_transformers_models_give_their_own_maps(tiny_hub_pairs):
     from weights.registry import get_pair
 
     for name, strides in ((tiny_hub_pairs["segmentation"], [4, 8]), (tiny_hub_pairs["detection"], [8, 16, 32])):
-        model, _ = load_model(get_pair(name).teacher)
+        model, _ = load_model(get_pair(name).teacher, torch.device("cpu"))
         assert [s.stride for s in capture_stages(model, torch.randn(1, 3, 64, 64))] == strides
 
 
@@ -195,7 +195,7 @@ def test_deformable_sampling_hooks_are_removed(tiny_hub_pairs):
     from weights.loaders import load_model
     from weights.registry import get_pair
 
-    model, _ = load_model(get_pair(tiny_hub_pairs["detection"]).teacher)
+    model, _ = load_model(get_pair(tiny_hub_pairs["detection"]).teacher, torch.device("cpu"))
     with pytest.raises(KeyError):
         with capture_deformable_sampling(model) as captured, torch.no_grad():
             model(pixel_values=torch.randn(1, 3, 64, 64))

@@ -31,8 +31,8 @@ def scene(tmp_path_factory):
     return str(path)
 
 
-def test_detection_segmentation_and_analysis(half, tiny_hub_pairs, scene):
-    from demos.analysis_tab import attention, consensus
+def test_detection_and_segmentation_tabs(half, tiny_hub_pairs, scene):
+    pytest.importorskip("gradio")  # the tabs' modules define Gradio components
     from demos.detection import detect
     from demos.segmentation import segment
 
@@ -40,6 +40,11 @@ def test_detection_segmentation_and_analysis(half, tiny_hub_pairs, scene):
     assert report["teacher"]["detections"] is not None
     *_, report, _ = segment(scene, tiny_hub_pairs["segmentation"])
     assert 0 <= report["agreement"]["pixel_agreement"] <= 1
+
+
+def test_consensus_and_attention(half, tiny_hub_pairs, scene):
+    from demos.analysis_tab import attention, consensus
+
     for task in ("detection", "segmentation"):
         _, report = consensus(scene, tiny_hub_pairs[task], 0.1)
         assert report["stages"] and all(-1 <= s["consensus_mean"] <= 1 for s in report["stages"])
