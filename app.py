@@ -28,7 +28,8 @@ A teacher and its distilled student, side by side, live: where the student learn
 
 def build_app() -> gr.Blocks:
     """Assemble every tab into one app. Builds the layout only; models load on first use."""
-    with gr.Blocks(title="Distill Lens") as demo:
+    # Gradio's cache of served files: checked every 10 minutes, files older than an hour deleted
+    with gr.Blocks(title="Distill Lens", delete_cache=(600, 3600)) as demo:
         gr.Markdown(HEADER)
         with gr.Tabs():
             for build_tab in TABS:

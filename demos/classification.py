@@ -236,8 +236,10 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
     steps, per_class = int(steps), int(per_class)
     if not 1 <= steps <= MAX_TUNE_STEPS:
         raise InputError(f"steps must lie in [1, {MAX_TUNE_STEPS}].")
+    if files and len(files) > MAX_TUNE_IMAGES:
+        raise InputError(f"{len(files)} images were uploaded; prompt tuning takes at most {MAX_TUNE_IMAGES}.")
     if files:
-        paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in files][:MAX_TUNE_IMAGES]
+        paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in files]
         labels = [_label_of(p, names) for p in paths]
         images = [read_image(p)[0] for p in paths]
         source = f"{len(images)} uploaded images"
