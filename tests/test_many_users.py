@@ -154,3 +154,57 @@ def test_each_pair_keeps_its_newest_prompts_and_builtin_prompts_are_protected(tm
     with pytest.raises(prompt_store.PromptError, match="builtin"):
         prompt_store.save_prompt("shipped", {"boost": torch.ones(2, 4)}, {"pair": "a"}, overwrite=True)
     assert prompt_store.load_prompt("shipped")[1]["builtin"]
+
+
+def test_attention_maps_are_the_same_while_other_users_run_detect(tmp_path):
+    """An /attention map once could come from another user's /detect image passing the hooked model."""
+    from PIL import Image
+
+    from demos.analysis_tab import attention
+    from demos.detection import detect
+    from weights.shapes.world import render_scene
+
+    paths = []
+    for i, seed in enumerate((10_000_101, 10_000_102)):
+        paths.append(tmp_path / f"scene{i}.png")
+        Image.fromarray(render_scene(seed).image).save(paths[-1])
+    alone = attention(str(paths[0]), "shapes-detection", "0")
+    with ThreadPoolExecutor(4) as pool:
+        others = [pool.submit(detect, str(paths[1]), "shapes-detection", 0.3) for _ in range(6)]
+        mine = [pool.submit(attention, str(paths[0]), "shapes-detection", "0") for _ in range(3)]
+        [f.result() for f in others]
+        for result in (f.result() for f in mine):
+            assert all(np.array_equal(a, b) for a, b in zip(result[:3], alone[:3], strict=True))
+            assert result[3] == alone[3]
+
+
+def test_the_lcm_lora_student_loads_with_peft_and_generates(tmp_path, tiny_hub_pairs):
+    """A LoRA student needs peft; without it every load failed and was reported as 'offline'."""
+    import copy
+    import dataclasses
+
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from weights.loaders import load_generation_pair
+    from weights.registry import ModelSource, get_pair, register_pair, unregister_pair
+
+    base = get_pair(tiny_hub_pairs["generation"])
+    unet = load_generation_pair(base)["teacher"].unet
+    adapted = copy.deepcopy(unet)
+    adapted.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                   init_lora_weights="gaussian"))
+    StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(adapted),
+                                              safe_serialization=True)
+    student = ModelSource("hub", str(tmp_path), "UNet2DConditionModel", revision="main",
+                          lora="pytorch_lora_weights.safetensors", scheduler="LCMScheduler")
+    pair = register_pair(dataclasses.replace(base, name="tiny-lcm-lora", student=student,
+                                             native=base.native | {"student_steps": 2, "student_guidance": 1.0}))
+    try:
+        teacher_image, student_image, report = generate("a red circle", pair.name, steps=3, width=64, height=64)
+        pipes = load_generation_pair(pair)
+        assert type(pipes["student"].scheduler).__name__ == "LCMScheduler"
+        assert report["student"]["steps"] == 2 and not np.array_equal(teacher_image, student_image)
+    finally:
+        unregister_pair(pair.name)
