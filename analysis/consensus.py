@@ -7,12 +7,13 @@ resized to the teacher's grid.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-MAX_LOCATIONS = 16384  # larger maps are average-pooled to at most this many locations (128 x 128)
+MAX_LOCATIONS = 4096  # larger maps are average-pooled to at most this many locations (64 x 64)
 
 
 def _pool(features: torch.Tensor, max_locations: int = MAX_LOCATIONS) -> torch.Tensor:
@@ -21,12 +22,24 @@ def _pool(features: torch.Tensor, max_locations: int = MAX_LOCATIONS) -> torch.T
     h, w = features.shape[-2:]
     if h * w <= max_locations:
         return features
-    factor = (h * w / max_locations) ** 0.5
-    return F.adaptive_avg_pool2d(features, (max(1, int(h / factor)), max(1, int(w / factor))))
+    factor = math.ceil((h * w / max_locations) ** 0.5)  # a whole factor: plain average pooling, the fast kernel
+    return F.avg_pool2d(features, factor, ceil_mode=True)
+
+
+def pool_to(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Average-pool (B, C, h, w) to ``grid``: plain pooling when the grid divides the map, adaptive otherwise."""
+    h, w = features.shape[-2:]
+    if (h, w) == tuple(grid):
+        return features
+    if h % grid[0] == 0 and w % grid[1] == 0:
+        return F.avg_pool2d(features, (h // grid[0], w // grid[1]))
+    return F.adaptive_avg_pool2d(features, grid)
 
 
 def _fit_grid(teacher: torch.Tensor, student: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring both maps to the teacher's (pooled) grid, in float32."""
+    if student.shape[-2:] == teacher.shape[-2:]:  # the usual case: the same grid, pooled alike
+        return _pool(teacher), _pool(student)
     teacher, student = _pool(teacher), student.float()
     h, w = teacher.shape[-2:]
     if student.shape[-2:] != (h, w):
@@ -53,7 +66,8 @@ def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float 
     Invariant to any orthogonal transform and any global scaling of either side's channels. Computed exactly
     without forming the (h*w)^2 affinity matrices: with unit features ``u_i`` (teacher) and ``v_i`` (student),
     ``sum_j a_ij b_ij = u_i^T (U^T V) v_i`` and ``sum_j a_ij^2 = u_i^T (U^T U) u_i``, so the cost is
-    O(h*w * C^2) rather than O((h*w)^2 * C), in a few batched matrix products.
+    O(h*w * C^2) rather than O((h*w)^2 * C), in a few batched matrix products; where the locations are fewer than
+    the channels (deep stages of wide CNNs) the (h*w)^2 affinities are formed instead, whichever costs less.
 
     Args:
         teacher: (B, Ct, h, w) features.
@@ -66,12 +80,19 @@ def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float 
     b, _, h, w = t.shape
     n = h * w
     u, v = _unit_locations(t, eps), _unit_locations(s, eps)  # (B, N, Ct), (B, N, Cs)
+    ct, cs = u.shape[-1], v.shape[-1]
     ut, vt = u.transpose(1, 2), v.transpose(1, 2)
-    row_mean_t = (u * u.mean(1, keepdim=True)).sum(-1)  # (B, N): mean of each teacher affinity row
-    row_mean_s = (v * v.mean(1, keepdim=True)).sum(-1)
-    cross = (torch.bmm(u, torch.bmm(ut, v)) * v).sum(-1)
-    square_t = (torch.bmm(u, torch.bmm(ut, u)) * u).sum(-1)
-    square_s = (torch.bmm(v, torch.bmm(vt, v)) * v).sum(-1)
+    if n * n * (ct + cs) < 2 * n * (ct * cs + ct * ct + cs * cs) and n <= 2048:
+        # few locations, wide channels (a ResNet's last stages): the (N, N) affinities themselves are cheaper
+        a, b_ = torch.bmm(u, ut), torch.bmm(v, vt)
+        row_mean_t, row_mean_s = a.mean(-1), b_.mean(-1)
+        cross, square_t, square_s = (a * b_).sum(-1), a.square().sum(-1), b_.square().sum(-1)
+    else:
+        row_mean_t = (u * u.mean(1, keepdim=True)).sum(-1)  # (B, N): mean of each teacher affinity row
+        row_mean_s = (v * v.mean(1, keepdim=True)).sum(-1)
+        cross = (torch.bmm(u, torch.bmm(ut, v)) * v).sum(-1)
+        square_t = (torch.bmm(u, torch.bmm(ut, u)) * u).sum(-1)
+        square_s = (torch.bmm(v, torch.bmm(vt, v)) * v).sum(-1)
     covariance = cross - n * row_mean_t * row_mean_s
     variance = (square_t - n * row_mean_t.square()).clamp_min(0) * (square_s - n * row_mean_s.square()).clamp_min(0)
     return (covariance * variance.clamp_min(eps * eps).rsqrt()).clamp(-1, 1).reshape(b, h, w)
@@ -154,25 +175,24 @@ def shared_grid(maps: list[torch.Tensor], max_locations: int = MAX_CKA_LOCATIONS
 def centred_grams(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
     """(K, N, N) Gram matrices over the N = B·h·w locations of ``grid``, of each map's centred features.
 
-    Each map is pooled once to the grid; channels are zero-padded to the widest map so that all stack into one
-    tensor (zero channels change no Gram matrix, so linear CKA is unchanged).
+    Each map is pooled once to the grid; maps of one shape (a ViT's blocks) are pooled and multiplied as one batch.
+    A Gram matrix is N x N whatever the map's width, so maps of any width stack without padding.
     """
-    width = max(m.shape[1] for m in maps)
-    groups: dict[tuple, list[int]] = {}  # maps of one shape (e.g. a ViT's blocks) are pooled as one batch
+    groups: dict[tuple, list[int]] = {}
     for k, m in enumerate(maps):
         groups.setdefault((tuple(m.shape), m.dtype), []).append(k)
     blocks = []
     for (shape, _), members in groups.items():
-        stacked = torch.stack([maps[k] for k in members]) if len(members) > 1 else maps[members[0]][None]
-        pooled = F.adaptive_avg_pool2d(stacked.flatten(0, 1).float(), grid)  # (G*B, C, h, w)
-        x = pooled.reshape(len(members), -1, shape[1], grid[0] * grid[1]).transpose(2, 3).flatten(1, 2)
-        blocks.append(F.pad(x, (0, width - shape[1])) if shape[1] < width else x)  # (G, N, width)
+        stacked = torch.cat([maps[k] for k in members]) if len(members) > 1 else maps[members[0]]
+        pooled = pool_to(stacked.float(), grid)  # (G*B, C, h, w)
+        x = pooled.reshape(len(members), -1, shape[1], grid[0] * grid[1]).transpose(2, 3).flatten(1, 2)  # (G, N, C)
+        x = x - x.mean(1, keepdim=True)
+        blocks.append(torch.bmm(x, x.transpose(1, 2)))
     order = [k for members in groups.values() for k in members]
-    x = torch.cat(blocks) if len(blocks) > 1 else blocks[0]  # (K, N, width) in group order
+    grams = torch.cat(blocks) if len(blocks) > 1 else blocks[0]  # (K, N, N) in group order
     if order != sorted(order):  # groups interleave: back to the maps' order
-        x = torch.stack([x[order.index(k)] for k in range(len(maps))])
-    x = x - x.mean(1, keepdim=True)
-    return torch.bmm(x, x.transpose(1, 2))
+        grams = torch.stack([grams[order.index(k)] for k in range(len(maps))])
+    return grams
 
 
 def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor],
@@ -260,12 +280,13 @@ def _stacked_figures(similarity: torch.Tensor, teacher: torch.Tensor, student: t
     """(B, 6) figures in the order of :data:`FIGURES`; all maps on the similarity's grid, ``fg`` float 0/1."""
     n = fg.shape[-1] * fg.shape[-2]
     maps = torch.stack([similarity, teacher.square().sum(1), student.square().sum(1), fg], 1)  # (B, 4, h, w)
-    total, on_fg = maps.sum((2, 3)), (maps * fg[:, None]).sum((2, 3))  # (B, 4) each
-    fg_cells = total[:, 3]
-    background = torch.where(fg_cells < n, (total[:, 0] - on_fg[:, 0]) / (n - fg_cells), torch.nan)
-    energy_fg = on_fg[:, 1:3] / total[:, 1:3].clamp_min(1e-12)
-    return torch.stack([total[:, 0] / n, on_fg[:, 0] / fg_cells, background, energy_fg[:, 0], energy_fg[:, 1],
-                        fg_cells / n], -1)  # 0 / 0 = NaN where an image has no foreground cell
+    total = maps.sum((2, 3))  # (B, 4): similarity, teacher energy, student energy, foreground cells
+    on_fg = (maps * fg[:, None]).sum((2, 3))
+    on_bg = total - on_fg
+    fg_cells, bg_cells = on_fg[:, 3:], on_bg[:, 3:]
+    # 0 / 0 = NaN where an image has no foreground (or no background) cell
+    return torch.cat([total[:, :1] / n, on_fg[:, :1] / fg_cells, on_bg[:, :1] / bg_cells,
+                      on_fg[:, 1:3] / total[:, 1:3].clamp_min(1e-12), fg_cells / n], 1)
 
 
 def _scaled_weights(similarity: torch.Tensor, tau: float, size: tuple[int, int]) -> torch.Tensor:

@@ -43,6 +43,8 @@ def _valid_region(stage: Stage, geometry: Geometry, padded: tuple[int, int]) -> 
     h, w = stage.features.shape[-2:]
     rows = max(1, round(h * geometry.resized_height / padded[0]))
     cols = max(1, round(w * geometry.resized_width / padded[1]))
+    if (rows, cols) == (h, w):  # no padding to drop
+        return stage
     return Stage(stage.name, stage.stride, stage.features[..., :rows, :cols])
 
 

@@ -126,3 +126,30 @@ def test_the_captured_graph_gives_the_eager_answer_on_cuda():
         assert np.allclose([s["consensus_mean"] for s in report["stages"]],
                            [s["consensus_mean"] for s in eager[1]["stages"]], atol=2e-4)
         assert all(np.abs(a[0].astype(int) - b[0]).max() <= 1 for a, b in zip(overlays, eager[0], strict=True))
+
+
+@pytest.mark.parametrize("shape", [(512, 64, 10, 12), (16, 8, 40, 40)])  # the (N, N) path and the Gram path
+def test_affinity_consensus_equals_the_correlation_of_explicit_affinity_rows(shape):
+    from analysis.consensus import affinity_consensus
+
+    ct, cs, h, w = shape
+    torch.manual_seed(0)
+    teacher, student = torch.randn(2, ct, h, w), torch.randn(2, cs, h, w)
+
+    def centred_rows(x):
+        unit = torch.nn.functional.normalize(x.flatten(2).transpose(1, 2), dim=-1)
+        rows = unit @ unit.transpose(1, 2)
+        return rows - rows.mean(-1, keepdim=True)
+
+    a, b = centred_rows(teacher), centred_rows(student)
+    expected = ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).reshape(2, h, w)
+    assert torch.allclose(affinity_consensus(teacher, student), expected, atol=1e-5)
+
+
+def test_box_foreground_is_the_union_of_the_confident_boxes():
+    boxes = torch.tensor([[1.0, 1.0, 4.0, 3.0], [5.0, 0.0, 7.0, 7.0], [0.0, 0.0, 8.0, 8.0]])
+    mask = box_foreground(boxes, torch.tensor([0.9, 0.5, 0.1]), 0.3, 8, 8)  # the last box is not confident
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[1:3, 1:4] = True
+    expected[0:7, 5:7] = True
+    assert torch.equal(mask, expected)

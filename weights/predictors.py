@@ -148,12 +148,18 @@ def detr_candidates(outputs: Any, height: int, width: int) -> tuple[torch.Tensor
 
 def box_foreground(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, height: int, width: int,
                    ) -> torch.Tensor:
-    """(height, width) bool: pixels whose centre lies inside any (N, 4) xyxy box scoring ``threshold`` or more,
-    by broadcasting (a score threshold as a mask, so nothing is read back to choose the boxes)."""
-    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype)[None, :, None] + 0.5
-    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype)[None, None, :] + 0.5
-    x0, y0, x1, y1 = (boxes[:, k, None, None] for k in range(4))
-    return ((xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1) & (scores >= threshold)[:, None, None]).any(0)
+    """(height, width) bool: pixels whose centre lies inside any (N, 4) xyxy box scoring ``threshold`` or more.
+
+    The score threshold is a mask, not a filter (nothing is read back to choose the boxes), and the union of boxes
+    is one matrix product of each box's row and column indicators, (H, N) @ (N, W), rather than N full masks.
+    """
+    ys = torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5
+    boxes = boxes.float()
+    keep = (scores >= threshold)[:, None]
+    rows = ((ys >= boxes[:, 1:2]) & (ys < boxes[:, 3:4]) & keep).float()  # (N, H)
+    cols = ((xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])).float()  # (N, W)
+    return (rows.T @ cols) > 0
 
 
 def class_foreground(class_map: torch.Tensor, has_background: bool) -> torch.Tensor:
