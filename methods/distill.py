@@ -76,3 +76,38 @@ def clip_kd(student_out: tuple, teacher_out: tuple) -> torch.Tensor:
     s_logits, t_logits = t_scale * s_image @ s_text.t(), t_scale * t_image @ t_text.t()
     relational = F.kl_div(s_logits.log_softmax(1), t_logits.log_softmax(1), reduction="batchmean", log_target=True)
     return features + relational
+
+
+def adm_feature_losses(student_map: torch.Tensor, teacher_map: torch.Tensor, tau: float = 0.1,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ADM's consensus learning (for the student) and divergence learning (for the teacher), our formulation.
+
+    What is the paper's: in online distillation the student should learn most where teacher and student already
+    agree (consensus) and the teacher most where they disagree (divergence), driven by a per-location similarity of
+    their features. What is ours (the exact formula is not public): the similarity S is the analysis package's
+    dimension-free affinity consensus, computed without gradient; the student's loss weights each location by
+    softmax(S / tau) over locations, the teacher's by softmax((1 - S) / tau); each location's error is the mean
+    squared difference of the layer-normalised feature vectors, against the other side detached.
+
+    Args:
+        student_map: (B, C, h, w) student features, already adapted to the teacher's channels.
+        teacher_map: (B, C, h, w) teacher features of the same stage.
+        tau: softmax temperature, > 0.
+
+    Returns:
+        ``(student_loss, teacher_loss)``: scalars; the first has gradients only into the student's features, the
+        second only into the teacher's.
+    """
+    from analysis.consensus import affinity_consensus, consensus_weights, divergence_weights
+
+    with torch.no_grad():
+        similarity = affinity_consensus(teacher_map.detach(), student_map.detach())  # (B, h, w) on the teacher grid
+        w_student, w_teacher = consensus_weights(similarity, tau), divergence_weights(similarity, tau)
+
+    def per_location(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x, target = (F.layer_norm(v.transpose(1, -1), v.shape[1:2]).transpose(1, -1) for v in (x, target))
+        return (x - target).square().mean(1)  # (B, h, w)
+
+    student_loss = (w_student * per_location(student_map, teacher_map.detach())).sum((1, 2)).mean()
+    teacher_loss = (w_teacher * per_location(teacher_map, student_map.detach())).sum((1, 2)).mean()
+    return student_loss, teacher_loss

@@ -37,3 +37,26 @@ def test_clip_kd_is_zero_for_the_teacher_itself():
     out = (image, text, torch.tensor(10.0))
     assert clip_kd(out, out).abs() < 1e-6
     assert clip_kd((image, text.roll(1, 0), torch.tensor(10.0)), out) > 0.01
+
+
+def test_adm_losses_weight_agreement_for_the_student_and_disagreement_for_the_teacher():
+    from methods.distill import adm_feature_losses
+
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 16, 8, 8, requires_grad=True)
+    assert all(loss.abs() < 1e-6 for loss in adm_feature_losses(teacher * 1.0, teacher))  # the same features
+    student = (teacher.detach() + 0.05 * torch.randn(2, 16, 8, 8)).requires_grad_(True)
+    with torch.no_grad():
+        student[:, :, :3, :3] = torch.randn(2, 16, 3, 3)  # a region where the student disagrees
+    student_loss, teacher_loss = adm_feature_losses(student, teacher, tau=0.05)
+    # gradients reach only their own side
+    (g_student,) = torch.autograd.grad(student_loss, student, retain_graph=True)
+    assert torch.autograd.grad(student_loss, teacher, allow_unused=True)[0] is None
+    (g_teacher,) = torch.autograd.grad(teacher_loss, teacher)
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[:3, :3] = True
+    # the teacher's (divergence) loss pulls hardest inside the disagreeing region, the student's (consensus) outside
+    teacher_pull = g_teacher.norm(dim=1).mean(0)
+    student_pull = g_student.norm(dim=1).mean(0)
+    assert teacher_pull[region].mean() > 3 * teacher_pull[~region].mean()
+    assert student_pull[~region].mean() > student_pull[region].mean()
