@@ -5,7 +5,8 @@ not depend on weights) at high resolution, without and with RAU-Net and MSW-MSA.
     python -m benchmarks.hires_speed --side 512 --steps 10 --width-scale 0.25   # the CPU check (fp32)
 
 Each run is a full denoising loop of UNet calls at batch 2 (classifier-free guidance), with RAU-Net active for
-the first 40 % of the steps as in HiDiffusion's SD 1.5 setting; one untimed loop, then the best of ``--repeats``.
+the first 40 % of the steps as in HiDiffusion's SD 1.5 setting; one untimed round of every setting, then the best
+of ``--repeats`` rounds in which the settings take turns.
 """
 
 from __future__ import annotations
@@ -41,25 +42,34 @@ def _inputs(unet, side: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]
     return latents, text
 
 
-def steps_per_second(unet, side: int, steps: int, device, dtype, raunet: bool, msw_msa: bool,
-                     channels_last: bool = False, repeats: int = 3) -> float:
-    """Steps per second of the best of ``repeats`` whole denoising loops, after one untimed loop (so both the
-    RAU-Net phase's and the normal phase's shapes are warm)."""
+def loop_seconds(unet, side: int, steps: int, device, dtype, raunet: bool, msw_msa: bool,
+                 channels_last: bool = False) -> float:
+    """Seconds of one whole denoising loop of UNet calls with the given techniques."""
     latents, text = _inputs(unet, side, device, dtype)
     if channels_last:
         latents = latents.to(memory_format=torch.channels_last)
     timesteps = torch.arange(999, 999 - steps, -1, device=device)  # uploaded once: no copy (and sync) per step
-    best = float("inf")
-    for run in range(repeats + 1):
-        generator = torch.Generator(device=device).manual_seed(0)
-        with (torch.inference_mode(), Stopwatch(device) as watch,
-              high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa, generator=generator) as controller):
-            for step in range(steps):
-                unet(latents, timesteps[step], encoder_hidden_states=text)
-                controller.callback_on_step_end(None, step, None, {})
-        if run:  # the first loop warms up
-            best = min(best, watch.seconds)
-    return steps / best
+    generator = torch.Generator(device=device).manual_seed(0)
+    with (torch.inference_mode(), Stopwatch(device) as watch,
+          high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa, generator=generator) as controller):
+        for step in range(steps):
+            unet(latents, timesteps[step], encoder_hidden_states=text)
+            controller.callback_on_step_end(None, step, None, {})
+    return watch.seconds
+
+
+def steps_per_second(unet, side: int, steps: int, device, dtype, channels_last: bool = False, repeats: int = 3,
+                     ) -> dict[str, float]:
+    """Steps per second of every setting: one untimed round of all settings, then ``repeats`` rounds in which the
+    settings take turns (so a clock that drifts, or a first setting that runs cold, favours none), the best loop
+    of each setting counted."""
+    best = {k: float("inf") for k in SETTINGS}
+    for round_ in range(repeats + 1):
+        for name, (raunet, msw_msa) in SETTINGS.items():
+            seconds = loop_seconds(unet, side, steps, device, dtype, raunet, msw_msa, channels_last)
+            if round_:  # the first round warms up
+                best[name] = min(best[name], seconds)
+    return {k: steps / v for k, v in best.items()}
 
 
 def flops_per_run(config: dict, width_scale: float, side: int, steps: int, raunet: bool, msw_msa: bool) -> float:
@@ -98,8 +108,7 @@ def main() -> None:
             unet = build(config, args.width_scale).to(device, dtype).eval()
             if args.channels_last:
                 unet = unet.to(memory_format=torch.channels_last)
-            rates = {k: steps_per_second(unet, side, args.steps, device, dtype, *v, args.channels_last, args.repeats)
-                     for k, v in SETTINGS.items()}
+            rates = steps_per_second(unet, side, args.steps, device, dtype, args.channels_last, args.repeats)
             flops = {k: flops_per_run(config, args.width_scale, side, args.steps, *v) for k, v in SETTINGS.items()}
             rows.append(f"| {label} | {side}² | {' | '.join(f'{r:.2f}' for r in rates.values())} | "
                         f"{rates['both'] / rates['plain']:.2f}x |")
