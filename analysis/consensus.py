@@ -221,6 +221,10 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(mask[:, None].float(), size=size, mode="area")[:, 0] > 0.5
 
 
+FIGURES = ("consensus_mean", "consensus_foreground", "consensus_background", "energy_foreground_teacher",
+           "energy_foreground_student", "foreground_area")
+
+
 def foreground_figures(similarity: torch.Tensor, teacher: torch.Tensor, student: torch.Tensor,
                        foreground: torch.Tensor) -> dict[str, torch.Tensor]:
     """ADM's two findings as numbers per image.
@@ -236,27 +240,13 @@ def foreground_figures(similarity: torch.Tensor, teacher: torch.Tensor, student:
         ``energy_foreground_student`` (share of squared feature norm on foreground cells), and
         ``foreground_area`` (share of cells that are foreground).
     """
-    fg = (foreground if foreground.shape[-2:] == similarity.shape[-2:]
-          else resize_mask(foreground, similarity.shape[-2:])).float()
-    bg = 1.0 - fg
-    nan = torch.full((), float("nan"), device=similarity.device)  # a fill, not a host-to-device copy
-
-    def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        total = weights.sum((1, 2))
-        return torch.where(total > 0, (values * weights).sum((1, 2)) / total.clamp_min(1e-12), nan)
-
-    figures = {"consensus_mean": similarity.mean((1, 2)),
-               "consensus_foreground": masked_mean(similarity, fg),
-               "consensus_background": masked_mean(similarity, bg),
-               "foreground_area": fg.mean((1, 2))}
-    for role, features in (("teacher", teacher), ("student", student)):
-        energy = F.interpolate(_pool(features).square().sum(1, keepdim=True), size=fg.shape[-2:], mode="area")[:, 0]
-        figures[f"energy_foreground_{role}"] = (energy * fg).sum((1, 2)) / energy.sum((1, 2)).clamp_min(1e-12)
-    return figures
+    grid = similarity.shape[-2:]
+    fg = (foreground if foreground.shape[-2:] == grid else resize_mask(foreground, grid)).float()
+    energies = [F.interpolate(_pool(x).square().sum(1, keepdim=True), size=grid, mode="area")[:, 0]
+                for x in (teacher, student)]
+    return dict(zip(FIGURES, _stacked_figures(similarity, *energies, fg).unbind(-1), strict=True))
 
 
-FIGURES = ("consensus_mean", "consensus_foreground", "consensus_background", "energy_foreground_teacher",
-           "energy_foreground_student", "foreground_area")
 SIMILARITY = {"affinity": affinity_consensus, "projection": projected_consensus}
 
 
@@ -275,15 +265,17 @@ class ConsensusAnalysis:
     cka: torch.Tensor
 
 
-def _stacked_figures(similarity: torch.Tensor, teacher: torch.Tensor, student: torch.Tensor, fg: torch.Tensor,
-                     ) -> torch.Tensor:
-    """(B, 6) figures in the order of :data:`FIGURES`; all maps on the similarity's grid, ``fg`` float 0/1."""
+def _stacked_figures(similarity: torch.Tensor, energy_teacher: torch.Tensor, energy_student: torch.Tensor,
+                     fg: torch.Tensor) -> torch.Tensor:
+    """(B, 6) figures in the order of :data:`FIGURES` from (B, h, w) maps on the similarity's grid: the two sides'
+    squared feature norms and ``fg``, the foreground as float 0/1."""
     n = fg.shape[-1] * fg.shape[-2]
-    maps = torch.stack([similarity, teacher.square().sum(1), student.square().sum(1), fg], 1)  # (B, 4, h, w)
+    maps = torch.stack([similarity, energy_teacher, energy_student, fg], 1)  # (B, 4, h, w)
     total = maps.sum((2, 3))  # (B, 4): similarity, teacher energy, student energy, foreground cells
     on_fg = (maps * fg[:, None]).sum((2, 3))
     on_bg = total - on_fg
-    fg_cells, bg_cells = on_fg[:, 3:], on_bg[:, 3:]
+    fg_cells = total[:, 3:]
+    bg_cells = n - fg_cells
     # 0 / 0 = NaN where an image has no foreground (or no background) cell
     return torch.cat([total[:, :1] / n, on_fg[:, :1] / fg_cells, on_bg[:, :1] / bg_cells,
                       on_fg[:, 1:3] / total[:, 1:3].clamp_min(1e-12), fg_cells / n], 1)
@@ -331,7 +323,8 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
         if grid not in masks:
             masks[grid] = resize_mask(foreground, grid).float()
         fg = masks[grid].repeat(len(members), 1, 1) if len(members) > 1 else masks[grid]
-        found, scaled = _stacked_figures(sim, t, s, fg), _scaled_weights(sim, tau, size)
+        found = _stacked_figures(sim, t.square().sum(1), s.square().sum(1), fg)
+        scaled = _scaled_weights(sim, tau, size)
         for i, k in enumerate(members):
             similarity[k], figures[k] = sim[i * b:(i + 1) * b], found[i * b:(i + 1) * b]
             weights[k] = scaled[:, i * b:(i + 1) * b]

@@ -153,3 +153,17 @@ def test_box_foreground_is_the_union_of_the_confident_boxes():
     expected[1:3, 1:4] = True
     expected[0:7, 5:7] = True
     assert torch.equal(mask, expected)
+
+
+def test_the_tabs_batched_figures_are_adms_figures():
+    """The tab's batched path and ``foreground_figures`` share one implementation; the background figure once read
+    inf on the batched path only."""
+    from analysis.consensus import FIGURES, affinity_consensus, foreground_figures
+
+    teacher, student, foreground = _maps("cpu", torch.float32)
+    result = analyse_stages(list(zip(teacher, student, strict=True)), ["affinity"] * 3, foreground, 0.1, (64, 64),
+                            teacher, student)
+    for k, (t, s) in enumerate(zip(teacher, student, strict=True)):
+        expected = foreground_figures(affinity_consensus(t, s), t, s, foreground)
+        assert torch.allclose(result.figures[k], torch.stack([expected[f] for f in FIGURES], -1), atol=1e-5)
+    assert torch.isfinite(result.figures).all()
