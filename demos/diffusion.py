@@ -17,7 +17,7 @@ from analysis.features import hooked
 from analysis.profiling import PeakMemory, Stopwatch
 from demos.common import ROLES, Cancelled, InputError, exclusive, heat_overlay, on_gpu
 from methods.hires import high_resolution
-from weights.loaders import default_device, load_generation_pair
+from weights.loaders import assemble_pipeline, default_device, load_generation_pair
 from weights.registry import get_pair
 
 DEFAULT_PAIR = "shapes-diffusion"
@@ -112,11 +112,7 @@ def _insight(array: dict, records: dict, tokenizer, prompt: str, latent_hw: tupl
 def with_fresh_scheduler(pipe):
     """The same pipeline (the same cached modules) with a scheduler of its own: a scheduler holds per-run state
     (its timesteps, its step index), so concurrent calls must never share one."""
-    components = {**pipe.components, "scheduler": type(pipe.scheduler).from_config(pipe.scheduler.config)}
-    fresh = type(pipe)(**components, requires_safety_checker=False) if "safety_checker" in components \
-        else type(pipe)(**components)
-    fresh.set_progress_bar_config(disable=True)
-    return fresh
+    return assemble_pipeline(pipe, scheduler=type(pipe.scheduler).from_config(pipe.scheduler.config))
 
 
 @on_gpu

@@ -232,13 +232,22 @@ def _load_diffusers(source: ModelSource, device: torch.device, dtype: torch.dtyp
     return model.to(device), None
 
 
+def assemble_pipeline(base, **replace):
+    """A ``StableDiffusionPipeline`` made of ``base``'s modules, some replaced (e.g. ``unet=``, ``scheduler=``): the
+    modules themselves are shared, never copied; the progress bar is off."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**{**base.components, **replace}, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def load_generation_pair(pair, device: torch.device | None = None, cache: ModelCache = MODEL_CACHE) -> dict:
     """``{"teacher": pipeline, "student": pipeline}``: the student shares the teacher's VAE, text encoder and
     tokenizer and brings its own UNet (a block-removed UNet, or the teacher's UNet with LCM-LoRA fused in)."""
     import copy
 
     import diffusers
-    from diffusers import StableDiffusionPipeline
 
     teacher, _ = load_model(pair.teacher, device, cache)
     source = pair.student
@@ -248,8 +257,7 @@ def load_generation_pair(pair, device: torch.device | None = None, cache: ModelC
             scheduler = teacher.scheduler
             if source.scheduler:
                 scheduler = getattr(diffusers, source.scheduler).from_config(teacher.scheduler.config)
-            pipe = StableDiffusionPipeline(**{**teacher.components, "unet": unet, "scheduler": scheduler},
-                                           requires_safety_checker=False)
+            pipe = assemble_pipeline(teacher, unet=unet, scheduler=scheduler)
             try:
                 pipe.load_lora_weights(source.location, weight_name=source.lora, revision=source.revision)
             except (OSError, ValueError) as error:
@@ -259,8 +267,7 @@ def load_generation_pair(pair, device: torch.device | None = None, cache: ModelC
         student = cache.get_or_load((source, str(device)), build_lora_student)
     else:
         unet, _ = load_model(source, device, cache)
-        student = StableDiffusionPipeline(**{**teacher.components, "unet": unet}, requires_safety_checker=False)
-    student.set_progress_bar_config(disable=True)
+        student = assemble_pipeline(teacher, unet=unet)
     return {"teacher": teacher, "student": student}
 
 
