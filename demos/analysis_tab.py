@@ -3,6 +3,7 @@ their layer similarity (CKA), and their attention for the same target."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from demos.common import (
     notes_markdown,
     on_gpu,
     read_image,
+    students_report,
     upload_image,
 )
 from weights.predictors import Geometry, Predictor, predictors_for
@@ -146,20 +148,26 @@ def side_of(predictor: Predictor, image: np.ndarray) -> Side:
 
 @on_gpu
 def consensus(image, pair: str = DEFAULT_PAIR, tau: float = DEFAULT_TAU, method: str = "affinity",
-              ) -> tuple[list[tuple[np.ndarray, str]], dict]:
-    """Consensus and divergence maps at every stage stride that teacher and student share, and their CKA.
+              students: str | list[str] | None = None) -> tuple[list[tuple[np.ndarray, str]], dict]:
+    """Consensus and divergence maps at every stage stride that the teacher and each chosen student share, and
+    their CKA.
 
     Args:
         image: a file path, numpy RGB array or PIL image.
         pair: a detection or segmentation pair.
         tau: softmax temperature of the consensus and divergence weights, > 0.
         method: ``"affinity"`` (dimension-free) or ``"projection"`` (least squares).
+        students: one or two student names (a list or a comma-separated string); default the pair's first.
 
     Returns:
-        ``(overlays, report)``: (image, caption) overlays, consensus then divergence for each matched stage, and
-        ``{pair, method, tau, stages: [{teacher_layer, student_layer, stride, consensus_mean,
-        consensus_foreground, consensus_background, energy_foreground_teacher, energy_foreground_student,
-        foreground_area}], cka: {teacher_layers, student_layers, matrix}, notes}``.
+        ``(overlays, report)``: (image, caption) overlays, consensus then divergence for each matched stage, the
+        first student's then the second's; ``report`` is ``{pair, method, tau, students: {name: {method, source,
+        stages: [{teacher_layer, student_layer, stride, consensus_mean, consensus_foreground, consensus_background,
+        energy_foreground_teacher, energy_foreground_student, foreground_area}], cka: {teacher_layers,
+        student_layers, matrix}, agreement: {consensus_mean}, adm_training}}, ranking, notes}``, with the first
+        student's ``stages`` and ``cka`` also at the top level (single-student fields, kept for one release).
+        ``adm_training`` (students trained with ADM's loss, else None) names the strides and τ at which the
+        consensus maps are the weights that loss gives each location.
     """
     try:
         tau = float(tau)
@@ -172,19 +180,58 @@ def consensus(image, pair: str = DEFAULT_PAIR, tau: float = DEFAULT_TAU, method:
     spec = get_pair(pair)
     if spec.task not in ("detection", "segmentation"):
         raise InputError(f"The Analysis tab takes detection or segmentation pairs; {spec.name} is {spec.task}.")
+    chosen = spec.choose_students(students)
     array, notes = read_image(image)
-    predictors = predictors_for(spec)
-    sides = {role: side_of(predictors[role], array) for role in ROLES}
+    predictors = predictors_for(spec, students=chosen)
     teacher = predictors["teacher"]
+    teacher_side = side_of(teacher, array)
 
     def foreground_of(outputs):
-        return teacher.foreground(outputs, sides["teacher"].geometry, FOREGROUND_SCORE)
+        return teacher.foreground(outputs, teacher_side.geometry, FOREGROUND_SCORE)
 
-    try:
-        overlays, report = analyse_sides(sides["teacher"], sides["student"], foreground_of, array, tau, method)
-    except InputError as error:
-        raise InputError(f"{spec.name}: {error}") from error
-    return overlays, {"pair": spec.name, **report, "notes": notes + report["notes"]}
+    overlays, per_student = [], {}
+    for student in chosen:
+        try:
+            drawn, result = analyse_sides(teacher_side, side_of(predictors[student.name], array), foreground_of,
+                                          array, tau, method)
+        except InputError as error:
+            raise InputError(f"{spec.name}: {error}") from error
+        adm = _adm_training(student, tau, method)
+        if adm is not None:
+            drawn = [(picture, caption + (" · ADM training weights" if adm["equal"] and kind == 0
+                                          and any(f"stride {s} " in caption for s in adm["strides"]) else ""))
+                     for kind, (picture, caption) in zip(itertools.cycle((0, 1)), drawn)]
+            notes.append(adm["note"])
+        prefix = f"{student.name} · " if len(chosen) > 1 else ""
+        overlays += [(picture, prefix + caption) for picture, caption in drawn]
+        notes += [f"{student.name}: {n}" if len(chosen) > 1 else n for n in result.pop("notes")]
+        means = [s["consensus_mean"] for s in result["stages"] if s["consensus_mean"] is not None]
+        per_student[student.name] = {**result, "adm_training": adm,
+                                     "agreement": {"consensus_mean": round(sum(means) / len(means), 4)
+                                                   if means else None}}
+    block = students_report(spec, chosen, per_student, "consensus_mean")
+    first = block["students"][chosen[0].name]
+    report = {"pair": spec.name, "method": method, "tau": tau, "stages": first["stages"], "cka": first["cka"],
+              "students": block["students"], "ranking": block["ranking"], "ranked_by": block["ranked_by"],
+              "notes": notes}
+    return overlays, report
+
+
+def _adm_training(student, tau: float, method: str) -> dict | None:
+    """For a student trained with ADM's weighted loss: at which strides and τ the tab's consensus maps are the
+    weights that loss gave each location (affinity similarity, as in training), and whether this call's settings
+    reproduce them."""
+    if not student.adm:
+        return None
+    strides, trained_tau = list(student.adm["strides"]), student.adm["tau"]
+    equal = method == "affinity" and abs(tau - trained_tau) < 1e-9
+    where = ", ".join(f"/{s}" for s in strides)
+    note = (f"{student.name} was trained with ADM's consensus-weighted feature loss at strides {where}: "
+            + (f"its consensus maps there are the weights that loss gives each location of this image "
+               f"(affinity similarity, τ = {trained_tau})." if equal else
+               f"choose the affinity similarity and τ = {trained_tau} to see the weights that loss gives each "
+               "location of this image."))
+    return {"strides": strides, "tau": trained_tau, "equal": equal, "note": note}
 
 
 def _number(value: float) -> float | None:
@@ -255,7 +302,8 @@ def _attention_map(predictor: Predictor, array: np.ndarray, task: str, target_bo
 
 
 @on_gpu
-def attention(image, pair: str = DEFAULT_PAIR, target: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def attention(image, pair: str = DEFAULT_PAIR, target: str = "", students: str | list[str] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Teacher and student attention for the same target, and their absolute difference.
 
     Args:
@@ -263,16 +311,19 @@ def attention(image, pair: str = DEFAULT_PAIR, target: str = "") -> tuple[np.nda
         pair: a detection or segmentation pair.
         target: detection: a rank of the teacher's detections ('' or '0' = its best) or a label;
             segmentation: a class name ('' = the largest non-background class in the teacher's mask).
+        students: the student to explain (a name; of several, the first is used); default the pair's first.
 
     Returns:
         ``(teacher_image, student_image, difference_image, report)`` with
-        ``report = {pair, target, method: {teacher, student}, notes}``.
+        ``report = {pair, student, target, method: {teacher, student}, mean_abs_difference, notes}``.
     """
     spec = get_pair(pair)
     if spec.task not in ("detection", "segmentation"):
         raise InputError(f"Attention maps take detection or segmentation pairs; {spec.name} is {spec.task}.")
+    student = spec.choose_students(students)[0]
     array, notes = read_image(image)
-    predictors = predictors_for(spec)
+    predictors = predictors_for(spec, students=[student])
+    predictors = {"teacher": predictors["teacher"], "student": predictors[student.name]}
     teacher = predictors["teacher"]
     inputs, geometry = teacher.prepare(array)
     outputs = teacher.forward(inputs)
@@ -307,7 +358,7 @@ def attention(image, pair: str = DEFAULT_PAIR, target: str = "") -> tuple[np.nda
                                                align_corners=False)[0, 0] for r in ROLES}
     difference = (full["teacher"] - full["student"]).abs()
     images = [heat_overlay(array, full[r]) for r in ROLES] + [heat_overlay(array, difference)]
-    report = {"pair": spec.name, "target": target_info, "method": methods,
+    report = {"pair": spec.name, "student": student.name, "target": target_info, "method": methods,
               "mean_abs_difference": round(float(difference.mean()), 4), "notes": notes}
     return images[0], images[1], images[2], report
 
@@ -333,16 +384,19 @@ def figures_markdown(report: dict | None) -> str:
     def fmt(v):
         return "–" if v is None else f"{v:.3f}"
 
-    rows = "\n".join(
-        f"| /{s['stride']} {s['teacher_layer']} ↔ {s['student_layer']} | {fmt(s['consensus_mean'])} | "
-        f"{fmt(s['consensus_foreground'])} | {fmt(s['consensus_background'])} | "
-        f"{fmt(s['energy_foreground_teacher'])} | {fmt(s['energy_foreground_student'])} | "
-        f"{fmt(s['foreground_area'])} |" for s in report["stages"])
+    tables = []
+    for name, block in report.get("students", {"student": report}).items():
+        rows = "\n".join(
+            f"| /{s['stride']} {s['teacher_layer']} ↔ {s['student_layer']} | {fmt(s['consensus_mean'])} | "
+            f"{fmt(s['consensus_foreground'])} | {fmt(s['consensus_background'])} | "
+            f"{fmt(s['energy_foreground_teacher'])} | {fmt(s['energy_foreground_student'])} | "
+            f"{fmt(s['foreground_area'])} |" for s in block["stages"])
+        tables.append(f"**{name}**\n\n| stage | consensus | on foreground | on background | teacher energy on fg "
+                      f"| student energy on fg | fg area |\n|---|---|---|---|---|---|---|\n{rows}")
     return (notes_markdown(report.get("notes", []))
             + "ADM's findings on this image (foreground = the teacher's own boxes or mask): consensus should be "
             "higher on the foreground, and the teacher should put more of its feature energy there.\n\n"
-            "| stage | consensus | on foreground | on background | teacher energy on fg | student energy on fg "
-            "| fg area |\n|---|---|---|---|---|---|---|\n" + rows)
+            + "\n\n".join(tables))
 
 
 def stage_pair(overlays: list | None, stage: int) -> tuple:
@@ -353,11 +407,13 @@ def stage_pair(overlays: list | None, stage: int) -> tuple:
     return overlays[2 * index][0], overlays[2 * index + 1][0]
 
 
-def consensus_overlay(image, pair: str, enabled: bool):
-    """For the detection and segmentation tabs' toggle: the consensus overlay at the deepest shared stride."""
+def consensus_overlay(image, pair: str, enabled: bool, students: str | list[str] | None = None):
+    """For the detection and segmentation tabs' toggle: the consensus overlay at the deepest shared stride, for the
+    first chosen student."""
     if not enabled or image is None:
         return None
-    overlays, _ = consensus(image, pair)
+    first = get_pair(pair).choose_students(students)[0].name
+    overlays, _ = consensus(image, pair, students=[first])
     return overlays[-2][0]
 
 
@@ -375,18 +431,19 @@ def consensus_overlay_image(task: str):
     return gr.Image(label="Consensus (teacher ↔ student)", interactive=False, height=300, elem_id=f"{task}-consensus")
 
 
-def wire_consensus_toggle(event, image, pair, toggle, overlay) -> None:
+def wire_consensus_toggle(event, image, pair, toggle, overlay, students) -> None:
     """Refresh the overlay image after each run of the tab and whenever the checkbox changes."""
     from demos.common import GPU_QUEUE, user_errors
 
     for trigger in (event.then, toggle.change):
-        trigger(user_errors(consensus_overlay), [image, pair, toggle], overlay, api_visibility="private", **GPU_QUEUE)
+        trigger(user_errors(consensus_overlay), [image, pair, toggle, students], overlay, api_visibility="private",
+                **GPU_QUEUE)
 
 
 def build_analysis_tab() -> None:
     import gradio as gr
 
-    from demos.common import GPU_QUEUE, pair_dropdown, user_errors
+    from demos.common import GPU_QUEUE, pair_dropdown, student_picker, user_errors, wire_student_picker
     from demos.components import user_image
 
     with gr.Tab("Analysis", id="analysis"):
@@ -397,6 +454,7 @@ def build_analysis_tab() -> None:
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="analysis-image")
                 pair = pair_dropdown(("detection", "segmentation"), DEFAULT_PAIR)
+                students = student_picker("segmentation", DEFAULT_PAIR)
                 tau = gr.Slider(0.01, 2.0, value=DEFAULT_TAU, step=0.01, label="τ (softmax temperature)")
                 method = gr.Radio(list(METHODS), value="affinity", label="Similarity",
                                   info="affinity: dimension-free; projection: least-squares channel map")
@@ -418,10 +476,11 @@ def build_analysis_tab() -> None:
                                         for label in ("Teacher attention", "Student attention", "|difference|")]
                 attention_report = gr.JSON(label="Attention report", open=False)
         gr.Examples(examples_for("analysis"), inputs=[image], label="Examples")
-        event = run.click(user_errors(consensus), [image, pair, tau, method], [gallery, report], api_name="consensus",
-                          **GPU_QUEUE)
+        event = run.click(user_errors(consensus), [image, pair, tau, method, students], [gallery, report],
+                          api_name="consensus", **GPU_QUEUE)
+        wire_student_picker(pair, students)
         event.then(lambda r, g, s: (figures_markdown(r), cka_figure(r), *stage_pair(g, s)), [report, gallery, stage],
                    [figures, cka, *chosen], api_visibility="private")
         stage.change(stage_pair, [gallery, stage], chosen, api_visibility="private")
-        explain.click(user_errors(attention), [image, pair, target], [*attention_images, attention_report],
+        explain.click(user_errors(attention), [image, pair, target, students], [*attention_images, attention_report],
                       api_name="attention", **GPU_QUEUE)

@@ -14,7 +14,17 @@ from torchmetrics.functional import kl_divergence, spearman_corrcoef
 
 from analysis.attention import normalise_map
 from analysis.profiling import Stopwatch
-from demos.common import ROLES, Cancelled, InputError, heat_overlay, notes_markdown, on_gpu, read_image
+from demos.common import (
+    ROLES,
+    Cancelled,
+    InputError,
+    heat_overlay,
+    notes_markdown,
+    on_gpu,
+    ranking_markdown,
+    read_image,
+    students_report,
+)
 from methods.prompts import METHODS, prompted_text_features, tune
 from weights.predictors import predictors_for
 from weights.prompt_store import PromptError, list_prompts, load_prompt, sanitise_name, save_prompt
@@ -85,69 +95,90 @@ def agreement(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> dict:
             "js": round(float(js), 5), "spearman": round(float(spearman_corrcoef(t[0], s[0])), 4)}
 
 
-def _student_text(student, names: list[str], template: str, prompt: str, pair: str) -> tuple[torch.Tensor, str]:
+def _student_text(student, student_name: str, names: list[str], template: str, prompt: str, spec,
+                  ) -> tuple[torch.Tensor, str]:
+    zero_shot = f"zero-shot '{template}'"
     if not prompt:
-        return student.text_features([template.format(n) for n in names]), f"zero-shot '{template}'"
+        return student.text_features([template.format(n) for n in names]), zero_shot
     tensors, meta = load_prompt(prompt)
-    if meta.get("pair") != pair:
-        raise PromptError(f"Prompt {prompt!r} was learned for pair {meta.get('pair')!r}, not {pair!r}.")
+    if meta.get("pair") != spec.name:
+        raise PromptError(f"Prompt {prompt!r} was learned for pair {meta.get('pair')!r}, not {spec.name!r}.")
+    if meta.get("student", spec.students[0].name) != student_name:  # learned for another student of the pair
+        return student.text_features([template.format(n) for n in names]), zero_shot
     return prompted_text_features(student, names, tensors), f"learned prompt '{prompt}' ({meta.get('method')})"
 
 
 @on_gpu
 def classify(image, pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 5 shapes"], prompt: str = "",
-             template: str = "") -> tuple[object, dict]:
-    """Zero-shot (or learned-prompt) classification by teacher and student.
+             template: str = "", students: str | list[str] | None = None) -> tuple[object, dict]:
+    """Zero-shot (or learned-prompt) classification by the teacher and one or two students.
 
     Args:
         image: a file path, numpy RGB array or PIL image.
         pair: a classification pair.
         class_names: comma-separated class names (2 to 1000).
-        prompt: the name of a learned prompt for the student, or empty for zero-shot.
+        prompt: the name of a learned prompt, or empty for zero-shot; it applies to the student it was learned for
+            (the others run zero-shot, and their ``prompt`` field says so).
         template: the zero-shot template with one ``{}``; empty means ``a {}``.
+        students: one or two student names (a list or a comma-separated string); default the pair's first.
 
     Returns:
-        ``(figure, report)``: a plotly chart of both models' top-5 and
-        ``{pair, classes, teacher: {probs, latency_ms, prompt}, student: {...}, agreement: {top1_match, kl, js,
-        spearman}, notes}``.
+        ``(figure, report)``: a plotly chart of every model's top-5 and ``{pair, classes, teacher: {probs,
+        latency_ms, prompt}, students: {name: {method, source, probs, latency_ms, prompt, agreement: {top1_match,
+        kl, js, spearman}}}, ranking, notes}``, with the first student also as ``student`` and ``agreement``
+        (single-student fields, kept for one release).
     """
     spec = get_pair(pair, "classification")
+    chosen = spec.choose_students(students)
     names, notes = parse_classes(class_names)
     template = check_template(template)
     array, image_notes = read_image(image)
-    predictors = predictors_for(spec)
-    report, probs = {"pair": spec.name, "classes": names}, {}
-    for role in ROLES:
-        p = predictors[role]
+    predictors = predictors_for(spec, students=chosen)
+    sides, probs = {}, {}
+    for name, p in predictors.items():
         with Stopwatch(p.device) as watch:
             inputs, _ = p.prepare(array)
-            if role == "student":
-                text, used = _student_text(p, names, template, (prompt or "").strip(), spec.name)
-            else:
+            if name == "teacher":
                 text, used = p.text_features([template.format(n) for n in names]), f"zero-shot '{template}'"
-            probs[role] = p.logits(p.forward(inputs), text)[0].softmax(-1).cpu()
-        latency = watch.seconds * 1000
-        report[role] = {"probs": {n: round(float(v), 5) for n, v in zip(names, probs[role], strict=True)},
-                        "latency_ms": round(latency, 2), "prompt": used}
-    report["agreement"] = agreement(probs["teacher"], probs["student"])
-    report["notes"] = notes + image_notes
+            else:
+                text, used = _student_text(p, name, names, template, (prompt or "").strip(), spec)
+            probs[name] = p.logits(p.forward(inputs), text)[0].softmax(-1).cpu()
+        sides[name] = {"probs": {n: round(float(v), 5) for n, v in zip(names, probs[name], strict=True)},
+                       "latency_ms": round(watch.seconds * 1000, 2), "prompt": used, "params": p.params}
+    per_student = {s.name: sides[s.name] | {"agreement": agreement(probs["teacher"], probs[s.name])}
+                   for s in chosen}
+    report = {"pair": spec.name, "classes": names, "teacher": sides["teacher"],
+              **students_report(spec, chosen, per_student, "kl", higher_is_better=False),
+              "notes": notes + image_notes}
     return top_k_figure(report), report
 
 
 def top_k_figure(report: dict | None):
-    """Grouped bars: the teacher's and the student's probabilities on the union of their top-5 classes."""
+    """Grouped bars: the teacher's and each student's probabilities on the union of their top-5 classes."""
     import plotly.graph_objects as go
 
     if not report:
         return None
+    models = {"teacher": report["teacher"]} | report.get("students", {"student": report.get("student")})
     top = []
-    for role in ROLES:
-        ranked = sorted(report[role]["probs"].items(), key=lambda kv: -kv[1])[:TOP_K]
+    for block in models.values():
+        ranked = sorted(block["probs"].items(), key=lambda kv: -kv[1])[:TOP_K]
         top += [name for name, _ in ranked if name not in top]
-    fig = go.Figure([go.Bar(name=role, x=top, y=[report[role]["probs"][n] for n in top]) for role in ROLES])
-    fig.update_layout(barmode="group", title="Top classes, teacher vs student", yaxis={"range": [0, 1]},
+    fig = go.Figure([go.Bar(name=name, x=top, y=[block["probs"][n] for n in top]) for name, block in models.items()])
+    title = "Top classes, teacher vs student" + ("s" if len(models) > 2 else "")
+    fig.update_layout(barmode="group", title=title, yaxis={"range": [0, 1]},
                       height=340, margin={"l": 40, "r": 10, "t": 40, "b": 40})
     return fig
+
+
+def summary_markdown(report: dict | None) -> str:
+    """Each student's agreement with the teacher in words, then the ranking table."""
+    if not report:
+        return ""
+    lines = [f"**{name}** vs teacher: top-1 {'matches' if a['top1_match'] else 'differs'}; KL {a['kl']:.3f}, "
+             f"JS {a['js']:.3f}, Spearman {a['spearman']:.2f} ({b['prompt']})."
+             for name, b in report["students"].items() for a in [b["agreement"]]]
+    return notes_markdown(report.get("notes", [])) + "\n\n".join(lines) + "\n\n" + ranking_markdown(report)
 
 
 @on_gpu
@@ -246,8 +277,8 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
     else:
         images, labels = _shapes_examples(names, max(1, min(per_class, 16)))
         source = f"{len(images)} Shapes scenes (training seeds)"
-    predictors = predictors_for(spec)
-    student, teacher = predictors["student"], predictors["teacher"]
+    predictors = predictors_for(spec)  # the teacher and the pair's first student, whom the prompt is for
+    student, teacher = predictors[spec.students[0].name], predictors["teacher"]
     s_pixels, t_pixels = _pixels(student, images), _pixels(teacher, images)
     targets = torch.tensor(labels)
 
@@ -273,8 +304,8 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
     after = scores(prompted_text_features(student, names, tensors))
     figures = {"method": method, "before": before, "after": after, "measured_on": f"the tuning images: {source}",
                "notes": notes}
-    metadata = {"pair": spec.name, "method": method, "template": template, "classes": names[:50],
-                "n_classes": len(names),
+    metadata = {"pair": spec.name, "student": spec.students[0].name, "method": method, "template": template,
+                "classes": names[:50], "n_classes": len(names),
                 "n_context": sum(t.shape[0] for t in tensors.values()), "steps": steps, "figures": figures,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     saved = save_prompt(stem, tensors, metadata)
@@ -282,9 +313,9 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
 
 
 def prompts() -> list[dict]:
-    """Saved prompts: ``[{name, pair, method, n_classes, n_context, figures, created}]``."""
-    return [{k: p.get(k) for k in ("name", "pair", "method", "n_classes", "n_context", "figures", "created")}
-            for p in list_prompts()]
+    """Saved prompts: ``[{name, pair, student, method, n_classes, n_context, figures, created}]``."""
+    keys = ("name", "pair", "student", "method", "n_classes", "n_context", "figures", "created")
+    return [{k: p.get(k) for k in keys} for p in list_prompts()]
 
 
 def build_classification_tab() -> None:
@@ -297,8 +328,10 @@ def build_classification_tab() -> None:
         session_of,
         stop_flag,
         stop_session,
+        student_picker,
         takes_request,
         user_errors,
+        wire_student_picker,
     )
     from demos.components import user_image
 
@@ -309,6 +342,7 @@ def build_classification_tab() -> None:
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="classification-image")
                 pair = pair_dropdown(("classification",), DEFAULT_PAIR)
+                students = student_picker("classification", DEFAULT_PAIR)
                 preset = gr.Dropdown(list(PRESETS), value="Shapes: 5 shapes", label="Class preset")
                 classes = gr.Textbox(value=PRESETS["Shapes: 5 shapes"], label="Class names (comma-separated)",
                                      lines=2, max_length=200_000)
@@ -341,10 +375,10 @@ def build_classification_tab() -> None:
         gr.Examples(examples_for("classification"), inputs=[image], label="Examples",
                     elem_id="classification-examples")
         preset.change(lambda p: PRESETS[p], preset, classes, api_visibility="private")
-        event = run.click(user_errors(classify), [image, pair, classes, prompt, template], [plot, report],
-                          api_name="classify", **GPU_QUEUE)
-        event.then(lambda r: notes_markdown(r.get("notes", [])) if r else "", report, summary,
-                   api_visibility="private")
+        event = run.click(user_errors(classify), [image, pair, classes, prompt, template, students],
+                          [plot, report], api_name="classify", **GPU_QUEUE)
+        event.then(summary_markdown, report, summary, api_visibility="private")
+        wire_student_picker(pair, students)
         event.then(user_errors(similarity_maps), [image, pair, classes, template, report], maps,
                    api_visibility="private")
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from weights.loaders import ModelUnavailableError
 from weights.prompt_store import PromptError
-from weights.registry import UnknownPairError
+from weights.registry import UnknownPairError, UnknownStudentError
 
 log = logging.getLogger("distill_lens")
 
@@ -76,7 +76,7 @@ class Cancelled(InputError):
 
 
 # Errors whose message is meant for the user.
-USER_ERRORS = (InputError, UnknownPairError, ModelUnavailableError, PromptError)
+USER_ERRORS = (InputError, UnknownPairError, UnknownStudentError, ModelUnavailableError, PromptError)
 
 _STOP_FLAGS: dict[str, threading.Event] = {}  # browser session -> the flag its running job checks every step
 _STOP_GUARD = threading.Lock()
@@ -312,27 +312,107 @@ ROLES = ("teacher", "student")
 
 
 def run_sides(predictors: dict, image: np.ndarray, post: Callable) -> dict[str, tuple[object, dict]]:
-    """Run teacher and student on one image with the same code path.
+    """Run the teacher and each chosen student on one image with the same code path.
 
     Args:
-        predictors: ``{"teacher": Predictor, "student": Predictor}``.
+        predictors: ``{"teacher": Predictor, <student name>: Predictor, ...}`` (see ``predictors_for``).
         image: RGB uint8 (H, W, 3).
         post: ``post(predictor, outputs, geometry)`` -> the side's result.
 
     Returns:
-        ``{role: (result, {"latency_ms", "params", "gflops"})}``; latency is the median of a few warm forwards, with
-        its interquartile range (``latency_iqr_ms``) and the number of timed runs.
+        ``{name: (result, {"latency_ms", "params", "gflops"})}`` in the order given; latency is the median of a few
+        warm forwards, with its interquartile range (``latency_iqr_ms``) and the number of timed runs.
     """
     from analysis.profiling import time_call
 
     sides = {}
-    for role in ROLES:
-        predictor = predictors[role]
+    for name, predictor in predictors.items():
         inputs, geometry = predictor.prepare(image)
         outputs, timing = time_call(lambda p=predictor, x=inputs: p.forward(x), predictor.device)
         profile = timing.as_dict() | {"params": predictor.params, "gflops": predictor.gflops(inputs)}
-        sides[role] = (post(predictor, outputs, geometry), profile)
+        sides[name] = (post(predictor, outputs, geometry), profile)
     return sides
+
+
+def students_report(pair, chosen: list, per_student: dict[str, dict], key: str, higher_is_better: bool = True,
+                    ) -> dict:
+    """The several-students part of a tab's report.
+
+    Args:
+        pair: the ``Pair``.
+        chosen: the chosen ``Student`` objects, in order.
+        per_student: ``{name: {..., "agreement": {...}}}`` as the tab computed them.
+        key: the agreement figure the ranking sorts by (e.g. ``"miou"``).
+        higher_is_better: the figure's direction.
+
+    Returns:
+        ``{"students": {name: {method, source, ...per_student[name]}}, "ranking": [{rank, name, <key>,
+        latency_ms, params, gflops}], "student": <the first student's block>, "agreement": <its agreement>}``
+        (``student`` and ``agreement`` are the single-student fields, kept for one release).
+    """
+    students = {s.name: {"method": s.method, "source": s.source.display_name, **per_student[s.name]} for s in chosen}
+
+    def score(name: str) -> float:
+        value = students[name]["agreement"].get(key)
+        return float("-inf") if value is None else (value if higher_is_better else -value)
+
+    ranked = sorted(students, key=score, reverse=True)
+    ranking = [{"rank": i + 1, "name": n, key: students[n]["agreement"].get(key),
+                **{k: students[n].get(k) for k in ("latency_ms", "params", "gflops")}} for i, n in enumerate(ranked)]
+    first = students[chosen[0].name]
+    return {"students": students, "ranking": ranking, "ranked_by": key,
+            "student": {k: v for k, v in first.items() if k != "agreement"}, "agreement": first["agreement"]}
+
+
+def ranking_markdown(report: dict) -> str:
+    """The tabs' compact table: teacher first, then the chosen students best first."""
+    key = report.get("ranked_by", "")
+
+    def number(value, spec: str, scale: float = 1.0, unit: str = "") -> str:
+        return "–" if value is None else f"{value / scale:{spec}}{unit}"
+
+    def row(label: str, figure: str, block: dict) -> str:
+        return (f"| {label} | {figure} | {number(block.get('latency_ms'), '.1f')} | "
+                f"{number(block.get('params'), '.2f', 1e6, ' M')} | {number(block.get('gflops'), '.2f')} |")
+
+    rows = [row("teacher", "–", report["teacher"])]
+    rows += [row(f"{r['rank']}. {r['name']}", number(r[key], ".3f"), r) for r in report.get("ranking", [])]
+    direction = "lower is better" if key == "kl" else "higher is better"
+    return (f"| model | agreement: {key.replace('_', ' ')} ({direction}) | latency (ms) | params | GFLOPs |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def student_picker(task: str, pair: str):
+    """The "Students" menu: up to two students of the pair, empty meaning its first; refreshed when the pair changes
+    (:func:`wire_student_picker`). Its default stays empty so that API callers who leave ``students`` out get the
+    first student of whichever pair they name. Other names reach our own clear error."""
+    import gradio as gr
+
+    from weights.registry import MAX_STUDENTS_AT_ONCE, get_pair
+
+    students = get_pair(pair, task).students
+    return gr.Dropdown([s.name for s in students], value=[], multiselect=True, max_choices=MAX_STUDENTS_AT_ONCE,
+                       allow_custom_value=True, label="Students (one or two; empty: the first)",
+                       info=_methods_line(students))
+
+
+def _methods_line(students) -> str:
+    return " · ".join(f"{s.name}: {s.method}" for s in students)
+
+
+def wire_student_picker(pair, picker) -> None:
+    import gradio as gr
+
+    from weights.registry import UnknownPairError, get_pair
+
+    def refresh(name: str):
+        try:
+            students = get_pair(name).students
+        except UnknownPairError:
+            return gr.update()
+        return gr.update(choices=[s.name for s in students], value=[], info=_methods_line(students))
+
+    pair.change(refresh, pair, picker, api_visibility="private", queue=False)
 
 
 def examples_for(task: str) -> list[str]:
@@ -357,6 +437,32 @@ def side_by_side_images(task: str) -> list:
 
     return [gr.Image(label=role.capitalize(), interactive=False, format="png", elem_id=f"{task}-{role}")
             for role in ROLES]
+
+
+def second_student_image(task: str):
+    """The panel of the second chosen student, hidden until two students are chosen."""
+    import gradio as gr
+
+    return gr.Image(label="Second student", interactive=False, format="png", visible=False,
+                    elem_id=f"{task}-second-student")
+
+
+def show_second_student(draw: Callable) -> Callable:
+    """Wrap ``draw(image, report, *extra) -> image | None`` (the second student's picture, drawn from the report)
+    into a handler that shows the panel, labelled with the student's name, only when there is one."""
+    def handler(image, report, *extra):
+        import gradio as gr
+
+        try:
+            picture = draw(image, report, *extra)
+        except Exception:  # the main result is already on screen; a missing extra panel must not raise
+            log.exception("drawing the second student failed")
+            picture = None
+        if picture is None:
+            return gr.update(value=None, visible=False)
+        return gr.update(value=served_files(picture), visible=True, label=list(report["students"])[1])
+
+    return handler
 
 
 def notes_markdown(notes: list[str]) -> str:

@@ -10,7 +10,6 @@ from analysis.agreement import detection_agreement
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
 from demos.common import (
     GPU_QUEUE,
-    ROLES,
     InputError,
     display_scale,
     enlarge,
@@ -20,10 +19,16 @@ from demos.common import (
     on_gpu,
     pair_dropdown,
     palette,
+    ranking_markdown,
     read_image,
     run_sides,
+    second_student_image,
+    show_second_student,
     side_by_side_images,
+    student_picker,
+    students_report,
     user_errors,
+    wire_student_picker,
 )
 from demos.components import user_image
 from weights.predictors import Detection, predictors_for
@@ -60,18 +65,21 @@ def draw_detections(image: np.ndarray, detections: list[Detection], labels: list
 
 @on_gpu
 def detect(image, pair: str = DEFAULT_PAIR, score_threshold: float = DEFAULT_THRESHOLD,
-           ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Run a detection pair on one image.
+           students: str | list[str] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Run a detection pair's teacher and one or two of its students on one image.
 
     Args:
         image: a file path, numpy RGB array or PIL image.
         pair: a detection pair name from the registry.
         score_threshold: boxes below this score are dropped, in [0, 1].
+        students: one or two student names (a list or a comma-separated string); default the pair's first.
 
     Returns:
-        ``(teacher_image, student_image, report)``: the two drawn images and
-        ``{pair, teacher: {detections, latency_ms, params, gflops}, student: {...}, agreement, notes}``;
-        boxes are ``[x0, y0, x1, y1]`` in the input image's pixels.
+        ``(teacher_image, student_image, report)``: the teacher's and the first student's drawn images and
+        ``{pair, labels, teacher: {detections, latency_ms, params, gflops}, students: {name: {method, source,
+        detections, latency_ms, params, gflops, agreement}}, ranking, notes}``, with the first student also as
+        ``student`` and ``agreement`` (single-student fields, kept for one release); boxes are
+        ``[x0, y0, x1, y1]`` in the input image's pixels.
     """
     try:
         threshold = float(score_threshold)
@@ -80,36 +88,53 @@ def detect(image, pair: str = DEFAULT_PAIR, score_threshold: float = DEFAULT_THR
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"score_threshold must lie in [0, 1], got {threshold}.")
     spec = get_pair(pair, "detection")
+    chosen = spec.choose_students(students)
     array, notes = read_image(image)
-    predictors = predictors_for(spec)
+    predictors = predictors_for(spec, students=chosen)
     sides = run_sides(predictors, array, lambda p, out, geo: p.detect(out, geo, threshold))
-    labels = predictors["teacher"].labels
-    index = {name: i for i, name in enumerate(dict.fromkeys(labels + predictors["student"].labels))}
-    report = {"pair": spec.name}
-    for role in ROLES:
-        detections, profile = sides[role]
-        report[role] = {"detections": [d.to_dict() for d in detections], **profile}
-    report["agreement"] = detection_agreement(*(_as_tensors(sides[r][0], index) for r in ROLES))
-    report["notes"] = notes
-    images = [draw_detections(array, sides[role][0], list(index)) for role in ROLES]
+    index = {name: i for i, name in enumerate(dict.fromkeys(label for p in predictors.values() for label in p.labels))}
+    teacher_detections = _as_tensors(sides["teacher"][0], index)
+    per_student = {
+        s.name: {"detections": [d.to_dict() for d in sides[s.name][0]], **sides[s.name][1],
+                 "agreement": with_f1(detection_agreement(teacher_detections, _as_tensors(sides[s.name][0], index)))}
+        for s in chosen}
+    report = {"pair": spec.name, "labels": list(index),
+              "teacher": {"detections": [d.to_dict() for d in sides["teacher"][0]], **sides["teacher"][1]},
+              **students_report(spec, chosen, per_student, "f1"), "notes": notes}
+    images = [draw_detections(array, sides[name][0], list(index)) for name in ("teacher", chosen[0].name)]
     return images[0], images[1], report
 
 
+def with_f1(agreement: dict) -> dict:
+    """Add ``f1``: 2·matched / (2·matched + missed + extra), one number for how well the boxes agree (1 when both
+    found nothing)."""
+    m, total = agreement["matched"], 2 * agreement["matched"] + agreement["missed"] + agreement["extra"]
+    return agreement | {"f1": round(2 * m / total, 4) if total else 1.0}
+
+
+def student_detections_image(image, report: dict | None, position: int = 1) -> np.ndarray | None:
+    """The ``position``-th chosen student's boxes, drawn from the report (no second forward), or None."""
+    if not report or len(report.get("students", {})) <= position:
+        return None
+    array, _ = read_image(image)
+    name = list(report["students"])[position]
+    detections = [Detection(d["label"], d["score"], d["box"]) for d in report["students"][name]["detections"]]
+    return draw_detections(array, detections, report["labels"])
+
+
 def summary_markdown(report: dict | None) -> str:
-    """A short human summary of a ``detect`` report for the UI."""
+    """A short human summary of a ``detect`` report for the UI: each student's agreement, and the ranking."""
     if not report:
         return ""
-    a = report["agreement"]
-    rows = "\n".join(
-        f"| {role} | {len(report[role]['detections'])} | {report[role]['latency_ms']:.1f} | "
-        f"{report[role]['params'] / 1e6:.2f} M | {report[role]['gflops']:.2f} |" for role in ROLES)
-    mean_iou = "–" if a["mean_iou"] is None else f"{a['mean_iou']:.3f}"
-    label_agreement = "–" if a["label_agreement"] is None else f"{a['label_agreement']:.0%}"
-    return (notes_markdown(report.get("notes", []))
-            + f"**Agreement with the teacher** (IoU ≥ {a['iou_threshold']}): {a['matched']} matched, "
-            f"{a['missed']} missed, {a['extra']} extra; mean IoU of matches {mean_iou}; "
-            f"same label {label_agreement}.\n\n"
-            "| model | boxes | latency (ms) | params | GFLOPs |\n|---|---|---|---|---|\n" + rows)
+    lines = []
+    for name, block in report["students"].items():
+        a = block["agreement"]
+        mean_iou = "–" if a["mean_iou"] is None else f"{a['mean_iou']:.3f}"
+        label_agreement = "–" if a["label_agreement"] is None else f"{a['label_agreement']:.0%}"
+        lines.append(f"**{name}** vs teacher (IoU ≥ {a['iou_threshold']}): {a['matched']} matched, "
+                     f"{a['missed']} missed, {a['extra']} extra (F1 {a['f1']:.2f}); mean IoU of matches "
+                     f"{mean_iou}; same label {label_agreement}.")
+    return notes_markdown(report.get("notes", [])) + "\n\n".join(lines) + "\n\n" + ranking_markdown(report)
 
 
 def build_detection_tab() -> None:
@@ -122,18 +147,23 @@ def build_detection_tab() -> None:
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="detection-image")
                 pair = pair_dropdown(("detection",), DEFAULT_PAIR)
+                students = student_picker("detection", DEFAULT_PAIR)
                 threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold")
                 toggle = consensus_toggle()
                 run = gr.Button("Detect", variant="primary", elem_id="detection-run")
             with gr.Column(scale=2):
                 with gr.Row():
                     outputs = side_by_side_images("detection")
+                    second = second_student_image("detection")
                 overlay = consensus_overlay_image("detection")
                 summary = gr.Markdown()
                 report = gr.JSON(label="Report", open=False)
         gr.Examples(examples_for("detection"), inputs=[image], label="Examples",
                     elem_id="detection-examples")
-        event = run.click(user_errors(detect), [image, pair, threshold], [*outputs, report], api_name="detect",
-                          **GPU_QUEUE)
+        event = run.click(user_errors(detect), [image, pair, threshold, students], [*outputs, report],
+                          api_name="detect", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
-        wire_consensus_toggle(event, image, pair, toggle, overlay)
+        event.then(show_second_student(student_detections_image), [image, report], second,
+                   api_visibility="private")
+        wire_student_picker(pair, students)
+        wire_consensus_toggle(event, image, pair, toggle, overlay, students)

@@ -12,7 +12,6 @@ from analysis.agreement import segmentation_agreement
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
 from demos.common import (
     GPU_QUEUE,
-    ROLES,
     display_scale,
     enlarge,
     examples_for,
@@ -21,10 +20,16 @@ from demos.common import (
     output_path,
     pair_dropdown,
     palette,
+    ranking_markdown,
     read_image,
     run_sides,
+    second_student_image,
+    show_second_student,
     side_by_side_images,
+    student_picker,
+    students_report,
     user_errors,
+    wire_student_picker,
 )
 from demos.components import user_image
 from weights.predictors import predictors_for
@@ -56,62 +61,84 @@ def save_class_maps(maps: dict[str, np.ndarray]) -> str:
 
 
 @on_gpu
-def segment(image, pair: str = DEFAULT_PAIR) -> tuple[np.ndarray, np.ndarray, dict, str]:
-    """Run a segmentation pair on one image.
+def segment(image, pair: str = DEFAULT_PAIR, students: str | list[str] | None = None,
+            ) -> tuple[np.ndarray, np.ndarray, dict, str]:
+    """Run a segmentation pair's teacher and one or two of its students on one image.
 
     Args:
         image: a file path, numpy RGB array or PIL image.
         pair: a segmentation pair name from the registry.
+        students: one or two student names (a list or a comma-separated string); default the pair's first.
 
     Returns:
-        ``(teacher_image, student_image, report, npz_path)``. ``report`` is
-        ``{pair, classes, teacher: {latency_ms, params, gflops}, student: {...}, agreement: {miou,
-        pixel_agreement, per_class}, notes}``; the ``.npz`` holds ``teacher`` and ``student`` (H, W) class maps.
+        ``(teacher_image, student_image, report, npz_path)``: the teacher's and the first student's masks;
+        ``report`` is ``{pair, classes, teacher: {latency_ms, params, gflops}, students: {name: {method, source,
+        latency_ms, params, gflops, agreement: {miou, pixel_agreement, per_class}}}, ranking, notes}`` with the first
+        student also as ``student`` and ``agreement`` (single-student fields, kept for one release); the ``.npz``
+        holds the (H, W) class maps of ``teacher``, each chosen student by name, and ``student`` (the first).
     """
     spec = get_pair(pair, "segmentation")
+    chosen = spec.choose_students(students)
     array, notes = read_image(image)
-    predictors = predictors_for(spec)
+    predictors = predictors_for(spec, students=chosen)
     sides = run_sides(predictors, array, lambda p, out, geo: p.class_map(out, geo))
     classes = predictors["teacher"].labels
-    maps = {role: sides[role][0] for role in ROLES}
-    agreement = segmentation_agreement(maps["teacher"], maps["student"].to(maps["teacher"].device), len(classes))
-    agreement["per_class"] = {classes[i]: v for i, v in agreement["per_class"].items()}
-    report = {"pair": spec.name, "classes": classes, **{role: sides[role][1] for role in ROLES},
-              "agreement": agreement, "notes": notes}
-    images = [draw_mask(array, maps[role], len(classes)) for role in ROLES]
-    npz = save_class_maps({role: maps[role].cpu().numpy().astype(np.int32) for role in ROLES})
+    maps = {name: side[0] for name, side in sides.items()}
+    per_student = {}
+    for s in chosen:
+        agreement = segmentation_agreement(maps["teacher"], maps[s.name].to(maps["teacher"].device), len(classes))
+        agreement["per_class"] = {classes[i]: v for i, v in agreement["per_class"].items()}
+        per_student[s.name] = {**sides[s.name][1], "agreement": agreement}
+    report = {"pair": spec.name, "classes": classes, "teacher": sides["teacher"][1],
+              **students_report(spec, chosen, per_student, "miou"), "notes": notes}
+    images = [draw_mask(array, maps[name], len(classes)) for name in ("teacher", chosen[0].name)]
+    arrays = {name: m.cpu().numpy().astype(np.int32) for name, m in maps.items()}
+    npz = save_class_maps(arrays | {"student": arrays[chosen[0].name]})
     return images[0], images[1], report, npz
 
 
+def student_mask_image(image, report: dict | None, npz: str | None, position: int = 1) -> np.ndarray | None:
+    """The ``position``-th chosen student's mask, drawn from the class maps the call saved (no second forward)."""
+    if not report or not npz or len(report.get("students", {})) <= position:
+        return None
+    array, _ = read_image(image)
+    name = list(report["students"])[position]
+    with np.load(npz, allow_pickle=False) as maps:
+        class_map = torch.from_numpy(maps[name])
+    return draw_mask(array, class_map, len(report["classes"]))
+
+
 def per_class_figure(report: dict | None):
-    """Plotly bar chart of the teacher-vs-student IoU of every class present in either mask."""
+    """Plotly bar chart of each chosen student's IoU with the teacher, for every class present in either mask."""
     import plotly.graph_objects as go
 
     if not report:
         return None
-    per_class = report["agreement"]["per_class"]
+    students = report["students"]
+    names = list(dict.fromkeys(c for block in students.values() for c in block["agreement"]["per_class"]))
     colours = palette(len(report["classes"]))
-    names = list(per_class)
-    fig = go.Figure(go.Bar(
-        x=names, y=[per_class[n] for n in names],
-        marker_color=[f"rgb{colours[report['classes'].index(n)]}" for n in names]))
+    single = len(students) == 1
+    fig = go.Figure([go.Bar(name=student, x=names, y=[block["agreement"]["per_class"].get(n) for n in names],
+                            marker_color=[f"rgb{colours[report['classes'].index(n)]}" for n in names] if single
+                            else None)
+                     for student, block in students.items()])
     fig.update_layout(title="Per-class agreement (IoU of student vs teacher)", yaxis={"range": [0, 1]},
-                      height=320, margin={"l": 40, "r": 10, "t": 40, "b": 40})
+                      height=320, margin={"l": 40, "r": 10, "t": 40, "b": 40}, barmode="group",
+                      showlegend=not single)
     return fig
 
 
 def summary_markdown(report: dict | None) -> str:
     if not report:
         return ""
-    a = report["agreement"]
     colours = palette(len(report["classes"]))
+    present = dict.fromkeys(c for block in report["students"].values() for c in block["agreement"]["per_class"])
     swatch = '<span style="display:inline-block;width:12px;height:12px;background:rgb{};margin:0 4px 0 10px"></span>'
-    legend = " ".join(swatch.format(colours[report["classes"].index(n)]) + html.escape(n) for n in a["per_class"])
-    rows = "\n".join(f"| {role} | {report[role]['latency_ms']:.1f} | {report[role]['params'] / 1e6:.2f} M | "
-                     f"{report[role]['gflops']:.2f} |" for role in ROLES)
-    return (notes_markdown(report.get("notes", [])) + f"**Legend:** {legend}\n\n"
-            f"**Agreement with the teacher:** mIoU {a['miou']:.3f}, pixel agreement {a['pixel_agreement']:.1%}.\n\n"
-            f"| model | latency (ms) | params | GFLOPs |\n|---|---|---|---|\n{rows}")
+    legend = " ".join(swatch.format(colours[report["classes"].index(n)]) + html.escape(n) for n in present)
+    lines = [f"**{name}** vs teacher: mIoU {b['agreement']['miou']:.3f}, pixel agreement "
+             f"{b['agreement']['pixel_agreement']:.1%}." for name, b in report["students"].items()]
+    return (notes_markdown(report.get("notes", [])) + f"**Legend:** {legend}\n\n" + "\n\n".join(lines)
+            + "\n\n" + ranking_markdown(report))
 
 
 def build_segmentation_tab() -> None:
@@ -123,11 +150,13 @@ def build_segmentation_tab() -> None:
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="segmentation-image")
                 pair = pair_dropdown(("segmentation",), DEFAULT_PAIR)
+                students = student_picker("segmentation", DEFAULT_PAIR)
                 toggle = consensus_toggle()
                 run = gr.Button("Segment", variant="primary", elem_id="segmentation-run")
             with gr.Column(scale=2):
                 with gr.Row():
                     outputs = side_by_side_images("segmentation")
+                    second = second_student_image("segmentation")
                 overlay = consensus_overlay_image("segmentation")
                 summary = gr.Markdown()
                 plot = gr.Plot(label="Per-class agreement")
@@ -136,8 +165,10 @@ def build_segmentation_tab() -> None:
                     npz = gr.File(label="Class maps (.npz)")
         gr.Examples(examples_for("segmentation"), inputs=[image], label="Examples",
                     elem_id="segmentation-examples")
-        event = run.click(user_errors(segment), [image, pair], [*outputs, report, npz], api_name="segment",
-                          **GPU_QUEUE)
+        event = run.click(user_errors(segment), [image, pair, students], [*outputs, report, npz],
+                          api_name="segment", **GPU_QUEUE)
+        event.then(show_second_student(student_mask_image), [image, report, npz], second, api_visibility="private")
+        wire_student_picker(pair, students)
         event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],
                    api_visibility="private")
-        wire_consensus_toggle(event, image, pair, toggle, overlay)
+        wire_consensus_toggle(event, image, pair, toggle, overlay, students)

@@ -79,7 +79,7 @@ def clip_kd(student_out: tuple, teacher_out: tuple) -> torch.Tensor:
 
 
 def adm_feature_losses(student_map: torch.Tensor, teacher_map: torch.Tensor, tau: float = 0.1,
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       student_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ADM's consensus learning (for the student) and divergence learning (for the teacher), our formulation.
 
     What is the paper's: in online distillation the student should learn most where teacher and student already
@@ -93,6 +93,9 @@ def adm_feature_losses(student_map: torch.Tensor, teacher_map: torch.Tensor, tau
         student_map: (B, C, h, w) student features, already adapted to the teacher's channels.
         teacher_map: (B, C, h, w) teacher features of the same stage.
         tau: softmax temperature, > 0.
+        student_features: the student's own features before any adapter; when given, S is computed from them
+            (the affinity consensus is dimension-free), so the weights are exactly the consensus maps that the
+            analysis package draws for the trained student.
 
     Returns:
         ``(student_loss, teacher_loss)``: scalars; the first has gradients only into the student's features, the
@@ -101,7 +104,8 @@ def adm_feature_losses(student_map: torch.Tensor, teacher_map: torch.Tensor, tau
     from analysis.consensus import affinity_consensus, consensus_weights, divergence_weights
 
     with torch.no_grad():
-        similarity = affinity_consensus(teacher_map.detach(), student_map.detach())  # (B, h, w) on the teacher grid
+        own = student_map if student_features is None else student_features
+        similarity = affinity_consensus(teacher_map.detach(), own.detach())  # (B, h, w) on the teacher grid
         w_student, w_teacher = consensus_weights(similarity, tau), divergence_weights(similarity, tau)
 
     def per_location(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

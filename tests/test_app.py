@@ -152,3 +152,23 @@ def test_generate_endpoint(client, tiny_hub_pairs):
         client.predict("", tiny_hub_pairs["generation"], 1, 64, 64, 2, 4.0, False, False, api_name="/generate")
     generation = [p for p in client.predict(api_name="/pairs") if p["task"] == "generation"]
     assert all({"width", "height", "steps", "guidance"} <= set(p) for p in generation)
+
+
+def test_students_through_the_api(client, scene_file):
+    """Every model-running endpoint takes ``students`` (a comma-separated string); left out, the first student."""
+    from gradio_client import handle_file
+
+    rows = {p["name"]: p for p in client.predict(api_name="/pairs")}
+    names = [s["name"] for s in rows["shapes-segmentation"]["students"]]
+    assert len(names) >= 2 and all(s["method"] and s["params"] for s in rows["shapes-segmentation"]["students"])
+    both = ",".join(names[:2])
+    _, _, report, _ = client.predict(handle_file(scene_file), "shapes-segmentation", both, api_name="/segment")
+    assert list(report["students"]) == names[:2] and len(report["ranking"]) == 2
+    _, _, report = client.predict(handle_file(scene_file), "shapes-detection", 0.3, names[1], api_name="/detect")
+    assert list(report["students"]) == [names[1]]
+    gallery, report = client.predict(handle_file(scene_file), "shapes-segmentation", 0.1, "affinity", both,
+                                     api_name="/consensus")
+    assert list(report["students"]) == names[:2] and len(gallery) == sum(
+        2 * len(block["stages"]) for block in report["students"].values())
+    with pytest.raises(Exception, match="no student 'ghost'"):
+        client.predict(handle_file(scene_file), "shapes-detection", 0.3, "ghost", api_name="/detect")

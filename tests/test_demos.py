@@ -48,7 +48,7 @@ def test_boxes_follow_the_input_size(scene_png, tmp_path):
 def test_segment_returns_maps_at_the_input_size(scene_png):
     teacher_img, student_img, report, npz = segment(str(scene_png), "shapes-segmentation")
     maps = np.load(npz)
-    assert set(maps.files) == {"teacher", "student"}
+    assert set(maps.files) == {"teacher", "student", "feature-kd"}  # "student": the first, kept for one release
     assert maps["teacher"].shape == maps["student"].shape == (128, 128)
     assert report["classes"][0] == "background" and len(report["classes"]) == 6
     agreement = report["agreement"]

@@ -7,10 +7,12 @@ Safetensors only, and never ``trust_remote_code``: Hub classes come from a fixed
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -301,3 +303,48 @@ def load_model(source: ModelSource, device: torch.device | None = None, cache: M
         return _load_hub(source, device, dtype)
 
     return cache.get_or_load((source, str(device), dtype), load)
+
+
+def _weights_file(source: ModelSource) -> Path | None:
+    """The local safetensors file holding a model's weights, without downloading: the builtin checkpoint, or the
+    Hub file when it is already in the local cache (or ``location`` is a folder); None when not at hand."""
+    if source.kind == "builtin":
+        if source.model_class == "ShapesNet" or source.model_class == "open_clip":
+            return BUILTIN_DIR / f"{source.location}.safetensors"
+        folder = BUILTIN_DIR / source.location / (source.subfolder or "unet")
+        return next(iter(sorted(folder.glob("*.safetensors"))), None)
+    names = [OPEN_CLIP_WEIGHTS] if source.model_class == "open_clip" else (
+        [source.lora] if source.lora else ["model.safetensors", "diffusion_pytorch_model.safetensors"])
+    prefix = f"{source.subfolder}/" if source.subfolder else ("unet/" if source.model_class.endswith("Pipeline")
+                                                              else "")
+    for name in names:
+        local = Path(source.location) / f"{prefix}{name}"
+        if local.is_file():
+            return local
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source.location, f"{prefix}{name}", revision=source.revision)
+        except Exception:  # not a valid repo id, no cache
+            cached = None
+        if isinstance(cached, str):
+            return Path(cached)
+    return None
+
+
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # batch-norm state, not parameters
+
+
+def stored_parameters(source: ModelSource) -> int | None:
+    """Parameter count from a safetensors header (shapes only; nothing is loaded or downloaded), or None when the
+    weights are not on this machine. For a pipeline, its UNet; for a LoRA, the adapter's own parameters."""
+    from safetensors import safe_open
+
+    path = _weights_file(source)
+    if path is None or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith(BUFFERS))
+    except Exception:  # an unreadable file is reported by the loader when the model is used
+        return None

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from analysis.profiling import count_gflops, count_parameters
 from analysis.readback import read_back
 from weights.loaders import load_model
-from weights.registry import ModelSource, Pair
+from weights.registry import ModelSource, Pair, Student
 from weights.shapes.nets import decode_detections, detection_candidates, normalise
 
 _GFLOPS_MEMO: OrderedDict[tuple, float] = OrderedDict()
@@ -192,10 +192,13 @@ class SegmentationPredictor(Predictor):
 PREDICTORS = {"detection": DetectionPredictor, "segmentation": SegmentationPredictor}
 
 
-def predictors_for(pair: Pair, device: torch.device | None = None) -> dict[str, Predictor]:
-    """``{"teacher": ..., "student": ...}`` for a pair, loading lazily through the cache."""
+def predictors_for(pair: Pair, device: torch.device | None = None, students: list[Student] | None = None,
+                   ) -> dict[str, Predictor]:
+    """``{"teacher": ..., <student name>: ..., ...}`` for a pair and the chosen students (default: its first), in
+    that order, loading lazily through the cache."""
     cls = PREDICTORS[pair.task]
-    return {role: cls(pair, getattr(pair, role), device) for role in ("teacher", "student")}
+    chosen = students if students else pair.students[:1]
+    return {"teacher": cls(pair, pair.teacher, device)} | {s.name: cls(pair, s.source, device) for s in chosen}
 
 
 class ClassificationPredictor(Predictor):

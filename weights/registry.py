@@ -50,25 +50,94 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
+class Student:
+    """One student of a pair: its name (unique within the pair), where it comes from, and how it was made."""
+
+    name: str
+    source: ModelSource
+    method: str = "distilled from the teacher"
+    licence: str | None = None  # None: the pair's licence
+    adm: dict | None = None  # trained with ADM's weighted feature loss: {"strides": (...), "tau": ...}
+
+    def summary(self) -> dict:
+        return {"name": self.name, "source": self.source.display_name, "method": self.method,
+                "licence": self.licence}
+
+
+class UnknownStudentError(ValueError):
+    """A student name that the pair does not hold, or too many students at once."""
+
+
+MAX_STUDENTS_AT_ONCE = 2
+
+
+@dataclass(frozen=True)
 class Pair:
+    """A teacher and one or more students of one task.
+
+    ``students`` is a tuple of :class:`Student`; a bare :class:`ModelSource` is accepted for a pair with one student
+    (named ``student``), so older registrations keep working. The first student is the default one.
+    """
+
     name: str
     task: Task
     teacher: ModelSource
-    student: ModelSource
+    students: tuple[Student, ...]
     licence: str
     description: str = ""
     labels: tuple[str, ...] | None = None  # None: read from the model's own config
     preprocessing: dict = field(default_factory=dict)  # builtin pairs: resize policy
     native: dict = field(default_factory=dict)  # generation: width, height, steps, guidance (student_* overrides)
 
+    def __post_init__(self):
+        students = self.students
+        if isinstance(students, ModelSource):
+            students = (Student("student", students),)
+        students = tuple(students)
+        names = [s.name for s in students]
+        if not students or len(set(names)) != len(names) or "teacher" in names:
+            raise ValueError(f"pair {self.name!r} needs one or more students with distinct names (not 'teacher')")
+        object.__setattr__(self, "students", students)
+
+    @property
+    def student(self) -> ModelSource:
+        """The default (first) student's source."""
+        return self.students[0].source
+
     @property
     def source(self) -> str:
-        return "builtin" if self.teacher.kind == self.student.kind == "builtin" else "hub"
+        kinds = {self.teacher.kind} | {s.source.kind for s in self.students}
+        return "builtin" if kinds == {"builtin"} else "hub"
+
+    def choose_students(self, names: str | list[str] | tuple[str, ...] | None = None) -> list[Student]:
+        """The students named (a list, or one comma-separated string), in the order given; default: the first.
+
+        Raises:
+            UnknownStudentError: a name the pair does not hold, or more than ``MAX_STUDENTS_AT_ONCE`` names.
+        """
+        if isinstance(names, str):
+            names = names.split(",")
+        if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)):
+            raise UnknownStudentError("students must be student names: a list, or one comma-separated string.")
+        wanted = list(dict.fromkeys(n.strip() for n in names or [] if n.strip()))
+        if not wanted:
+            return [self.students[0]]
+        if len(wanted) > MAX_STUDENTS_AT_ONCE:
+            raise UnknownStudentError(f"Choose at most {MAX_STUDENTS_AT_ONCE} students at once, got {len(wanted)}.")
+        by_name = {s.name: s for s in self.students}
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            shown = ", ".join(repr(n[:40]) for n in unknown)
+            raise UnknownStudentError(f"Pair {self.name!r} has no student {shown}. Its students: "
+                                      f"{', '.join(by_name)}.")
+        return [by_name[n] for n in wanted]
 
     def summary(self) -> dict:
-        """The public description served by ``/pairs``."""
+        """The public description served by ``/pairs`` (``student`` is the default student, kept for one release:
+        read ``students``)."""
         summary = {"name": self.name, "task": self.task, "source": self.source,
                    "teacher": self.teacher.display_name, "student": self.student.display_name,
+                   "students": [s.summary() | {"licence": s.licence or self.licence} for s in self.students],
                    "licence": self.licence, "description": self.description}
         return summary | self.native
 
@@ -81,6 +150,38 @@ SHAPES_PREPROCESSING = {"short_side": 128, "max_side": 1024, "multiple": 16}
 
 def _builtin(task: str, role: str) -> ModelSource:
     return ModelSource("builtin", f"shapes_{task}_{role}", model_class="ShapesNet")
+
+
+# Where and how sharply the ADM students' feature loss was weighted (``KD_STAGES`` and ``ADM_TAU`` of the recipe
+# in weights/shapes/train_nets.py; a test keeps them equal): the Analysis tab's consensus maps at these strides and
+# this temperature are the weights ADM's loss gives each location.
+ADM_TRAINING = {"strides": (8, 16), "tau": 0.1}
+RECIPE_BUDGET = "2,000 steps × batch 32"
+
+
+def shapes_pairs(task: str, description: str) -> tuple[Pair, ...]:
+    """The builtin pair of a task (its committed teacher, students distilled by different methods with the same
+    recipe and budget) and the online-ADM pair (a teacher and student trained together from scratch)."""
+    students = (
+        Student("feature-kd", _builtin(task, "student"),
+                f"output KD + feature KD (strides 8 and 16) from the teacher, {RECIPE_BUDGET}"),
+        Student("adm-consensus", ModelSource("builtin", f"shapes_{task}_student_adm-consensus", "ShapesNet"),
+                f"output KD + ADM consensus-weighted feature KD from the frozen teacher, {RECIPE_BUDGET}",
+                adm=ADM_TRAINING),
+    )
+    online = Student("online-adm", ModelSource("builtin", f"shapes_{task}_student_online-adm", "ShapesNet"),
+                     f"online ADM: trained from scratch with its teacher; output KD + consensus learning, "
+                     f"{RECIPE_BUDGET}", adm=ADM_TRAINING)
+    return (
+        Pair(f"shapes-{task}", task, _builtin(task, "teacher"), students, BUILTIN_LICENCE,
+             f"{description}; students distilled from the teacher by different methods.",
+             labels=CLASS_NAMES, preprocessing=SHAPES_PREPROCESSING),
+        Pair(f"shapes-{task}-online-adm", task,
+             ModelSource("builtin", f"shapes_{task}_teacher_online-adm", "ShapesNet"), (online,), BUILTIN_LICENCE,
+             f"{description}; teacher and student trained together from scratch (online ADM: divergence learning "
+             "for the teacher, consensus learning for the student).",
+             labels=CLASS_NAMES, preprocessing=SHAPES_PREPROCESSING),
+    )
 
 
 def _open_clip(repo: str, architecture: str, tag: str) -> ModelSource:
@@ -99,6 +200,10 @@ def _unet(repo: str, subfolder: str = "unet") -> ModelSource:
 CLIP_TEACHER = _open_clip("timm/vit_large_patch14_clip_224.openai", "ViT-L-14-quickgelu", "openai")
 
 
+def _hub_student(name: str, source: ModelSource) -> Student:
+    return Student(name, source, f"Hub: {source.location}")
+
+
 def _rtdetr(repo: str) -> ModelSource:
     return ModelSource("hub", repo, model_class="RTDetrForObjectDetection", revision="main",
                        processor_class="RTDetrImageProcessor")
@@ -110,50 +215,58 @@ def _segformer(repo: str) -> ModelSource:
 
 
 _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
-    Pair("shapes-detection", "detection", _builtin("detection", "teacher"), _builtin("detection", "student"),
-         BUILTIN_LICENCE, "Builtin CenterNet-style CNNs on Shapes; the student is distilled from the teacher.",
-         labels=CLASS_NAMES, preprocessing=SHAPES_PREPROCESSING),
-    Pair("shapes-segmentation", "segmentation", _builtin("segmentation", "teacher"),
-         _builtin("segmentation", "student"), BUILTIN_LICENCE,
-         "Builtin encoder-decoder CNNs on Shapes; the student is distilled from the teacher.",
-         labels=CLASS_NAMES, preprocessing=SHAPES_PREPROCESSING),
+    *(shapes_pairs("detection", "Builtin CenterNet-style CNNs on Shapes")
+      + shapes_pairs("segmentation", "Builtin encoder-decoder CNNs on Shapes")),
     Pair("rtdetr-r101vd-to-r18vd", "detection", _rtdetr("PekingU/rtdetr_r101vd_coco_o365"),
-         _rtdetr("PekingU/rtdetr_r18vd_coco_o365"), APACHE, "RT-DETR on COCO (Objects365 pre-training)."),
+         (_hub_student("r18vd", _rtdetr("PekingU/rtdetr_r18vd_coco_o365")),
+          _hub_student("r34vd", _rtdetr("PekingU/rtdetr_r34vd_coco_o365"))),
+         APACHE, "RT-DETR on COCO (Objects365 pre-training); students R18vd and R34vd."),
     Pair("rtdetr-r50vd-to-r18vd", "detection", _rtdetr("PekingU/rtdetr_r50vd_coco_o365"),
-         _rtdetr("PekingU/rtdetr_r18vd_coco_o365"), APACHE, "RT-DETR on COCO (Objects365 pre-training)."),
+         (_hub_student("r18vd", _rtdetr("PekingU/rtdetr_r18vd_coco_o365")),), APACHE,
+         "RT-DETR on COCO (Objects365 pre-training)."),
     Pair("segformer-b5-to-b0-ade", "segmentation", _segformer("nvidia/segformer-b5-finetuned-ade-640-640"),
-         _segformer("nvidia/segformer-b0-finetuned-ade-512-512"), SEGFORMER_LICENCE, "SegFormer on ADE20K."),
+         (_hub_student("b0", _segformer("nvidia/segformer-b0-finetuned-ade-512-512")),
+          _hub_student("b2", _segformer("nvidia/segformer-b2-finetuned-ade-512-512"))),
+         SEGFORMER_LICENCE, "SegFormer on ADE20K; students B0 and B2."),
     Pair("segformer-b5-to-b0-cityscapes", "segmentation",
          _segformer("nvidia/segformer-b5-finetuned-cityscapes-1024-1024"),
-         _segformer("nvidia/segformer-b0-finetuned-cityscapes-1024-1024"), SEGFORMER_LICENCE,
-         "SegFormer on Cityscapes."),
+         (_hub_student("b0", _segformer("nvidia/segformer-b0-finetuned-cityscapes-1024-1024")),
+          _hub_student("b2", _segformer("nvidia/segformer-b2-finetuned-cityscapes-1024-1024"))),
+         SEGFORMER_LICENCE, "SegFormer on Cityscapes; students B0 and B2."),
     Pair("shapes-clip", "classification", ModelSource("builtin", "shapes_clip_teacher", model_class="open_clip",
                                                       architecture="shapes-clip-teacher"),
-         ModelSource("builtin", "shapes_clip_student", model_class="open_clip", architecture="shapes-clip-student"),
+         (Student("clip-kd", ModelSource("builtin", "shapes_clip_student", model_class="open_clip",
+                                         architecture="shapes-clip-student"),
+                  "contrastive + CLIP-KD feature and relational distillation from the teacher"),),
          BUILTIN_LICENCE,
          "Builtin tiny CLIPs on Shapes captions (open_clip configs); the student is distilled from the teacher."),
     Pair("clip-vit-l14-to-b32", "classification", CLIP_TEACHER,
-         _open_clip("timm/vit_base_patch32_clip_224.openai", "ViT-B-32-quickgelu", "openai"), OPENAI_CLIP_LICENCE,
+         (_hub_student("vit-b-32", _open_clip("timm/vit_base_patch32_clip_224.openai", "ViT-B-32-quickgelu",
+                                              "openai")),), OPENAI_CLIP_LICENCE,
          "OpenAI CLIP ViT-L/14 teacher, ViT-B/32 student (open_clip)."),
     Pair("clip-vit-l14-to-b16", "classification", CLIP_TEACHER,
-         _open_clip("timm/vit_base_patch16_clip_224.openai", "ViT-B-16-quickgelu", "openai"), OPENAI_CLIP_LICENCE,
+         (_hub_student("vit-b-16", _open_clip("timm/vit_base_patch16_clip_224.openai", "ViT-B-16-quickgelu",
+                                              "openai")),), OPENAI_CLIP_LICENCE,
          "OpenAI CLIP ViT-L/14 teacher, ViT-B/16 student (open_clip)."),
     Pair("clip-vit-l14-to-mobileclip-s1", "classification", CLIP_TEACHER,
-         _open_clip("apple/MobileCLIP-S1-OpenCLIP", "MobileCLIP-S1", "datacompdr"),
+         (_hub_student("mobileclip-s1", _open_clip("apple/MobileCLIP-S1-OpenCLIP", "MobileCLIP-S1", "datacompdr")),),
          f"teacher: {OPENAI_CLIP_LICENCE}; student: {MOBILECLIP_LICENCE}",
          "OpenAI CLIP ViT-L/14 teacher, MobileCLIP-S1 student (open_clip)."),
     Pair("shapes-diffusion", "generation",
          ModelSource("builtin", "shapes_diffusion", model_class="StableDiffusionPipeline"),
-         ModelSource("builtin", "shapes_diffusion", model_class="UNet2DConditionModel",
-                     subfolder="unet_student"), BUILTIN_LICENCE,
+         (Student("block-removed", ModelSource("builtin", "shapes_diffusion", model_class="UNet2DConditionModel",
+                                               subfolder="unet_student"),
+                  "BK-SDM-style block removal, distilled on the teacher's outputs and features"),), BUILTIN_LICENCE,
          "Builtin tiny latent text-to-image teacher and its block-removed student UNet (shared VAE and text encoder).",
          native={"width": 64, "height": 64, "steps": 25, "guidance": 4.0}),
-    Pair("sd15-to-bk-sdm-small", "generation", SD15, _unet("nota-ai/bk-sdm-small"), SD_LICENCE,
+    Pair("sd15-to-bk-sdm-small", "generation", SD15, (_hub_student("bk-sdm-small", _unet("nota-ai/bk-sdm-small")),),
+         SD_LICENCE,
          "Stable Diffusion 1.5 and BK-SDM-Small's block-removed UNet (sharing SD 1.5's VAE and text encoder).",
          native={"width": 512, "height": 512, "steps": 25, "guidance": 7.5}),
     Pair("sd15-to-lcm-lora", "generation", SD15,
-         ModelSource("hub", "latent-consistency/lcm-lora-sdv1-5", model_class="UNet2DConditionModel", revision="main",
-                     lora="pytorch_lora_weights.safetensors", scheduler="LCMScheduler"),
+         (_hub_student("lcm-lora", ModelSource("hub", "latent-consistency/lcm-lora-sdv1-5",
+                                               model_class="UNet2DConditionModel", revision="main",
+                                               lora="pytorch_lora_weights.safetensors", scheduler="LCMScheduler")),),
          SD_LICENCE, "Stable Diffusion 1.5 and the same UNet with LCM-LoRA (4 steps, LCM scheduler).",
          native={"width": 512, "height": 512, "steps": 25, "guidance": 7.5, "student_steps": 4,
                  "student_guidance": 1.0}),

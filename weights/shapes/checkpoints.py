@@ -22,13 +22,19 @@ BUILTIN_CONFIGS: dict[tuple[str, str], ShapesNetConfig] = {
 }
 
 
-def checkpoint_path(task: str, role: str) -> Path:
-    return BUILTIN_DIR / f"shapes_{task}_{role}.safetensors"
+def checkpoint_path(task: str, role: str, method: str | None = None) -> Path:
+    """``shapes_<task>_<role>[_<method>].safetensors``: no method for the committed teachers and their first
+    students."""
+    return BUILTIN_DIR / f"shapes_{task}_{role}{'_' + method if method else ''}.safetensors"
 
 
-def save_checkpoint(model: ShapesNet, path: Path) -> None:
-    """Save weights as safetensors with the config in the metadata, so a file describes itself."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def save_checkpoint(model: ShapesNet, path: Path, half: bool = False) -> None:
+    """Save weights as safetensors with the config in the metadata, so a file describes itself.
+
+    ``half`` stores floating-point tensors in fp16 (half the bytes); :func:`load_checkpoint` loads them as fp32.
+    """
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"config": model.config.to_json(), "format": "pt"})
 
 

@@ -2,6 +2,8 @@
 
     python -m weights.shapes.train_nets                      # all four models, the committed recipe
     python -m weights.shapes.train_nets --task detection --role student --steps 300   # one model
+    python -m weights.shapes.train_nets --role student --method adm-consensus --half  # the ADM students
+    python -m weights.shapes.train_nets --role student --method online-adm --half     # the online-ADM pairs
 
 Students learn from ground truth plus the teacher's outputs (soft heatmaps / soft pixel labels) and the
 teacher's encoder features at strides 8 and 16 (1x1 adapters map student channels onto the teacher's;
@@ -22,12 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.profiling import count_parameters
-from methods.distill import feature_kd, heatmap_kd, soft_label_kd
+from methods.distill import adm_feature_losses, feature_kd, heatmap_kd, soft_label_kd
 from weights.shapes.checkpoints import BUILTIN_CONFIGS, BUILTIN_DIR, checkpoint_path, save_checkpoint
 from weights.shapes.nets import DETECTION_STRIDE, ShapesNet, ShapesNetConfig, normalise
 from weights.shapes.world import TRAIN_SEEDS, render_scene
 
 KD_STAGES = (2, 3)  # encoder stages (strides 8 and 16) matched by feature distillation
+ADM_TAU = 0.1  # softmax temperature of ADM's consensus and divergence weights (the Analysis tab's default)
 
 
 def detection_targets(boxes: np.ndarray, labels: np.ndarray, height: int, width: int) -> dict[str, np.ndarray]:
@@ -118,68 +121,122 @@ def task_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> t
     return focal_loss(out["heatmap"], batch["heat"]) + reg_loss
 
 
-def distillation_loss(out: dict, teacher_out: dict, adapters: nn.ModuleList, temperature: float = 2.0,
-                      ) -> torch.Tensor:
-    """Output distillation (soft targets from the teacher) plus feature distillation at ``KD_STAGES``."""
+METHODS: dict[str, str] = {
+    "output-kd": "output KD",
+    "feature-kd": "output KD + feature KD",
+    "adm-consensus": "output KD + ADM consensus-weighted feature KD (frozen teacher)",
+    "online-adm": "online ADM: teacher and student from scratch together (consensus / divergence learning)",
+}
+
+
+def output_kd(out: dict, teacher_out: dict, temperature: float = 2.0) -> torch.Tensor:
+    """Output distillation: soft pixel labels for segmentation, soft heat maps and boxes for detection."""
     if "logits" in out:
-        output = soft_label_kd(out["logits"], teacher_out["logits"], temperature)
-    else:
-        output = heatmap_kd(out, teacher_out)
+        return soft_label_kd(out["logits"], teacher_out["logits"], temperature)
+    return heatmap_kd(out, teacher_out)
+
+
+def distillation_loss(method: str, out: dict, teacher_out: dict, adapters: nn.ModuleList) -> torch.Tensor:
+    """The distillation terms of ``method`` (a key of :data:`METHODS`), added to the student's task loss.
+
+    For ``online-adm`` the teacher's outputs carry gradients: its divergence-learning term is included here
+    (gradients reach only the teacher through it), while every student term sees the teacher detached.
+    """
+    detached = {k: v.detach() if torch.is_tensor(v) else [f.detach() for f in v] for k, v in teacher_out.items()}
+    loss = output_kd(out, detached)
+    if method == "output-kd":
+        return loss
     student_maps = [adapter(out["features"][s]) for adapter, s in zip(adapters, KD_STAGES, strict=True)]
-    return output + feature_kd(student_maps, [teacher_out["features"][s] for s in KD_STAGES])
+    teacher_maps = [teacher_out["features"][s] for s in KD_STAGES]
+    if method == "feature-kd":
+        return loss + feature_kd(student_maps, [t.detach() for t in teacher_maps])
+    for stage, student_map, teacher_map in zip(KD_STAGES, student_maps, teacher_maps, strict=True):
+        consensus, divergence = adm_feature_losses(student_map, teacher_map, ADM_TAU, out["features"][stage])
+        loss = loss + consensus + (divergence if method == "online-adm" else 0.0)
+    return loss
 
 
 def train(task: str, role: str, steps: int, batch_size: int = 32, pool_size: int = 12000, lr: float = 2e-3,
-          seed: int = 0, log_every: int = 50) -> Path:
-    """Train one builtin model and save it as safetensors under ``weights/checkpoints/``; returns the path."""
+          seed: int = 0, log_every: int = 50, method: str = "feature-kd", out: Path | None = None,
+          half: bool = False) -> Path:
+    """Train one builtin model and save it as safetensors; returns the path.
+
+    ``role="teacher"`` trains a teacher on ground truth alone. ``role="student"`` trains a student on ground
+    truth plus the distillation terms of ``method``: from the committed teacher (frozen), or for ``online-adm``
+    from a teacher trained from scratch beside it, saved too (``..._teacher_online-adm...``).
+    ``out``: a folder for the comparison's checkpoints (names carry method and seed); by default the committed
+    ``weights/checkpoints/shapes_<task>_<role>[_<method>].safetensors`` (no method suffix for ``feature-kd``, the
+    recipe of the pairs' first students). ``half``: store fp16 (they load as fp32).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     config: ShapesNetConfig = BUILTIN_CONFIGS[(task, role)]
     model = ShapesNet(config).train()
-    teacher, adapters = None, nn.ModuleList()
+    teacher, adapters, online = None, nn.ModuleList(), role == "student" and method == "online-adm"
     if role == "student":
         from weights.shapes.checkpoints import load_builtin_model
 
-        teacher = load_builtin_model(task, "teacher").eval()
+        teacher = ShapesNet(BUILTIN_CONFIGS[(task, "teacher")]).train() if online \
+            else load_builtin_model(task, "teacher").eval()
         t_widths = BUILTIN_CONFIGS[(task, "teacher")].widths
         adapters = nn.ModuleList(nn.Conv2d(config.widths[s], t_widths[s], 1) for s in KD_STAGES)
     params = list(model.parameters()) + list(adapters.parameters())
+    params += list(teacher.parameters()) if online else []
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
     start = time.time()
-    print(f"[{task}/{role}] rendering {pool_size} training scenes", flush=True)
+    tag = f"{task}/{role}" + (f"/{method}/s{seed}" if out is not None else "")
+    print(f"[{tag}] rendering {pool_size} training scenes", flush=True)
     pool = ScenePool(task, pool_size)
-    print(f"[{task}/{role}] {count_parameters(model):,} params; "
-          f"pool ready in {time.time() - start:.0f}s", flush=True)
-    path = checkpoint_path(task, role)
+    print(f"[{tag}] {count_parameters(model):,} params; pool ready in {time.time() - start:.0f}s", flush=True)
+    if out is None:  # the registered checkpoints: today's students keep their name, other methods add theirs
+        path = checkpoint_path(task, role, None if method == "feature-kd" else method)
+        teacher_path = checkpoint_path(task, "teacher", method) if online else None
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / comparison_name(task, role, method, seed)
+        teacher_path = out / comparison_name(task, "teacher", method, seed) if online else None
     for step in range(1, steps + 1):
         batch = pool.batch(rng, batch_size)
         x = photometric_jitter(normalise(batch["images"]), rng)
-        out = model(x)
-        loss = task_loss(out, batch)
+        result = model(x)
+        loss = task_loss(result, batch)
         if teacher is not None:
-            with torch.no_grad():
+            with torch.set_grad_enabled(online):
                 teacher_out = teacher(x)
-            loss = loss + distillation_loss(out, teacher_out, adapters)
+            loss = loss + distillation_loss(method, result, teacher_out, adapters)
+            if online:
+                loss = loss + task_loss(teacher_out, batch)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 5.0)
         optimiser.step()
         schedule.step()
         if step % log_every == 0 or step == steps:
-            print(f"[{task}/{role}] step {step}/{steps} loss {loss.item():.4f} "
-                  f"{time.time() - start:.0f}s", flush=True)
+            print(f"[{tag}] step {step}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
         if step % 500 == 0 or step == steps:
-            save_checkpoint(model.eval(), path)
-            model.train()
+            for net, where in ((model, path), (teacher, teacher_path)):
+                if where is not None:
+                    save_checkpoint(net.eval(), where, half=half)
+                    net.train()
     return path
+
+
+def comparison_name(task: str, role: str, method: str, seed: int) -> str:
+    """File name of one checkpoint of the distillation-method comparison."""
+    return f"shapes_{task}_{role}_{method}_s{seed}.safetensors"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=["detection", "segmentation", "all"], default="all")
     parser.add_argument("--role", choices=["teacher", "student", "both"], default="both")
+    parser.add_argument("--method", choices=list(METHODS), default="feature-kd",
+                        help="how the student is distilled (online-adm also trains its own teacher)")
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--half", action="store_true", help="store fp16 weights (half the bytes)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -189,7 +246,7 @@ def main() -> None:
     BUILTIN_DIR.mkdir(parents=True, exist_ok=True)
     for task in tasks:
         for role in roles:
-            print(f"saved {train(task, role, args.steps)}", flush=True)
+            print(f"saved {train(task, role, args.steps, method=args.method, half=args.half)}", flush=True)
 
 
 if __name__ == "__main__":
