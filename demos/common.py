@@ -460,9 +460,18 @@ def show_second_student(draw: Callable) -> Callable:
             picture = None
         if picture is None:
             return gr.update(value=None, visible=False)
-        return gr.update(value=served_files(picture), visible=True, label=list(report["students"])[1])
+        return gr.update(value=served_files(picture), visible=True, label=f"Student: {list(report['students'])[1]}")
 
     return handler
+
+
+def first_student_label(report: dict | None):
+    """Name the student panel after the first chosen student once a run has reported."""
+    import gradio as gr
+
+    if not report or not report.get("students"):
+        return gr.update()
+    return gr.update(label=f"Student: {next(iter(report['students']))}")
 
 
 def notes_markdown(notes: list[str]) -> str:

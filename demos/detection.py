@@ -14,6 +14,7 @@ from demos.common import (
     display_scale,
     enlarge,
     examples_for,
+    first_student_label,
     font_path,
     notes_markdown,
     on_gpu,
@@ -165,5 +166,6 @@ def build_detection_tab() -> None:
         event.then(summary_markdown, report, summary, api_visibility="private")
         event.then(show_second_student(student_detections_image), [image, report], second,
                    api_visibility="private")
+        event.then(first_student_label, report, outputs[1], api_visibility="private")
         wire_student_picker(pair, students)
         wire_consensus_toggle(event, image, pair, toggle, overlay, students)

@@ -15,6 +15,7 @@ from demos.common import (
     display_scale,
     enlarge,
     examples_for,
+    first_student_label,
     notes_markdown,
     on_gpu,
     output_path,
@@ -168,6 +169,7 @@ def build_segmentation_tab() -> None:
         event = run.click(user_errors(segment), [image, pair, students], [*outputs, report, npz],
                           api_name="segment", **GPU_QUEUE)
         event.then(show_second_student(student_mask_image), [image, report, npz], second, api_visibility="private")
+        event.then(first_student_label, report, outputs[1], api_visibility="private")
         wire_student_picker(pair, students)
         event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],
                    api_visibility="private")

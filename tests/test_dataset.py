@@ -1,0 +1,150 @@
+"""The dataset report: one command over a folder, resumable, the same in one or two processes, and a tab."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from demos.common import InputError
+from demos.dataset import Labels, _miss_ranking, extract_zip, list_images, read_records, run_dataset, safe_name
+from weights.shapes.world import CLASS_NAMES, EVAL_SEED_START, render_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = range(EVAL_SEED_START + 3000, EVAL_SEED_START + 3008)  # held out from training
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Eight held-out Shapes scenes, a corrupt file, and COCO-style box labels."""
+    root = tmp_path_factory.mktemp("dataset")
+    images = root / "images"
+    images.mkdir()
+    coco = {"images": [], "annotations": [],
+            "categories": [{"id": i, "name": c} for i, c in enumerate(CLASS_NAMES) if i]}
+    for k, seed in enumerate(SEEDS):
+        scene = render_scene(seed)
+        name = f"scene_{k:02d}.png"
+        Image.fromarray(scene.image).save(images / name)
+        coco["images"].append({"id": k, "file_name": name})
+        for (x0, y0, x1, y1), c in zip(scene.boxes.tolist(), scene.class_ids.tolist(), strict=True):
+            coco["annotations"].append({"image_id": k, "category_id": int(c), "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    (images / "broken.png").write_bytes(b"not an image")
+    (root / "labels.json").write_text(json.dumps(coco))
+    return root
+
+
+def outputs(out: Path) -> dict[str, str]:
+    return {name: (out / name).read_text() for name in ("results.jsonl", "summary.json")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    summary = run_dataset(list_images(folder / "images"), "shapes-detection", out, labels=folder / "labels.json",
+                          gallery=2)
+    return out, summary
+
+
+def test_a_folder_gives_results_summary_and_a_static_report(folder, uninterrupted):
+    out, summary = uninterrupted
+    records = read_records(out / "results.jsonl")
+    assert [r["image"] for r in records] == sorted(p.name for p in (folder / "images").iterdir())
+    assert summary["unreadable"] == [{"image": "broken.png", "reason": records[0]["error"]}]
+    assert summary["images"] == 8 and set(summary["accuracy"]) == {"teacher", "feature-kd"}
+    assert summary["accuracy"]["teacher"]["map_50"] > 0.8
+    scene = records[1]
+    assert set(scene["students"]["feature-kd"]) >= {"agreement", "disagreement", "consensus", "detections"}
+    assert scene["students"]["feature-kd"]["disagreement"] == pytest.approx(
+        1 - scene["students"]["feature-kd"]["agreement"]["f1"], abs=1e-4)
+    worst = summary["largest_disagreement"]
+    assert len(worst) == 2 and worst[0]["disagreement"] == max(
+        r["students"]["feature-kd"]["disagreement"] for r in records if "error" not in r)
+    page = (out / "report.html").read_text()
+    assert "plotly" in page and page.count("data:image/png;base64") >= 4 and "broken.png" in page
+    assert "latency" not in (out / "results.jsonl").read_text()  # timings live apart: they differ run to run
+    assert len(read_records(out / "timing.jsonl")) == 8
+
+
+def test_a_stopped_or_crashed_run_resumes_to_the_same_files(folder, uninterrupted, tmp_path):
+    images = list_images(folder / "images")
+    calls = []
+    stopped = run_dataset(images, "shapes-detection", tmp_path, labels=folder / "labels.json", gallery=2,
+                          cancel=lambda: (calls.append(1), len(calls) > 4)[1])
+    assert stopped is None and len(read_records(tmp_path / "results.jsonl")) == 4
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write('{"image": "scene_05.png", "stud')  # a crash in the middle of a line
+    run_dataset(images, "shapes-detection", tmp_path, labels=folder / "labels.json", gallery=2, resume=True)
+    assert outputs(tmp_path) == outputs(uninterrupted[0])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
+def test_two_processes_give_exactly_what_one_gives(folder, uninterrupted, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "demos.dataset", "--images", str(folder / "images"), "--pair", "shapes-detection",
+               "--out", str(tmp_path), "--labels", str(folder / "labels.json"), "--gallery", "2"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert outputs(tmp_path) == outputs(uninterrupted[0])
+    assert not list(tmp_path.glob("*.rank*.jsonl"))
+
+
+def test_segmentation_and_classification_pairs(folder, tmp_path):
+    images = list_images(folder / "images")[:3]
+    seg = run_dataset(images, "shapes-segmentation", tmp_path / "seg", students="feature-kd,adm-consensus",
+                      gallery=1)
+    assert seg["students"] == ["feature-kd", "adm-consensus"] and set(seg["per_student"]["adm-consensus"]) >= {
+        "agreement", "per_class", "consensus"}
+    clip = run_dataset(images, "shapes-clip", tmp_path / "clip", gallery=1)
+    assert 0 <= clip["per_student"]["clip-kd"]["agreement"]["kl"]["mean"]
+    with pytest.raises(InputError, match="generation pair"):
+        run_dataset(images, "shapes-diffusion", tmp_path / "gen")
+
+
+def test_the_miss_ranking_counts_images_where_the_student_misses_what_the_teacher_finds():
+    box = [10.0, 10.0, 30.0, 30.0]
+    labels = Labels(boxes={"a.png": [("circle", box)], "b.png": [("circle", box)]})
+    found = {"detections": [{"box": box, "label": "circle", "score": 0.9}]}
+    records = [{"image": "a.png", "teacher": found, "students": {"s": {"detections": []}}},
+               {"image": "b.png", "teacher": found, "students": {"s": found}}]
+    result = _miss_ranking(records, records, "s", labels, top=1)
+    assert result["folder_share"] == 0.5 and result["top_share"] == 1.0 and result["images"] == ["a.png"]
+
+
+def test_zip_uploads_are_bounded_and_flattened(tmp_path):
+    archive = tmp_path / "up.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("../../evil name.png", b"x")
+        z.writestr("nested/dir/ok.png", b"y")
+        z.writestr("notes.txt", b"z")
+    notes = extract_zip(archive, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["evil_name.png", "ok.png"]
+    assert any("not images" in n for n in notes)
+    assert safe_name("..hidden.png") == "hidden.png"
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="zip"):
+        extract_zip(tmp_path / "bad.zip", tmp_path / "x")
+    many = tmp_path / "many.zip"
+    with zipfile.ZipFile(many, "w") as z:
+        for i in range(501):
+            z.writestr(f"{i}.png", b"")
+    with pytest.raises(InputError, match="at most 500"):
+        extract_zip(many, tmp_path / "y")
+
+
+def test_the_tab_function_runs_a_zip(folder, tmp_path):
+    from demos.dataset import dataset_report
+
+    archive = tmp_path / "scenes.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted((folder / "images").iterdir())[:3]:
+            z.write(path, path.name)
+    markdown, figure, gallery, files = dataset_report(str(archive), "shapes-detection", None,
+                                                      str(folder / "labels.json"))
+    assert "images** through `shapes-detection`" in markdown and "unreadable" in markdown
+    assert gallery and all(Path(f).exists() for f in files)
