@@ -19,7 +19,7 @@ from analysis.readback import Layout, pack, unpack
 from demos.common import (
     ROLES,
     InputError,
-    examples_for,
+    examples,
     exclusive,
     heat_overlay,
     heat_overlays,
@@ -453,6 +453,7 @@ def build_analysis_tab() -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="analysis-image")
+                examples("analysis", image)
                 pair = pair_dropdown(("detection", "segmentation"), DEFAULT_PAIR)
                 students = student_picker("segmentation", DEFAULT_PAIR)
                 tau = gr.Slider(0.01, 2.0, value=DEFAULT_TAU, step=0.01, label="τ (softmax temperature)")
@@ -475,7 +476,6 @@ def build_analysis_tab() -> None:
                     attention_images = [gr.Image(label=label, interactive=False)
                                         for label in ("Teacher attention", "Student attention", "|difference|")]
                 attention_report = gr.JSON(label="Attention report", open=False)
-        gr.Examples(examples_for("analysis"), inputs=[image], label="Examples")
         event = run.click(user_errors(consensus), [image, pair, tau, method, students], [gallery, report],
                           api_name="consensus", **GPU_QUEUE)
         wire_student_picker(pair, students)

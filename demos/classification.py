@@ -262,7 +262,7 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
     names, notes = parse_classes(class_names)
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {str(method)[:40]!r}.")
-    stem = sanitise_name(name)
+    stem = sanitise_name(name) if (name or "").strip() else unique_prompt_name(spec.name, method)
     template = check_template(template)
     steps, per_class = int(steps), int(per_class)
     if not 1 <= steps <= MAX_TUNE_STEPS:
@@ -312,6 +312,20 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
     return saved, figures
 
 
+def unique_prompt_name(pair: str, method: str) -> str:
+    """A fresh name for a prompt saved without one: never two users' prompts under one name."""
+    import uuid
+
+    return f"{pair}-{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def prompt_choices():
+    """The saved-prompt menu's current entries (read when the tab is opened and after each tuning)."""
+    import gradio as gr
+
+    return gr.update(choices=["", *[p["name"] for p in list_prompts()]])
+
+
 def prompts() -> list[dict]:
     """Saved prompts: ``[{name, pair, student, method, n_classes, n_context, figures, created}]``."""
     keys = ("name", "pair", "student", "method", "n_classes", "n_context", "figures", "created")
@@ -323,7 +337,7 @@ def build_classification_tab() -> None:
 
     from demos.common import (
         GPU_QUEUE,
-        examples_for,
+        examples,
         pair_dropdown,
         session_of,
         stop_flag,
@@ -335,12 +349,13 @@ def build_classification_tab() -> None:
     )
     from demos.components import user_image
 
-    with gr.Tab("CLIP", id="classification"):
+    with gr.Tab("CLIP", id="classification") as tab:
         gr.Markdown("Zero-shot classification by a large CLIP and a small one on your image and classes; then close "
                     "part of the gap by learning a prompt for the student from the teacher (CoOp, CasPL).")
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="classification-image")
+                examples("classification", image)
                 pair = pair_dropdown(("classification",), DEFAULT_PAIR)
                 students = student_picker("classification", DEFAULT_PAIR)
                 preset = gr.Dropdown(list(PRESETS), value="Shapes: 5 shapes", label="Class preset")
@@ -361,7 +376,7 @@ def build_classification_tab() -> None:
             with gr.Row():
                 method = gr.Radio(list(METHODS), value="caspl", label="Method",
                                   info="coop: labels; caspl-boost: teacher logits only; caspl: boost, then adapt")
-                name = gr.Textbox(value="my-prompt", label="Prompt name")
+                name = gr.Textbox(value="", label="Prompt name", placeholder="empty: a fresh unique name")
                 steps = gr.Slider(1, MAX_TUNE_STEPS, value=100, step=1, label="Steps per phase")
                 per_class = gr.Slider(1, 16, value=4, step=1, label="Shapes scenes per class (no uploads)")
             files = gr.File(file_count="multiple", file_types=["image"], label="Labelled images '<class>_<n>.png' "
@@ -372,8 +387,6 @@ def build_classification_tab() -> None:
             saved = gr.Textbox(label="Saved prompt", interactive=False)
             figures = gr.JSON(label="Before / after")
             saved_list = gr.JSON(label="Saved prompts", open=False)
-        gr.Examples(examples_for("classification"), inputs=[image], label="Examples",
-                    elem_id="classification-examples")
         preset.change(lambda p: PRESETS[p], preset, classes, api_visibility="private")
         event = run.click(user_errors(classify), [image, pair, classes, prompt, template, students],
                           [plot, report], api_name="classify", **GPU_QUEUE)
@@ -391,7 +404,9 @@ def build_classification_tab() -> None:
         tuning = tune_button.click(user_errors(run_tuning),
                                    [pair, classes, method, name, files, per_class, steps, template],
                                    [saved, figures], api_name="tune_prompts", **GPU_QUEUE)
-        stop.click(takes_request(stop_session), None, None, cancels=[tuning], api_visibility="private")
+        stop.click(takes_request(stop_session), None, None, api_visibility="private")
+        tuning.then(prompt_choices, None, prompt, api_visibility="private")
+        tab.select(prompt_choices, None, prompt, api_visibility="private", queue=False)
         refreshed = tuning.then(prompts, None, saved_list, api_name="refresh_prompt_list", api_visibility="private")
         refreshed.then(lambda: gr.Dropdown(choices=["", *[p["name"] for p in list_prompts()]]), None, prompt,
                        api_visibility="private")

@@ -415,20 +415,45 @@ def wire_student_picker(pair, picker) -> None:
     pair.change(refresh, pair, picker, api_visibility="private", queue=False)
 
 
+EXAMPLES_LABEL = ("Examples: Shapes scenes first (the builtin pairs know only the Shapes world: five shapes on "
+                  "a noisy background); the photos are for Hub pairs")
+
+
 def examples_for(task: str) -> list[str]:
     """Example image paths for a tab: Shapes scenes (single objects for classification), then real photos."""
     pattern = "single_*.png" if task == "classification" else "shapes_*.png"
     return [str(p) for glob in (pattern, "photo_*.jpg") for p in sorted(EXAMPLES_DIR.glob(glob))]
 
 
+def examples(task: str, image) -> None:
+    """The tab's examples, placed right under its image input (above the fold), with an honest label."""
+    import gradio as gr
+
+    gr.Examples(examples_for(task), inputs=[image], label=EXAMPLES_LABEL, elem_id=f"{task}-examples",
+                examples_per_page=8)
+
+
+def pair_choice(pair) -> tuple[str, str]:
+    """A pair menu entry: ``(label, name)``, the label saying builtin, or Hub and whether it is already cached."""
+    from weights.loaders import weights_at_hand
+
+    if pair.source == "builtin":
+        where = "builtin"
+    else:
+        sources = [pair.teacher, *(s.source for s in pair.students)]
+        where = "Hub, cached" if all(weights_at_hand(s) for s in sources) else "Hub, downloads on first use"
+    return f"{pair.name} · {where}", pair.name
+
+
 def pair_dropdown(tasks: tuple[str, ...], value: str):
-    """The "Pair" menu of a tab: every registered pair of these tasks (other names reach our own clear error)."""
+    """The "Pair" menu of a tab: every registered pair of these tasks, marked builtin or Hub (cached or not); other
+    names reach our own clear error."""
     import gradio as gr
 
     from weights.registry import list_pairs
 
-    names = [p.name for p in list_pairs() if p.task in tasks]
-    return gr.Dropdown(names, value=value, label="Pair", allow_custom_value=True)
+    choices = [pair_choice(p) for p in list_pairs() if p.task in tasks]
+    return gr.Dropdown(choices, value=value, label="Pair", allow_custom_value=True)
 
 
 def side_by_side_images(task: str) -> list:

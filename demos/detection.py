@@ -13,7 +13,7 @@ from demos.common import (
     InputError,
     display_scale,
     enlarge,
-    examples_for,
+    examples,
     first_student_label,
     font_path,
     notes_markdown,
@@ -123,6 +123,48 @@ def student_detections_image(image, report: dict | None, position: int = 1) -> n
     return draw_detections(array, detections, report["labels"])
 
 
+MATCHED, MISSED, EXTRA = (60, 200, 90), (235, 50, 50), (250, 190, 30)
+
+
+def disagreement_image(image, report: dict | None) -> np.ndarray | None:
+    """Where the first student disagrees with the teacher, from the report alone: the teacher's objects it misses
+    (red, teacher's label), boxes it adds (amber, its label), and matched objects (thin green)."""
+    from analysis.agreement import match_detections
+
+    if not report or not report.get("students"):
+        return None
+    array, _ = read_image(image)
+    teacher = report["teacher"]["detections"]
+    student = next(iter(report["students"].values()))["detections"]
+    t_boxes = torch.tensor([d["box"] for d in teacher], dtype=torch.float32).reshape(-1, 4)
+    s_boxes = torch.tensor([d["box"] for d in student], dtype=torch.float32).reshape(-1, 4)
+    match, _ = match_detections(t_boxes, s_boxes, torch.tensor([d["score"] for d in student]),
+                                report["students"][next(iter(report["students"]))]["agreement"]["iou_threshold"])
+    found = set(match[match >= 0].tolist())
+    scale = display_scale(*array.shape[:2])
+    canvas = enlarge(array, scale)
+    boxes, captions, colours, widths = [], [], [], []
+    for i, d in enumerate(teacher):
+        boxes.append(d["box"])
+        captions.append("" if i in found else f"missed {d['label']}")
+        colours.append(MATCHED if i in found else MISSED)
+    for j, d in enumerate(student):
+        if match[j] < 0:
+            boxes.append(d["box"])
+            captions.append(f"extra {d['label']}")
+            colours.append(EXTRA)
+    if not boxes:
+        return canvas.permute(1, 2, 0).numpy()
+    width = max(2, round(min(canvas.shape[1:]) / 200))
+    widths = [1 if c == MATCHED else width for c in colours]
+    font = font_path()
+    for box, caption, colour, w in zip(boxes, captions, colours, widths, strict=True):  # one width per box
+        canvas = draw_bounding_boxes(canvas, torch.tensor([box]) * scale, labels=[caption], colors=[colour], width=w,
+                                     font=font, font_size=max(12, round(min(canvas.shape[1:]) / 30)) if font
+                                     else None)
+    return canvas.permute(1, 2, 0).numpy()
+
+
 def summary_markdown(report: dict | None) -> str:
     """A short human summary of a ``detect`` report for the UI: each student's agreement, and the ranking."""
     if not report:
@@ -147,6 +189,7 @@ def build_detection_tab() -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="detection-image")
+                examples("detection", image)
                 pair = pair_dropdown(("detection",), DEFAULT_PAIR)
                 students = student_picker("detection", DEFAULT_PAIR)
                 threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold")
@@ -156,16 +199,20 @@ def build_detection_tab() -> None:
                 with gr.Row():
                     outputs = side_by_side_images("detection")
                     second = second_student_image("detection")
+                disagreement = gr.Image(label="Where the first student disagrees: missed (red), extra (amber), "
+                                        "matched (green)", interactive=False, format="png",
+                                        elem_id="detection-disagreement", height=300)
                 overlay = consensus_overlay_image("detection")
                 summary = gr.Markdown()
                 report = gr.JSON(label="Report", open=False)
-        gr.Examples(examples_for("detection"), inputs=[image], label="Examples",
-                    elem_id="detection-examples")
         event = run.click(user_errors(detect), [image, pair, threshold, students], [*outputs, report],
                           api_name="detect", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
         event.then(show_second_student(student_detections_image), [image, report], second,
                    api_visibility="private")
         event.then(first_student_label, report, outputs[1], api_visibility="private")
+        event.then(user_errors(disagreement_image), [image, report], disagreement, api_visibility="private")
+        event.failure(lambda: (None,) * 5 + ("",), None, [*outputs, second, disagreement, report, summary],
+                      api_visibility="private")
         wire_student_picker(pair, students)
         wire_consensus_toggle(event, image, pair, toggle, overlay, students)

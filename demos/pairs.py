@@ -3,32 +3,45 @@
 
 from __future__ import annotations
 
-from weights.loaders import stored_parameters
+from weights.loaders import stored_bytes, stored_parameters, weights_at_hand
 from weights.registry import list_pairs
 
-COLUMNS = ("name", "task", "source", "teacher", "students", "licence")
+COLUMNS = ("licence", "name", "task", "status", "teacher", "students", "size")
 
 
 def pairs() -> list[dict]:
     """All registered pairs: ``[{name, task, source ("builtin"|"hub"), teacher, teacher_params, students: [{name,
-    source, method, licence, params}], licence, description, ...}]``. ``params`` is read from the weights' file header
-    when the weights are on this machine (builtin, or already in the Hub cache), else None. ``student`` (the default
-    student's source) is kept for one release: read ``students``."""
+    source, method, licence, params}], licence, description, status, size_mb, ...}]``. ``params`` is read from the
+    weights' file header when the weights are on this machine (builtin, or already in the Hub cache), else None;
+    ``status`` is ``builtin``, ``cached`` or ``not downloaded``; ``size_mb`` sums the weights at hand. ``student`` (the
+    default student's source) is kept for one release: read ``students``."""
     rows = []
     for pair in list_pairs():
         row = pair.summary()
+        sources = [pair.teacher, *(s.source for s in pair.students)]
         row["teacher_params"] = stored_parameters(pair.teacher)
         for block, student in zip(row["students"], pair.students, strict=True):
             block["params"] = stored_parameters(student.source)
+        at_hand = [weights_at_hand(source) for source in sources]
+        row["status"] = "builtin" if pair.source == "builtin" else ("cached" if all(at_hand) else "not downloaded")
+        row["size_mb"] = round(sum(stored_bytes(source) or 0 for source in sources) / 2**20, 1) if any(at_hand) \
+            else None
         rows.append(row)
     return rows
 
 
+def _millions(params: int | None) -> str:
+    return "" if not params else f" ({params / 1e6:.2f} M)"
+
+
 def _cell(row: dict, column: str) -> str:
-    if column != "students":
-        return row[column]
-    return "; ".join(f"{s['name']} ({s['params'] / 1e6:.2f} M)" if s["params"] else s["name"]
-                     for s in row["students"])
+    if column == "students":
+        return "; ".join(s["name"] + _millions(s["params"]) for s in row["students"])
+    if column == "teacher":
+        return row["teacher"] + _millions(row["teacher_params"])
+    if column == "size":
+        return "–" if row["size_mb"] is None else f"{row['size_mb']} MB"
+    return row[column]
 
 
 def build_pairs_tab() -> None:

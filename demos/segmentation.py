@@ -14,7 +14,7 @@ from demos.common import (
     GPU_QUEUE,
     display_scale,
     enlarge,
-    examples_for,
+    examples,
     first_student_label,
     notes_markdown,
     on_gpu,
@@ -109,6 +109,23 @@ def student_mask_image(image, report: dict | None, npz: str | None, position: in
     return draw_mask(array, class_map, len(report["classes"]))
 
 
+def disagreement_image(image, report: dict | None, npz: str | None) -> np.ndarray | None:
+    """Pixels where the first student's label differs from the teacher's, in the teacher's class colour over a
+    dimmed image; agreeing pixels stay dim."""
+    if not report or not npz or not report.get("students"):
+        return None
+    array, _ = read_image(image)
+    with np.load(npz, allow_pickle=False) as maps:
+        teacher = torch.from_numpy(maps["teacher"])
+        student = torch.from_numpy(maps[next(iter(report["students"]))])
+    differs = teacher != student
+    dim = (array.astype(np.float32) * 0.35).astype(np.uint8)
+    colours = torch.tensor(palette(len(report["classes"])), dtype=torch.uint8)
+    painted = np.where(differs.numpy()[..., None], colours[teacher.long()].numpy(), dim)
+    scale = display_scale(*array.shape[:2])
+    return enlarge(painted.astype(np.uint8), scale).permute(1, 2, 0).numpy()
+
+
 def per_class_figure(report: dict | None):
     """Plotly bar chart of each chosen student's IoU with the teacher, for every class present in either mask."""
     import plotly.graph_objects as go
@@ -150,6 +167,7 @@ def build_segmentation_tab() -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="segmentation-image")
+                examples("segmentation", image)
                 pair = pair_dropdown(("segmentation",), DEFAULT_PAIR)
                 students = student_picker("segmentation", DEFAULT_PAIR)
                 toggle = consensus_toggle()
@@ -158,18 +176,22 @@ def build_segmentation_tab() -> None:
                 with gr.Row():
                     outputs = side_by_side_images("segmentation")
                     second = second_student_image("segmentation")
+                disagreement = gr.Image(label="Where the first student disagrees (pixels in the teacher's class "
+                                        "colour)", interactive=False, format="png", height=300,
+                                        elem_id="segmentation-disagreement")
                 overlay = consensus_overlay_image("segmentation")
                 summary = gr.Markdown()
                 plot = gr.Plot(label="Per-class agreement")
                 with gr.Row():
                     report = gr.JSON(label="Report", open=False)
                     npz = gr.File(label="Class maps (.npz)")
-        gr.Examples(examples_for("segmentation"), inputs=[image], label="Examples",
-                    elem_id="segmentation-examples")
         event = run.click(user_errors(segment), [image, pair, students], [*outputs, report, npz],
                           api_name="segment", **GPU_QUEUE)
         event.then(show_second_student(student_mask_image), [image, report, npz], second, api_visibility="private")
         event.then(first_student_label, report, outputs[1], api_visibility="private")
+        event.then(user_errors(disagreement_image), [image, report, npz], disagreement, api_visibility="private")
+        event.failure(lambda: (None,) * 6 + ("",), None, [*outputs, second, disagreement, report, npz, summary],
+                      api_visibility="private")
         wire_student_picker(pair, students)
         event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],
                    api_visibility="private")

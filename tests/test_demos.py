@@ -134,3 +134,33 @@ def test_a_huge_image_is_refused_from_its_header_before_decoding(tmp_path):
     Image.new("1", (12_000, 12_000)).save(path)  # 144 MP, a few kB on disk
     with pytest.raises(InputError, match="12,000×12,000 pixels"):
         read_image(str(path))
+
+
+def test_disagreement_maps_show_what_the_student_misses_adds_and_mislabels(scene_png, tmp_path):
+    from demos.detection import EXTRA, MISSED, disagreement_image
+    from demos.segmentation import disagreement_image as segmentation_disagreement
+
+    box = {"label": "circle", "score": 0.9, "box": [10.0, 10.0, 40.0, 40.0]}
+    other = {"label": "star", "score": 0.8, "box": [70.0, 70.0, 100.0, 100.0]}
+    report = {"teacher": {"detections": [box]},
+              "students": {"s": {"detections": [other], "agreement": {"iou_threshold": 0.5}}}}
+    drawn = disagreement_image(str(scene_png), report)
+    colours = {tuple(c) for c in drawn.reshape(-1, 3)}
+    assert MISSED in colours and EXTRA in colours  # the teacher's circle is missed, the student's star is extra
+    report["students"]["s"]["detections"] = [box]
+    assert MISSED not in {tuple(c) for c in disagreement_image(str(scene_png), report).reshape(-1, 3)}
+
+    teacher = np.zeros((128, 128), np.int32)
+    student = teacher.copy()
+    student[:10, :10] = 2  # the student paints a corner the teacher calls background
+    teacher[50:60, 50:60] = 3  # and misses a patch the teacher labels
+    np.savez(tmp_path / "maps.npz", teacher=teacher, s=student)
+    classes = ["background", "circle", "square", "triangle", "star", "cross"]
+    drawn = segmentation_disagreement(str(scene_png), {"classes": classes, "students": {"s": {}}},
+                                      str(tmp_path / "maps.npz"))
+    scale = drawn.shape[0] // 128
+    from demos.common import palette
+
+    assert tuple(drawn[55 * scale, 55 * scale]) == palette(6)[3]  # in the teacher's class colour
+    assert tuple(drawn[5 * scale, 5 * scale]) == palette(6)[0]  # the teacher's background, where they differ
+    assert tuple(drawn[100 * scale, 100 * scale]) != palette(6)[0]  # agreeing pixels: the dimmed image

@@ -199,7 +199,7 @@ def test_the_lcm_lora_student_loads_with_peft_and_generates(tmp_path, tiny_hub_p
                                               safe_serialization=True)
     student = ModelSource("hub", str(tmp_path), "UNet2DConditionModel", revision="main",
                           lora="pytorch_lora_weights.safetensors", scheduler="LCMScheduler")
-    pair = register_pair(dataclasses.replace(base, name="tiny-lcm-lora", student=student,
+    pair = register_pair(dataclasses.replace(base, name="tiny-lcm-lora", students=student,
                                              native=base.native | {"student_steps": 2, "student_guidance": 1.0}))
     try:
         teacher_image, student_image, report = generate("a red circle", pair.name, steps=3, width=64, height=64)

@@ -332,6 +332,18 @@ def _weights_file(source: ModelSource) -> Path | None:
     return None
 
 
+def weights_at_hand(source: ModelSource) -> bool:
+    """Whether a model's weights are on this machine (builtin, a local folder, or already in the Hub cache)."""
+    path = _weights_file(source)
+    return path is not None and path.is_file()
+
+
+def stored_bytes(source: ModelSource) -> int | None:
+    """Bytes of a model's weights file when it is on this machine, else None."""
+    path = _weights_file(source)
+    return path.stat().st_size if path is not None and path.is_file() else None
+
+
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # batch-norm state, not parameters
 
 
