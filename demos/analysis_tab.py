@@ -469,7 +469,7 @@ def build_analysis_tab() -> None:
                     chosen = [gr.Image(label=f"{k.capitalize()} (chosen stage)", interactive=False)
                               for k in ("consensus", "divergence")]
                 gallery = gr.Gallery(label="All stages", columns=4, height=260)
-                figures = gr.Markdown()
+                figures = gr.Markdown(elem_id="analysis-summary")
                 cka = gr.Plot(label="CKA")
                 report = gr.JSON(label="Report", open=False)
                 with gr.Row():

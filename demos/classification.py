@@ -366,11 +366,11 @@ def build_classification_tab() -> None:
                 template = gr.Textbox(value=DEFAULT_TEMPLATE, label="Zero-shot template")
                 run = gr.Button("Classify", variant="primary", elem_id="classification-run")
             with gr.Column(scale=2):
+                summary = gr.Markdown(elem_id="classification-summary")
                 plot = gr.Plot(label="Top classes")
                 with gr.Row():
                     maps = [gr.Image(label=f"{role.capitalize()}: patches vs top class", interactive=False)
                             for role in ROLES]
-                summary = gr.Markdown()
                 report = gr.JSON(label="Report", open=False)
         with gr.Accordion("Tune a prompt for the student", open=False):
             with gr.Row():

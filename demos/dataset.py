@@ -725,7 +725,7 @@ def build_dataset_tab() -> None:
                     run = gr.Button("Run", variant="primary", elem_id="dataset-run")
                     stop = gr.Button("Stop")
             with gr.Column(scale=2):
-                summary = gr.Markdown()
+                summary = gr.Markdown(elem_id="dataset-summary")
                 plot = gr.Plot(label="Per-class agreement")
                 gallery = gr.Gallery(label="Largest disagreement (teacher and students)", columns=3, height=360)
                 files = gr.File(label="report.html, results.jsonl, summary.json, timing.json", file_count="multiple")

@@ -196,6 +196,7 @@ def build_detection_tab() -> None:
                 toggle = consensus_toggle()
                 run = gr.Button("Detect", variant="primary", elem_id="detection-run")
             with gr.Column(scale=2):
+                summary = gr.Markdown(elem_id="detection-summary")
                 with gr.Row():
                     outputs = side_by_side_images("detection")
                     second = second_student_image("detection")
@@ -203,7 +204,6 @@ def build_detection_tab() -> None:
                                         "matched (green)", interactive=False, format="png",
                                         elem_id="detection-disagreement", height=300)
                 overlay = consensus_overlay_image("detection")
-                summary = gr.Markdown()
                 report = gr.JSON(label="Report", open=False)
         event = run.click(user_errors(detect), [image, pair, threshold, students], [*outputs, report],
                           api_name="detect", **GPU_QUEUE)

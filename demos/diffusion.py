@@ -186,12 +186,42 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
     return images["teacher"], images["student"], report
 
 
+def summary_markdown(report: dict | None) -> str:
+    """Seconds and peak memory of each model, and the student's speed-up, above the fold."""
+    if not report:
+        return ""
+    from demos.common import notes_markdown
+
+    rows = "\n".join(f"| {role} | {report[role]['seconds']:.2f} | {report[role].get('peak_mem_mb') or '–'} | "
+                      f"{report[role]['steps']} | {report[role]['guidance']} |" for role in ROLES)
+    settings = report.get("settings", {})
+    techniques = [name for name, key in (("RAU-Net", "raunet"), ("MSW-MSA", "msw_msa")) if settings.get(key)]
+    speed = report["teacher"]["seconds"] / max(report["student"]["seconds"], 1e-9)
+    return (notes_markdown(report.get("notes", []))
+            + f"**{settings.get('width')}×{settings.get('height')}**, "
+            + (" and ".join(techniques) if techniques else "no high-resolution technique")
+            + f" on {settings.get('device')}: the student took {speed:.2f}× less time than the teacher.\n\n"
+            "| model | seconds | peak memory (MB) | steps | guidance |\n|---|---|---|---|---|\n" + rows)
+
+
+def size_limits(pair: str):
+    """The width and height sliders' range for a pair: 32 to 4× its native side."""
+    import gradio as gr
+
+    try:
+        spec = get_pair(pair, "generation")
+    except Exception:  # an unknown name: the run reports it
+        return gr.update(), gr.update()
+    limit = MAX_SCALE * max(spec.native["width"], spec.native["height"])
+    return (gr.update(maximum=limit, value=spec.native["width"]),
+            gr.update(maximum=limit, value=spec.native["height"]))
+
+
 def build_diffusion_tab() -> None:
     import gradio as gr
 
     from demos.common import (
         GPU_QUEUE,
-        notes_markdown,
         pair_dropdown,
         session_of,
         stop_flag,
@@ -210,8 +240,10 @@ def build_diffusion_tab() -> None:
                 pair = pair_dropdown(("generation",), DEFAULT_PAIR)
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 with gr.Row():
-                    width = gr.Slider(32, 2048, value=64, step=8, label="Width")
-                    height = gr.Slider(32, 2048, value=64, step=8, label="Height")
+                    limit = MAX_SCALE * max(get_pair(DEFAULT_PAIR).native["width"],
+                                            get_pair(DEFAULT_PAIR).native["height"])
+                    width = gr.Slider(32, limit, value=64, step=8, label="Width")
+                    height = gr.Slider(32, limit, value=64, step=8, label="Height")
                 steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps")
                 guidance = gr.Slider(0, 30, value=4.0, step=0.5, label="Guidance")
                 with gr.Row():
@@ -223,10 +255,10 @@ def build_diffusion_tab() -> None:
                     stop = gr.Button("Stop", elem_id="generation-stop")
                 api_run = gr.Button(visible=False)
             with gr.Column(scale=2):
+                summary = gr.Markdown(elem_id="generation-summary")
                 slider = gr.ImageSlider(label="Teacher | student", type="numpy")
                 with gr.Row():
                     outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png") for role in ROLES]
-                summary = gr.Markdown()
                 consensus = gr.Gallery(label="UNet feature consensus, teacher ↔ student (per up block)", columns=4,
                                        height=220)
                 attention = [gr.Gallery(label=f"{role.capitalize()}: cross-attention per word", columns=6,
@@ -241,7 +273,7 @@ def build_diffusion_tab() -> None:
             t, s, r = generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress,
                                insight=found, insight_step=int(step),
                                cancel=stop_flag(session_of(request)))
-            return (t, s, r, (t, s), notes_markdown(r.get("notes", [])), found.get("consensus", []),
+            return (t, s, r, (t, s), summary_markdown(r), found.get("consensus", []),
                     *(found.get("attention", {}).get(role, []) for role in ROLES))
 
         def run_for_api(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa,
@@ -250,7 +282,8 @@ def build_diffusion_tab() -> None:
 
         running = run.click(user_errors(run_for_ui), [*inputs, insight_step],
                             [*outputs, report, slider, summary, consensus, *attention], api_visibility="private",
-                            **GPU_QUEUE)
+                            show_progress_on=[slider], **GPU_QUEUE)
+        pair.change(size_limits, pair, [width, height], api_visibility="private", queue=False)
         stop.click(takes_request(stop_session), None, None, cancels=[running], api_visibility="private")
         api_run.click(user_errors(run_for_api), inputs, [*outputs, report], api_name="generate",
                       **GPU_QUEUE)

@@ -173,6 +173,7 @@ def build_segmentation_tab() -> None:
                 toggle = consensus_toggle()
                 run = gr.Button("Segment", variant="primary", elem_id="segmentation-run")
             with gr.Column(scale=2):
+                summary = gr.Markdown(elem_id="segmentation-summary")
                 with gr.Row():
                     outputs = side_by_side_images("segmentation")
                     second = second_student_image("segmentation")
@@ -180,7 +181,6 @@ def build_segmentation_tab() -> None:
                                         "colour)", interactive=False, format="png", height=300,
                                         elem_id="segmentation-disagreement")
                 overlay = consensus_overlay_image("segmentation")
-                summary = gr.Markdown()
                 plot = gr.Plot(label="Per-class agreement")
                 with gr.Row():
                     report = gr.JSON(label="Report", open=False)
