@@ -28,6 +28,7 @@ from demos.common import (
     read_image,
     students_report,
     upload_image,
+    with_colour_bar,
 )
 from weights.predictors import Geometry, Predictor, predictors_for
 from weights.registry import get_pair
@@ -132,7 +133,9 @@ def analyse_sides(teacher: Side, student: Side, foreground_of: Callable[[object]
                       "student_layers": [f"{s.name} (/{s.stride})" for s in s_all],
                       "matrix": np.round(host["cka"].astype(np.float64), 4).tolist()},
               "notes": notes}
-    return list(zip(host["overlays"], captions, strict=True)), report
+    bars = [with_colour_bar(o, *(("agree less", "agree more") if i % 2 == 0 else ("disagree less", "disagree more")))
+            for i, o in enumerate(host["overlays"])]
+    return list(zip(bars, captions, strict=True)), report
 
 
 def overlay_size(height: int, width: int, max_side: int = 512) -> tuple[int, int]:
@@ -356,6 +359,10 @@ def attention(image, pair: str = DEFAULT_PAIR, target: str = "", students: str |
     size = array.shape[:2]
     full = {r: torch.nn.functional.interpolate(maps[r][None, None].float().cpu(), size=size, mode="bilinear",
                                                align_corners=False)[0, 0] for r in ROLES}
+    for role in ROLES:
+        if not float(full[role].max()) > 0:
+            notes.append(f"The {role}'s map is empty: its {methods[role]} gives no positive evidence for this target "
+                         "(e.g. the gradient vanished); the difference then shows the other map alone.")
     difference = (full["teacher"] - full["student"]).abs()
     images = [heat_overlay(array, full[r]) for r in ROLES] + [heat_overlay(array, difference)]
     report = {"pair": spec.name, "student": student.name, "target": target_info, "method": methods,
@@ -392,11 +399,28 @@ def figures_markdown(report: dict | None) -> str:
             f"{fmt(s['energy_foreground_teacher'])} | {fmt(s['energy_foreground_student'])} | "
             f"{fmt(s['foreground_area'])} |" for s in block["stages"])
         tables.append(f"**{name}**\n\n| stage | consensus | on foreground | on background | teacher energy on fg "
-                      f"| student energy on fg | fg area |\n|---|---|---|---|---|---|---|\n{rows}")
+                      f"| student energy on fg | fg area |\n|---|---|---|---|---|---|---|\n{rows}\n\n"
+                      + verdict(block["stages"]))
     return (notes_markdown(report.get("notes", []))
             + "ADM's findings on this image (foreground = the teacher's own boxes or mask): consensus should be "
             "higher on the foreground, and the teacher should put more of its feature energy there.\n\n"
             + "\n\n".join(tables))
+
+
+def verdict(stages: list[dict]) -> str:
+    """One line: at how many stages this image shows ADM's two findings."""
+    def count(a: str, b: str) -> tuple[int, int]:
+        pairs = [(s[a], s[b]) for s in stages if s[a] is not None and s[b] is not None]
+        return sum(x > y for x, y in pairs), len(pairs)
+
+    (c, n), (e, m) = count("consensus_foreground", "consensus_background"), \
+        count("energy_foreground_teacher", "energy_foreground_student")
+    if not n:
+        return "*Verdict:* no foreground on this image, so neither finding can be checked."
+    first = "holds" if c == n else ("fails" if c == 0 else "holds in part")
+    second = "holds" if e == m else ("fails" if e == 0 else "holds in part")
+    return (f"*Verdict on this image:* consensus higher on the foreground {first} ({c} of {n} stages); the teacher "
+            f"puts more energy on the foreground than the student {second} ({e} of {m} stages).")
 
 
 def stage_pair(overlays: list | None, stage: int) -> tuple:

@@ -546,7 +546,31 @@ def heat_overlays(canvas: torch.Tensor, heats: torch.Tensor, alpha: float = 0.55
     return ((1 - alpha) * canvas.float() + alpha * colours).round().to(torch.uint8)
 
 
-def heat_overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.55) -> np.ndarray:
-    """Blend an (h, w) map in [0, 1] (any grid, any device) over the image as a Turbo heat map."""
+def heat_overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.55, low: str = "low", high: str = "high",
+                 ) -> np.ndarray:
+    """Blend an (h, w) map in [0, 1] (any grid, any device) over the image as a Turbo heat map, with its colour
+    bar underneath."""
     canvas = enlarge(image, display_scale(*image.shape[:2])).permute(1, 2, 0)
-    return heat_overlays(canvas, heat.detach().float().cpu()[None], alpha)[0].numpy()
+    return with_colour_bar(heat_overlays(canvas, heat.detach().float().cpu()[None], alpha)[0].numpy(), low, high)
+
+
+@functools.lru_cache(maxsize=64)
+def _colour_bar(width: int, low: str, high: str) -> np.ndarray:
+    """A (28, width, 3) strip: the Turbo scale from 0 to 1, then its two end labels."""
+    from PIL import ImageDraw, ImageFont
+
+    lut = _heat_lut().numpy()
+    ramp = lut[np.linspace(0, 255, width).round().astype(int)]
+    strip = Image.new("RGB", (width, 28), (255, 255, 255))
+    strip.paste(Image.fromarray(np.repeat(ramp[None], 12, axis=0)), (0, 0))
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.truetype(font_path(), 11) if font_path() else ImageFont.load_default()
+    draw.text((2, 13), low, fill=(40, 40, 40), font=font)
+    right = draw.textlength(high, font=font)
+    draw.text((max(2, width - right - 2), 13), high, fill=(40, 40, 40), font=font)
+    return np.asarray(strip)
+
+
+def with_colour_bar(overlay: np.ndarray, low: str = "low", high: str = "high") -> np.ndarray:
+    """The overlay with its colour bar (the Turbo scale, ``low`` to ``high``) appended underneath."""
+    return np.concatenate([overlay, _colour_bar(overlay.shape[1], low, high)], axis=0)

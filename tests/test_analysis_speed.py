@@ -101,7 +101,7 @@ def test_the_tabs_analysis_syncs_only_in_its_final_read_back():
     with DispatchCounter() as counter:
         overlays, report = analyse_sides(*sides, foreground, image)
     assert counter.syncs == 0, counter.sync_ops  # on the CPU the read-back is no copy; on CUDA it is the one sync
-    assert len(overlays) == 8 and overlays[0][0].shape == (128, 128, 3)
+    assert len(overlays) == 8 and overlays[0][0].shape == (128 + 28, 128, 3)  # the image, then its colour bar
     assert len(report["cka"]["matrix"]) == 4 and len(report["stages"]) == 4
 
 

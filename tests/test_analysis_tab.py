@@ -69,3 +69,13 @@ def test_bad_consensus_input(scene_png, kwargs, message):
 def test_bad_attention_target(scene_png, pair, target, message):
     with pytest.raises(InputError, match=message):
         attention(scene_png, pair, target)
+
+
+def test_the_verdict_counts_the_stages_that_show_each_finding():
+    from demos.analysis_tab import verdict
+
+    stage = {"consensus_foreground": 0.8, "consensus_background": 0.5, "energy_foreground_teacher": 0.3,
+             "energy_foreground_student": 0.4}
+    line = verdict([stage, stage | {"consensus_foreground": 0.1}])
+    assert "holds in part (1 of 2 stages)" in line and "student fails (0 of 2 stages)" in line
+    assert "no foreground" in verdict([dict.fromkeys(stage)])
