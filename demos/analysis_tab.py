@@ -419,8 +419,9 @@ def verdict(stages: list[dict]) -> str:
         return "*Verdict:* no foreground on this image, so neither finding can be checked."
     first = "holds" if c == n else ("fails" if c == 0 else "holds in part")
     second = "holds" if e == m else ("fails" if e == 0 else "holds in part")
-    return (f"*Verdict on this image:* consensus higher on the foreground {first} ({c} of {n} stages); the teacher "
-            f"puts more energy on the foreground than the student {second} ({e} of {m} stages).")
+    return (f"*Verdict on this image:* consensus higher on the foreground than on the background: {first} ({c} of "
+            f"{n} stages); the teacher's share of energy on the foreground above the student's: {second} ({e} of {m} "
+            "stages).")
 
 
 def stage_pair(overlays: list | None, stage: int) -> tuple:

@@ -77,5 +77,5 @@ def test_the_verdict_counts_the_stages_that_show_each_finding():
     stage = {"consensus_foreground": 0.8, "consensus_background": 0.5, "energy_foreground_teacher": 0.3,
              "energy_foreground_student": 0.4}
     line = verdict([stage, stage | {"consensus_foreground": 0.1}])
-    assert "holds in part (1 of 2 stages)" in line and "student fails (0 of 2 stages)" in line
+    assert "background: holds in part (1 of 2 stages)" in line and "student's: fails (0 of 2 stages)" in line
     assert "no foreground" in verdict([dict.fromkeys(stage)])
