@@ -110,7 +110,7 @@ def time_call(fn: Callable[[], object], device: torch.device | None = None, repe
     for _ in range(warmup):
         result = fn()
     times: list[float] = []
-    while len(times) < repeats and (not times or sum(times) < budget_s):
+    while len(times) < repeats and (not times or sum(times) < budget_s * 1000):  # times in ms
         with Stopwatch(device) as watch:
             result = fn()
         times.append(watch.seconds * 1000)

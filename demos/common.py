@@ -371,14 +371,22 @@ def ranking_markdown(report: dict) -> str:
     def number(value, spec: str, scale: float = 1.0, unit: str = "") -> str:
         return "–" if value is None else f"{value / scale:{spec}}{unit}"
 
+    def latency(block: dict) -> str:
+        spread = block.get("latency_iqr_ms")
+        runs = block.get("runs")
+        return number(block.get("latency_ms"), ".1f") + (f" ± {spread / 2:.1f} ({runs} runs)" if spread is not None
+                                                          and runs else "")
+
     def row(label: str, figure: str, block: dict) -> str:
-        return (f"| {label} | {figure} | {number(block.get('latency_ms'), '.1f')} | "
+        return (f"| {label} | {figure} | {latency(block)} | "
                 f"{number(block.get('params'), '.2f', 1e6, ' M')} | {number(block.get('gflops'), '.2f')} |")
 
     rows = [row("teacher", "–", report["teacher"])]
-    rows += [row(f"{r['rank']}. {r['name']}", number(r[key], ".3f"), r) for r in report.get("ranking", [])]
+    rows += [row(f"{r['rank']}. {r['name']}", number(r[key], ".3f"), report["students"][r["name"]])
+             for r in report.get("ranking", [])]
     direction = "lower is better" if key == "kl" else "higher is better"
-    return (f"| model | agreement: {key.replace('_', ' ')} ({direction}) | latency (ms) | params | GFLOPs |\n"
+    return (f"| model | agreement: {key.replace('_', ' ')} ({direction}) | latency, median ± half IQR (ms) | params "
+            "| GFLOPs |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows))
 
 

@@ -22,3 +22,14 @@ def test_time_call_stops_at_its_budget_but_times_at_least_once():
 
     _, timing = time_call(lambda: time.sleep(0.03), repeats=50, warmup=0, budget_s=0.05)
     assert 1 <= timing.runs <= 3 and timing.median_ms >= 25
+
+
+def test_time_call_repeats_within_its_budget_and_stops_beyond_it():
+    import time as clock
+
+    from analysis.profiling import time_call
+
+    _, quick = time_call(lambda: clock.sleep(0.002), repeats=5, budget_s=1.0)
+    assert quick.runs == 5 and 1.5 < quick.median_ms < 50
+    _, slow = time_call(lambda: clock.sleep(0.06), repeats=5, budget_s=0.1)
+    assert slow.runs == 2  # 60 ms, then 120 ms spent: over the 100 ms budget
