@@ -186,6 +186,40 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
     return images["teacher"], images["student"], report
 
 
+def compare_techniques(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 64, height: int = 64,
+                       steps: int = 25, guidance: float = 4.0, progress=None, cancel=None,
+                       ) -> tuple[list[tuple[np.ndarray, str]], dict]:
+    """Teacher and student with neither technique, then with RAU-Net and MSW-MSA, from the same seed and latent.
+
+    Returns:
+        ``(images, report)``: four (image, caption) pairs (teacher and student without, then with) and
+        ``{pair, without: <generate's report>, with: <…>, speedup: {teacher, student}}`` (seconds without over
+        seconds with).
+    """
+    runs = {}
+    for key, on in (("without", False), ("with", True)):
+        def part(fraction, desc="", key=key):
+            if progress is not None:
+                progress((fraction + (key == "with")) / 2, desc=f"{key} RAU-Net/MSW-MSA: {desc}")
+
+        runs[key] = generate(prompt, pair, seed, width, height, steps, guidance, on, on, part, cancel=cancel)
+    images = [(runs[key][i], f"{role}, {key} RAU-Net and MSW-MSA ({runs[key][2][role]['seconds']:.2f} s)")
+              for key in ("without", "with") for i, role in enumerate(ROLES)]
+    report = {"pair": runs["with"][2]["pair"], "without": runs["without"][2], "with": runs["with"][2],
+              "speedup": {role: round(runs["without"][2][role]["seconds"] / max(runs["with"][2][role]["seconds"],
+                                                                                  1e-9), 3) for role in ROLES}}
+    return images, report
+
+
+def comparison_markdown(report: dict | None) -> str:
+    if not report:
+        return ""
+    rows = "\n".join(f"| {role} | {report['without'][role]['seconds']:.2f} | {report['with'][role]['seconds']:.2f} | "
+                      f"{report['speedup'][role]:.2f}× |" for role in ROLES)
+    return ("**With and without RAU-Net and MSW-MSA** (same seed and initial latent):\n\n"
+            "| model | seconds without | seconds with | speed-up |\n|---|---|---|---|\n" + rows)
+
+
 def summary_markdown(report: dict | None) -> str:
     """Seconds and peak memory of each model, and the student's speed-up, above the fold."""
     if not report:
@@ -250,6 +284,8 @@ def build_diffusion_tab() -> None:
                     raunet = gr.Checkbox(label="RAU-Net", value=False)
                     msw_msa = gr.Checkbox(label="MSW-MSA", value=False)
                 insight_step = gr.Slider(0, MAX_STEPS - 1, value=12, step=1, label="Analyse at step")
+                compare = gr.Checkbox(label="Also compare with and without RAU-Net and MSW-MSA (both models, "
+                                            "twice the time)", value=False)
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="generation-run")
                     stop = gr.Button("Stop", elem_id="generation-stop")
@@ -263,6 +299,9 @@ def build_diffusion_tab() -> None:
                                        height=220)
                 attention = [gr.Gallery(label=f"{role.capitalize()}: cross-attention per word", columns=6,
                                         height=200) for role in ROLES]
+                comparison_summary = gr.Markdown(elem_id="generation-comparison")
+                comparison = gr.Gallery(label="Without | with RAU-Net and MSW-MSA", columns=4, height=260,
+                                        visible=False)
                 report = gr.JSON(label="Report", open=False)
         inputs = [prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa]
 
@@ -284,6 +323,18 @@ def build_diffusion_tab() -> None:
                             [*outputs, report, slider, summary, consensus, *attention], api_visibility="private",
                             show_progress_on=[slider], **GPU_QUEUE)
         pair.change(size_limits, pair, [width, height], api_visibility="private", queue=False)
+
+        @takes_request
+        def run_comparison(wanted, prompt, pair, seed, width, height, steps, guidance, request,
+                           progress=gr.Progress()):  # noqa: B008
+            if not wanted:
+                return gr.update(visible=False), ""
+            images, result = compare_techniques(prompt, pair, seed, width, height, steps, guidance, progress,
+                                                cancel=stop_flag(session_of(request)))
+            return gr.update(value=images, visible=True), comparison_markdown(result)
+
+        running.then(user_errors(run_comparison), [compare, *inputs[:7]], [comparison, comparison_summary],
+                     api_visibility="private", show_progress_on=[comparison], **GPU_QUEUE)
         stop.click(takes_request(stop_session), None, None, cancels=[running], api_visibility="private")
         api_run.click(user_errors(run_for_api), inputs, [*outputs, report], api_name="generate",
                       **GPU_QUEUE)

@@ -126,3 +126,13 @@ def test_the_recipe_resumes_a_saved_pipeline_and_snapshots_the_teacher(tmp_path)
     snapped = UNet2DConditionModel.from_pretrained(tmp_path / "snap")  # step 2, not the final step 4
     assert not torch.equal(snapped.conv_out.bias, before)
     assert not torch.equal(snapped.conv_out.bias, resumed["unet"].conv_out.bias)
+
+
+def test_the_with_and_without_comparison_runs_both_from_one_latent():
+    from demos.diffusion import compare_techniques, comparison_markdown
+
+    images, report = compare_techniques("a red circle", "shapes-diffusion", seed=3, width=128, height=128, steps=2)
+    assert len(images) == 4 and all(image.shape == (128, 128, 3) for image, _ in images)
+    assert not report["without"]["settings"]["raunet"] and report["with"]["settings"]["msw_msa"]
+    assert set(report["speedup"]) == {"teacher", "student"} and "speed-up" in comparison_markdown(report)
+    assert not np.array_equal(images[0][0], images[2][0])  # the techniques change the teacher's image
