@@ -503,6 +503,8 @@ def build_analysis_tab() -> None:
                 attention_report = gr.JSON(label="Attention report", open=False)
         event = run.click(user_errors(consensus), [image, pair, tau, method, students], [gallery, report],
                           api_name="consensus", **GPU_QUEUE)
+        event.failure(lambda: (None, None, "", None, None, None), None, [gallery, report, figures, cka, *chosen],
+                      api_visibility="private")
         wire_student_picker(pair, students)
         event.then(lambda r, g, s: (figures_markdown(r), cka_figure(r), *stage_pair(g, s)), [report, gallery, stage],
                    [figures, cka, *chosen], api_visibility="private")

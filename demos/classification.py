@@ -391,6 +391,8 @@ def build_classification_tab() -> None:
         event = run.click(user_errors(classify), [image, pair, classes, prompt, template, students],
                           [plot, report], api_name="classify", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
+        event.failure(lambda: (None, None, "", None, None), None, [plot, report, summary, *maps],
+                      api_visibility="private")
         wire_student_picker(pair, students)
         event.then(user_errors(similarity_maps), [image, pair, classes, template, report], maps,
                    api_visibility="private")
