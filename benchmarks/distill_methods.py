@@ -30,7 +30,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from analysis.agreement import detection_agreement
 from analysis.consensus import affinity_consensus, foreground_figures
-from analysis.features import capture_stages
+from analysis.features import forward_with_stages
 from weights.shapes.checkpoints import load_builtin_model, load_checkpoint
 from weights.shapes.nets import decode_detections, normalise
 from weights.shapes.train_methods import OUT
@@ -57,8 +57,8 @@ def evaluate(task: str, teacher: torch.nn.Module, student: torch.nn.Module, scen
         x = normalise(torch.stack([torch.from_numpy(s.image) for s in rendered]))
         outputs, stages = {}, {}
         for role, model in models.items():
-            stages[role] = {s.stride: s for s in capture_stages(model, x)}
-            outputs[role] = model(x)
+            outputs[role], captured = forward_with_stages(model, x)  # one forward gives outputs and stages
+            stages[role] = {s.stride: s for s in captured}
         if task == "detection":
             targets = [{"boxes": torch.from_numpy(s.boxes), "labels": torch.from_numpy(s.class_ids)}
                        for s in rendered]

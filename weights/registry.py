@@ -160,8 +160,14 @@ RECIPE_BUDGET = "2,000 steps × batch 32"
 
 
 def shapes_pairs(task: str, description: str) -> tuple[Pair, ...]:
-    """The builtin pair of a task (its committed teacher, students distilled by different methods with the same
-    recipe and budget) and the online-ADM pair (a teacher and student trained together from scratch)."""
+    """The builtin pair of a task: its committed teacher and students distilled by different methods with the same
+    recipe and budget.
+
+    The online-ADM pair (a teacher and student trained together from scratch: ``python -m weights.shapes.train_nets
+    --role student --method online-adm --half``) is not registered: at this recipe's budget it needs about 35
+    (detection) and 52 (segmentation) CPU-minutes that this release could not spend; its three-seed comparison at a
+    smaller budget is in ``benchmarks.distill_methods``. Once trained, it is one ``Pair`` here (see the README).
+    """
     students = (
         Student("feature-kd", _builtin(task, "student"),
                 f"output KD + feature KD (strides 8 and 16) from the teacher, {RECIPE_BUDGET}"),
@@ -169,19 +175,9 @@ def shapes_pairs(task: str, description: str) -> tuple[Pair, ...]:
                 f"output KD + ADM consensus-weighted feature KD from the frozen teacher, {RECIPE_BUDGET}",
                 adm=ADM_TRAINING),
     )
-    online = Student("online-adm", ModelSource("builtin", f"shapes_{task}_student_online-adm", "ShapesNet"),
-                     f"online ADM: trained from scratch with its teacher; output KD + consensus learning, "
-                     f"{RECIPE_BUDGET}", adm=ADM_TRAINING)
-    return (
-        Pair(f"shapes-{task}", task, _builtin(task, "teacher"), students, BUILTIN_LICENCE,
-             f"{description}; students distilled from the teacher by different methods.",
-             labels=CLASS_NAMES, preprocessing=SHAPES_PREPROCESSING),
-        Pair(f"shapes-{task}-online-adm", task,
-             ModelSource("builtin", f"shapes_{task}_teacher_online-adm", "ShapesNet"), (online,), BUILTIN_LICENCE,
-             f"{description}; teacher and student trained together from scratch (online ADM: divergence learning "
-             "for the teacher, consensus learning for the student).",
-             labels=CLASS_NAMES, preprocessing=SHAPES_PREPROCESSING),
-    )
+    return (Pair(f"shapes-{task}", task, _builtin(task, "teacher"), students, BUILTIN_LICENCE,
+                 f"{description}; students distilled from the teacher by different methods.",
+                 labels=CLASS_NAMES, preprocessing=SHAPES_PREPROCESSING),)
 
 
 def _open_clip(repo: str, architecture: str, tag: str) -> ModelSource:
