@@ -148,3 +148,24 @@ def test_the_tab_function_runs_a_zip(folder, tmp_path):
                                                       str(folder / "labels.json"))
     assert "images** through `shapes-detection`" in markdown and "unreadable" in markdown
     assert gallery and all(Path(f).exists() for f in files)
+
+
+def test_a_run_killed_halfway_then_resumed_gives_the_same_files(folder, uninterrupted, tmp_path):
+    """The bar as stated: kill the command (SIGKILL, no clean-up) once some images are done, resume, compare."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "demos.dataset", "--images", str(folder / "images"), "--pair",
+               "shapes-detection", "--out", str(tmp_path), "--labels", str(folder / "labels.json"), "--gallery", "2"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(read_records(tmp_path / "results.jsonl")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(read_records(tmp_path / "results.jsonl"))
+    assert 3 <= done < 9 and not (tmp_path / "summary.json").exists()  # really killed halfway
+    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert outputs(tmp_path) == outputs(uninterrupted[0])
