@@ -573,6 +573,10 @@ def _colour_bar(width: int, low: str, high: str) -> np.ndarray:
     strip.paste(Image.fromarray(np.repeat(ramp[None], 12, axis=0)), (0, 0))
     draw = ImageDraw.Draw(strip)
     font = ImageFont.truetype(font_path(), 11) if font_path() else ImageFont.load_default()
+    for short_low, short_high in ((low, high), ("low", "high"), ("−", "+")):  # the longest labels that fit
+        if draw.textlength(short_low, font=font) + draw.textlength(short_high, font=font) + 8 <= width:
+            low, high = short_low, short_high
+            break
     draw.text((2, 13), low, fill=(40, 40, 40), font=font)
     right = draw.textlength(high, font=font)
     draw.text((max(2, width - right - 2), 13), high, fill=(40, 40, 40), font=font)
