@@ -384,8 +384,8 @@ def ranking_markdown(report: dict) -> str:
     rows = [row("teacher", "–", report["teacher"])]
     rows += [row(f"{r['rank']}. {r['name']}", number(r[key], ".3f"), report["students"][r["name"]])
              for r in report.get("ranking", [])]
-    direction = "lower is better" if key == "kl" else "higher is better"
-    return (f"| model | agreement: {key.replace('_', ' ')} ({direction}) | latency, median ± half IQR (ms) | params "
+    direction = "↓" if key == "kl" else "↑"
+    return (f"| model | {key.replace('_', ' ')} vs teacher {direction} | ms (median ± ½ IQR) | params "
             "| GFLOPs |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows))
 
