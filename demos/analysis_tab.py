@@ -70,7 +70,8 @@ def forward_stages(side: Side) -> tuple[object, list[Stage]]:
 
 
 def analyse_sides(teacher: Side, student: Side, foreground_of: Callable[[object], torch.Tensor], image: np.ndarray,
-                  tau: float = DEFAULT_TAU, method: str = "affinity") -> tuple[list[tuple[np.ndarray, str]], dict]:
+                  tau: float = DEFAULT_TAU, method: str = "affinity", teacher_forward: tuple | None = None,
+                  ) -> tuple[list[tuple[np.ndarray, str]], dict]:
     """The analysis of one image exactly as the tab runs it: one forward per model, then everything on the models'
     device until a single read-back at the end.
 
@@ -80,11 +81,14 @@ def analyse_sides(teacher: Side, student: Side, foreground_of: Callable[[object]
         image: the RGB uint8 image the overlays are drawn on.
         tau: softmax temperature, > 0.
         method: a key of :data:`METHODS`.
+        teacher_forward: the teacher's ``forward_stages`` result when the caller already has it (several
+            students of one teacher share it); None runs it here.
 
     Returns:
         ``(overlays, report)`` as :func:`consensus` returns them (without the pair's name).
     """
-    (t_out, t_all), (_, s_all) = forward_stages(teacher), forward_stages(student)
+    t_out, t_all = teacher_forward if teacher_forward is not None else forward_stages(teacher)
+    _, s_all = forward_stages(student)
     device = t_all[0].features.device
     pairs = match_stages(t_all, s_all)
     if not pairs:
@@ -193,10 +197,11 @@ def consensus(image, pair: str = DEFAULT_PAIR, tau: float = DEFAULT_TAU, method:
         return teacher.foreground(outputs, teacher_side.geometry, FOREGROUND_SCORE)
 
     overlays, per_student = [], {}
+    teacher_forward = forward_stages(teacher_side)  # one teacher forward, whichever students are compared with it
     for student in chosen:
         try:
             drawn, result = analyse_sides(teacher_side, side_of(predictors[student.name], array), foreground_of,
-                                          array, tau, method)
+                                          array, tau, method, teacher_forward)
         except InputError as error:
             raise InputError(f"{spec.name}: {error}") from error
         adm = _adm_training(student, tau, method)
@@ -212,7 +217,7 @@ def consensus(image, pair: str = DEFAULT_PAIR, tau: float = DEFAULT_TAU, method:
         per_student[student.name] = {**result, "adm_training": adm,
                                      "agreement": {"consensus_mean": round(sum(means) / len(means), 4)
                                                    if means else None}}
-    block = students_report(spec, chosen, per_student, "consensus_mean")
+    block = students_report(chosen, per_student, "consensus_mean")
     first = block["students"][chosen[0].name]
     report = {"pair": spec.name, "method": method, "tau": tau, "stages": first["stages"], "cka": first["cka"],
               "students": block["students"], "ranking": block["ranking"], "ranked_by": block["ranked_by"],

@@ -148,7 +148,7 @@ def classify(image, pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes
     per_student = {s.name: sides[s.name] | {"agreement": agreement(probs["teacher"], probs[s.name])}
                    for s in chosen}
     report = {"pair": spec.name, "classes": names, "teacher": sides["teacher"],
-              **students_report(spec, chosen, per_student, "kl", higher_is_better=False),
+              **students_report(chosen, per_student, "kl", higher_is_better=False),
               "notes": notes + image_notes}
     return top_k_figure(report), report
 

@@ -334,12 +334,10 @@ def run_sides(predictors: dict, image: np.ndarray, post: Callable) -> dict[str, 
     return sides
 
 
-def students_report(pair, chosen: list, per_student: dict[str, dict], key: str, higher_is_better: bool = True,
-                    ) -> dict:
+def students_report(chosen: list, per_student: dict[str, dict], key: str, higher_is_better: bool = True) -> dict:
     """The several-students part of a tab's report.
 
     Args:
-        pair: the ``Pair``.
         chosen: the chosen ``Student`` objects, in order.
         per_student: ``{name: {..., "agreement": {...}}}`` as the tab computed them.
         key: the agreement figure the ranking sorts by (e.g. ``"miou"``).

@@ -101,7 +101,7 @@ def detect(image, pair: str = DEFAULT_PAIR, score_threshold: float = DEFAULT_THR
         for s in chosen}
     report = {"pair": spec.name, "labels": list(index),
               "teacher": {"detections": [d.to_dict() for d in sides["teacher"][0]], **sides["teacher"][1]},
-              **students_report(spec, chosen, per_student, "f1"), "notes": notes}
+              **students_report(chosen, per_student, "f1"), "notes": notes}
     images = [draw_detections(array, sides[name][0], list(index)) for name in ("teacher", chosen[0].name)]
     return images[0], images[1], report
 

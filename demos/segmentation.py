@@ -91,7 +91,7 @@ def segment(image, pair: str = DEFAULT_PAIR, students: str | list[str] | None = 
         agreement["per_class"] = {classes[i]: v for i, v in agreement["per_class"].items()}
         per_student[s.name] = {**sides[s.name][1], "agreement": agreement}
     report = {"pair": spec.name, "classes": classes, "teacher": sides["teacher"][1],
-              **students_report(spec, chosen, per_student, "miou"), "notes": notes}
+              **students_report(chosen, per_student, "miou"), "notes": notes}
     images = [draw_mask(array, maps[name], len(classes)) for name in ("teacher", chosen[0].name)]
     arrays = {name: m.cpu().numpy().astype(np.int32) for name, m in maps.items()}
     npz = save_class_maps(arrays | {"student": arrays[chosen[0].name]})
