@@ -74,16 +74,24 @@ def steps_per_second(unet, side: int, steps: int, device, dtype, channels_last: 
 
 def flops_per_run(config: dict, width_scale: float, side: int, steps: int, raunet: bool, msw_msa: bool) -> float:
     """FLOPs of a whole denoising loop as ``torch.utils.flop_counter`` counts them, on the meta device (shapes
-    only, no arithmetic, so a 2048² SD 1.5 loop is counted in seconds)."""
+    only, no arithmetic). A step's FLOPs depend only on which modules are in place, not on the timestep or the
+    window shift, so one step is counted per phase (RAU-Net active, then after the switch) and multiplied by the
+    number of steps in that phase."""
     with torch.device("meta"):
         unet = build(config, width_scale).eval()
     latents, text = _inputs(unet, side, torch.device("meta"), torch.float32)
-    with (torch.no_grad(), high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa) as controller,
-          FlopCounterMode(display=False) as counter):
-        for step in range(steps):
-            unet(latents, torch.tensor(999 - step, device="meta"), encoder_hidden_states=text)
-            controller.callback_on_step_end(None, step, None, {})
-    return counter.get_total_flops()
+    total = 0
+    with torch.no_grad(), high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa) as controller:
+        switch = controller.switch_step if raunet else 0
+        for first, count in ((0, switch), (switch, steps - switch)):
+            if count == 0:
+                continue
+            if first:  # move the run to this phase (puts the original modules back at the switch)
+                controller.callback_on_step_end(None, first - 1, None, {})
+            with FlopCounterMode(display=False) as counter:
+                unet(latents, torch.tensor(999 - first, device="meta"), encoder_hidden_states=text)
+            total += count * counter.get_total_flops()
+    return total
 
 
 def main() -> None:
