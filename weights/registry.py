@@ -175,17 +175,20 @@ def shapes_pairs(task: str, description: str) -> tuple[Pair, ...]:
 
 
 # Online ADM: a teacher and its student trained together from scratch (``python -m weights.shapes.train_nets --task
-# detection --role student --method online-adm --half``), so the teacher is the pair's own. The segmentation
-# counterpart (about 52 CPU-minutes) is not trained yet; it would be the same lines with "segmentation".
-ONLINE_ADM_DETECTION = Pair(
-    "shapes-detection-online-adm", "detection",
-    ModelSource("builtin", "shapes_detection_teacher_online-adm", "ShapesNet"),
-    (Student("online-adm", ModelSource("builtin", "shapes_detection_student_online-adm", "ShapesNet"),
-             f"online ADM: trained from scratch with its teacher; output KD + consensus learning, {RECIPE_BUDGET}",
-             adm=ADM_TRAINING),),
-    BUILTIN_LICENCE, "Builtin CenterNet-style CNNs on Shapes, teacher and student trained together from scratch "
-    "(online ADM: divergence learning for the teacher, consensus learning for the student).",
-    labels=CLASS_NAMES, preprocessing=SHAPES_PREPROCESSING)
+# <task> --role student --method online-adm --half``), so the teacher is the pair's own.
+def online_adm_pair(task: str, description: str) -> Pair:
+    return Pair(
+        f"shapes-{task}-online-adm", task, ModelSource("builtin", f"shapes_{task}_teacher_online-adm", "ShapesNet"),
+        (Student("online-adm", ModelSource("builtin", f"shapes_{task}_student_online-adm", "ShapesNet"),
+                 f"online ADM: trained from scratch with its teacher; output KD + consensus learning, "
+                 f"{RECIPE_BUDGET}", adm=ADM_TRAINING),),
+        BUILTIN_LICENCE, f"{description}, teacher and student trained together from scratch (online ADM: divergence "
+        "learning for the teacher, consensus learning for the student).",
+        labels=CLASS_NAMES, preprocessing=SHAPES_PREPROCESSING)
+
+
+ONLINE_ADM_DETECTION = online_adm_pair("detection", "Builtin CenterNet-style CNNs on Shapes")
+ONLINE_ADM_SEGMENTATION = online_adm_pair("segmentation", "Builtin encoder-decoder CNNs on Shapes")
 
 
 def _open_clip(repo: str, architecture: str, tag: str) -> ModelSource:
@@ -222,6 +225,7 @@ _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
     *(shapes_pairs("detection", "Builtin CenterNet-style CNNs on Shapes")
       + shapes_pairs("segmentation", "Builtin encoder-decoder CNNs on Shapes")),
     ONLINE_ADM_DETECTION,
+    ONLINE_ADM_SEGMENTATION,
     Pair("rtdetr-r101vd-to-r18vd", "detection", _rtdetr("PekingU/rtdetr_r101vd_coco_o365"),
          (_hub_student("r18vd", _rtdetr("PekingU/rtdetr_r18vd_coco_o365")),
           _hub_student("r34vd", _rtdetr("PekingU/rtdetr_r34vd"))),
@@ -242,9 +246,14 @@ _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
                                                       architecture="shapes-clip-teacher"),
          (Student("clip-kd", ModelSource("builtin", "shapes_clip_student", model_class="open_clip",
                                          architecture="shapes-clip-student"),
-                  "contrastive + CLIP-KD feature and relational distillation from the teacher"),),
+                  "contrastive + CLIP-KD feature and relational distillation from the teacher"),
+          Student("narrow-captions", ModelSource("builtin", "shapes_clip_narrow", model_class="open_clip",
+                                                 architecture="shapes-clip-narrow"),
+                  "wider image tower; captions that never name a colour and a shape together; CLIP-KD")),
          BUILTIN_LICENCE,
-         "Builtin tiny CLIPs on Shapes captions (open_clip configs); the student is distilled from the teacher."),
+         "Builtin tiny CLIPs on Shapes captions (open_clip configs). Student `clip-kd`: small image tower, all "
+         "caption forms (its gap is visual). Student `narrow-captions`: wider image tower, trained on `a red shape`"
+         " and `a circle` only (its gap is on the text side, where a prompt can work)."),
     Pair("clip-vit-l14-to-b32", "classification", CLIP_TEACHER,
          (_hub_student("vit-b-32", _open_clip("timm/vit_base_patch32_clip_224.openai", "ViT-B-32-quickgelu",
                                               "openai")),), OPENAI_CLIP_LICENCE,
