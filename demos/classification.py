@@ -25,7 +25,7 @@ from demos.common import (
     read_image,
     students_report,
 )
-from methods.prompts import METHODS, prompted_text_features, tune
+from methods.prompts import METHODS, method_name, prompted_text_features, tune
 from weights.predictors import predictors_for
 from weights.prompt_store import PromptError, list_prompts, load_prompt, sanitise_name, save_prompt
 from weights.registry import get_pair
@@ -44,6 +44,8 @@ TOP_K = 5
 MAX_TUNE_IMAGES = 64
 MAX_TUNE_STEPS = 500
 TUNE_SEED_START = TUNING_SEED_START + 50_000  # Shapes tuning scenes, never the evaluation seeds
+HELD_OUT_SEED_START = TUNING_SEED_START + 75_000  # Shapes scenes that judge a freshly tuned prompt (never tuned on)
+HELD_OUT_PER_CLASS = 4
 
 
 def parse_classes(text: str) -> tuple[list[str], list[str]]:
@@ -211,15 +213,16 @@ def _label_of(path: str, names: list[str]) -> int:
     return lowered.index(label)
 
 
-def _shapes_examples(names: list[str], per_class: int) -> tuple[list[np.ndarray], list[int]]:
-    """Labelled Shapes scenes for classes that are shapes or colour-shapes."""
+def _shapes_examples(names: list[str], per_class: int, start: int = TUNE_SEED_START,
+                     ) -> tuple[list[np.ndarray], list[int]]:
+    """Labelled Shapes scenes for classes that are shapes or colour-shapes, drawn from seeds ``start`` on."""
     images, labels, wanted = [], [], {n.lower(): i for i, n in enumerate(names)}
     if not set(wanted) <= set(SHAPE_NAMES) | set(COLOUR_SHAPE_NAMES):
         raise InputError("Shapes examples only exist for Shapes classes (shapes or colour-shapes); upload "
                          "labelled images for other classes.")
     counts = dict.fromkeys(wanted.values(), 0)
-    seed = TUNE_SEED_START
-    while min(counts.values()) < per_class and seed < TUNE_SEED_START + 200 * per_class * len(names):
+    seed = start
+    while min(counts.values()) < per_class and seed < start + 200 * per_class * len(names):
         scene = render_scene(seed, single_object=True)
         seed += 1
         obj = scene.objects[0]
@@ -235,17 +238,29 @@ def _pixels(predictor, images: list[np.ndarray]) -> torch.Tensor:
     return torch.cat([predictor.prepare(im)[0]["pixel_values"] for im in images])
 
 
+def split_held_out(labels: list[int], every: int = 4) -> tuple[list[int], list[int]]:
+    """Indices of uploaded images to tune on and to judge on: every ``every``-th image of each class is held out
+    (its last one when it has fewer than ``every``); a class with a single image is only tuned on."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    held = {i for members in by_class.values() if len(members) >= 2
+            for i in (members[every - 1::every] or members[-1:])}
+    return [i for i in range(len(labels)) if i not in held], sorted(held)
+
+
 @on_gpu
 def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 30 colour-shapes"],
-                 method: str = "caspl", name: str = "my-prompt", files: list | None = None, per_class: int = 4,
+                 method: str = "cascade", name: str = "my-prompt", files: list | None = None, per_class: int = 4,
                  steps: int = 100, progress=None, template: str = "", cancel: threading.Event | None = None,
-                 ) -> tuple[str, dict]:
-    """Learn a prompt for the student of a CLIP pair and save it under ``weights/prompts/``.
+                 student: str = "") -> tuple[str, dict]:
+    """Learn a prompt for one student of a CLIP pair and save it in the user's prompt folder.
 
     Args:
         pair: a classification pair.
         class_names: the classes (2 to 1000).
-        method: ``coop``, ``caspl-boost`` or ``caspl``.
+        method: ``coop`` (labels), ``caspl`` (CasPL's boosting prompt, from the teacher's logits) or ``cascade``
+            (the boosting prompt, then an adapting prompt on labels); ``caspl-boost`` is the old name of ``caspl``.
         name: the prompt's name (sanitised; letters, digits, '-' and '_').
         files: labelled images named ``<class>_<n>.<ext>``; when empty, Shapes scenes of the classes are used.
         per_class: Shapes scenes per class when ``files`` is empty.
@@ -253,15 +268,23 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
         progress: a ``gr.Progress`` (or None).
         cancel: checked every step; once set, training stops, nothing is saved and :class:`Cancelled` is raised.
         template: the zero-shot template the context starts from (empty: ``a {}``).
+        student: the student the prompt is for (empty: the pair's first); it applies to that student only.
 
     Returns:
-        ``(name, figures)``: the saved name and ``{method, before, after, teacher, measured_on, ...}``: the
-        student's accuracy and agreement with the teacher before and after, on the tuning images.
+        ``(name, figures)``: the saved name and ``{method, student, before, after, measured_on, ...}``: the
+        student's accuracy and agreement with the teacher before and after, on images not used for tuning (every
+        fourth uploaded image of each class, or Shapes scenes drawn for it); ``measured_on`` says which.
     """
     spec = get_pair(pair, "classification")
     names, notes = parse_classes(class_names)
-    if method not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}, got {str(method)[:40]!r}.")
+    try:
+        method = method_name(method)
+    except ValueError as error:
+        raise InputError(f"{error}.") from None
+    chosen = spec.choose_students(student or None)
+    if len(chosen) != 1:
+        raise InputError("A prompt is learned for one student at a time; name one.")
+    student_name = chosen[0].name
     stem = sanitise_name(name) if (name or "").strip() else unique_prompt_name(spec.name, method)
     template = check_template(template)
     steps, per_class = int(steps), int(per_class)
@@ -271,14 +294,26 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
         raise InputError(f"{len(files)} images were uploaded; prompt tuning takes at most {MAX_TUNE_IMAGES}.")
     if files:
         paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in files]
-        labels = [_label_of(p, names) for p in paths]
-        images = [read_image(p)[0] for p in paths]
+        all_labels = [_label_of(p, names) for p in paths]
+        all_images = [read_image(p)[0] for p in paths]
+        tune_on, held_out = split_held_out(all_labels)
+        images, labels = [all_images[i] for i in tune_on], [all_labels[i] for i in tune_on]
+        if held_out:
+            eval_images, eval_labels = [all_images[i] for i in held_out], [all_labels[i] for i in held_out]
+            measured_on = (f"{len(held_out)} of the {len(paths)} uploaded images, held out from tuning "
+                           f"(every fourth of each class)")
+        else:
+            eval_images, eval_labels = images, labels
+            measured_on = (f"the {len(paths)} tuning images themselves (no class had two images to hold one out):"
+                           " read as a fit, not as held-out accuracy")
         source = f"{len(images)} uploaded images"
     else:
         images, labels = _shapes_examples(names, max(1, min(per_class, 16)))
-        source = f"{len(images)} Shapes scenes (training seeds)"
-    predictors = predictors_for(spec)  # the teacher and the pair's first student, whom the prompt is for
-    student, teacher = predictors[spec.students[0].name], predictors["teacher"]
+        eval_images, eval_labels = _shapes_examples(names, HELD_OUT_PER_CLASS, HELD_OUT_SEED_START)
+        source = f"{len(images)} Shapes scenes (tuning seeds)"
+        measured_on = f"{len(eval_images)} Shapes scenes drawn for it (seeds never used for tuning)"
+    predictors = predictors_for(spec, students=chosen)
+    student, teacher = predictors[student_name], predictors["teacher"]
     s_pixels, t_pixels = _pixels(student, images), _pixels(teacher, images)
     targets = torch.tensor(labels)
 
@@ -292,19 +327,24 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
         tensors = tune(student, teacher, names, method, (s_pixels, targets), (s_pixels, t_pixels), steps=steps,
                        template=template, on_step=on_step)
 
-    def scores(text: torch.Tensor) -> dict:
-        s_probs = student.logits(student.forward({"pixel_values": s_pixels}), text).softmax(-1)
+    e_student, e_teacher = _pixels(student, eval_images), _pixels(teacher, eval_images)
+    e_targets = torch.tensor(eval_labels)
+    with torch.no_grad():
         t_text = teacher.text_features([template.format(n) for n in names])
-        t_probs = teacher.logits(teacher.forward({"pixel_values": t_pixels}), t_text).softmax(-1)
-        return {"accuracy": round(float((s_probs.argmax(1).cpu() == targets).float().mean()), 4),
+        t_probs = teacher.logits(teacher.forward({"pixel_values": e_teacher}), t_text).softmax(-1)
+        s_features = student.forward({"pixel_values": e_student})
+
+    def scores(text: torch.Tensor) -> dict:
+        s_probs = student.logits(s_features, text).softmax(-1)
+        return {"accuracy": round(float((s_probs.argmax(1).cpu() == e_targets).float().mean()), 4),
                 "top1_match_with_teacher": round(float((s_probs.argmax(1) == t_probs.argmax(1)).float().mean()), 4),
-                "teacher_accuracy": round(float((t_probs.argmax(1).cpu() == targets).float().mean()), 4)}
+                "teacher_accuracy": round(float((t_probs.argmax(1).cpu() == e_targets).float().mean()), 4)}
 
     before = scores(student.text_features([template.format(n) for n in names]))
     after = scores(prompted_text_features(student, names, tensors))
-    figures = {"method": method, "before": before, "after": after, "measured_on": f"the tuning images: {source}",
-               "notes": notes}
-    metadata = {"pair": spec.name, "student": spec.students[0].name, "method": method, "template": template,
+    figures = {"method": method, "student": student_name, "before": before, "after": after,
+               "measured_on": measured_on, "tuned_on": source, "notes": notes}
+    metadata = {"pair": spec.name, "student": student_name, "method": method, "template": template,
                 "classes": names[:50], "n_classes": len(names),
                 "n_context": sum(t.shape[0] for t in tensors.values()), "steps": steps, "figures": figures,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -319,6 +359,31 @@ def unique_prompt_name(pair: str, method: str) -> str:
     return f"{pair}-{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
+def shipped_prompt_markdown(pair: str, students) -> str:
+    """What the shipped prompt of the first chosen student does, as measured by ``benchmarks.builtin_clip``: its
+    zero-shot and prompted accuracy beside the linear-probe ceiling of its image features (no text-side prompt can
+    go much past that ceiling, so it tells a gap a prompt can close from one it cannot)."""
+    try:
+        spec = get_pair(pair, "classification")
+        student = spec.choose_students(students or None)[0].name
+    except (KeyError, ValueError):
+        return ""
+    shipped = [p for p in list_prompts() if p.get("builtin") and p.get("pair") == spec.name
+               and p.get("student") == student]
+    if not shipped:
+        return f"No prompt ships for student `{student}`; tune one below."
+    lines = []
+    for p in shipped:
+        f = p.get("figures") or {}
+        lines.append(f"Shipped prompt `{p['name']}` ({p.get('method')}) for `{student}`, on "
+                     f"{f.get('measured_on', '?')}: "
+                     f"zero-shot {f.get('zero_shot', float('nan')):.3f} → with the prompt "
+                     f"{f.get('with_prompt', float('nan')):.3f}; teacher {f.get('teacher', float('nan')):.3f}; "
+                     f"linear-probe ceiling of the student's image features {f.get('probe_ceiling', float('nan')):.3f}"
+                     f" ({f.get('verdict', '')}).")
+    return "\n\n".join(lines)
+
+
 def prompt_choices():
     """The saved-prompt menu's current entries (read when the tab is opened and after each tuning)."""
     import gradio as gr
@@ -327,8 +392,9 @@ def prompt_choices():
 
 
 def prompts() -> list[dict]:
-    """Saved prompts: ``[{name, pair, student, method, n_classes, n_context, figures, created}]``."""
-    keys = ("name", "pair", "student", "method", "n_classes", "n_context", "figures", "created")
+    """Saved prompts, the shipped ones first: ``[{name, pair, student, method, builtin, n_classes, n_context,
+    figures, created}]`` (``method``: ``coop``, ``caspl`` for CasPL's boosting prompt, ``cascade``)."""
+    keys = ("name", "pair", "student", "method", "builtin", "n_classes", "n_context", "figures", "created")
     return [{k: p.get(k) for k in keys} for p in list_prompts()]
 
 
@@ -372,10 +438,12 @@ def build_classification_tab() -> None:
                     maps = [gr.Image(label=f"{role.capitalize()}: patches vs top class", interactive=False)
                             for role in ROLES]
                 report = gr.JSON(label="Report", open=False)
-        with gr.Accordion("Tune a prompt for the student", open=False):
+        with gr.Accordion("Tune a prompt for a student (the first one chosen above)", open=False):
+            shipped = gr.Markdown(shipped_prompt_markdown(DEFAULT_PAIR, None), elem_id="classification-shipped")
             with gr.Row():
-                method = gr.Radio(list(METHODS), value="caspl", label="Method",
-                                  info="coop: labels; caspl-boost: teacher logits only; caspl: boost, then adapt")
+                method = gr.Radio(list(METHODS), value="cascade", label="Method",
+                                  info="coop: labels · caspl: CasPL's boosting prompt from the teacher's logits, no "
+                                       "labels · cascade: boosting, then adapting on labels")
                 name = gr.Textbox(value="", label="Prompt name", placeholder="empty: a fresh unique name")
                 steps = gr.Slider(1, MAX_TUNE_STEPS, value=100, step=1, label="Steps per phase")
                 per_class = gr.Slider(1, 16, value=4, step=1, label="Shapes scenes per class (no uploads)")
@@ -398,14 +466,17 @@ def build_classification_tab() -> None:
                    api_visibility="private")
 
         @takes_request
-        def run_tuning(pair, classes, method, name, files, per_class, steps, template, request,
+        def run_tuning(pair, classes, method, name, files, per_class, steps, template, student, request,
                        progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
+            first = (student.split(",") if isinstance(student, str) else list(student or []))[:1]
             return tune_prompts(pair, classes, method, name, files, per_class, steps, progress, template,
-                                cancel=stop_flag(session_of(request)))
+                                cancel=stop_flag(session_of(request)), student=first[0] if first else "")
 
         tuning = tune_button.click(user_errors(run_tuning),
-                                   [pair, classes, method, name, files, per_class, steps, template],
+                                   [pair, classes, method, name, files, per_class, steps, template, students],
                                    [saved, figures], api_name="tune_prompts", **GPU_QUEUE)
+        for trigger in (pair.change, students.change):
+            trigger(shipped_prompt_markdown, [pair, students], shipped, api_visibility="private", queue=False)
         stop.click(takes_request(stop_session), None, None, api_visibility="private")
         tuning.then(prompt_choices, None, prompt, api_visibility="private")
         tab.select(prompt_choices, None, prompt, api_visibility="private", queue=False)

@@ -121,7 +121,16 @@ def learn_context(model: torch.nn.Module, tokenizer: Callable, class_names: list
 
 # Methods as the app and the evaluation run them -------------------------------------------------------------------
 
-METHODS = ("coop", "caspl-boost", "caspl")  # CoOp on labels; CasPL phase 1 only; CasPL phases 1 and 2
+METHODS = ("coop", "caspl", "cascade")  # CoOp on labels; CasPL's boosting prompt (phase 1); CasPL phases 1 and 2
+METHOD_ALIASES = {"caspl-boost": "caspl"}  # the boosting prompt's name before session 6
+
+
+def method_name(method: str) -> str:
+    """The method's current name (``caspl-boost`` -> ``caspl``); raises ValueError for an unknown one."""
+    name = METHOD_ALIASES.get(method, method)
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {str(method)[:40]!r}")
+    return name
 
 
 def template_words(template: str) -> str:
@@ -138,8 +147,8 @@ def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[
     Args:
         student, teacher: ``ClassificationPredictor`` objects of the pair.
         class_names: the K classes.
-        method: ``"coop"`` (labels only), ``"caspl-boost"`` (a boosting prompt from the teacher's logits on
-            unlabelled images) or ``"caspl"`` (that boosting prompt, frozen, then an adapting prompt on labels).
+        method: ``"coop"`` (labels only), ``"caspl"`` (CasPL's boosting prompt from the teacher's logits on
+            unlabelled images) or ``"cascade"`` (that boosting prompt, frozen, then an adapting prompt on labels).
         labelled: ``(pixels (N, 3, H, W) for the student, labels (N,))`` or None.
         unlabelled: ``(pixels for the student, pixels for the teacher)`` of the same images, or None.
         steps: optimisation steps per phase.
@@ -148,15 +157,14 @@ def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[
         on_step: ``on_step(phase, step, loss)``; raising in it stops training.
 
     Returns:
-        ``{"boost": (M, width)}``, ``{"adapt": (M, width)}`` (CoOp) or both (CasPL).
+        ``{"boost": (M, width)}`` (CasPL), ``{"adapt": (M, width)}`` (CoOp) or both (the cascade).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}")
+    method = method_name(method)
     model, tokenizer = student.model, student.tokenizer
     check_text_tower(model)
     init = init_context(model, tokenizer, template_words(template))
     out: dict[str, torch.Tensor] = {}
-    if method in ("caspl-boost", "caspl"):
+    if method in ("caspl", "cascade"):
         if unlabelled is None:
             raise ValueError("the boosting prompt needs unlabelled images")
         s_pixels, t_pixels = unlabelled
@@ -168,7 +176,7 @@ def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[
             model, tokenizer, class_names, s_features, lambda s, t: distillation_loss(s, t, temperature),
             teacher_logits.clone(), init, steps=steps,
             on_step=None if on_step is None else lambda i, loss: on_step("boost", i, loss))
-    if method in ("coop", "caspl"):
+    if method in ("coop", "cascade"):
         if labelled is None:
             raise ValueError(f"{method} needs labelled images")
         pixels, labels = labelled

@@ -48,3 +48,41 @@ def test_builtin_segmenters_label_the_pixels():
             logits = model(normalise(torch.from_numpy(scene.image)[None]))["logits"]
             metric.update(logits.argmax(1), torch.from_numpy(scene.labels.astype(np.int64))[None])
         assert metric.compute() >= bar, (pair, name)
+
+
+@torch.inference_mode()
+def test_builtin_clip_teacher_and_the_shipped_boosting_prompts():
+    """Held-out scenes (not the README's 300): the teacher's 5-shape zero-shot, and each builtin student's shipped
+    boosting prompt, which must reproduce what its metadata (written by benchmarks.builtin_clip) says."""
+    from methods.prompts import prompted_text_features
+    from weights.predictors import predictors_for
+    from weights.prompt_store import load_prompt
+    from weights.registry import get_pair
+    from weights.shapes.clip import clip_image_batch
+    from weights.shapes.world import COLOUR_SHAPE_NAMES, SHAPE_NAMES
+
+    rendered = [render_scene(seed, single_object=True) for seed in range(EVAL_SEED_START + 5000,
+                                                                          EVAL_SEED_START + 5200)]
+    pixels = clip_image_batch(np.stack([r.image for r in rendered]))
+    shapes = torch.tensor([SHAPE_NAMES.index(r.objects[0].name) for r in rendered])
+    classes = list(COLOUR_SHAPE_NAMES)
+    labels = torch.tensor([classes.index(f"{r.objects[0].colour} {r.objects[0].name}") for r in rendered])
+    pair = get_pair("shapes-clip")
+    predictors = predictors_for(pair, students=list(pair.students))
+
+    def accuracy(p, text, y):
+        return float((p.logits(p.forward({"pixel_values": pixels}), text).argmax(1).cpu() == y).float().mean())
+
+    teacher = predictors["teacher"]
+    assert accuracy(teacher, teacher.text_features([f"a {c}" for c in SHAPE_NAMES]), shapes) >= 0.88
+    teacher_30 = accuracy(teacher, teacher.text_features([f"a {c}" for c in classes]), labels)
+    for student in pair.students:
+        p = predictors[student.name]
+        tensors, meta = load_prompt(f"shapes-clip-{student.name}-caspl")
+        assert meta["builtin"] and meta["student"] == student.name and meta["method"] == "caspl"
+        zero_shot = accuracy(p, p.text_features([f"a {c}" for c in classes]), labels)
+        prompted = accuracy(p, prompted_text_features(p, classes, tensors), labels)
+        figures = meta["figures"]
+        assert abs(zero_shot - figures["zero_shot"]) < 0.08 and abs(prompted - figures["with_prompt"]) < 0.08
+        if student.name == "narrow-captions":  # the text-limited student: the prompt closes much of its gap
+            assert prompted - zero_shot >= 0.4 * (teacher_30 - zero_shot), (zero_shot, prompted, teacher_30)

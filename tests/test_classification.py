@@ -122,7 +122,7 @@ def test_prompt_names_are_sanitised_and_looked_up_safely(prompt_dir):
         save_prompt("p1", {"boost": torch.ones(2, 4)}, {})
     tensors, meta = load_prompt("p1")
     assert torch.equal(tensors["boost"], torch.ones(2, 4)) and meta["method"] == "caspl-boost"
-    assert [p["name"] for p in list_prompts()] == ["p1"]
+    assert [p["name"] for p in list_prompts() if not p["builtin"]] == ["p1"]
     for bad in ("../p1", "p1.safetensors", "/etc/passwd", None):
         with pytest.raises(PromptError, match="Unknown prompt"):
             load_prompt(bad)
@@ -153,11 +153,11 @@ def test_tune_save_and_use_a_prompt(prompt_dir, tmp_path):
 
     from weights.shapes.world import render_scene
 
-    name, figures = tune_prompts("shapes-clip", "red circle, blue square, green star", "caspl", "../tuned",
+    name, figures = tune_prompts("shapes-clip", "red circle, blue square, green star", "cascade", "../tuned",
                                  per_class=2, steps=5)
-    assert name == "tuned" and figures["method"] == "caspl"
+    assert name == "tuned" and figures["method"] == "cascade" and figures["student"] == "clip-kd"
     assert {"accuracy", "top1_match_with_teacher"} <= set(figures["after"])
-    assert "tuning images" in figures["measured_on"]
+    assert "never used for tuning" in figures["measured_on"]  # judged on scenes drawn for it, not the tuning ones
     tensors, meta = load_prompt("tuned")
     assert set(tensors) == {"boost", "adapt"} and meta["pair"] == "shapes-clip"
     path = tmp_path / "s.png"
@@ -183,3 +183,37 @@ def test_offline_hub_clip_pair_says_how_to_fix_it():
 
     with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE"):
         classify("demos/examples/single_0.png", "clip-vit-l14-to-b32", "cat, dog")
+
+
+def test_uploaded_images_are_split_so_the_figures_are_held_out():
+    from demos.classification import split_held_out
+
+    assert split_held_out([0, 0, 0, 0, 1, 1, 2]) == ([0, 1, 2, 4, 6], [3, 5])  # class 2 has one image: tuned on
+    assert split_held_out([0, 1]) == ([0, 1], [])
+
+
+def test_a_prompt_for_a_named_student_with_uploaded_images(prompt_dir, tmp_path):
+    from PIL import Image
+
+    from weights.registry import UnknownStudentError
+    from weights.shapes.world import render_scene
+
+    files = []
+    for seed in range(10_000_500, 10_000_540):
+        scene = render_scene(seed, single_object=True)
+        name = f"{scene.objects[0].name}_{seed}.png"
+        Image.fromarray(scene.image).save(tmp_path / name)
+        files.append(str(tmp_path / name))
+    saved, figures = tune_prompts("shapes-clip", "circle, square, triangle, star, cross", "caspl-boost", "",
+                                  files, steps=3, student="narrow-captions")
+    assert figures["method"] == "caspl" and figures["student"] == "narrow-captions"  # the old name still works
+    assert "held out from tuning" in figures["measured_on"]
+    _, meta = load_prompt(saved)
+    assert meta["student"] == "narrow-captions" and meta["method"] == "caspl"
+    with pytest.raises(InputError, match="method must be one of coop, caspl, cascade"):
+        tune_prompts("shapes-clip", "circle, square", "csc-typo", "x", per_class=1, steps=1)
+    with pytest.raises(UnknownStudentError):
+        tune_prompts("shapes-clip", "circle, square", "coop", "x", per_class=1, steps=1, student="nobody")
+    with pytest.raises(InputError, match="one student at a time"):
+        tune_prompts("shapes-clip", "circle, square", "coop", "x", per_class=1, steps=1,
+                     student="clip-kd, narrow-captions")

@@ -98,6 +98,17 @@ def save_prompt(name: str, tensors: dict[str, torch.Tensor], metadata: dict, dir
     return stem
 
 
+def save_builtin_prompt(name: str, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """Write a prompt that ships with Distill Lens into ``weights/prompts/`` (recipes and benchmarks only; the app
+    never calls this). Overwrites the same name, which is how a recipe refreshes its prompt."""
+    stem = sanitise_name(name)
+    BUILTIN_PROMPT_DIR.mkdir(parents=True, exist_ok=True)
+    path = BUILTIN_PROMPT_DIR / f"{stem}.safetensors"
+    state = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    save_file(state, str(path), metadata={"distill_lens": json.dumps(metadata), "format": "pt"})
+    return path
+
+
 def load_prompt(name: str, directory: Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and metadata of a saved prompt, found by exact name among the listed files."""
     known = {p["name"]: p for p in _all(directory)}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from weights.shapes.checkpoints import BUILTIN_DIR
 
 CLIP_CONFIG_DIR = Path(__file__).resolve().parents[1] / "clip_configs"
-CLIP_ROLES = ("teacher", "student")
+CLIP_ROLES = ("teacher", "student", "narrow")  # "narrow": the student of the narrow caption corpus
 CLIP_MODEL_NAMES = {role: f"shapes-clip-{role}" for role in CLIP_ROLES}
 CLIP_CHECKPOINTS = {role: BUILTIN_DIR / f"shapes_clip_{role}.safetensors" for role in CLIP_ROLES}
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -20,7 +20,7 @@ IMAGE_SIZE = 64
 
 
 def register_clip_configs() -> None:
-    """Make ``shapes-clip-teacher`` and ``shapes-clip-student`` known to open_clip (idempotent)."""
+    """Make the builtin configs (``shapes-clip-teacher``, ``-student``, ``-narrow``) known to open_clip."""
     import open_clip
 
     if CLIP_MODEL_NAMES["teacher"] not in open_clip.list_models():

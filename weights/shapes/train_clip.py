@@ -26,7 +26,7 @@ from methods.distill import clip_kd
 from weights.shapes.clip import CLIP_ROLES, clip_checkpoint, clip_image_batch, create_builtin_clip
 from weights.shapes.world import COLOUR_NAMES, SHAPE_NAMES, TRAIN_SEEDS, render_scene
 
-STEPS = {"teacher": 1500, "student": 2000}
+STEPS = {"teacher": 1500, "student": 2000, "narrow": 2000}
 
 
 def caption_forms(colour: str | None, shape: str | None) -> str:
@@ -34,10 +34,16 @@ def caption_forms(colour: str | None, shape: str | None) -> str:
     return f"{article} {colour or ''} {shape or 'shape'}".replace("  ", " ")
 
 
-def sample_captions(colours: np.ndarray, shapes: np.ndarray, rng: np.random.Generator
+# Shares of caption forms per role: full (``a red circle``), shape only (``a circle``), colour only (``a red shape``).
+# The narrow student never reads a colour and a shape named together.
+CAPTION_FORMS = {"teacher": (0.6, 0.25, 0.15), "student": (0.6, 0.25, 0.15), "narrow": (0.0, 0.6, 0.4)}
+
+
+def sample_captions(colours: np.ndarray, shapes: np.ndarray, rng: np.random.Generator,
+                    forms: tuple[float, float, float] = CAPTION_FORMS["teacher"],
                     ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """One caption per image: full (60 %), shape only (25 %) or colour only (15 %); -1 marks a missing field."""
-    form = rng.choice(3, size=len(colours), p=[0.6, 0.25, 0.15])
+    """One caption per image, its form drawn with the shares ``forms``; -1 marks a missing field."""
+    form = rng.choice(3, size=len(colours), p=list(forms))
     cap_colours = np.where(form == 1, -1, colours)
     cap_shapes = np.where(form == 2, -1, shapes)
     texts = [caption_forms(COLOUR_NAMES[c] if c >= 0 else None, SHAPE_NAMES[s] if s >= 0 else None)
@@ -60,7 +66,7 @@ def train(role: str, steps: int, pool_size: int = 12000, batch_size: int = 128, 
     model, tokenizer = create_builtin_clip(role, pretrained=False)
     model.train()
     teacher = None
-    if role == "student":
+    if role != "teacher":
         teacher = create_builtin_clip("teacher", folder=out)[0].float().eval().requires_grad_(False)
     start = time.time()
     scenes = [render_scene(TRAIN_SEEDS[i], single_object=True) for i in range(pool_size)]
@@ -75,7 +81,7 @@ def train(role: str, steps: int, pool_size: int = 12000, batch_size: int = 128, 
         index = torch.from_numpy(rng.integers(0, pool_size, batch_size))
         x = images[index]
         x = torch.where(torch.rand(batch_size, 1, 1, 1) < 0.5, x.flip(-1), x)
-        texts, cap_colours, cap_shapes = sample_captions(colours[index], shapes[index], rng)
+        texts, cap_colours, cap_shapes = sample_captions(colours[index], shapes[index], rng, CAPTION_FORMS[role])
         tokens = tokenizer(texts)
         outputs = model(x, tokens)
         image_features, text_features, scale = outputs[:3]
@@ -104,7 +110,7 @@ def train(role: str, steps: int, pool_size: int = 12000, batch_size: int = 128, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--role", choices=[*CLIP_ROLES, "both"], default="both")
+    parser.add_argument("--role", choices=[*CLIP_ROLES, "all"], default="all")
     parser.add_argument("--steps", type=int, default=0, help="0: the recipe's own count per role")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
@@ -112,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    for role in CLIP_ROLES if args.role == "both" else [args.role]:
+    for role in CLIP_ROLES if args.role == "all" else [args.role]:
         train(role, args.steps or STEPS[role], out=args.out)
 
 
