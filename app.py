@@ -27,6 +27,13 @@ HEADER = """# Distill Lens
 A teacher and its distilled student, side by side, live: where the student learned, and where it still lags."""
 
 
+# Gradio cuts gallery captions to one line; ours name the stage and both layers, which is the point of the picture.
+CSS = """
+.caption-label, .gallery .caption { white-space: normal !important; max-width: 100% !important;
+                                    overflow-wrap: anywhere; }
+"""
+
+
 def build_app() -> gr.Blocks:
     """Assemble every tab into one app. Builds the layout only; models load on first use."""
     # Gradio's cache of served files: checked every 10 minutes, files older than an hour deleted
@@ -49,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     build_app().launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES,
-                       allowed_paths=[str(EXAMPLES_DIR)], theme=gr.themes.Soft())
+                       allowed_paths=[str(EXAMPLES_DIR)], theme=gr.themes.Soft(), css=CSS)
 
 
 if __name__ == "__main__":

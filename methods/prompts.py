@@ -139,9 +139,23 @@ def template_words(template: str) -> str:
     return template.split("{}")[0].strip() or "a"
 
 
+N_CONTEXT = 4  # context vectors per prompt, as in CoOp's 4-token setting
+
+
+def initial_context(model: torch.nn.Module, tokenizer: Callable, template: str, n_context: int = N_CONTEXT,
+                    ) -> torch.Tensor:
+    """(n_context, width) starting vectors: the template's words (``a {}`` -> ``a``), the first of them repeated in
+    front up to ``n_context`` (words the text encoder knows, unlike random vectors), or the last ``n_context``."""
+    words = init_context(model, tokenizer, template_words(template))
+    if n_context <= words.shape[0]:
+        return words[words.shape[0] - n_context:]
+    return torch.cat([words[:1].expand(n_context - words.shape[0], -1), words], dim=0)
+
+
 def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[torch.Tensor, torch.Tensor] | None,
          unlabelled: tuple[torch.Tensor, torch.Tensor] | None, steps: int = 100, temperature: float = 1.0,
-         template: str = "a {}", on_step: Callable[[str, int, float], None] | None = None) -> dict[str, torch.Tensor]:
+         template: str = "a {}", on_step: Callable[[str, int, float], None] | None = None,
+         n_context: int = N_CONTEXT) -> dict[str, torch.Tensor]:
     """Learn prompt context for the student of a CLIP pair.
 
     Args:
@@ -155,6 +169,8 @@ def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[
         temperature: of the distillation KL.
         template: the zero-shot template: the teacher's class texts, and the words the context starts from.
         on_step: ``on_step(phase, step, loss)``; raising in it stops training.
+        n_context: context vectors per prompt (see :func:`initial_context`); one vector, the template's ``a``
+            alone, left the builtin narrow-captions student's boosting prompt at a third of the gap that four close.
 
     Returns:
         ``{"boost": (M, width)}`` (CasPL), ``{"adapt": (M, width)}`` (CoOp) or both (the cascade).
@@ -162,7 +178,7 @@ def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[
     method = method_name(method)
     model, tokenizer = student.model, student.tokenizer
     check_text_tower(model)
-    init = init_context(model, tokenizer, template_words(template))
+    init = initial_context(model, tokenizer, template, n_context)
     out: dict[str, torch.Tensor] = {}
     if method in ("caspl", "cascade"):
         if unlabelled is None:

@@ -26,7 +26,7 @@ def app_url():
         port = s.getsockname()[1]
     demo = app.build_app()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                allowed_paths=[str(app.EXAMPLES_DIR)])
+                allowed_paths=[str(app.EXAMPLES_DIR)], css=app.CSS)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
@@ -117,6 +117,11 @@ def test_every_tab_runs_its_default_example_in_a_real_browser(app_url, browser, 
                                                                  "arguments[0].naturalWidth > 0", img))
         if key == "pairs":
             assert "adm-consensus" in browser.find_element(By.TAG_NAME, "body").text
+        if key == "analysis":  # gallery captions (stage, teacher and student layer) are shown in full
+            captions = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".caption-label"))
+            clipped = browser.execute_script("return arguments[0].filter(c => c.scrollWidth > c.clientWidth + 1)"
+                                             ".map(c => c.textContent)", captions)
+            assert not clipped, clipped
         browser.execute_script("window.scrollTo(0, 0);")
         browser.save_screenshot(str(folder / f"{key}_1400.png"))
     browser.set_window_size(400, 900)
