@@ -120,7 +120,8 @@ def verdict(zero_shot: float, prompted: float, teacher: float, ceiling: float) -
         return ("its gap is visual: its image features cap any prompt at the probe ceiling, "
                 "below half the way to the teacher")
     closed = (prompted - zero_shot) / (teacher - zero_shot) if teacher > zero_shot else float("nan")
-    return f"its gap is on the text side: the image features reach the ceiling, the prompt closes {closed:.0%}"
+    return (f"its gap is on the text side: its image features would allow {ceiling:.3f}, and the prompt closes "
+            f"{closed:.0%} of the gap to the teacher")
 
 
 def main() -> None:
