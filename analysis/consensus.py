@@ -78,24 +78,34 @@ def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float 
     """
     t, s = _fit_grid(teacher, student)
     b, _, h, w = t.shape
-    n = h * w
+    return _affinity_from_terms(_affinity_terms(t, s, eps), h * w, eps).reshape(b, h, w)
+
+
+def _affinity_terms(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, ...]:
+    """Five (B, N) tensors: per location, the sums behind the affinity correlation (teacher and student row means,
+    the cross sum and the two sums of squares) of maps already on one grid. They sum over the N locations whatever
+    the channels, so pairs of different widths on one grid stack along B."""
+    n = t.shape[-2] * t.shape[-1]
     u, v = _unit_locations(t, eps), _unit_locations(s, eps)  # (B, N, Ct), (B, N, Cs)
     ct, cs = u.shape[-1], v.shape[-1]
     ut, vt = u.transpose(1, 2), v.transpose(1, 2)
     if n * n * (ct + cs) < 2 * n * (ct * cs + ct * ct + cs * cs) and n <= 2048:
         # few locations, wide channels (a ResNet's last stages): the (N, N) affinities themselves are cheaper
         a, b_ = torch.bmm(u, ut), torch.bmm(v, vt)
-        row_mean_t, row_mean_s = a.mean(-1), b_.mean(-1)
-        cross, square_t, square_s = (a * b_).sum(-1), a.square().sum(-1), b_.square().sum(-1)
-    else:
-        row_mean_t = (u * u.mean(1, keepdim=True)).sum(-1)  # (B, N): mean of each teacher affinity row
-        row_mean_s = (v * v.mean(1, keepdim=True)).sum(-1)
-        cross = (torch.bmm(u, torch.bmm(ut, v)) * v).sum(-1)
-        square_t = (torch.bmm(u, torch.bmm(ut, u)) * u).sum(-1)
-        square_s = (torch.bmm(v, torch.bmm(vt, v)) * v).sum(-1)
+        return a.mean(-1), b_.mean(-1), (a * b_).sum(-1), a.square().sum(-1), b_.square().sum(-1)
+    return ((u * u.mean(1, keepdim=True)).sum(-1),  # (B, N): mean of each teacher affinity row
+            (v * v.mean(1, keepdim=True)).sum(-1),
+            (torch.bmm(u, torch.bmm(ut, v)) * v).sum(-1),
+            (torch.bmm(u, torch.bmm(ut, u)) * u).sum(-1),
+            (torch.bmm(v, torch.bmm(vt, v)) * v).sum(-1))
+
+
+def _affinity_from_terms(terms: tuple[torch.Tensor, ...], n: int, eps: float = 1e-8) -> torch.Tensor:
+    """(B, N) Pearson correlation of affinity rows from :func:`_affinity_terms`' five sums."""
+    row_mean_t, row_mean_s, cross, square_t, square_s = terms
     covariance = cross - n * row_mean_t * row_mean_s
     variance = (square_t - n * row_mean_t.square()).clamp_min(0) * (square_s - n * row_mean_s.square()).clamp_min(0)
-    return (covariance * variance.clamp_min(eps * eps).rsqrt()).clamp(-1, 1).reshape(b, h, w)
+    return (covariance * variance.clamp_min(eps * eps).rsqrt()).clamp(-1, 1)
 
 
 def projected_consensus(teacher: torch.Tensor, student: torch.Tensor, ridge: float = 1e-4,
@@ -176,7 +186,8 @@ def centred_grams(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tens
     """(K, N, N) Gram matrices over the N = B·h·w locations of ``grid``, of each map's centred features.
 
     Each map is pooled once to the grid; maps of one shape (a ViT's blocks) are pooled and multiplied as one batch.
-    A Gram matrix is N x N whatever the map's width, so maps of any width stack without padding.
+    A Gram matrix is N x N whatever the map's width, so maps of any width stack without padding; all of them are
+    then centred at once (``H K H`` with ``H = I - 1/N``, the Gram of the features minus their mean location).
     """
     groups: dict[tuple, list[int]] = {}
     for k, m in enumerate(maps):
@@ -186,13 +197,13 @@ def centred_grams(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tens
         stacked = torch.cat([maps[k] for k in members]) if len(members) > 1 else maps[members[0]]
         pooled = pool_to(stacked.float(), grid)  # (G*B, C, h, w)
         x = pooled.reshape(len(members), -1, shape[1], grid[0] * grid[1]).transpose(2, 3).flatten(1, 2)  # (G, N, C)
-        x = x - x.mean(1, keepdim=True)
         blocks.append(torch.bmm(x, x.transpose(1, 2)))
     order = [k for members in groups.values() for k in members]
     grams = torch.cat(blocks) if len(blocks) > 1 else blocks[0]  # (K, N, N) in group order
     if order != sorted(order):  # groups interleave: back to the maps' order
         grams = torch.stack([grams[order.index(k)] for k in range(len(maps))])
-    return grams
+    row = grams.mean(2, keepdim=True)  # (K, N, 1); a Gram matrix is symmetric, so its column means are row.mT
+    return grams - row - row.transpose(1, 2) + row.mean(1, keepdim=True)
 
 
 def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor],
@@ -308,24 +319,44 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
     Returns:
         A :class:`ConsensusAnalysis`; nothing is read back to the host.
     """
-    groups: dict[tuple, list[int]] = {}  # pairs of equal shapes (e.g. a ViT's blocks) run as one batch
-    for k, ((t, s), method) in enumerate(zip(pairs, methods, strict=True)):
-        groups.setdefault((tuple(t.shape), tuple(s.shape), t.dtype, s.dtype, method), []).append(k)
+    # Each pair is pooled once (the similarity and the energies use the same maps). Pairs on one grid then run as
+    # one batch: the affinity method's per-location sums do not depend on the channel widths, so a CNN's stages of
+    # different widths pooled to one grid share every step after their Gram products; pairs of equal shapes (a
+    # ViT's blocks) share those products too. The projection method batches pairs of equal shapes only.
+    fitted = [_fit_grid(t, s) for t, s in pairs]
+    groups: dict[tuple, dict[tuple, list[int]]] = {}
+    for k, ((t, s), method) in enumerate(zip(fitted, methods, strict=True)):
+        shapes = (tuple(t.shape), tuple(s.shape))
+        key = (tuple(t.shape[-2:]), method) if method == "affinity" else (shapes, method)
+        groups.setdefault(key, {}).setdefault(shapes, []).append(k)
     masks: dict[tuple[int, int], torch.Tensor] = {}
     b = foreground.shape[0]
     similarity, figures, weights = [None] * len(pairs), [None] * len(pairs), [None] * len(pairs)
-    for (*_, method), members in groups.items():
-        t = torch.cat([pairs[k][0] for k in members]) if len(members) > 1 else pairs[members[0]][0]
-        s = torch.cat([pairs[k][1] for k in members]) if len(members) > 1 else pairs[members[0]][1]
-        t, s = _fit_grid(t, s)  # pooled once: the similarity and the energies use the same maps
-        sim = SIMILARITY[method](t, s)
-        grid = tuple(sim.shape[-2:])
+
+    def cat(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+        return torch.cat(tensors, dim) if len(tensors) > 1 else tensors[0]
+
+    for (_, method), by_shape in groups.items():
+        order, sims, energy_t, energy_s = [], [], [], []
+        for members in by_shape.values():
+            t, s = cat([fitted[k][0] for k in members]), cat([fitted[k][1] for k in members])
+            order += members
+            sims.append(_affinity_terms(t, s) if method == "affinity" else SIMILARITY[method](t, s))
+            energy_t.append(t.square().sum(1))
+            energy_s.append(s.square().sum(1))
+        h, w = energy_t[0].shape[-2:]
+        if method == "affinity":  # the five sums of every shape, stacked along the batch
+            sim = _affinity_from_terms(tuple(cat(list(terms)) for terms in zip(*sims, strict=True)), h * w)
+            sim = sim.reshape(-1, h, w)
+        else:
+            sim = cat(sims)
+        grid = (h, w)
         if grid not in masks:
             masks[grid] = resize_mask(foreground, grid).float()
-        fg = masks[grid].repeat(len(members), 1, 1) if len(members) > 1 else masks[grid]
-        found = _stacked_figures(sim, t.square().sum(1), s.square().sum(1), fg)
+        fg = masks[grid].repeat(len(order), 1, 1) if len(order) > 1 else masks[grid]
+        found = _stacked_figures(sim, cat(energy_t), cat(energy_s), fg)
         scaled = _scaled_weights(sim, tau, size)
-        for i, k in enumerate(members):
+        for i, k in enumerate(order):
             similarity[k], figures[k] = sim[i * b:(i + 1) * b], found[i * b:(i + 1) * b]
             weights[k] = scaled[:, i * b:(i + 1) * b]
     return ConsensusAnalysis(similarity, torch.stack(weights).clamp(0, 1), torch.stack(figures),

@@ -137,7 +137,10 @@ def test_clip_endpoints(client, tmp_path, monkeypatch):
     name, figures = client.predict("shapes-clip", "red circle, blue square", "coop", "api-prompt", None, 1, 3,
                                    api_name="/tune_prompts")
     assert name == "api-prompt" and figures["method"] == "coop"
-    assert [p["name"] for p in client.predict(api_name="/prompts")] == ["api-prompt"]
+    listed = client.predict(api_name="/prompts")
+    assert [p["name"] for p in listed if not p["builtin"]] == ["api-prompt"]
+    shipped = {p["student"]: p for p in listed if p["builtin"]}  # the shipped boosting prompt of each student
+    assert set(shipped) == {"clip-kd", "narrow-captions"} and {p["method"] for p in shipped.values()} == {"caspl"}
     for args, message in ((("circle",), "at least two"), (("circle, square", "../../x"), "Unknown prompt")):
         with pytest.raises(Exception, match=message):
             client.predict(handle_file("demos/examples/single_0.png"), "shapes-clip", *args, api_name="/classify")

@@ -289,7 +289,8 @@ def load_model(source: ModelSource, device: torch.device | None = None, cache: M
     device = device or default_device()
     dtype = default_dtype(device, source)
 
-    def load() -> tuple[torch.nn.Module, Any]:
+    @torch.inference_mode(False)  # a model loaded by a caller in inference mode would have inference-tensor
+    def load() -> tuple[torch.nn.Module, Any]:  # weights, and every later prompt tuning on the cached model fails
         if source.model_class == "open_clip":
             return _load_open_clip(source, device, dtype)
         if source.model_class in ("StableDiffusionPipeline", "UNet2DConditionModel"):
