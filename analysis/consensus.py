@@ -17,13 +17,13 @@ MAX_LOCATIONS = 4096  # larger maps are average-pooled to at most this many loca
 
 
 def _pool(features: torch.Tensor, max_locations: int = MAX_LOCATIONS) -> torch.Tensor:
-    """Average-pool a (B, C, h, w) map to at most ``max_locations`` cells, keeping its aspect ratio; float32."""
-    features = features.float()
+    """Average-pool a (B, C, h, w) map to at most ``max_locations`` cells, keeping its aspect ratio; float32.
+    Half-precision maps are pooled first (the kernel accumulates in float32) and cast after, on fewer cells."""
     h, w = features.shape[-2:]
     if h * w <= max_locations:
-        return features
+        return features.float()
     factor = math.ceil((h * w / max_locations) ** 0.5)  # a whole factor: plain average pooling, the fast kernel
-    return F.avg_pool2d(features, factor, ceil_mode=True)
+    return F.avg_pool2d(features, factor, ceil_mode=True).float()
 
 
 def pool_to(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -195,7 +195,7 @@ def centred_grams(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tens
     blocks = []
     for (shape, _), members in groups.items():
         stacked = torch.cat([maps[k] for k in members]) if len(members) > 1 else maps[members[0]]
-        pooled = pool_to(stacked.float(), grid)  # (G*B, C, h, w)
+        pooled = pool_to(stacked, grid).float()  # (G*B, C, h, w); pooled in its own precision, cast after
         x = pooled.reshape(len(members), -1, shape[1], grid[0] * grid[1]).transpose(2, 3).flatten(1, 2)  # (G, N, C)
         blocks.append(torch.bmm(x, x.transpose(1, 2)))
     order = [k for members in groups.values() for k in members]
