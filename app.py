@@ -27,10 +27,12 @@ HEADER = """# Distill Lens
 A teacher and its distilled student, side by side, live: where the student learned, and where it still lags."""
 
 
-# Gradio cuts gallery captions to one line; ours name the stage and both layers, which is the point of the picture.
+# Gradio cuts gallery captions to one line (ours name the stage and both layers, the point of the picture) and breaks
+# table headers mid-word.
 CSS = """
 .caption-label, .gallery .caption { white-space: normal !important; max-width: 100% !important;
                                     overflow-wrap: anywhere; }
+.prose th { word-break: normal !important; overflow-wrap: normal !important; hyphens: manual; }
 """
 
 

@@ -574,7 +574,7 @@ def _colour_bar(width: int, low: str, high: str) -> np.ndarray:
     draw = ImageDraw.Draw(strip)
     font = ImageFont.truetype(font_path(), 11) if font_path() else ImageFont.load_default()
     for short_low, short_high in ((low, high), ("low", "high"), ("−", "+")):  # the longest labels that fit
-        if draw.textlength(short_low, font=font) + draw.textlength(short_high, font=font) + 8 <= width:
+        if draw.textlength(short_low, font=font) + draw.textlength(short_high, font=font) + 24 <= width:
             low, high = short_low, short_high
             break
     draw.text((2, 13), low, fill=(40, 40, 40), font=font)
