@@ -311,6 +311,32 @@ def palette(n: int) -> list[tuple[int, int, int]]:
 ROLES = ("teacher", "student")
 
 
+def hex_colour(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def annotation_layer(region: np.ndarray | tuple, shape: tuple[int, int], colour: tuple[int, int, int],
+                     ) -> np.ndarray:
+    """One annotation of an annotated image as an (H, W, 4) uint8 layer in ``colour``: a mask ((H, W), nonzero
+    where it covers) in that colour, or a box ``(x0, y0, x1, y1)`` drawn as a solid outline over a light tint."""
+    h, w = shape
+    layer = np.zeros((h, w, 4), np.uint8)
+    layer[..., :3] = colour
+    if isinstance(region, np.ndarray):
+        layer[..., 3] = np.where(region > 0, 255, 0)  # opaque: a tint would mix with the object's own colour
+        return layer
+    x0, y0, x1, y1 = (int(round(v)) for v in region)
+    x0, x1, y0, y1 = max(0, x0), min(w, x1), max(0, y0), min(h, y1)
+    if x1 <= x0 or y1 <= y0:
+        return layer
+    border = max(2, round(min(h, w) / 200))
+    layer[y0:y1, x0:x1, 3] = 40
+    for rows, cols in ((slice(y0, y0 + border), slice(x0, x1)), (slice(y1 - border, y1), slice(x0, x1)),
+                       (slice(y0, y1), slice(x0, x0 + border)), (slice(y0, y1), slice(x1 - border, x1))):
+        layer[rows, cols, 3] = 255
+    return layer
+
+
 def run_sides(predictors: dict, image: np.ndarray, post: Callable) -> dict[str, tuple[object, dict]]:
     """Run the teacher and each chosen student on one image with the same code path.
 
@@ -462,47 +488,43 @@ def pair_dropdown(tasks: tuple[str, ...], value: str):
     return gr.Dropdown(choices, value=value, label="Pair", allow_custom_value=True)
 
 
-def side_by_side_images(task: str) -> list:
-    """Teacher and student result images, built by one loop so both sides always look alike."""
+def side_by_side_images(task: str, visible: bool = True) -> list:
+    """Teacher and student result images, built by one loop so both sides always look alike (hidden where the tab
+    shows :func:`annotated_views` and keeps these as its API's outputs)."""
     import gradio as gr
 
-    return [gr.Image(label=role.capitalize(), interactive=False, format="png", elem_id=f"{task}-{role}")
-            for role in ROLES]
+    return [gr.Image(label=role.capitalize(), interactive=False, format="png", elem_id=f"{task}-{role}",
+                     visible=visible) for role in ROLES]
 
 
-def second_student_image(task: str):
-    """The panel of the second chosen student, hidden until two students are chosen."""
-    import gradio as gr
+def annotated_views(task: str) -> list:
+    """The teacher's, the first student's and (hidden until chosen) the second student's boxes or masks, each with
+    a legend whose entries highlight their regions."""
+    from demos.components import annotated_result
 
-    return gr.Image(label="Second student", interactive=False, format="png", visible=False,
-                    elem_id=f"{task}-second-student")
+    return [annotated_result("Teacher", f"{task}-teacher-view"), annotated_result("Student", f"{task}-student-view"),
+            annotated_result("Second student", f"{task}-second-student-view", visible=False)]
 
 
-def show_second_student(draw: Callable) -> Callable:
-    """Wrap ``draw(image, report, *extra) -> image | None`` (the second student's picture, drawn from the report)
-    into a handler that shows the panel, labelled with the student's name, only when there is one."""
-    def handler(image, report, *extra):
-        import gradio as gr
+def annotated_views_update(report: dict | None, value_of: Callable[[int | None], tuple | None]) -> tuple:
+    """Updates of :func:`annotated_views` after a run: ``value_of(None)`` for the teacher, ``value_of(i)`` for the
+    i-th chosen student; each panel is named after its student. A panel that cannot be drawn is left empty (the
+    run's result is on screen already)."""
+    from demos.components import annotated_update
 
+    names = list((report or {}).get("students", {}))
+
+    def value(position):
         try:
-            picture = draw(image, report, *extra)
-        except Exception:  # the main result is already on screen; a missing extra panel must not raise
-            log.exception("drawing the second student failed")
-            picture = None
-        if picture is None:
-            return gr.update(value=None, visible=False)
-        return gr.update(value=served_files(picture), visible=True, label=f"Student: {list(report['students'])[1]}")
+            return value_of(position)
+        except Exception:
+            log.exception("drawing an annotated view failed")
+            return None
 
-    return handler
-
-
-def first_student_label(report: dict | None):
-    """Name the student panel after the first chosen student once a run has reported."""
-    import gradio as gr
-
-    if not report or not report.get("students"):
-        return gr.update()
-    return gr.update(label=f"Student: {next(iter(report['students']))}")
+    return (annotated_update(value(None)),
+            annotated_update(value(0), label=f"Student: {names[0]}" if names else None),
+            annotated_update(value(1), label=f"Student: {names[1]}" if len(names) > 1 else None,
+                             visible=len(names) > 1))
 
 
 def notes_markdown(notes: list[str]) -> str:

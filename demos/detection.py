@@ -11,10 +11,11 @@ from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_c
 from demos.common import (
     GPU_QUEUE,
     InputError,
+    annotated_views,
+    annotated_views_update,
     display_scale,
     enlarge,
     examples,
-    first_student_label,
     font_path,
     notes_markdown,
     on_gpu,
@@ -23,8 +24,6 @@ from demos.common import (
     ranking_markdown,
     read_image,
     run_sides,
-    second_student_image,
-    show_second_student,
     side_by_side_images,
     student_picker,
     students_report,
@@ -123,6 +122,24 @@ def student_detections_image(image, report: dict | None, position: int = 1) -> n
     return draw_detections(array, detections, report["labels"])
 
 
+def detection_annotations(image, report: dict | None, position: int | None) -> tuple | None:
+    """The teacher's boxes (``position`` None) or the ``position``-th chosen student's, from the report (no second
+    forward), as an annotated-image value: ``(image enlarged like the drawn panels, [(box, "label score", colour)])``;
+    None when there is no such student. Colours are the drawn panels' (one per label)."""
+    if not report:
+        return None
+    names = list(report.get("students", {}))
+    if position is not None and len(names) <= position:
+        return None
+    side = report["teacher"] if position is None else report["students"][names[position]]
+    array, _ = read_image(image)
+    scale = display_scale(*array.shape[:2])
+    colours = palette(len(report["labels"]) + 1)
+    return enlarge(array, scale).permute(1, 2, 0).numpy(), [
+        (tuple(v * scale for v in d["box"]), f"{d['label']} {d['score']:.2f}",
+         colours[report["labels"].index(d["label"]) % len(colours)]) for d in side["detections"]]
+
+
 MATCHED, MISSED, EXTRA = (60, 200, 90), (235, 50, 50), (250, 190, 30)
 
 
@@ -198,8 +215,8 @@ def build_detection_tab() -> None:
             with gr.Column(scale=2):
                 summary = gr.Markdown(elem_id="detection-summary")
                 with gr.Row():
-                    outputs = side_by_side_images("detection")
-                    second = second_student_image("detection")
+                    views = annotated_views("detection")
+                outputs = side_by_side_images("detection", visible=False)  # the API's images
                 disagreement = gr.Image(label="Where the first student disagrees: missed (red), extra (amber), "
                                         "matched (green)", interactive=False, format="png",
                                         elem_id="detection-disagreement", height=300)
@@ -208,11 +225,11 @@ def build_detection_tab() -> None:
         event = run.click(user_errors(detect), [image, pair, threshold, students], [*outputs, report],
                           api_name="detect", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
-        event.then(show_second_student(student_detections_image), [image, report], second,
-                   api_visibility="private")
-        event.then(first_student_label, report, outputs[1], api_visibility="private")
+        event.then(lambda image, report: annotated_views_update(
+            report, lambda position: detection_annotations(image, report, position)), [image, report], views,
+            api_visibility="private")
         event.then(user_errors(disagreement_image), [image, report], disagreement, api_visibility="private")
-        event.failure(lambda: (None,) * 5 + ("",), None, [*outputs, second, disagreement, report, summary],
+        event.failure(lambda: (None,) * 7 + ("",), None, [*outputs, *views, disagreement, report, summary],
                       api_visibility="private")
         wire_student_picker(pair, students)
         wire_consensus_toggle(event, image, pair, toggle, overlay, students)

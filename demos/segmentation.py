@@ -12,10 +12,11 @@ from analysis.agreement import segmentation_agreement
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
 from demos.common import (
     GPU_QUEUE,
+    annotated_views,
+    annotated_views_update,
     display_scale,
     enlarge,
     examples,
-    first_student_label,
     notes_markdown,
     on_gpu,
     output_path,
@@ -24,8 +25,6 @@ from demos.common import (
     ranking_markdown,
     read_image,
     run_sides,
-    second_student_image,
-    show_second_student,
     side_by_side_images,
     student_picker,
     students_report,
@@ -109,6 +108,26 @@ def student_mask_image(image, report: dict | None, npz: str | None, position: in
     return draw_mask(array, class_map, len(report["classes"]))
 
 
+def segmentation_annotations(image, report: dict | None, npz: str | None, position: int | None) -> tuple | None:
+    """The teacher's mask (``position`` None) or the ``position``-th chosen student's, from the class maps the call
+    saved (no second forward), as an annotated-image value: ``(image enlarged like the drawn panels, [(class mask,
+    class name, colour)])`` for every non-background class present; None when there is no such student."""
+    if not report or not npz:
+        return None
+    names = list(report.get("students", {}))
+    if position is not None and len(names) <= position:
+        return None
+    array, _ = read_image(image)
+    with np.load(npz, allow_pickle=False) as maps:
+        class_map = torch.from_numpy(maps["teacher" if position is None else names[position]])
+    scale = display_scale(*array.shape[:2])
+    canvas = enlarge(array, scale)
+    big = torch.nn.functional.interpolate(class_map[None, None].float(), size=canvas.shape[1:],
+                                          mode="nearest")[0, 0].long().numpy()
+    colours, classes = palette(len(report["classes"])), report["classes"]
+    return canvas.permute(1, 2, 0).numpy(), [(big == c, classes[c], colours[c]) for c in np.unique(big) if c != 0]
+
+
 def disagreement_image(image, report: dict | None, npz: str | None) -> np.ndarray | None:
     """Pixels where the first student's label differs from the teacher's, in the teacher's class colour over a
     dimmed image; agreeing pixels stay dim."""
@@ -175,8 +194,8 @@ def build_segmentation_tab() -> None:
             with gr.Column(scale=2):
                 summary = gr.Markdown(elem_id="segmentation-summary")
                 with gr.Row():
-                    outputs = side_by_side_images("segmentation")
-                    second = second_student_image("segmentation")
+                    views = annotated_views("segmentation")
+                outputs = side_by_side_images("segmentation", visible=False)  # the API's images
                 disagreement = gr.Image(label="Where the first student disagrees (pixels in the teacher's class "
                                         "colour)", interactive=False, format="png", height=300,
                                         elem_id="segmentation-disagreement")
@@ -187,10 +206,11 @@ def build_segmentation_tab() -> None:
                     npz = gr.File(label="Class maps (.npz)")
         event = run.click(user_errors(segment), [image, pair, students], [*outputs, report, npz],
                           api_name="segment", **GPU_QUEUE)
-        event.then(show_second_student(student_mask_image), [image, report, npz], second, api_visibility="private")
-        event.then(first_student_label, report, outputs[1], api_visibility="private")
+        event.then(lambda image, report, npz: annotated_views_update(
+            report, lambda position: segmentation_annotations(image, report, npz, position)), [image, report, npz],
+            views, api_visibility="private")
         event.then(user_errors(disagreement_image), [image, report, npz], disagreement, api_visibility="private")
-        event.failure(lambda: (None,) * 6 + ("",), None, [*outputs, second, disagreement, report, npz, summary],
+        event.failure(lambda: (None,) * 8 + ("",), None, [*outputs, *views, disagreement, report, npz, summary],
                       api_visibility="private")
         wire_student_picker(pair, students)
         event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],

@@ -112,9 +112,12 @@ def test_every_tab_runs_its_default_example_in_a_real_browser(app_url, browser, 
             wait.until(lambda d, k=key, f=figure: f in d.find_element(By.ID, f"{k}-summary").text)
         if key in ("detection", "segmentation"):
             for role in ("teacher", "student"):
-                image = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"#{key}-{role} img")))
+                image = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"#{key}-{role}-view img")))
                 wait.until(lambda d, img=image: d.execute_script("return arguments[0].complete && "
                                                                  "arguments[0].naturalWidth > 0", img))
+        if key in ("detection", "segmentation"):  # the legend: one entry per box or class, as the panels draw
+            legend = wait.until(lambda d, k=key: d.find_elements(By.CSS_SELECTOR, f"#{k}-teacher-view .legend-item"))
+            assert legend and all(item.text.strip() for item in legend)
         if key == "pairs":
             assert "adm-consensus" in browser.find_element(By.TAG_NAME, "body").text
         if key == "analysis":  # gallery captions (stage, teacher and student layer) are shown in full

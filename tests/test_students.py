@@ -197,3 +197,37 @@ def test_the_analysis_tab_says_where_an_adm_student_was_trained_toward(scene_png
     assert any("choose the affinity similarity and τ = 0.1" in n for n in other["notes"])
     _, plain = consensus(str(scene_png), "shapes-segmentation", 0.1, "affinity", "feature-kd")
     assert plain["students"]["feature-kd"]["adm_training"] is None
+
+
+def test_annotated_views_show_the_reports_boxes_and_masks_from_files_of_their_own(scene_png):
+    """The Detection and Segmentation panels (gr.AnnotatedImage) are drawn from the call's report and class maps,
+    in the drawn panels' colours, and every layer is written to a file of its own: Gradio's AnnotatedImage would
+    write identical layers of two users to one content-hash path."""
+    from demos.common import display_scale, palette, read_image
+    from demos.components import AnnotatedResult, annotated_update
+    from demos.detection import detect, detection_annotations
+    from demos.segmentation import segment, segmentation_annotations
+
+    _, _, report = detect(str(scene_png), "shapes-detection", 0.3, "feature-kd, adm-consensus")
+    scale = display_scale(*read_image(str(scene_png))[0].shape[:2])
+    for position, side in ((None, report["teacher"]), (1, report["students"]["adm-consensus"])):
+        base, annotations = detection_annotations(str(scene_png), report, position)
+        assert [a[1] for a in annotations] == [f"{d['label']} {d['score']:.2f}" for d in side["detections"]]
+        assert [a[0] for a in annotations] == [tuple(v * scale for v in d["box"]) for d in side["detections"]]
+    assert detection_annotations(str(scene_png), report, 2) is None
+    value = detection_annotations(str(scene_png), report, None)
+    first, second = AnnotatedResult().postprocess(value), AnnotatedResult().postprocess(value)
+    assert first.image.path != second.image.path and len(first.annotations) == len(value[1])
+    assert {a.image.path for a in first.annotations}.isdisjoint(a.image.path for a in second.annotations)
+
+    _, _, report, npz = segment(str(scene_png), "shapes-segmentation")
+    base, annotations = segmentation_annotations(str(scene_png), report, npz, 0)
+    with np.load(npz) as maps:
+        student = maps[next(iter(report["students"]))]
+    present = sorted(int(c) for c in np.unique(student) if c != 0)
+    assert [a[1] for a in annotations] == [report["classes"][c] for c in present]
+    colours = palette(len(report["classes"]))
+    assert annotated_update((base, annotations))["color_map"] == {
+        report["classes"][c]: "#{:02x}{:02x}{:02x}".format(*colours[c]) for c in present}
+    covered = sum(a[0].sum() for a in annotations) / (base.shape[0] * base.shape[1])
+    assert abs(covered - (student != 0).mean()) < 0.01  # the masks cover the student's non-background pixels
