@@ -468,9 +468,9 @@ def build_classification_tab() -> None:
         @takes_request
         def run_tuning(pair, classes, method, name, files, per_class, steps, template, student, request,
                        progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
-            first = (student.split(",") if isinstance(student, str) else list(student or []))[:1]
+            first = get_pair(pair, "classification").choose_students(student)[0].name  # the prompt is for it
             return tune_prompts(pair, classes, method, name, files, per_class, steps, progress, template,
-                                cancel=stop_flag(session_of(request)), student=first[0] if first else "")
+                                cancel=stop_flag(session_of(request)), student=first)
 
         tuning = tune_button.click(user_errors(run_tuning),
                                    [pair, classes, method, name, files, per_class, steps, template, students],

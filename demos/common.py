@@ -488,13 +488,13 @@ def pair_dropdown(tasks: tuple[str, ...], value: str):
     return gr.Dropdown(choices, value=value, label="Pair", allow_custom_value=True)
 
 
-def side_by_side_images(task: str, visible: bool = True) -> list:
-    """Teacher and student result images, built by one loop so both sides always look alike (hidden where the tab
-    shows :func:`annotated_views` and keeps these as its API's outputs)."""
+def api_result_images(task: str) -> list:
+    """The teacher's and the first student's drawn results, hidden: the tab shows :func:`annotated_views`, and these
+    stay its API's image outputs (what ``/detect`` and ``/segment`` return to scripts)."""
     import gradio as gr
 
     return [gr.Image(label=role.capitalize(), interactive=False, format="png", elem_id=f"{task}-{role}",
-                     visible=visible) for role in ROLES]
+                     visible=False) for role in ROLES]
 
 
 def annotated_views(task: str) -> list:

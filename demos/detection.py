@@ -13,6 +13,7 @@ from demos.common import (
     InputError,
     annotated_views,
     annotated_views_update,
+    api_result_images,
     display_scale,
     enlarge,
     examples,
@@ -24,7 +25,6 @@ from demos.common import (
     ranking_markdown,
     read_image,
     run_sides,
-    side_by_side_images,
     student_picker,
     students_report,
     user_errors,
@@ -216,7 +216,7 @@ def build_detection_tab() -> None:
                 summary = gr.Markdown(elem_id="detection-summary")
                 with gr.Row():
                     views = annotated_views("detection")
-                outputs = side_by_side_images("detection", visible=False)  # the API's images
+                outputs = api_result_images("detection")
                 disagreement = gr.Image(label="Where the first student disagrees: missed (red), extra (amber), "
                                         "matched (green)", interactive=False, format="png",
                                         elem_id="detection-disagreement", height=300)

@@ -14,6 +14,7 @@ from demos.common import (
     GPU_QUEUE,
     annotated_views,
     annotated_views_update,
+    api_result_images,
     display_scale,
     enlarge,
     examples,
@@ -25,7 +26,6 @@ from demos.common import (
     ranking_markdown,
     read_image,
     run_sides,
-    side_by_side_images,
     student_picker,
     students_report,
     user_errors,
@@ -195,7 +195,7 @@ def build_segmentation_tab() -> None:
                 summary = gr.Markdown(elem_id="segmentation-summary")
                 with gr.Row():
                     views = annotated_views("segmentation")
-                outputs = side_by_side_images("segmentation", visible=False)  # the API's images
+                outputs = api_result_images("segmentation")
                 disagreement = gr.Image(label="Where the first student disagrees (pixels in the teacher's class "
                                         "colour)", interactive=False, format="png", height=300,
                                         elem_id="segmentation-disagreement")

@@ -85,11 +85,7 @@ def save_prompt(name: str, tensors: dict[str, torch.Tensor], metadata: dict, dir
     path = directory / f"{stem}.safetensors"
     if stem in known and not overwrite:
         raise PromptError(f"A prompt named {stem!r} exists already; choose another name.")
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
-    partial = directory / f".{stem}.partial"
-    save_file(state, str(partial), metadata={"distill_lens": json.dumps(metadata), "format": "pt"})
-    os.replace(partial, path)  # never a half-written prompt under a listed name
+    _write(path, tensors, metadata)
     user = [p for p in _all(directory) if not p["builtin"]]  # newest first
     same_pair = [p for p in user if p.get("pair") == metadata.get("pair")]
     for old in same_pair[MAX_PROMPTS_PER_PAIR:] + user[MAX_PROMPTS:]:
@@ -101,12 +97,19 @@ def save_prompt(name: str, tensors: dict[str, torch.Tensor], metadata: dict, dir
 def save_builtin_prompt(name: str, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
     """Write a prompt that ships with Distill Lens into ``weights/prompts/`` (recipes and benchmarks only; the app
     never calls this). Overwrites the same name, which is how a recipe refreshes its prompt."""
-    stem = sanitise_name(name)
-    BUILTIN_PROMPT_DIR.mkdir(parents=True, exist_ok=True)
-    path = BUILTIN_PROMPT_DIR / f"{stem}.safetensors"
-    state = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
-    save_file(state, str(path), metadata={"distill_lens": json.dumps(metadata), "format": "pt"})
+    path = BUILTIN_PROMPT_DIR / f"{sanitise_name(name)}.safetensors"
+    _write(path, tensors, metadata)
     return path
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Context tensors (float32, on the host) and metadata to ``path``, written under a temporary name and renamed:
+    never a half-written prompt under a listed name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    partial = path.parent / f".{path.stem}.partial"
+    save_file(state, str(partial), metadata={"distill_lens": json.dumps(metadata), "format": "pt"})
+    os.replace(partial, path)
 
 
 def load_prompt(name: str, directory: Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:

@@ -159,6 +159,10 @@ ADM_TRAINING = {"strides": (8, 16), "tau": 0.1}
 RECIPE_BUDGET = "2,000 steps × batch 32"
 
 
+SHAPES_DESCRIPTIONS = {"detection": "Builtin CenterNet-style CNNs on Shapes",
+                       "segmentation": "Builtin encoder-decoder CNNs on Shapes"}
+
+
 def shapes_pairs(task: str, description: str) -> tuple[Pair, ...]:
     """The builtin pair of a task: its committed teacher and students distilled by different methods with the same
     recipe and budget."""
@@ -187,8 +191,8 @@ def online_adm_pair(task: str, description: str) -> Pair:
         labels=CLASS_NAMES, preprocessing=SHAPES_PREPROCESSING)
 
 
-ONLINE_ADM_DETECTION = online_adm_pair("detection", "Builtin CenterNet-style CNNs on Shapes")
-ONLINE_ADM_SEGMENTATION = online_adm_pair("segmentation", "Builtin encoder-decoder CNNs on Shapes")
+ONLINE_ADM_DETECTION = online_adm_pair("detection", SHAPES_DESCRIPTIONS["detection"])
+ONLINE_ADM_SEGMENTATION = online_adm_pair("segmentation", SHAPES_DESCRIPTIONS["segmentation"])
 
 
 def _open_clip(repo: str, architecture: str, tag: str) -> ModelSource:
@@ -222,8 +226,8 @@ def _segformer(repo: str) -> ModelSource:
 
 
 _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
-    *(shapes_pairs("detection", "Builtin CenterNet-style CNNs on Shapes")
-      + shapes_pairs("segmentation", "Builtin encoder-decoder CNNs on Shapes")),
+    *(shapes_pairs("detection", SHAPES_DESCRIPTIONS["detection"])
+      + shapes_pairs("segmentation", SHAPES_DESCRIPTIONS["segmentation"])),
     ONLINE_ADM_DETECTION,
     ONLINE_ADM_SEGMENTATION,
     Pair("rtdetr-r101vd-to-r18vd", "detection", _rtdetr("PekingU/rtdetr_r101vd_coco_o365"),

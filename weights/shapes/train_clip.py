@@ -1,8 +1,10 @@
 """Recipe that trains the builtin Shapes CLIP pair through open_clip's own model classes: a tiny teacher trained
-contrastively on single-object Shapes scenes and their captions, then a smaller student distilled from it.
+contrastively on single-object Shapes scenes and their captions, then two students distilled from it (``student``:
+a small image tower, every caption form; ``narrow``: a wider image tower, captions that never name a colour and a
+shape together, see ``CAPTION_FORMS``).
 
-    python -m weights.shapes.train_clip                  # both, the committed recipe (teacher first)
-    python -m weights.shapes.train_clip --role student --steps 200
+    python -m weights.shapes.train_clip                  # all roles, the committed recipe (teacher first)
+    python -m weights.shapes.train_clip --role narrow --steps 200
 
 Captions take three forms: ``a red circle``, ``a circle`` and ``a red shape``. The task loss is multi-positive
 contrastive (every caption that describes an image is a positive for it), so ``a circle`` does not push away the
