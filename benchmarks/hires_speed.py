@@ -17,7 +17,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis.profiling import Stopwatch
+from analysis.profiling import DispatchCounter, Stopwatch
 from methods.hires import high_resolution
 
 SD15 = dict(layers_per_block=2, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
@@ -72,15 +72,17 @@ def steps_per_second(unet, side: int, steps: int, device, dtype, channels_last: 
     return {k: steps / v for k, v in best.items()}
 
 
-def flops_per_run(config: dict, width_scale: float, side: int, steps: int, raunet: bool, msw_msa: bool) -> float:
-    """FLOPs of a whole denoising loop as ``torch.utils.flop_counter`` counts them, on the meta device (shapes
-    only, no arithmetic). A step's FLOPs depend only on which modules are in place, not on the timestep or the
-    window shift, so one step is counted per phase (RAU-Net active, then after the switch) and multiplied by the
-    number of steps in that phase."""
+def cost_per_run(config: dict, width_scale: float, side: int, steps: int, raunet: bool, msw_msa: bool,
+                 ) -> tuple[float, list[int]]:
+    """FLOPs of a whole denoising loop as ``torch.utils.flop_counter`` counts them, and the aten ops one step
+    dispatches in each phase (what the host must launch per step), on the meta device (shapes only, no arithmetic).
+    A step's cost depends only on which modules are in place, not on the timestep or the window shift, so one step
+    is counted per phase (RAU-Net active, then after the switch) and multiplied by the number of steps in that
+    phase."""
     with torch.device("meta"):
         unet = build(config, width_scale).eval()
     latents, text = _inputs(unet, side, torch.device("meta"), torch.float32)
-    total = 0
+    total, ops = 0, []
     with torch.no_grad(), high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa) as controller:
         switch = controller.switch_step if raunet else 0
         for first, count in ((0, switch), (switch, steps - switch)):
@@ -88,10 +90,11 @@ def flops_per_run(config: dict, width_scale: float, side: int, steps: int, raune
                 continue
             if first:  # move the run to this phase (puts the original modules back at the switch)
                 controller.callback_on_step_end(None, first - 1, None, {})
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounterMode(display=False) as counter, DispatchCounter() as dispatched:
                 unet(latents, torch.tensor(999 - first, device="meta"), encoder_hidden_states=text)
             total += count * counter.get_total_flops()
-    return total
+            ops.append(dispatched.ops)
+    return total, ops
 
 
 def main() -> None:
@@ -110,14 +113,18 @@ def main() -> None:
     print(f"UNet steps per second, batch 2, {args.steps} steps (RAU-Net for the first 40 %), {name}, {dtype}"
           + (f", channel widths x{args.width_scale}" if args.width_scale != 1 else "")
           + (", channels_last" if args.channels_last else "") + "\n")
-    rows, ratios = [], []
+    rows, ratios, launches = [], [], []
     for side in args.side:
         for label, config in (("SD 1.5 architecture", SD15), ("BK-SDM-Small architecture", BK_SDM_SMALL)):
             unet = build(config, args.width_scale).to(device, dtype).eval()
             if args.channels_last:
                 unet = unet.to(memory_format=torch.channels_last)
             rates = steps_per_second(unet, side, args.steps, device, dtype, args.channels_last, args.repeats)
-            flops = {k: flops_per_run(config, args.width_scale, side, args.steps, *v) for k, v in SETTINGS.items()}
+            costs = {k: cost_per_run(config, args.width_scale, side, args.steps, *v) for k, v in SETTINGS.items()}
+            flops = {k: v[0] for k, v in costs.items()}
+            if side == args.side[0]:  # ops per step do not depend on the side
+                launches.append(f"| {label} | " + " | ".join(" / ".join(f"{n:,}" for n in costs[k][1])
+                                                           for k in SETTINGS) + " |")
             rows.append(f"| {label} | {side}² | {' | '.join(f'{r:.2f}' for r in rates.values())} | "
                         f"{rates['both'] / rates['plain']:.2f}x |")
             for k in ("RAU-Net", "MSW-MSA", "both"):
@@ -132,6 +139,10 @@ def main() -> None:
     print("| UNet | side | setting | FLOP ratio to plain | measured speed-up | share of FLOP ratio reached |")
     print("|---|---|---|---|---|---|")
     print("\n".join(ratios))
+    print("\nHost work per step: aten ops one UNet call dispatches (RAU-Net phase / after the switch where they "
+          "differ), each a kernel launch or more on a GPU; counted on the meta device.\n")
+    print("| UNet | " + " | ".join(SETTINGS) + " |\n|---|" + "---|" * len(SETTINGS))
+    print("\n".join(launches))
 
 
 if __name__ == "__main__":

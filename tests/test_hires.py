@@ -168,3 +168,13 @@ def test_windows_confine_attention():
     assert torch.allclose(grid_a[3:], grid_b[3:]) and torch.allclose(grid_a[:3, 4:], grid_b[:3, 4:])
     whole = HiResController(1, False, False, 0.4, None, level_sizes={0: (6, 8)})  # off: plain attention
     assert torch.allclose(WindowedSelfAttention(AttnProcessor2_0(), whole)(attn, x), AttnProcessor2_0()(attn, x))
+
+
+def test_the_techniques_save_flops_without_adding_host_work():
+    """What the GPU must compute falls; what the host must launch per step barely grows (a few ops per window)."""
+    from benchmarks.hires_speed import SD15, cost_per_run
+
+    plain_flops, (plain_ops,) = cost_per_run(SD15, 0.1, 512, 10, raunet=False, msw_msa=False)
+    both_flops, (early_ops, late_ops) = cost_per_run(SD15, 0.1, 512, 10, raunet=True, msw_msa=True)
+    assert both_flops < 0.8 * plain_flops
+    assert plain_ops <= late_ops <= early_ops <= 1.05 * plain_ops
