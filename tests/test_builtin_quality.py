@@ -14,13 +14,13 @@ SEEDS = range(EVAL_SEED_START + 900, EVAL_SEED_START + 940)  # held out, and not
 
 
 def builtin_models(task: str) -> list[tuple[str, str, str]]:
-    """``(pair, model name, checkpoint)`` of the teacher of the task's main pair and every builtin student."""
+    """``(pair, model name, checkpoint)`` of every builtin pair's teacher and students (the online-ADM pairs have
+    teachers of their own)."""
     models = []
     for pair in list_pairs(task):
         if pair.source != "builtin":
             continue
-        if pair.name == f"shapes-{task}":
-            models.append((pair.name, "teacher", pair.teacher.location))
+        models.append((pair.name, "teacher", pair.teacher.location))
         models += [(pair.name, s.name, s.source.location) for s in pair.students]
     return models
 
