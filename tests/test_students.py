@@ -139,6 +139,13 @@ def test_adm_training_settings_match_the_recipe():
     assert ADM_TRAINING == {"strides": strides, "tau": ADM_TAU}
 
 
+def test_the_registry_states_the_recipes_step_budgets():
+    from weights.registry import ONLINE_RECIPE_BUDGET, RECIPE_BUDGET
+    from weights.shapes.train_nets import ONLINE_STEPS, STEPS
+
+    assert RECIPE_BUDGET.startswith(f"{STEPS:,} steps") and ONLINE_RECIPE_BUDGET.startswith(f"{ONLINE_STEPS:,} steps")
+
+
 def test_the_analysis_shows_the_weights_adm_trains_toward(monkeypatch):
     """The consensus map the Analysis tab draws is, location by location, the weight ADM's student loss uses."""
     from analysis.consensus import analyse_stages

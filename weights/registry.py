@@ -157,6 +157,7 @@ def _builtin(task: str, role: str) -> ModelSource:
 # this temperature are the weights ADM's loss gives each location.
 ADM_TRAINING = {"strides": (8, 16), "tau": 0.1}
 RECIPE_BUDGET = "2,000 steps × batch 32"
+ONLINE_RECIPE_BUDGET = "4,000 steps × batch 32 (a teacher's 2,000 and a student's 2,000, together)"
 
 
 SHAPES_DESCRIPTIONS = {"detection": "Builtin CenterNet-style CNNs on Shapes",
@@ -179,13 +180,13 @@ def shapes_pairs(task: str, description: str) -> tuple[Pair, ...]:
 
 
 # Online ADM: a teacher and its student trained together from scratch (``python -m weights.shapes.train_nets --task
-# <task> --role student --method online-adm --half``), so the teacher is the pair's own.
+# <task> --role student --method online-adm --half``, 4,000 joint steps), so the teacher is the pair's own.
 def online_adm_pair(task: str, description: str) -> Pair:
     return Pair(
         f"shapes-{task}-online-adm", task, ModelSource("builtin", f"shapes_{task}_teacher_online-adm", "ShapesNet"),
         (Student("online-adm", ModelSource("builtin", f"shapes_{task}_student_online-adm", "ShapesNet"),
                  f"online ADM: trained from scratch with its teacher; output KD + consensus learning, "
-                 f"{RECIPE_BUDGET}", adm=ADM_TRAINING),),
+                 f"{ONLINE_RECIPE_BUDGET}", adm=ADM_TRAINING),),
         BUILTIN_LICENCE, f"{description}, teacher and student trained together from scratch (online ADM: divergence "
         "learning for the teacher, consensus learning for the student).",
         labels=CLASS_NAMES, preprocessing=SHAPES_PREPROCESSING)

@@ -5,6 +5,10 @@
     python -m weights.shapes.train_nets --role student --method adm-consensus --half  # the ADM students
     python -m weights.shapes.train_nets --role student --method online-adm --half     # the online-ADM pairs
 
+The online-ADM pairs train for ``ONLINE_STEPS`` (4,000) joint steps, twice the offline recipe: an offline student
+is the end of 4,000 steps in sequence (its teacher's 2,000, then its own 2,000 from a finished teacher), and the
+online pair gets as many; at 2,000 joint steps the online segmentation student stayed below the student bar.
+
 Students learn from ground truth plus the teacher's outputs (soft heatmaps / soft pixel labels) and the
 teacher's encoder features at strides 8 and 16 (1x1 adapters map student channels onto the teacher's;
 the adapters are dropped after training). Scenes come from seeds in ``TRAIN_SEEDS``; evaluation uses
@@ -31,6 +35,8 @@ from weights.shapes.world import TRAIN_SEEDS, render_scene
 
 KD_STAGES = (2, 3)  # encoder stages (strides 8 and 16) matched by feature distillation
 ADM_TAU = 0.1  # softmax temperature of ADM's consensus and divergence weights (the Analysis tab's default)
+STEPS = 2000  # the committed recipe's steps (batch 32) for a teacher, or for a student from a finished teacher
+ONLINE_STEPS = 4000  # online ADM: teacher and student trained together, as many steps as both of the offline way
 
 
 def detection_targets(boxes: np.ndarray, labels: np.ndarray, height: int, width: int) -> dict[str, np.ndarray]:
@@ -235,7 +241,9 @@ def main() -> None:
     parser.add_argument("--role", choices=["teacher", "student", "both"], default="both")
     parser.add_argument("--method", choices=list(METHODS), default="feature-kd",
                         help="how the student is distilled (online-adm also trains its own teacher)")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"training steps (default {STEPS}; {ONLINE_STEPS} for online-adm, teacher and student "
+                             "together)")
     parser.add_argument("--half", action="store_true", help="store fp16 weights (half the bytes)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
@@ -246,7 +254,8 @@ def main() -> None:
     BUILTIN_DIR.mkdir(parents=True, exist_ok=True)
     for task in tasks:
         for role in roles:
-            print(f"saved {train(task, role, args.steps, method=args.method, half=args.half)}", flush=True)
+            steps = args.steps or (ONLINE_STEPS if role == "student" and args.method == "online-adm" else STEPS)
+            print(f"saved {train(task, role, steps, method=args.method, half=args.half)}", flush=True)
 
 
 if __name__ == "__main__":
