@@ -6,6 +6,7 @@ import functools
 import itertools
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import uuid
@@ -204,18 +205,25 @@ _written = itertools.count()
 
 
 def output_path(prefix: str, suffix: str) -> Path:
-    """A fresh, never user-given path for one output file, in a folder kept to ``MAX_OUTPUT_FILES`` files."""
+    """A fresh, never user-given path for one output file (or, made by the caller, a folder such as a dataset run's),
+    in a folder kept to ``MAX_OUTPUT_FILES`` entries: the oldest files and folders beyond that are deleted."""
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     if next(_written) % 100 == 0:
-        def age(file: Path) -> float:
+        def age(entry: Path) -> float:
             try:
-                return file.stat().st_mtime
+                newest = entry.stat().st_mtime
+                if entry.is_dir():  # as old as its newest file, so a dataset run still writing is kept
+                    newest = max([newest] + [f.stat().st_mtime for f in entry.rglob("*")])
+                return newest
             except OSError:  # removed meanwhile by another call
                 return 0.0
 
         files = sorted(OUTPUT_DIR.iterdir(), key=age)
         for old in files[: max(0, len(files) - MAX_OUTPUT_FILES)]:
-            old.unlink(missing_ok=True)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
     return OUTPUT_DIR / f"{prefix}-{uuid.uuid4().hex[:16]}{suffix}"
 
 

@@ -1,5 +1,6 @@
 """Many users at once: overlapping calls see only their own state, wait in one GPU queue, and load models once."""
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +88,31 @@ def test_identical_images_from_two_calls_are_served_from_files_of_their_own():
     first, second = served_files((image, [(image, "caption")], {"k": 1})), served_files((image, "text"))
     assert first[0] != second[0] and first[1][0][1] == "caption" and first[2] == {"k": 1}
     assert np.array_equal(np.asarray(Image.open(first[0])), image)
+
+
+def test_the_output_folder_keeps_its_bound_with_dataset_folders_in_it(tmp_path, monkeypatch):
+    """Dataset runs make folders among the served files; pruning the oldest entries removed files only and failed
+    on a folder, which broke every later call once the folder was full."""
+    from demos import common
+
+    monkeypatch.setattr(common, "OUTPUT_DIR", tmp_path)
+    monkeypatch.setattr(common, "MAX_OUTPUT_FILES", 3)
+    monkeypatch.setattr(common, "_written", iter(range(0, 1000, 100)))  # prune on every call
+    old_run, running = common.output_path("dataset", ""), common.output_path("dataset", "")
+    for folder, when in ((old_run, 1_000), (running, 2_000)):
+        (folder / "images").mkdir(parents=True)
+        (folder / "images" / "1.png").write_bytes(b"x")
+        for entry in (folder, folder / "images", folder / "images" / "1.png"):
+            os.utime(entry, (when, when))
+    images = []
+    for when in (3_000, 4_000, 5_000):
+        images.append(common.output_path("image", ".png"))
+        images[-1].write_bytes(b"x")
+        os.utime(images[-1], (when, when))
+    (running / "images" / "2.png").write_bytes(b"x")  # the run is still writing: newer than every image
+    common.output_path("image", ".png")
+    assert not old_run.exists() and not images[0].exists() and running.exists() and images[-1].exists()
+    assert len(list(tmp_path.iterdir())) == 3
 
 
 def test_stop_ends_prompt_tuning_within_a_step_and_saves_nothing(tmp_path, monkeypatch):
