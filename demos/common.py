@@ -514,17 +514,24 @@ def annotated_views(task: str) -> list:
             annotated_result("Second student", f"{task}-second-student-view", visible=False)]
 
 
-def annotated_views_update(report: dict | None, value_of: Callable[[int | None], tuple | None]) -> tuple:
-    """Updates of :func:`annotated_views` after a run: ``value_of(None)`` for the teacher, ``value_of(i)`` for the
-    i-th chosen student; each panel is named after its student. A panel that cannot be drawn is left empty (the
-    run's result is on screen already)."""
+def annotated_views_update(image, report: dict | None, value_of: Callable[[np.ndarray, int | None], tuple | None],
+                           ) -> tuple:
+    """Updates of :func:`annotated_views` after a run: ``value_of(array, None)`` for the teacher, ``value_of(array,
+    i)`` for the i-th chosen student, ``array`` the run's image read once for all panels; each panel is named after
+    its student. A panel that cannot be drawn is left empty (the run's result is on screen already)."""
     from demos.components import annotated_update
 
     names = list((report or {}).get("students", {}))
+    try:
+        array = read_image(image)[0] if report else None
+    except InputError:  # the image was cleared or replaced by an unreadable one after the run
+        array = None
 
     def value(position):
+        if array is None:
+            return None
         try:
-            return value_of(position)
+            return value_of(array, position)
         except Exception:
             log.exception("drawing an annotated view failed")
             return None
@@ -590,7 +597,6 @@ def heat_overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.55, low
     return with_colour_bar(heat_overlays(canvas, heat.detach().float().cpu()[None], alpha)[0].numpy(), low, high)
 
 
-@functools.lru_cache(maxsize=64)
 @functools.lru_cache(maxsize=64)
 def _colour_bar(width: int, low: str, high: str) -> np.ndarray:
     """A (28, width, 3) strip: the Turbo scale from 0 to 1, then its two end labels (drawn once per width and

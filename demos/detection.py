@@ -226,8 +226,8 @@ def build_detection_tab() -> None:
                           api_name="detect", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
         event.then(lambda image, report: annotated_views_update(
-            report, lambda position: detection_annotations(image, report, position)), [image, report], views,
-            api_visibility="private")
+            image, report, lambda array, position: detection_annotations(array, report, position)), [image, report],
+            views, api_visibility="private")
         event.then(user_errors(disagreement_image), [image, report], disagreement, api_visibility="private")
         event.failure(lambda: (None,) * 7 + ("",), None, [*outputs, *views, disagreement, report, summary],
                       api_visibility="private")

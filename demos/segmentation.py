@@ -207,8 +207,8 @@ def build_segmentation_tab() -> None:
         event = run.click(user_errors(segment), [image, pair, students], [*outputs, report, npz],
                           api_name="segment", **GPU_QUEUE)
         event.then(lambda image, report, npz: annotated_views_update(
-            report, lambda position: segmentation_annotations(image, report, npz, position)), [image, report, npz],
-            views, api_visibility="private")
+            image, report, lambda array, position: segmentation_annotations(array, report, npz, position)),
+            [image, report, npz], views, api_visibility="private")
         event.then(user_errors(disagreement_image), [image, report, npz], disagreement, api_visibility="private")
         event.failure(lambda: (None,) * 8 + ("",), None, [*outputs, *views, disagreement, report, npz, summary],
                       api_visibility="private")

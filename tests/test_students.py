@@ -238,3 +238,21 @@ def test_annotated_views_show_the_reports_boxes_and_masks_from_files_of_their_ow
         report["classes"][c]: "#{:02x}{:02x}{:02x}".format(*colours[c]) for c in present}
     covered = sum(a[0].sum() for a in annotations) / (base.shape[0] * base.shape[1])
     assert abs(covered - (student != 0).mean()) < 0.01  # the masks cover the student's non-background pixels
+
+
+def test_the_annotated_views_read_the_image_once_and_survive_a_cleared_image(scene_png):
+    from demos.common import annotated_views_update
+    from demos.detection import detect, detection_annotations
+
+    _, _, report = detect(str(scene_png), "shapes-detection", 0.3, "feature-kd, adm-consensus")
+    arrays = []
+
+    def value_of(array, position):
+        arrays.append(array)
+        return detection_annotations(array, report, position)
+
+    teacher, first, second = annotated_views_update(str(scene_png), report, value_of)
+    assert len(arrays) == 3 and all(a is arrays[0] for a in arrays)  # one read for all three panels
+    assert teacher["value"] is not None and second["visible"] and second["label"] == "Student: adm-consensus"
+    cleared = annotated_views_update(None, report, value_of)  # the user cleared the image after the run
+    assert [u["value"] for u in cleared] == [None] * 3 and len(arrays) == 3
