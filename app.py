@@ -12,14 +12,15 @@ import os
 
 import gradio as gr
 
+from compare.inputs import MAX_UPLOAD_BYTES
 from demos.analysis_tab import build_analysis_tab
 from demos.classification import build_classification_tab
-from demos.common import EXAMPLES_DIR, MAX_UPLOAD_BYTES
 from demos.dataset import build_dataset_tab
 from demos.detection import build_detection_tab
 from demos.diffusion import build_diffusion_tab
 from demos.pairs import build_pairs_tab
 from demos.segmentation import build_segmentation_tab
+from demos.widgets import EXAMPLES_DIR
 
 TABS = (build_detection_tab, build_segmentation_tab, build_classification_tab, build_diffusion_tab,
         build_analysis_tab, build_dataset_tab, build_pairs_tab)

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, contextmanager
 import torch
 import torch.nn.functional as F
 
-from analysis.features import forward_with_stages, hooked, this_call_only
+from analysis.features import StagesFn, forward_with_stages, hooked, this_call_only
 
 
 def normalise_map(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -24,7 +24,8 @@ def normalise_map(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, target: Callable[[object], torch.Tensor],
-             stage: int = -1, pattern: str | None = None) -> tuple[torch.Tensor, object]:
+             stage: int = -1, pattern: str | None = None, explicit: StagesFn | None = None,
+             ) -> tuple[torch.Tensor, object]:
     """Grad-CAM: a stage's channels weighted by the spatial mean of the target's gradient, rectified.
 
     Args:
@@ -33,13 +34,14 @@ def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, target: Callable[[obj
         target: maps the model's outputs to a (B,) score, e.g. a class logit at a box centre.
         stage: index into the stages sorted by stride (-1: the coarsest).
         pattern: module-name regex for the hook fallback.
+        explicit: the model's feature method (see :func:`analysis.features.forward_with_stages`).
 
     Returns:
         ``(cam, outputs)``: (B, h, w) maps in [0, 1] on the stage's grid, and the model's outputs.
     """
     inputs = pixels.detach().clone().requires_grad_(True)  # keeps a graph even when no parameter needs grad
     with torch.enable_grad():
-        outputs, stages = forward_with_stages(model, inputs, pattern)
+        outputs, stages = forward_with_stages(model, inputs, pattern, explicit)
         features = stages[stage].features
         if stages[stage].features.dim() != 4 or features.grad_fn is None and not features.requires_grad:
             raise ValueError("Grad-CAM needs NCHW feature maps inside the graph; use attention rollout for ViTs")

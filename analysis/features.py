@@ -139,24 +139,48 @@ def capture_modules(model: torch.nn.Module, pattern: str) -> AbstractContextMana
                   what=f"module matching {pattern!r}")
 
 
-def _explicit_forward(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[object, list] | None:
-    """(outputs, named feature maps) from a model's own feature method, or None when it has none we know."""
-    if hasattr(model, "visual") and hasattr(model, "forward_intermediates"):  # open_clip
-        out = model.forward_intermediates(image=pixels)
-        return out, [(f"visual.block{i}", f) for i, f in enumerate(out["image_intermediates"])]
-    if hasattr(model, "forward_intermediates") and hasattr(model, "pretrained_cfg"):  # timm
-        final, maps = model.forward_intermediates(pixels, output_fmt="NCHW")
-        return model.forward_head(final), [(f"block{i}", f) for i, f in enumerate(maps)]
-    if hasattr(model, "forward_intermediates"):  # our own convention: (outputs, encoder maps)
-        out, maps = model.forward_intermediates(pixels)
-        return out, [(f"stage{i + 1}", f) for i, f in enumerate(maps)]
-    if hasattr(model, "config") and hasattr(model.config, "model_type"):  # transformers
-        out = model(pixel_values=pixels, output_hidden_states=True)
-        hidden = getattr(out, "hidden_states", None)
-        if hidden is None and isinstance(getattr(out, "encoder_last_hidden_state", None), (list, tuple)):
-            hidden = out.encoder_last_hidden_state  # RT-DETR: the encoder's multi-scale maps
-        if hidden is not None:
-            return out, [(f"hidden_states.{i}", h) for i, h in enumerate(hidden)]
+def open_clip_stages(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[object, list]:
+    """open_clip's convention: ``forward_intermediates(image=...)`` gives the image tower's blocks."""
+    out = model.forward_intermediates(image=pixels)
+    return out, [(f"visual.block{i}", f) for i, f in enumerate(out["image_intermediates"])]
+
+
+def timm_stages(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[object, list]:
+    """timm's convention: ``forward_intermediates(x, output_fmt="NCHW")`` -> (final features, maps); the outputs
+    are ``forward_head`` of the final features."""
+    final, maps = model.forward_intermediates(pixels, output_fmt="NCHW")
+    return model.forward_head(final), [(f"block{i}", f) for i, f in enumerate(maps)]
+
+
+def intermediates_stages(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[object, list]:
+    """Our own convention (the builtin nets): ``forward_intermediates(x)`` -> (outputs, encoder maps)."""
+    out, maps = model.forward_intermediates(pixels)
+    return out, [(f"stage{i + 1}", f) for i, f in enumerate(maps)]
+
+
+def transformers_stages(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[object, list]:
+    """transformers' convention: ``output_hidden_states=True``; RT-DETR's encoder maps when it has no hidden
+    states."""
+    out = model(pixel_values=pixels, output_hidden_states=True)
+    hidden = getattr(out, "hidden_states", None)
+    if hidden is None and isinstance(getattr(out, "encoder_last_hidden_state", None), (list, tuple)):
+        hidden = out.encoder_last_hidden_state  # RT-DETR: the encoder's multi-scale maps
+    return out, [(f"hidden_states.{i}", h) for i, h in enumerate(hidden or ())]
+
+
+StagesFn = Callable[[torch.nn.Module, torch.Tensor], tuple[object, list]]
+
+
+def feature_method(model: torch.nn.Module) -> StagesFn | None:
+    """For a plain module (no family to ask): the feature-method convention its attributes show, or None."""
+    if hasattr(model, "visual") and hasattr(model, "forward_intermediates"):
+        return open_clip_stages
+    if hasattr(model, "forward_intermediates") and hasattr(model, "pretrained_cfg"):
+        return timm_stages
+    if hasattr(model, "forward_intermediates"):
+        return intermediates_stages
+    if hasattr(model, "config") and hasattr(model.config, "model_type"):
+        return transformers_stages
     return None
 
 
@@ -164,7 +188,7 @@ DEFAULT_HOOK_PATTERN = r".*(layer|stage|block)s?\.\d+"
 
 
 def forward_with_stages(model: torch.nn.Module, pixels: torch.Tensor, pattern: str | None = None,
-                        ) -> tuple[object, list[Stage]]:
+                        explicit: StagesFn | None = None) -> tuple[object, list[Stage]]:
     """One forward pass that returns the model's usual outputs and its spatial feature maps.
 
     Args:
@@ -172,19 +196,22 @@ def forward_with_stages(model: torch.nn.Module, pixels: torch.Tensor, pattern: s
             ``torch.no_grad()`` when no gradients are wanted).
         pixels: (B, 3, H, W) model inputs on the model's device.
         pattern: regex of module names to hook instead of the model's own feature method.
+        explicit: the model's feature method (its family's, e.g. :func:`timm_stages`); None: the convention its
+            attributes show (:func:`feature_method`), else forward hooks.
 
     Returns:
         ``(outputs, stages)``: the stages as NCHW maps sorted by stride, finest first (stages of equal stride keep
         the order the model produced them).
     """
     height, width = pixels.shape[-2:]
-    explicit = None if pattern else _explicit_forward(model, pixels)
-    if explicit is None:
+    method = None if pattern else (explicit or feature_method(model))
+    named = method(model, pixels) if method is not None else None
+    if named is not None and named[1]:
+        outputs, named = named
+    else:
         with capture_modules(model, pattern or DEFAULT_HOOK_PATTERN) as captured:
             outputs = model(pixels)
         named = list(captured.items())
-    else:
-        outputs, named = explicit
     stages = [as_stage(name, t, height, width) for name, t in named if torch.is_tensor(t) and t.dim() in (3, 4)]
     return outputs, sorted(stages, key=lambda s: s.stride)
 

@@ -8,7 +8,9 @@ import numpy as np
 from gradio.components.annotated_image import AnnotatedImageData, Annotation
 from gradio.data_classes import FileData
 
-from demos.common import UNREADABLE, annotation_layer, hex_colour, served_files
+from compare.inputs import UNREADABLE
+from demos.drawing import annotation_layer, hex_colour
+from demos.served import served_files
 
 
 class UserImage(gr.Image):
@@ -35,7 +37,7 @@ def user_image(**kwargs) -> UserImage:
 class AnnotatedResult(gr.AnnotatedImage):
     """Gradio's annotated image (a legend whose entries highlight their boxes or masks), fed with
     ``(base RGB uint8 array, [(mask or box, label, (r, g, b)), ...])`` and writing every file through
-    :func:`demos.common.served_files`: ``gr.AnnotatedImage`` itself writes its layers to content-hash paths without
+    :func:`demos.served.served_files`: ``gr.AnnotatedImage`` itself writes its layers to content-hash paths without
     a temporary name, so two users with the same image would rewrite a file another is being served."""
 
     is_template = True  # the AnnotatedImage frontend

@@ -36,7 +36,7 @@ def user_image(**kwargs) -> UserImage:
 class AnnotatedResult(gr.AnnotatedImage):
     """Gradio's annotated image (a legend whose entries highlight their boxes or masks), fed with
     ``(base RGB uint8 array, [(mask or box, label, (r, g, b)), ...])`` and writing every file through
-    :func:`demos.common.served_files`: ``gr.AnnotatedImage`` itself writes its layers to content-hash paths without
+    :func:`demos.served.served_files`: ``gr.AnnotatedImage`` itself writes its layers to content-hash paths without
     a temporary name, so two users with the same image would rewrite a file another is being served."""
 
     is_template = True  # the AnnotatedImage frontend

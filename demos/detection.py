@@ -6,67 +6,50 @@ import numpy as np
 import torch
 from torchvision.utils import draw_bounding_boxes
 
-from analysis.agreement import detection_agreement
+import compare
+from compare.drawing import as_picture, display_canvas, draw_detections, font_path, palette
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
-from demos.common import (
-    GPU_QUEUE,
-    InputError,
+from demos.components import user_image
+from demos.jobs import GPU_QUEUE, on_gpu, user_errors
+from demos.widgets import (
     annotated_views,
     annotated_views_update,
     api_result_images,
-    display_scale,
-    enlarge,
     examples,
-    font_path,
     notes_markdown,
-    on_gpu,
     pair_dropdown,
-    palette,
     ranking_markdown,
-    read_image,
-    run_sides,
     student_picker,
-    students_report,
-    user_errors,
     wire_student_picker,
 )
-from demos.components import user_image
-from weights.predictors import Detection, predictors_for
-from weights.registry import get_pair
+from weights.predictors import Detection
 
 DEFAULT_PAIR = "shapes-detection"
 DEFAULT_THRESHOLD = 0.3
 
 
-def _as_tensors(detections: list[Detection], label_index: dict[str, int]) -> dict[str, torch.Tensor]:
-    return {
-        "boxes": torch.tensor([d.box for d in detections], dtype=torch.float32).reshape(-1, 4),
-        "scores": torch.tensor([d.score for d in detections], dtype=torch.float32),
-        "labels": torch.tensor([label_index[d.label] for d in detections], dtype=torch.long),
-    }
+def run_detection(image, pair: str = DEFAULT_PAIR, score_threshold: float = DEFAULT_THRESHOLD,
+                  students: str | list[str] | None = None, overlay: bool = False) -> tuple:
+    """The Detect button: :func:`detect`'s outputs and, when ``overlay``, the first student's consensus overlay at
+    the deepest shared stride (else None), all from one forward of each model."""
+    result = compare.detect(image, pair, score_threshold, students, consensus=bool(overlay))
+    array, _ = compare.read_image(image)
+    images = [draw_detections(array, result.detections[name], result.labels) for name in ("teacher", result.names[0])]
+    return images[0], images[1], result.to_json(), deepest_consensus(result.analysis)
 
 
-def draw_detections(image: np.ndarray, detections: list[Detection], labels: list[str]) -> np.ndarray:
-    """Boxes with ``label score`` captions over the image (enlarged when small); colours follow the label."""
-    scale = display_scale(*image.shape[:2])
-    canvas = enlarge(image, scale)
-    if not detections:
-        return canvas.permute(1, 2, 0).numpy()
-    colours = palette(len(labels) + 1)
-    boxes = torch.tensor([d.box for d in detections]) * scale
-    font = font_path()
-    drawn = draw_bounding_boxes(
-        canvas, boxes, labels=[f"{d.label} {d.score:.2f}" for d in detections],
-        colors=[colours[labels.index(d.label) % len(colours)] for d in detections],
-        width=max(2, round(min(canvas.shape[1:]) / 200)), font=font,
-        font_size=max(12, round(min(canvas.shape[1:]) / 30)) if font else None)
-    return drawn.permute(1, 2, 0).numpy()
+def deepest_consensus(analysis) -> np.ndarray | None:
+    """The first student's consensus overlay at the deepest stride it shares with the teacher, or None."""
+    if analysis is None:
+        return None
+    per_student = len(analysis.overlays) // len(analysis.students)
+    return analysis.overlays[per_student - 2][0]
 
 
 @on_gpu
 def detect(image, pair: str = DEFAULT_PAIR, score_threshold: float = DEFAULT_THRESHOLD,
            students: str | list[str] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Run a detection pair's teacher and one or two of its students on one image.
+    """Run a detection pair's teacher and one or two of its students on one image (``/detect``), each model once.
 
     Args:
         image: a file path, numpy RGB array or PIL image.
@@ -76,47 +59,20 @@ def detect(image, pair: str = DEFAULT_PAIR, score_threshold: float = DEFAULT_THR
 
     Returns:
         ``(teacher_image, student_image, report)``: the teacher's and the first student's drawn images and
-        ``{pair, labels, teacher: {detections, latency_ms, params, gflops}, students: {name: {method, source,
-        detections, latency_ms, params, gflops, agreement}}, ranking, notes}``, with the first student also as
-        ``student`` and ``agreement`` (single-student fields, kept for one release); boxes are
-        ``[x0, y0, x1, y1]`` in the input image's pixels.
+        ``{pair, labels, teacher: {detections, latency_ms, latency_iqr_ms, runs, latency_cached, this_run_ms,
+        params, gflops}, students: {name: {method, source, detections, ..., agreement}}, ranking, notes}``, with the
+        first student also as ``student`` and ``agreement`` (single-student fields, kept for one release); boxes are
+        ``[x0, y0, x1, y1]`` in the input image's pixels. Latency is the median of warm forwards measured once per
+        model and input shape (``runs`` of them; ``latency_cached`` says whether this request reused them).
     """
-    try:
-        threshold = float(score_threshold)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}.") from error
-    if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"score_threshold must lie in [0, 1], got {threshold}.")
-    spec = get_pair(pair, "detection")
-    chosen = spec.choose_students(students)
-    array, notes = read_image(image)
-    predictors = predictors_for(spec, students=chosen)
-    sides = run_sides(predictors, array, lambda p, out, geo: p.detect(out, geo, threshold))
-    index = {name: i for i, name in enumerate(dict.fromkeys(label for p in predictors.values() for label in p.labels))}
-    teacher_detections = _as_tensors(sides["teacher"][0], index)
-    per_student = {
-        s.name: {"detections": [d.to_dict() for d in sides[s.name][0]], **sides[s.name][1],
-                 "agreement": with_f1(detection_agreement(teacher_detections, _as_tensors(sides[s.name][0], index)))}
-        for s in chosen}
-    report = {"pair": spec.name, "labels": list(index),
-              "teacher": {"detections": [d.to_dict() for d in sides["teacher"][0]], **sides["teacher"][1]},
-              **students_report(chosen, per_student, "f1"), "notes": notes}
-    images = [draw_detections(array, sides[name][0], list(index)) for name in ("teacher", chosen[0].name)]
-    return images[0], images[1], report
-
-
-def with_f1(agreement: dict) -> dict:
-    """Add ``f1``: 2·matched / (2·matched + missed + extra), one number for how well the boxes agree (1 when both
-    found nothing)."""
-    m, total = agreement["matched"], 2 * agreement["matched"] + agreement["missed"] + agreement["extra"]
-    return agreement | {"f1": round(2 * m / total, 4) if total else 1.0}
+    return run_detection(image, pair, score_threshold, students)[:3]
 
 
 def student_detections_image(image, report: dict | None, position: int = 1) -> np.ndarray | None:
     """The ``position``-th chosen student's boxes, drawn from the report (no second forward), or None."""
     if not report or len(report.get("students", {})) <= position:
         return None
-    array, _ = read_image(image)
+    array, _ = compare.read_image(image)
     name = list(report["students"])[position]
     detections = [Detection(d["label"], d["score"], d["box"]) for d in report["students"][name]["detections"]]
     return draw_detections(array, detections, report["labels"])
@@ -132,10 +88,10 @@ def detection_annotations(image, report: dict | None, position: int | None) -> t
     if position is not None and len(names) <= position:
         return None
     side = report["teacher"] if position is None else report["students"][names[position]]
-    array, _ = read_image(image)
-    scale = display_scale(*array.shape[:2])
+    array, _ = compare.read_image(image)
+    canvas, scale = display_canvas(array)
     colours = palette(len(report["labels"]) + 1)
-    return enlarge(array, scale).permute(1, 2, 0).numpy(), [
+    return as_picture(canvas), [
         (tuple(v * scale for v in d["box"]), f"{d['label']} {d['score']:.2f}",
          colours[report["labels"].index(d["label"]) % len(colours)]) for d in side["detections"]]
 
@@ -150,7 +106,7 @@ def disagreement_image(image, report: dict | None) -> np.ndarray | None:
 
     if not report or not report.get("students"):
         return None
-    array, _ = read_image(image)
+    array, _ = compare.read_image(image)
     teacher = report["teacher"]["detections"]
     student = next(iter(report["students"].values()))["detections"]
     t_boxes = torch.tensor([d["box"] for d in teacher], dtype=torch.float32).reshape(-1, 4)
@@ -158,8 +114,7 @@ def disagreement_image(image, report: dict | None) -> np.ndarray | None:
     match, _ = match_detections(t_boxes, s_boxes, torch.tensor([d["score"] for d in student]),
                                 report["students"][next(iter(report["students"]))]["agreement"]["iou_threshold"])
     found = set(match[match >= 0].tolist())
-    scale = display_scale(*array.shape[:2])
-    canvas = enlarge(array, scale)
+    canvas, scale = display_canvas(array)
     boxes, captions, colours, widths = [], [], [], []
     for i, d in enumerate(teacher):
         boxes.append(d["box"])
@@ -171,7 +126,7 @@ def disagreement_image(image, report: dict | None) -> np.ndarray | None:
             captions.append(f"extra {d['label']}")
             colours.append(EXTRA)
     if not boxes:
-        return canvas.permute(1, 2, 0).numpy()
+        return as_picture(canvas)
     width = max(2, round(min(canvas.shape[1:]) / 200))
     widths = [1 if c == MATCHED else width for c in colours]
     font = font_path()
@@ -179,7 +134,7 @@ def disagreement_image(image, report: dict | None) -> np.ndarray | None:
         canvas = draw_bounding_boxes(canvas, torch.tensor([box]) * scale, labels=[caption], colors=[colour], width=w,
                                      font=font, font_size=max(12, round(min(canvas.shape[1:]) / 30)) if font
                                      else None)
-    return canvas.permute(1, 2, 0).numpy()
+    return as_picture(canvas)
 
 
 def summary_markdown(report: dict | None) -> str:
@@ -222,14 +177,14 @@ def build_detection_tab() -> None:
                                         elem_id="detection-disagreement", height=300)
                 overlay = consensus_overlay_image("detection")
                 report = gr.JSON(label="Report", open=False)
-        event = run.click(user_errors(detect), [image, pair, threshold, students], [*outputs, report],
-                          api_name="detect", **GPU_QUEUE)
+        event = run.click(user_errors(run_detection), [image, pair, threshold, students, toggle[1]],
+                          [*outputs, report, overlay[1]], api_name="detect", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
         event.then(lambda image, report: annotated_views_update(
             image, report, lambda array, position: detection_annotations(array, report, position)), [image, report],
             views, api_visibility="private")
         event.then(user_errors(disagreement_image), [image, report], disagreement, api_visibility="private")
-        event.failure(lambda: (None,) * 7 + ("",), None, [*outputs, *views, disagreement, report, summary],
+        event.failure(lambda: (None,) * 8 + ("",), None, [*outputs, *views, disagreement, overlay[0], report, summary],
                       api_visibility="private")
         wire_student_picker(pair, students)
         wire_consensus_toggle(event, image, pair, toggle, overlay, students)

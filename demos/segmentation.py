@@ -6,51 +6,27 @@ import html
 
 import numpy as np
 import torch
-from torchvision.utils import draw_segmentation_masks
 
-from analysis.agreement import segmentation_agreement
+import compare
+from compare.drawing import as_picture, display_canvas, draw_mask, palette
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
-from demos.common import (
-    GPU_QUEUE,
+from demos.components import user_image
+from demos.detection import deepest_consensus
+from demos.jobs import GPU_QUEUE, on_gpu, user_errors
+from demos.served import output_path
+from demos.widgets import (
     annotated_views,
     annotated_views_update,
     api_result_images,
-    display_scale,
-    enlarge,
     examples,
     notes_markdown,
-    on_gpu,
-    output_path,
     pair_dropdown,
-    palette,
     ranking_markdown,
-    read_image,
-    run_sides,
     student_picker,
-    students_report,
-    user_errors,
     wire_student_picker,
 )
-from demos.components import user_image
-from weights.predictors import predictors_for
-from weights.registry import get_pair
 
 DEFAULT_PAIR = "shapes-segmentation"
-
-
-def draw_mask(image: np.ndarray, class_map: torch.Tensor, num_classes: int, alpha: float = 0.55) -> np.ndarray:
-    """Colour every non-background class of ``class_map`` (H, W) over the image (enlarged when small)."""
-    scale = display_scale(*image.shape[:2])
-    canvas = enlarge(image, scale)
-    big = torch.nn.functional.interpolate(class_map[None, None].float().cpu(), size=canvas.shape[1:],
-                                          mode="nearest")[0, 0].long()
-    present = [c for c in big.unique().tolist() if c != 0]
-    if not present:
-        return canvas.permute(1, 2, 0).numpy()
-    colours = palette(num_classes)
-    masks = torch.stack([big == c for c in present])
-    drawn = draw_segmentation_masks(canvas, masks, alpha=alpha, colors=[colours[c] for c in present])
-    return drawn.permute(1, 2, 0).numpy()
 
 
 def save_class_maps(maps: dict[str, np.ndarray]) -> str:
@@ -60,10 +36,24 @@ def save_class_maps(maps: dict[str, np.ndarray]) -> str:
     return str(path)
 
 
+def run_segmentation(image, pair: str = DEFAULT_PAIR, students: str | list[str] | None = None,
+                     overlay: bool = False) -> tuple:
+    """The Segment button: :func:`segment`'s outputs and, when ``overlay``, the first student's consensus overlay
+    at the deepest shared stride (else None), all from one forward of each model."""
+    result = compare.segment(image, pair, students, consensus=bool(overlay))
+    array, _ = compare.read_image(image)
+    classes = result.classes
+    images = [draw_mask(array, result.class_maps[name], len(classes)) for name in ("teacher", result.names[0])]
+    arrays = result.arrays()
+    npz = save_class_maps(arrays | {"student": arrays[result.names[0]]})
+    return images[0], images[1], result.to_json(), npz, deepest_consensus(result.analysis)
+
+
 @on_gpu
 def segment(image, pair: str = DEFAULT_PAIR, students: str | list[str] | None = None,
             ) -> tuple[np.ndarray, np.ndarray, dict, str]:
-    """Run a segmentation pair's teacher and one or two of its students on one image.
+    """Run a segmentation pair's teacher and one or two of its students on one image (``/segment``), each model
+    once.
 
     Args:
         image: a file path, numpy RGB array or PIL image.
@@ -72,36 +62,20 @@ def segment(image, pair: str = DEFAULT_PAIR, students: str | list[str] | None = 
 
     Returns:
         ``(teacher_image, student_image, report, npz_path)``: the teacher's and the first student's masks;
-        ``report`` is ``{pair, classes, teacher: {latency_ms, params, gflops}, students: {name: {method, source,
-        latency_ms, params, gflops, agreement: {miou, pixel_agreement, per_class}}}, ranking, notes}`` with the first
-        student also as ``student`` and ``agreement`` (single-student fields, kept for one release); the ``.npz``
-        holds the (H, W) class maps of ``teacher``, each chosen student by name, and ``student`` (the first).
+        ``report`` is ``{pair, classes, teacher: {latency_ms, latency_iqr_ms, runs, latency_cached, this_run_ms,
+        params, gflops}, students: {name: {method, source, ..., agreement: {miou, pixel_agreement, per_class}}},
+        ranking, notes}`` with the first student also as ``student`` and ``agreement`` (single-student fields, kept
+        for one release); the ``.npz`` holds the (H, W) class maps of ``teacher``, each chosen student by name, and
+        ``student`` (the first).
     """
-    spec = get_pair(pair, "segmentation")
-    chosen = spec.choose_students(students)
-    array, notes = read_image(image)
-    predictors = predictors_for(spec, students=chosen)
-    sides = run_sides(predictors, array, lambda p, out, geo: p.class_map(out, geo))
-    classes = predictors["teacher"].labels
-    maps = {name: side[0] for name, side in sides.items()}
-    per_student = {}
-    for s in chosen:
-        agreement = segmentation_agreement(maps["teacher"], maps[s.name].to(maps["teacher"].device), len(classes))
-        agreement["per_class"] = {classes[i]: v for i, v in agreement["per_class"].items()}
-        per_student[s.name] = {**sides[s.name][1], "agreement": agreement}
-    report = {"pair": spec.name, "classes": classes, "teacher": sides["teacher"][1],
-              **students_report(chosen, per_student, "miou"), "notes": notes}
-    images = [draw_mask(array, maps[name], len(classes)) for name in ("teacher", chosen[0].name)]
-    arrays = {name: m.cpu().numpy().astype(np.int32) for name, m in maps.items()}
-    npz = save_class_maps(arrays | {"student": arrays[chosen[0].name]})
-    return images[0], images[1], report, npz
+    return run_segmentation(image, pair, students)[:4]
 
 
 def student_mask_image(image, report: dict | None, npz: str | None, position: int = 1) -> np.ndarray | None:
     """The ``position``-th chosen student's mask, drawn from the class maps the call saved (no second forward)."""
     if not report or not npz or len(report.get("students", {})) <= position:
         return None
-    array, _ = read_image(image)
+    array, _ = compare.read_image(image)
     name = list(report["students"])[position]
     with np.load(npz, allow_pickle=False) as maps:
         class_map = torch.from_numpy(maps[name])
@@ -117,15 +91,14 @@ def segmentation_annotations(image, report: dict | None, npz: str | None, positi
     names = list(report.get("students", {}))
     if position is not None and len(names) <= position:
         return None
-    array, _ = read_image(image)
+    array, _ = compare.read_image(image)
     with np.load(npz, allow_pickle=False) as maps:
         class_map = torch.from_numpy(maps["teacher" if position is None else names[position]])
-    scale = display_scale(*array.shape[:2])
-    canvas = enlarge(array, scale)
+    canvas, _ = display_canvas(array)
     big = torch.nn.functional.interpolate(class_map[None, None].float(), size=canvas.shape[1:],
                                           mode="nearest")[0, 0].long().numpy()
     colours, classes = palette(len(report["classes"])), report["classes"]
-    return canvas.permute(1, 2, 0).numpy(), [(big == c, classes[c], colours[c]) for c in np.unique(big) if c != 0]
+    return as_picture(canvas), [(big == c, classes[c], colours[c]) for c in np.unique(big) if c != 0]
 
 
 def disagreement_image(image, report: dict | None, npz: str | None) -> np.ndarray | None:
@@ -133,7 +106,7 @@ def disagreement_image(image, report: dict | None, npz: str | None) -> np.ndarra
     dimmed image; agreeing pixels stay dim."""
     if not report or not npz or not report.get("students"):
         return None
-    array, _ = read_image(image)
+    array, _ = compare.read_image(image)
     with np.load(npz, allow_pickle=False) as maps:
         teacher = torch.from_numpy(maps["teacher"])
         student = torch.from_numpy(maps[next(iter(report["students"]))])
@@ -141,8 +114,7 @@ def disagreement_image(image, report: dict | None, npz: str | None) -> np.ndarra
     dim = (array.astype(np.float32) * 0.35).astype(np.uint8)
     colours = torch.tensor(palette(len(report["classes"])), dtype=torch.uint8)
     painted = np.where(differs.numpy()[..., None], colours[teacher.long()].numpy(), dim)
-    scale = display_scale(*array.shape[:2])
-    return enlarge(painted.astype(np.uint8), scale).permute(1, 2, 0).numpy()
+    return as_picture(display_canvas(painted.astype(np.uint8))[0])
 
 
 def per_class_figure(report: dict | None):
@@ -204,13 +176,14 @@ def build_segmentation_tab() -> None:
                 with gr.Row():
                     report = gr.JSON(label="Report", open=False)
                     npz = gr.File(label="Class maps (.npz)")
-        event = run.click(user_errors(segment), [image, pair, students], [*outputs, report, npz],
-                          api_name="segment", **GPU_QUEUE)
+        event = run.click(user_errors(run_segmentation), [image, pair, students, toggle[1]],
+                          [*outputs, report, npz, overlay[1]], api_name="segment", **GPU_QUEUE)
         event.then(lambda image, report, npz: annotated_views_update(
             image, report, lambda array, position: segmentation_annotations(array, report, npz, position)),
             [image, report, npz], views, api_visibility="private")
         event.then(user_errors(disagreement_image), [image, report, npz], disagreement, api_visibility="private")
-        event.failure(lambda: (None,) * 8 + ("",), None, [*outputs, *views, disagreement, report, npz, summary],
+        event.failure(lambda: (None,) * 9 + ("",), None,
+                      [*outputs, *views, disagreement, overlay[0], report, npz, summary],
                       api_visibility="private")
         wire_student_picker(pair, students)
         event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],

@@ -1,37 +1,28 @@
-"""Uniform pre-process -> forward -> post-process wrappers around loaded models.
+"""A loaded model bound to its family: prepare -> forward -> typed outputs, the same for teacher and students.
 
 Every predictor exposes ``prepare(image)`` (numpy RGB uint8 (H, W, 3) -> model inputs), ``forward(inputs)``
-(the timed, FLOP-counted part) and a task-specific post-process that returns results in the input image's
-pixels. Teacher and student of a pair go through the same class.
+(batched), ``forward_with_stages(inputs)`` (the same forward, with the feature maps the analysis compares) and the
+task's post-processing in the input images' pixels. Nothing here knows a model class: the family
+(``weights/families``) does.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from analysis.profiling import count_gflops, count_parameters
+from analysis.features import Stage, forward_with_stages
+from analysis.profiling import count_parameters
 from analysis.readback import read_back
+from weights.families import Family, Geometry, family_of
 from weights.loaders import load_model
 from weights.registry import ModelSource, Pair, Student
-from weights.shapes.nets import decode_detections, detection_candidates, normalise
 
-_GFLOPS_MEMO: OrderedDict[tuple, float] = OrderedDict()
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How an input image was resized for the network: original (h, w) and the resized (h, w) inside padding."""
-
-    height: int
-    width: int
-    resized_height: int
-    resized_width: int
+__all__ = ["Detection", "Geometry", "Predictor", "box_foreground", "class_foreground", "predictors_for",
+           "valid_region"]
 
 
 @dataclass
@@ -44,106 +35,14 @@ class Detection:
         return {"label": self.label, "score": round(self.score, 4), "box": [round(v, 2) for v in self.box]}
 
 
-class Predictor:
-    """Base: a model, its processor (Hub) or resize policy (builtin), its label names and device."""
-
-    def __init__(self, pair: Pair, source: ModelSource, device: torch.device | None = None):
-        self.pair, self.source = pair, source
-        self.model, self.processor = load_model(source, device)
-        self.device = next(self.model.parameters()).device
-        self.dtype = next(self.model.parameters()).dtype
-        self.labels = list(pair.labels) if pair.labels else self._config_labels()
-
-    def _config_labels(self) -> list[str]:
-        id2label = self.model.config.id2label
-        return [id2label[i] for i in range(len(id2label))]
-
-    def prepare(self, image: np.ndarray) -> tuple[dict[str, torch.Tensor], Geometry]:
-        height, width = image.shape[:2]
-        if self.processor is not None:
-            pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
-            geometry = Geometry(height, width, *pixels.shape[-2:])
-        else:
-            pixels, geometry = _builtin_pixels(image, self.pair.preprocessing)
-        return {"pixel_values": pixels.to(self.device, self.dtype)}, geometry
-
-    @torch.inference_mode()
-    def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
-        if self.processor is not None:
-            return self.model(**inputs)
-        return self.model(inputs["pixel_values"])
-
-    def gflops(self, inputs: dict[str, torch.Tensor]) -> float:
-        """GFLOPs of :meth:`forward` on inputs of this shape (counted once per model and shape)."""
-        key = (self.source, str(self.device), tuple(inputs["pixel_values"].shape))
-        if key not in _GFLOPS_MEMO:
-            _GFLOPS_MEMO[key] = round(count_gflops(lambda: self.forward(inputs)), 3)
-            while len(_GFLOPS_MEMO) > 256:
-                _GFLOPS_MEMO.popitem(last=False)
-        return _GFLOPS_MEMO[key]
-
-    @property
-    def params(self) -> int:
-        return count_parameters(self.model)
-
-
-def _builtin_pixels(image: np.ndarray, policy: dict) -> tuple[torch.Tensor, Geometry]:
-    """Resize so the short side is ``short_side`` (long side capped at ``max_side``), pad to ``multiple``."""
-    height, width = image.shape[:2]
-    scale = min(policy["short_side"] / min(height, width), policy["max_side"] / max(height, width))
-    rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)
-    pixels = normalise(tensor)
-    pixels = F.interpolate(pixels, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
-    m = policy["multiple"]
-    ph, pw = max(-(-rh // m) * m, 2 * m), max(-(-rw // m) * m, 2 * m)
-    pixels = F.pad(pixels, (0, pw - rw, 0, ph - rh))
-    return pixels, Geometry(height, width, rh, rw)
-
-
-class DetectionPredictor(Predictor):
-    def detect(self, outputs: Any, geometry: Geometry, threshold: float) -> list[Detection]:
-        """Boxes above ``threshold`` in input-image pixels, highest score first."""
-        if self.processor is not None:
-            result = self.processor.post_process_object_detection(
-                outputs, threshold=threshold, target_sizes=[(geometry.height, geometry.width)])[0]
-            boxes, scores, labels = result["boxes"], result["scores"], result["labels"]
-        else:
-            result = decode_detections(outputs, threshold)[0]
-            sx, sy = geometry.width / geometry.resized_width, geometry.height / geometry.resized_height
-            b = result["boxes"]
-            boxes = torch.stack([(b[:, 0] * sx).clamp(0, geometry.width), (b[:, 1] * sy).clamp(0, geometry.height),
-                                 (b[:, 2] * sx).clamp(0, geometry.width), (b[:, 3] * sy).clamp(0, geometry.height)],
-                                -1)
-            scores, labels = result["scores"], result["labels"]
-        order = scores.argsort(descending=True)
-        host = read_back({"boxes": boxes[order].float(), "scores": scores[order].float(), "labels": labels[order]})
-        return [Detection(self.labels[int(label)], float(score), box.tolist())
-                for box, score, label in zip(host["boxes"], host["scores"], host["labels"], strict=True)]
-
-    def foreground(self, outputs: Any, geometry: Geometry, threshold: float, max_side: int = 256) -> torch.Tensor:
-        """(h, w) bool mask of the image (long side at most ``max_side``) inside the boxes scoring ``threshold`` or
-        more, made on the model's device without a host sync (no thresholded list is built)."""
-        scale = min(1.0, max_side / max(geometry.height, geometry.width))
-        h, w = max(1, round(geometry.height * scale)), max(1, round(geometry.width * scale))
-        if self.processor is not None:
-            boxes, scores = detr_candidates(outputs, h, w)
-        else:
-            boxes, scores, _ = detection_candidates(outputs)
-            boxes, scores = boxes[0], scores[0]
-            sx, sy = w / geometry.resized_width, h / geometry.resized_height
-            boxes = torch.stack([boxes[:, 0] * sx, boxes[:, 1] * sy, boxes[:, 2] * sx, boxes[:, 3] * sy], -1)
-        return box_foreground(boxes, scores, threshold, h, w)
-
-
-def detr_candidates(outputs: Any, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A DETR-style model's boxes for the first image, (Q, 4) xyxy scaled to ``height`` x ``width``, and each
-    query's best sigmoid class score (Q,)."""
-    from torchvision.ops import box_convert
-
-    boxes = box_convert(outputs.pred_boxes[0].float(), "cxcywh", "xyxy")
-    boxes = torch.stack([boxes[:, 0] * width, boxes[:, 1] * height, boxes[:, 2] * width, boxes[:, 3] * height], -1)
-    return boxes, outputs.logits[0].float().sigmoid().amax(-1)
+def valid_region(stage: Stage, geometry: Geometry, padded: tuple[int, int]) -> Stage:
+    """Crop a stage to the part of the grid that covers the image (builtin inputs are padded to a multiple of 16)."""
+    h, w = stage.features.shape[-2:]
+    rows = max(1, round(h * geometry.resized_height / padded[0]))
+    cols = max(1, round(w * geometry.resized_width / padded[1]))
+    if (rows, cols) == (h, w):  # no padding to drop
+        return stage
+    return Stage(stage.name, stage.stride, stage.features[..., :rows, :cols])
 
 
 def box_foreground(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, height: int, width: int,
@@ -170,87 +69,107 @@ def class_foreground(class_map: torch.Tensor, has_background: bool) -> torch.Ten
     return class_map != class_map.flatten().mode().values
 
 
-class SegmentationPredictor(Predictor):
-    def class_map(self, outputs: Any, geometry: Geometry) -> torch.Tensor:
-        """(H, W) int64 class indices at the input image's size, on the model's device."""
-        size = (geometry.height, geometry.width)
-        if self.processor is not None:
-            return self.processor.post_process_semantic_segmentation(outputs, target_sizes=[size])[0].long()
-        logits = outputs["logits"][:, :, : geometry.resized_height, : geometry.resized_width].float()
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+class Predictor:
+    """One model of a pair (or of a user's own comparison): the module, what prepares its inputs, its label names
+    and device, and its family, which reads its outputs."""
 
-    def foreground(self, outputs: Any, geometry: Geometry, threshold: float = 0.0) -> torch.Tensor:
-        """(h, w) bool at the logits' own resolution (the analysis pools it to its grids anyway): cells not of the
-        background class (not of the image's dominant class when the label set has no background), on the model's
-        device without a host sync."""
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        if self.processor is None:  # builtin logits are at the padded input's size: keep the image part
-            logits = logits[:, :, : geometry.resized_height, : geometry.resized_width]
-        return class_foreground(logits[0].argmax(0), self.labels[0] == "background")
+    def __init__(self, pair: Pair | None, source: ModelSource | None, device: torch.device | None = None,
+                 family: Family | None = None, loaded: tuple[Any, Any] | None = None):
+        self.pair, self.source = pair, source
+        self.family = family or family_of(source)
+        self.model, self.processor = loaded if loaded is not None else load_model(source, device)
+        first = next(self.model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        self.task = pair.task if pair is not None else None
+        self.labels = self.family.labels(self)
 
-
-PREDICTORS = {"detection": DetectionPredictor, "segmentation": SegmentationPredictor}
-
-
-def predictors_for(pair: Pair, device: torch.device | None = None, students: list[Student] | None = None,
-                   ) -> dict[str, Predictor]:
-    """``{"teacher": ..., <student name>: ..., ...}`` for a pair and the chosen students (default: its first), in
-    that order, loading lazily through the cache."""
-    cls = PREDICTORS[pair.task]
-    chosen = students if students else pair.students[:1]
-    return {"teacher": cls(pair, pair.teacher, device)} | {s.name: cls(pair, s.source, device) for s in chosen}
-
-
-class ClassificationPredictor(Predictor):
-    """An open_clip model: image and text features, class logits, and patch-to-text similarity maps."""
-
-    def _config_labels(self) -> list[str]:
-        return []  # classes come from the user
+    @property
+    def key(self) -> tuple:
+        """What identifies this model for the caches of timings and FLOPs."""
+        return (self.source, id(self.model)) if self.source is None else (self.source,)
 
     def prepare(self, image: np.ndarray) -> tuple[dict[str, torch.Tensor], Geometry]:
-        from PIL import Image
-
-        transform, _ = self.processor
-        if self.source.kind == "builtin":
-            pixels = transform(image[None])
-        else:
-            pixels = transform(Image.fromarray(image)).unsqueeze(0)
-        height, width = image.shape[:2]
-        return {"pixel_values": pixels.to(self.device, self.dtype)}, Geometry(height, width, *pixels.shape[-2:])
+        """(H, W, 3) uint8 RGB -> ``({"pixel_values": (1, 3, h, w)}, geometry)`` on the model's device."""
+        return self.family.prepare(self, image)
 
     @torch.inference_mode()
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, D) normalised image features."""
-        return self.model.encode_image(inputs["pixel_values"], normalize=True).float()
+    def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
+        """The model's outputs for a batch of prepared inputs."""
+        return self.family.forward(self, inputs)
 
+    def forward_with_stages(self, inputs: dict[str, torch.Tensor]) -> tuple[Any, list[Stage]]:
+        """One gradient-free forward that gives the outputs and the feature stages (NCHW, finest first), through
+        the family's own feature method, else forward hooks on the model's blocks."""
+        explicit = self.family.stages if self.family.explicit_stages else None
+        with torch.no_grad():
+            return forward_with_stages(self.model, inputs["pixel_values"], explicit=explicit)
+
+    @property
+    def params(self) -> int:
+        return count_parameters(self.model)
+
+    # Detection ----------------------------------------------------------------------------------------------
+    def detections(self, outputs: Any, geometries: list[Geometry], threshold: float) -> list[list[Detection]]:
+        """Per image, the boxes scoring ``threshold`` or more in input-image pixels, highest score first; one
+        read-back for the whole batch."""
+        found = self.family.detections(self, outputs, geometries, threshold)
+        counts = [len(r["scores"]) for r in found]
+        orders = [r["scores"].argsort(descending=True) for r in found]
+        host = read_back({key: torch.cat([r[key][o].to(dtype) for r, o in zip(found, orders, strict=True)])
+                          for key, dtype in (("boxes", torch.float32), ("scores", torch.float32),
+                                             ("labels", torch.int64))}) if found else {}
+        result, start = [], 0
+        for n in counts:
+            result.append([Detection(self.labels[int(label)], float(score), box.tolist()) for box, score, label in
+                           zip(host["boxes"][start:start + n], host["scores"][start:start + n],
+                               host["labels"][start:start + n], strict=True)])
+            start += n
+        return result
+
+    def foreground(self, outputs: Any, geometry: Geometry, threshold: float, index: int = 0, max_side: int = 256,
+                   ) -> torch.Tensor:
+        """Image ``index``'s foreground on the model's device without a host sync: for a detector, the (h, w) bool
+        mask (long side at most ``max_side``) inside its boxes scoring ``threshold`` or more; for a segmenter, the
+        cells of its logits not of the background class (not of the dominant class when the label set has
+        none)."""
+        if self.task == "segmentation":
+            logits = self.family.segmentation_logits(self, outputs, geometry, index)
+            return class_foreground(logits[0].argmax(0), bool(self.labels) and self.labels[0] == "background")
+        scale = min(1.0, max_side / max(geometry.height, geometry.width))
+        h, w = max(1, round(geometry.height * scale)), max(1, round(geometry.width * scale))
+        boxes, scores = self.family.detection_candidates(self, outputs, geometry, h, w, index)
+        return box_foreground(boxes, scores, threshold, h, w)
+
+    # Segmentation -------------------------------------------------------------------------------------------
+    def class_maps(self, outputs: Any, geometries: list[Geometry]) -> list[torch.Tensor]:
+        """Per image, (H, W) int64 class indices at the input image's size, on the model's device."""
+        return self.family.class_maps(self, outputs, geometries)
+
+    # CLIP ---------------------------------------------------------------------------------------------------
     @property
     def tokenizer(self):
         return self.processor[1]
 
     @torch.inference_mode()
     def text_features(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """(K, D) normalised features of ``texts`` (encoded in batches)."""
-        chunks = [self.model.encode_text(self.tokenizer(texts[i:i + batch_size]).to(self.device), normalize=True)
-                  for i in range(0, len(texts), batch_size)]
-        return torch.cat(chunks).float()
+        """(K, D) normalised text features (CLIP families)."""
+        return self.family.text_features(self, texts, batch_size)
 
     @torch.inference_mode()
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        return self.model.logit_scale.exp().float() * image_features @ text_features.t()
+        """(B, K) CLIP logits of image features against text features."""
+        return self.family.scores(self, image_features, text_features)
 
     @torch.inference_mode()
-    def patch_similarity(self, inputs: dict[str, torch.Tensor], text_feature: torch.Tensor) -> torch.Tensor | None:
-        """(h, w) cosine similarity of every patch token (through the final norm and projection) to one text
-        feature, or None for towers without patch tokens (e.g. convolutional ones)."""
-        visual = self.model.visual
-        if not all(hasattr(visual, name) for name in ("ln_post", "proj", "forward_intermediates")):
-            return None
-        out = visual.forward_intermediates(inputs["pixel_values"], indices=1, intermediates_only=True,
-                                           output_fmt="NCHW")
-        maps = out["image_intermediates"][-1] if isinstance(out, dict) else out[-1]  # (1, width, h, w)
-        tokens = visual.ln_post(maps.flatten(2).transpose(1, 2))
-        patches = torch.nn.functional.normalize((tokens @ visual.proj).float(), dim=-1)
-        return (patches[0] @ text_feature.float()).reshape(maps.shape[-2:])
+    def encode(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One image-tower pass: (B, D) features and (B, h, w, D) patch tokens, or None (CLIP families)."""
+        return self.family.encode(self, inputs)
 
 
-PREDICTORS["classification"] = ClassificationPredictor
+def predictors_for(pair: Pair, device: torch.device | None = None, students: list[Student] | None = None,
+                   ) -> dict[str, Predictor]:
+    """``{"teacher": ..., <student name>: ..., ...}`` for a pair and the chosen students (default: its first), in
+    that order, loading lazily through the cache."""
+    chosen = students if students else pair.students[:1]
+    return {"teacher": Predictor(pair, pair.teacher, device)} | {s.name: Predictor(pair, s.source, device)
+                                                                 for s in chosen}

@@ -31,6 +31,8 @@ class ModelSource:
     ``subfolder`` names the folder of a repo that holds the model (a student UNet beside a teacher pipeline).
     ``lora`` names a LoRA weight file in ``location``: the model is then the teacher's UNet with that LoRA fused in,
     sampled with ``scheduler`` (a diffusers scheduler class name) instead of the teacher's.
+    ``family`` names the model family (a file of ``weights/families``) that loads it and reads its outputs;
+    ``model_class`` is the class within that family, checked against the family's allow-list.
     """
 
     kind: Literal["builtin", "hub"]
@@ -43,6 +45,12 @@ class ModelSource:
     scheduler: str | None = None
     architecture: str | None = None  # open_clip: the model config name (e.g. "ViT-B-32-quickgelu")
     pretrained_tag: str | None = None  # open_clip: the tag whose preprocessing the weights expect
+    family: str = ""  # "shapes", "transformers", "open_clip", "diffusers", "timm"
+
+    def __post_init__(self):
+        if not self.family:
+            raise ValueError(f"ModelSource {self.location!r} needs a family (a file of weights/families), "
+                             f"e.g. family=\"transformers\"")
 
     @property
     def display_name(self) -> str:
@@ -149,7 +157,7 @@ SHAPES_PREPROCESSING = {"short_side": 128, "max_side": 1024, "multiple": 16}
 
 
 def _builtin(task: str, role: str) -> ModelSource:
-    return ModelSource("builtin", f"shapes_{task}_{role}", model_class="ShapesNet")
+    return ModelSource("builtin", f"shapes_{task}_{role}", model_class="ShapesNet", family="shapes")
 
 
 # Where and how sharply the ADM students' feature loss was weighted (``KD_STAGES`` and ``ADM_TAU`` of the recipe
@@ -170,7 +178,8 @@ def shapes_pairs(task: str, description: str) -> tuple[Pair, ...]:
     students = (
         Student("feature-kd", _builtin(task, "student"),
                 f"output KD + feature KD (strides 8 and 16) from the teacher, {RECIPE_BUDGET}"),
-        Student("adm-consensus", ModelSource("builtin", f"shapes_{task}_student_adm-consensus", "ShapesNet"),
+        Student("adm-consensus", ModelSource("builtin", f"shapes_{task}_student_adm-consensus", "ShapesNet",
+                                                 family="shapes"),
                 f"output KD + ADM consensus-weighted feature KD from the frozen teacher, {RECIPE_BUDGET}",
                 adm=ADM_TRAINING),
     )
@@ -183,8 +192,10 @@ def shapes_pairs(task: str, description: str) -> tuple[Pair, ...]:
 # <task> --role student --method online-adm --half``, 4,000 joint steps), so the teacher is the pair's own.
 def online_adm_pair(task: str, description: str) -> Pair:
     return Pair(
-        f"shapes-{task}-online-adm", task, ModelSource("builtin", f"shapes_{task}_teacher_online-adm", "ShapesNet"),
-        (Student("online-adm", ModelSource("builtin", f"shapes_{task}_student_online-adm", "ShapesNet"),
+        f"shapes-{task}-online-adm", task, ModelSource("builtin", f"shapes_{task}_teacher_online-adm", "ShapesNet",
+                                                    family="shapes"),
+        (Student("online-adm", ModelSource("builtin", f"shapes_{task}_student_online-adm", "ShapesNet",
+                                           family="shapes"),
                  f"online ADM: trained from scratch with its teacher; output KD + consensus learning, "
                  f"{ONLINE_RECIPE_BUDGET}", adm=ADM_TRAINING),),
         BUILTIN_LICENCE, f"{description}, teacher and student trained together from scratch (online ADM: divergence "
@@ -198,15 +209,16 @@ ONLINE_ADM_SEGMENTATION = online_adm_pair("segmentation", SHAPES_DESCRIPTIONS["s
 
 def _open_clip(repo: str, architecture: str, tag: str) -> ModelSource:
     return ModelSource("hub", repo, model_class="open_clip", revision="main", architecture=architecture,
-                       pretrained_tag=tag)
+                       pretrained_tag=tag, family="open_clip")
 
 
 SD15 = ModelSource("hub", "stable-diffusion-v1-5/stable-diffusion-v1-5", model_class="StableDiffusionPipeline",
-                   revision="main")
+                   revision="main", family="diffusers")
 
 
 def _unet(repo: str, subfolder: str = "unet") -> ModelSource:
-    return ModelSource("hub", repo, model_class="UNet2DConditionModel", revision="main", subfolder=subfolder)
+    return ModelSource("hub", repo, model_class="UNet2DConditionModel", revision="main", subfolder=subfolder,
+                       family="diffusers")
 
 
 CLIP_TEACHER = _open_clip("timm/vit_large_patch14_clip_224.openai", "ViT-L-14-quickgelu", "openai")
@@ -218,12 +230,12 @@ def _hub_student(name: str, source: ModelSource) -> Student:
 
 def _rtdetr(repo: str) -> ModelSource:
     return ModelSource("hub", repo, model_class="RTDetrForObjectDetection", revision="main",
-                       processor_class="RTDetrImageProcessor")
+                       processor_class="RTDetrImageProcessor", family="transformers")
 
 
 def _segformer(repo: str) -> ModelSource:
     return ModelSource("hub", repo, model_class="SegformerForSemanticSegmentation", revision="main",
-                       processor_class="SegformerImageProcessor")
+                       processor_class="SegformerImageProcessor", family="transformers")
 
 
 _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
@@ -248,12 +260,12 @@ _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
           _hub_student("b2", _segformer("nvidia/segformer-b2-finetuned-cityscapes-1024-1024"))),
          SEGFORMER_LICENCE, "SegFormer on Cityscapes; students B0 and B2."),
     Pair("shapes-clip", "classification", ModelSource("builtin", "shapes_clip_teacher", model_class="open_clip",
-                                                      architecture="shapes-clip-teacher"),
+                                                      architecture="shapes-clip-teacher", family="open_clip"),
          (Student("clip-kd", ModelSource("builtin", "shapes_clip_student", model_class="open_clip",
-                                         architecture="shapes-clip-student"),
+                                         architecture="shapes-clip-student", family="open_clip"),
                   "contrastive + CLIP-KD feature and relational distillation from the teacher"),
           Student("narrow-captions", ModelSource("builtin", "shapes_clip_narrow", model_class="open_clip",
-                                                 architecture="shapes-clip-narrow"),
+                                                 architecture="shapes-clip-narrow", family="open_clip"),
                   "wider image tower; captions that never name a colour and a shape together; CLIP-KD")),
          BUILTIN_LICENCE,
          "Builtin tiny CLIPs on Shapes captions (open_clip configs). Student `clip-kd`: small image tower, all "
@@ -272,9 +284,9 @@ _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
          f"teacher: {OPENAI_CLIP_LICENCE}; student: {MOBILECLIP_LICENCE}",
          "OpenAI CLIP ViT-L/14 teacher, MobileCLIP-S1 student (open_clip)."),
     Pair("shapes-diffusion", "generation",
-         ModelSource("builtin", "shapes_diffusion", model_class="StableDiffusionPipeline"),
+         ModelSource("builtin", "shapes_diffusion", model_class="StableDiffusionPipeline", family="diffusers"),
          (Student("block-removed", ModelSource("builtin", "shapes_diffusion", model_class="UNet2DConditionModel",
-                                               subfolder="unet_student"),
+                                               subfolder="unet_student", family="diffusers"),
                   "BK-SDM-style block removal, distilled on the teacher's outputs and features"),), BUILTIN_LICENCE,
          "Builtin tiny latent text-to-image teacher and its block-removed student UNet (shared VAE and text encoder).",
          native={"width": 64, "height": 64, "steps": 25, "guidance": 4.0}),
@@ -285,7 +297,8 @@ _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
     Pair("sd15-to-lcm-lora", "generation", SD15,
          (_hub_student("lcm-lora", ModelSource("hub", "latent-consistency/lcm-lora-sdv1-5",
                                                model_class="UNet2DConditionModel", revision="main",
-                                               lora="pytorch_lora_weights.safetensors", scheduler="LCMScheduler")),),
+                                               lora="pytorch_lora_weights.safetensors", scheduler="LCMScheduler",
+                                               family="diffusers")),),
          SD_LICENCE, "Stable Diffusion 1.5 and the same UNet with LCM-LoRA (4 steps, LCM scheduler).",
          native={"width": 512, "height": 512, "steps": 25, "guidance": 7.5, "student_steps": 4,
                  "student_guidance": 1.0}),

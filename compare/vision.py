@@ -1,0 +1,169 @@
+"""Detection and segmentation comparisons: a teacher and its students on a list of images, each model run once.
+
+Images whose prepared inputs have the same shape run as one batch. When the request asks for the consensus
+analysis, the same forwards also yield the feature stages (the model's own feature method, else hooks), so the
+boxes or masks and the analysis come from one forward per model per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from analysis.agreement import detection_agreement, segmentation_agreement
+from analysis.features import Stage
+from analysis.profiling import Stopwatch
+from compare.analysis import FOREGROUND_SCORE, ConsensusResult, consensus_of
+from compare.latency import LATENCY, latency_key
+from compare.results import DetectionComparison, Profile, SegmentationComparison
+from weights.predictors import Detection, Geometry, Predictor, valid_region
+from weights.registry import Pair, Student
+
+
+@dataclass
+class Forwarded:
+    """One model's forward over the images at ``indices`` (prepared to one shape): its outputs, the images'
+    geometries, their stages when asked for (each (1, C, h, w), cropped to its image), and the seconds it took."""
+
+    outputs: Any
+    geometries: list[Geometry]
+    indices: list[int]
+    stages: list[list[Stage]] | None
+    seconds: float
+
+
+def forward_batched(predictor: Predictor, prepared: list[tuple[dict, Geometry]], with_stages: bool,
+                    ) -> list[Forwarded]:
+    """Run ``predictor`` once over every prepared image, one batch per input shape."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (inputs, _) in enumerate(prepared):
+        groups.setdefault(tuple(inputs["pixel_values"].shape[1:]), []).append(i)
+    done = []
+    for indices in groups.values():
+        batch = {"pixel_values": torch.cat([prepared[i][0]["pixel_values"] for i in indices])}
+        geometries = [prepared[i][1] for i in indices]
+        with Stopwatch(predictor.device) as watch:
+            if with_stages:
+                outputs, stages = predictor.forward_with_stages(batch)
+            else:
+                outputs, stages = predictor.forward(batch), None
+        per_image = None
+        if stages is not None:
+            padded = tuple(batch["pixel_values"].shape[-2:])
+            per_image = [[valid_region(Stage(s.name, s.stride, s.features[k:k + 1]), g, padded) for s in stages]
+                         for k, g in enumerate(geometries)]
+        done.append(Forwarded(outputs, geometries, indices, per_image, watch.seconds))
+    return done
+
+
+def profile(predictor: Predictor, prepared: list[tuple[dict, Geometry]], forwarded: list[Forwarded],
+            latency: bool) -> Profile:
+    """The model's cost in this request: its own forward time per image, and (``latency``) the warm latency and
+    FLOPs of one image at the first image's input shape, from the latency cache or measured once now."""
+    this_run = sum(f.seconds for f in forwarded) / max(1, len(prepared)) * 1000
+    figures = Profile(predictor.params, this_run_ms=round(this_run, 3))
+    if latency and prepared:
+        inputs = prepared[0][0]
+        measured, cached = LATENCY.measure(latency_key(predictor, inputs), lambda: predictor.forward(inputs),
+                                           predictor.device)
+        figures.latency_ms, figures.latency_iqr_ms, figures.runs = (measured.latency_ms, measured.latency_iqr_ms,
+                                                                   measured.runs)
+        figures.gflops, figures.latency_cached = measured.gflops, cached
+    return figures
+
+
+def with_f1(agreement: dict) -> dict:
+    """Add ``f1``: 2·matched / (2·matched + missed + extra), one number for how well the boxes agree (1 when both
+    found nothing)."""
+    m, total = agreement["matched"], 2 * agreement["matched"] + agreement["missed"] + agreement["extra"]
+    return agreement | {"f1": round(2 * m / total, 4) if total else 1.0}
+
+
+def _as_tensors(detections: list[Detection], label_index: dict[str, int]) -> dict[str, torch.Tensor]:
+    return {
+        "boxes": torch.tensor([d.box for d in detections], dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor([d.score for d in detections], dtype=torch.float32),
+        "labels": torch.tensor([label_index[d.label] for d in detections], dtype=torch.long),
+    }
+
+
+@dataclass
+class VisionRequest:
+    """What to compare: a pair (registered, or made from modules), the chosen students, the images (RGB uint8
+    (H, W, 3) each) with notes on each, and the options: the detection score ``threshold`` in [0, 1], whether to
+    report warm ``latency`` (measured once per model and input shape, then cached), and whether to run the
+    ``consensus`` analysis (τ ``tau``, similarity ``method``) from the same forwards."""
+
+    pair: Pair
+    students: list[Student]
+    images: list[np.ndarray]
+    notes: list[list[str]] | None = None
+    threshold: float = 0.3
+    latency: bool = True
+    consensus: bool = False
+    tau: float = 0.1
+    method: str = "affinity"
+
+
+def run_vision(request: VisionRequest, predictors: dict[str, Predictor],
+               ) -> list[DetectionComparison | SegmentationComparison]:
+    """Every model of ``predictors`` (``{"teacher": ..., <student name>: ...}``) once over the request's images.
+
+    Returns:
+        One comparison per image, in order: detections (boxes above the threshold, agreement with the teacher's)
+        or class maps (mIoU, pixel and per-class agreement), each model's :class:`Profile`, and the
+        :class:`compare.analysis.ConsensusResult` when the request asked for it.
+    """
+    pair, chosen, images = request.pair, request.students, request.images
+    notes = request.notes or [[] for _ in images]
+    outputs: dict[str, list] = {}
+    stages: dict[str, list] = {}
+    foregrounds: list[torch.Tensor | None] = [None] * len(images)
+    profiles: dict[str, Profile] = {}
+    for name, predictor in predictors.items():
+        prepared = [predictor.prepare(image) for image in images]
+        forwarded = forward_batched(predictor, prepared, request.consensus)
+        outputs[name], stages[name] = [None] * len(images), [None] * len(images)
+        for group in forwarded:
+            read = (predictor.detections(group.outputs, group.geometries, request.threshold)
+                    if pair.task == "detection" else predictor.class_maps(group.outputs, group.geometries))
+            for k, i in enumerate(group.indices):
+                outputs[name][i] = read[k]
+                if group.stages is not None:
+                    stages[name][i] = group.stages[k]
+                    if name == "teacher":
+                        foregrounds[i] = predictor.foreground(group.outputs, group.geometries[k], FOREGROUND_SCORE,
+                                                              index=k)
+        profiles[name] = profile(predictor, prepared, forwarded, request.latency)
+    build: Callable = _detection_result if pair.task == "detection" else _segmentation_result
+    results = []
+    for i, image in enumerate(images):
+        analysis: ConsensusResult | None = None
+        if request.consensus:
+            analysis = consensus_of(pair, chosen, {n: stages[n][i] for n in predictors}, foregrounds[i], image,
+                                    request.tau, request.method, notes[i])
+        results.append(build(pair, chosen, predictors, {n: outputs[n][i] for n in predictors}, profiles,
+                             list(notes[i]), analysis))
+    return results
+
+
+def _detection_result(pair, chosen, predictors, detections, profiles, notes, analysis) -> DetectionComparison:
+    index = {name: i for i, name in enumerate(dict.fromkeys(label for p in predictors.values() for label in p.labels))}
+    teacher = _as_tensors(detections["teacher"], index)
+    agreement = {s.name: with_f1(detection_agreement(teacher, _as_tensors(detections[s.name], index)))
+                 for s in chosen}
+    return DetectionComparison(pair.name, chosen, profiles, notes, analysis, list(index), detections, agreement)
+
+
+def _segmentation_result(pair, chosen, predictors, maps, profiles, notes, analysis) -> SegmentationComparison:
+    classes = predictors["teacher"].labels
+    agreement = {}
+    for s in chosen:
+        block = segmentation_agreement(maps["teacher"], maps[s.name].to(maps["teacher"].device), len(classes))
+        block["per_class"] = {classes[i]: v for i, v in block["per_class"].items()}
+        agreement[s.name] = block
+    return SegmentationComparison(pair.name, chosen, profiles, notes, analysis, classes, maps, agreement)

@@ -1,0 +1,103 @@
+"""How events run: one GPU queue for every model-running event, a stop flag per job, errors turned into messages
+for people, and ZeroGPU support."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+import torch
+
+from compare.inputs import InputError
+from demos.served import served_files
+from weights.loaders import ModelUnavailableError
+from weights.prompt_store import PromptError
+from weights.registry import UnknownPairError, UnknownStudentError
+
+log = logging.getLogger("distill_lens")
+
+def gpu_concurrency() -> int:
+    """How many model-running events may run at once: ``DISTILL_LENS_GPU_CONCURRENCY``, else 1 on a GPU (one queue
+    in front of it) and 2 on a CPU."""
+    value = os.environ.get("DISTILL_LENS_GPU_CONCURRENCY")
+    return max(1, int(value)) if value else (1 if torch.cuda.is_available() else 2)
+
+# Every event that runs a model waits in this one queue, whether it came from the page or from the API.
+GPU_QUEUE = {"concurrency_id": "gpu", "concurrency_limit": gpu_concurrency()}
+
+# Errors whose message is meant for the user.
+USER_ERRORS = (InputError, UnknownPairError, UnknownStudentError, ModelUnavailableError, PromptError)
+
+_STOP_FLAGS: dict[str, threading.Event] = {}  # browser session -> the flag its running job checks every step
+
+_STOP_GUARD = threading.Lock()
+
+def stop_flag(session: str | None) -> threading.Event:
+    """A fresh flag for a new job of this browser session (a Stop sets it; the job checks it every step)."""
+    flag = threading.Event()
+    if session:
+        with _STOP_GUARD:
+            _STOP_FLAGS[session] = flag
+            while len(_STOP_FLAGS) > 10_000:
+                _STOP_FLAGS.pop(next(iter(_STOP_FLAGS)))
+    return flag
+
+def request_stop(session: str | None) -> None:
+    """Stop this session's running job at its next step (its Stop button calls this)."""
+    with _STOP_GUARD:
+        flag = _STOP_FLAGS.get(session or "")
+    if flag is not None:
+        flag.set()
+
+def takes_request(fn: Callable) -> Callable:
+    """Mark ``fn``'s ``request`` parameter as a ``gr.Request``, so Gradio passes the caller's request. (Our modules
+    use postponed annotations and import gradio lazily, so a written ``gr.Request`` annotation would stay a string
+    that Gradio cannot resolve.)"""
+    import gradio as gr
+
+    fn.__annotations__["request"] = gr.Request
+    return fn
+
+def session_of(request) -> str | None:
+    return getattr(request, "session_hash", None)
+
+def stop_session(request) -> None:
+    """A Stop button's handler (wrap it in :func:`takes_request`): the session's running job stops at its next
+    step."""
+    request_stop(session_of(request))
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn our user-facing errors into ``gr.Error`` (which reaches gradio_client callers too)
+    and any other failure into a short message, so the app keeps serving. Images in the result are served from
+    files of their own (:func:`served_files`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import gradio as gr
+
+        try:
+            return served_files(fn(*args, **kwargs))
+        except gr.Error:
+            raise
+        except USER_ERRORS as error:
+            raise gr.Error(str(error), print_exception=False) from error
+        except torch.cuda.OutOfMemoryError as error:
+            torch.cuda.empty_cache()
+            raise gr.Error("The GPU ran out of memory; try a smaller image or a builtin pair.") from error
+        except Exception as error:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Something went wrong ({type(error).__name__}). The app is still running; "
+                           f"please try another input.") from error
+
+    return wrapper
+
+def on_gpu(fn: Callable) -> Callable:
+    """Run under ``spaces.GPU`` when the ``spaces`` package is present (a ZeroGPU Space); unchanged elsewhere."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)

@@ -1,0 +1,154 @@
+"""Widgets the tabs share: pair and student menus, examples, result panels, notes and the ranking table."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from compare.inputs import InputError, read_image
+
+log = logging.getLogger("distill_lens")
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+
+ROLES = ("teacher", "student")  # the two sides of a generation pair
+
+def ranking_markdown(report: dict) -> str:
+    """The tabs' compact table: teacher first, then the chosen students best first."""
+    key = report.get("ranked_by", "")
+
+    def number(value, spec: str, scale: float = 1.0, unit: str = "") -> str:
+        return "–" if value is None else f"{value / scale:{spec}}{unit}"
+
+    def latency(block: dict) -> str:
+        spread = block.get("latency_iqr_ms")
+        runs = block.get("runs")
+        return number(block.get("latency_ms"), ".1f") + (f" ± {spread / 2:.1f} ({runs} runs)" if spread is not None
+                                                          and runs else "")
+
+    def row(label: str, figure: str, block: dict) -> str:
+        return (f"| {label} | {figure} | {latency(block)} | "
+                f"{number(block.get('params'), '.2f', 1e6, ' M')} | {number(block.get('gflops'), '.2f')} |")
+
+    rows = [row("teacher", "–", report["teacher"])]
+    rows += [row(f"{r['rank']}. {r['name']}", number(r[key], ".3f"), report["students"][r["name"]])
+             for r in report.get("ranking", [])]
+    direction = "↓" if key == "kl" else "↑"
+    return (f"| model | {key.replace('_', ' ')} vs teacher {direction} | ms (median ± ½ IQR) | params "
+            "| GFLOPs |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows))
+
+def student_picker(task: str, pair: str):
+    """The "Students" menu: up to two students of the pair, empty meaning its first; refreshed when the pair changes
+    (:func:`wire_student_picker`). Its default stays empty so that API callers who leave ``students`` out get the
+    first student of whichever pair they name. Other names reach our own clear error."""
+    import gradio as gr
+
+    from weights.registry import MAX_STUDENTS_AT_ONCE, get_pair
+
+    students = get_pair(pair, task).students
+    return gr.Dropdown([s.name for s in students], value=[], multiselect=True, max_choices=MAX_STUDENTS_AT_ONCE,
+                       allow_custom_value=True, label="Students (one or two; empty: the first)",
+                       info=_methods_line(students))
+
+def _methods_line(students) -> str:
+    return " · ".join(f"{s.name}: {s.method}" for s in students)
+
+def wire_student_picker(pair, picker) -> None:
+    import gradio as gr
+
+    from weights.registry import UnknownPairError, get_pair
+
+    def refresh(name: str):
+        try:
+            students = get_pair(name).students
+        except UnknownPairError:
+            return gr.update()
+        return gr.update(choices=[s.name for s in students], value=[], info=_methods_line(students))
+
+    pair.change(refresh, pair, picker, api_visibility="private", queue=False)
+
+EXAMPLES_LABEL = ("Examples: Shapes scenes first (the builtin pairs know only the Shapes world: five shapes on "
+                  "a noisy background); the photos are for Hub pairs")
+
+def examples_for(task: str) -> list[str]:
+    """Example image paths for a tab: Shapes scenes (single objects for classification), then real photos."""
+    pattern = "single_*.png" if task == "classification" else "shapes_*.png"
+    return [str(p) for glob in (pattern, "photo_*.jpg") for p in sorted(EXAMPLES_DIR.glob(glob))]
+
+def examples(task: str, image) -> None:
+    """The tab's examples, placed right under its image input (above the fold), with an honest label."""
+    import gradio as gr
+
+    gr.Examples(examples_for(task), inputs=[image], label=EXAMPLES_LABEL, elem_id=f"{task}-examples",
+                examples_per_page=8)
+
+def pair_choice(pair) -> tuple[str, str]:
+    """A pair menu entry: ``(label, name)``, the label saying builtin, or Hub and whether it is already cached."""
+    from weights.loaders import weights_at_hand
+
+    if pair.source == "builtin":
+        where = "builtin"
+    else:
+        sources = [pair.teacher, *(s.source for s in pair.students)]
+        where = "Hub, cached" if all(weights_at_hand(s) for s in sources) else "Hub, downloads on first use"
+    return f"{pair.name} · {where}", pair.name
+
+def pair_dropdown(tasks: tuple[str, ...], value: str):
+    """The "Pair" menu of a tab: every registered pair of these tasks, marked builtin or Hub (cached or not); other
+    names reach our own clear error."""
+    import gradio as gr
+
+    from weights.registry import list_pairs
+
+    choices = [pair_choice(p) for p in list_pairs() if p.task in tasks]
+    return gr.Dropdown(choices, value=value, label="Pair", allow_custom_value=True)
+
+def api_result_images(task: str) -> list:
+    """The teacher's and the first student's drawn results, hidden: the tab shows :func:`annotated_views`, and these
+    stay its API's image outputs (what ``/detect`` and ``/segment`` return to scripts)."""
+    import gradio as gr
+
+    return [gr.Image(label=role.capitalize(), interactive=False, format="png", elem_id=f"{task}-{role}",
+                     visible=False) for role in ROLES]
+
+def annotated_views(task: str) -> list:
+    """The teacher's, the first student's and (hidden until chosen) the second student's boxes or masks, each with
+    a legend whose entries highlight their regions."""
+    from demos.components import annotated_result
+
+    return [annotated_result("Teacher", f"{task}-teacher-view"), annotated_result("Student", f"{task}-student-view"),
+            annotated_result("Second student", f"{task}-second-student-view", visible=False)]
+
+def annotated_views_update(image, report: dict | None, value_of: Callable[[np.ndarray, int | None], tuple | None],
+                           ) -> tuple:
+    """Updates of :func:`annotated_views` after a run: ``value_of(array, None)`` for the teacher, ``value_of(array,
+    i)`` for the i-th chosen student, ``array`` the run's image read once for all panels; each panel is named after
+    its student. A panel that cannot be drawn is left empty (the run's result is on screen already)."""
+    from demos.components import annotated_update
+
+    names = list((report or {}).get("students", {}))
+    try:
+        array = read_image(image)[0] if report else None
+    except InputError:  # the image was cleared or replaced by an unreadable one after the run
+        array = None
+
+    def value(position):
+        if array is None:
+            return None
+        try:
+            return value_of(array, position)
+        except Exception:
+            log.exception("drawing an annotated view failed")
+            return None
+
+    return (annotated_update(value(None)),
+            annotated_update(value(0), label=f"Student: {names[0]}" if names else None),
+            annotated_update(value(1), label=f"Student: {names[1]}" if len(names) > 1 else None,
+                             visible=len(names) > 1))
+
+def notes_markdown(notes: list[str]) -> str:
+    return "".join(f"> **Note:** {note}\n\n" for note in notes)

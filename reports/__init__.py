@@ -1,0 +1,1 @@
+"""The dataset report: a pair over a whole image folder (CLI, aggregation, static HTML), on the engine."""

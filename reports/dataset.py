@@ -1,0 +1,280 @@
+"""Dataset report: a pair over a whole image folder, and where each student disagrees with its teacher most.
+
+    python -m reports.dataset --images DIR --pair shapes-detection --out OUT [--students a,b] [--labels coco.json]
+                            [--resume] [--gallery 12] [--threads 1]
+    torchrun --nproc_per_node 2 -m reports.dataset --images DIR --pair shapes-detection --out OUT   # data-parallel
+
+Every image runs through the same functions as the tabs (``detect``, ``segment``, ``classify`` and, for detection
+and segmentation, ``consensus``), so its agreement figures are the tabs' own. Output, in ``OUT``:
+
+- ``results.jsonl``: one JSON object per image, appended as images finish (``{"image", "students": {name:
+  {"agreement": {...}, "disagreement", "consensus": {...}, ...}}, "teacher": {...}}``; an unreadable file gets
+  ``{"image", "error"}``). When the run ends it is rewritten sorted by image name, so it is the same whether the run
+  was interrupted and resumed, or split over several processes.
+- ``summary.json``: aggregates per student (agreement, per-class agreement, mean consensus, with ``--labels`` each
+  model's own mAP@0.5 / mIoU / top-1 via torchmetrics), the images of largest disagreement, and the unreadable files
+  with their reasons.
+- ``timing.jsonl`` and ``timing.json``: per-image and median latency. Timings differ from run to run, so they are
+  kept apart: ``results.jsonl`` and ``summary.json`` depend only on the images and the models.
+- ``report.html``: a static page (plotly, embedded, opens offline): distributions, per-class bars, and a gallery of
+  the images of largest disagreement with teacher and student overlays side by side.
+
+``--resume`` skips images already in ``results.jsonl`` (a line cut short by a crash is dropped and redone). Under
+``torchrun`` each rank takes every ``world``-th image of the sorted list, appends to its own
+``results.rank<r>.jsonl``, and rank 0 merges and writes the rest (gloo on CPU, nccl on CUDA). On the CPU each
+process uses ``--threads`` threads (default 1, so results are bitwise the same for any number of processes).
+
+Labels (``--labels``) are a COCO-style JSON: ``images`` (``id``, ``file_name``), ``categories`` (``id``, ``name``:
+the pair's class names) and ``annotations`` (``image_id``, ``category_id``, and ``bbox`` ``[x, y, w, h]`` for
+detection, ``segmentation`` polygons for segmentation, nothing more for classification).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compare.inputs import InputError, read_image
+from compare.vision import VisionRequest, run_vision
+from compare.zero_shot import check_template, parse_classes, zero_shot
+from reports.aggregate import _class_pixels, _overlap, summarise, summarise_timing
+from reports.gallery import GalleryStore, kept_maps, overlays
+from reports.html import write_report
+from reports.inputs import Labels, list_images
+from weights.predictors import predictors_for
+from weights.registry import Pair, Student, get_pair
+
+GALLERY = 12
+DEFAULT_THRESHOLD = 0.3
+DEFAULT_CLASSES = "circle, square, triangle, star, cross"
+
+
+# One image ------------------------------------------------------------------------------------------------------
+
+def analyse_image(path: Path, spec: Pair, chosen: list[Student], predictors: dict, threshold: float,
+                  classes: str, labels: Labels | None) -> tuple[dict, dict, dict[str, np.ndarray] | None]:
+    """One image through the engine: one forward of each model gives its boxes, masks or probabilities and, for
+    detection and segmentation, the consensus analysis.
+
+    Returns:
+        ``(record, timing, class maps)``: the ``results.jsonl`` record, the ``timing.jsonl`` record (this image's own
+        forward per model, ms) and, for segmentation, the (H, W) int32 class maps by model (for the gallery).
+
+    Raises:
+        InputError: an unreadable or unusable image.
+    """
+    array, notes = read_image(str(path))
+    record: dict = {"image": path.name}
+    maps = None
+    if spec.task == "classification":
+        names, class_notes = parse_classes(classes)
+        [result] = zero_shot(spec, chosen, predictors, [array], names, check_template(""), "",
+                             [class_notes + notes], latency=False)
+        report = result.to_json()
+        top = max(report["teacher"]["probs"], key=report["teacher"]["probs"].get)
+        record["teacher"] = {"top1": top}
+        record["students"] = {n: {"agreement": b["agreement"], "disagreement": b["agreement"]["js"],
+                                  "top1": max(b["probs"], key=b["probs"].get)} for n, b in report["students"].items()}
+    else:
+        [result] = run_vision(VisionRequest(spec, chosen, [array], [notes], threshold, latency=False, consensus=True),
+                              predictors)
+        report = result.to_json()
+        if spec.task == "detection":
+            record["teacher"] = {"detections": report["teacher"]["detections"]}
+            record["students"] = {n: {"agreement": b["agreement"], "disagreement": round(1 - b["agreement"]["f1"], 4),
+                                      "detections": b["detections"]} for n, b in report["students"].items()}
+        else:
+            maps = result.arrays()
+            record["teacher"] = {"pixels": _class_pixels(maps["teacher"], report["classes"])}
+            record["students"] = {n: {"agreement": b["agreement"],
+                                      "disagreement": round(1 - b["agreement"]["miou"], 4)}
+                                  for n, b in report["students"].items()}
+            if labels is not None:
+                truth = labels.mask(path.name, maps["teacher"].shape, report["classes"])
+                record["teacher"]["vs_labels"] = _overlap(maps["teacher"], truth, len(report["classes"]))
+                for n in record["students"]:
+                    record["students"][n]["vs_labels"] = _overlap(maps[n], truth, len(report["classes"]))
+        for name, figures in result.analysis.summary().items():
+            record["students"][name]["consensus"] = figures
+    timing = {"image": path.name, "teacher_ms": report["teacher"]["this_run_ms"],
+              "students_ms": {n: b["this_run_ms"] for n, b in report["students"].items()}}
+    return record, timing, maps
+
+
+def read_records(path: Path) -> list[dict]:
+    """The complete JSON lines of a results file (a last line cut short by a crash is left out)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # only the last line can be partial: the file is appended line by line
+    return records
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _rewrite(path: Path, records: list[dict]) -> None:
+    """Replace a JSON-lines file atomically (a crash leaves the old file or the new one, never half)."""
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    os.replace(partial, path)
+
+
+def run_dataset(images: list[Path], pair: str, out: Path, students: str | list[str] | None = None,
+                labels: Path | None = None, resume: bool = False, threshold: float = DEFAULT_THRESHOLD,
+                classes: str = DEFAULT_CLASSES, gallery: int = GALLERY, rank: int = 0, world: int = 1,
+                progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+                barrier: Callable[[], None] | None = None) -> dict | None:
+    """Run a pair over images, writing ``out`` as the module docstring says; returns the summary (rank 0) or None.
+
+    Args:
+        images: the image files, sorted; rank ``r`` of ``world`` takes ``images[r::world]``.
+        pair, students: the pair and one or two of its students (default its first).
+        out: the output folder (created).
+        labels: a COCO-style label file, or None.
+        resume: keep finished images of an earlier run in ``out``; without it, earlier results are replaced.
+        progress: ``progress(done, total)`` after each image of this rank.
+        cancel: checked before each image; once true the run stops (what is finished stays for ``--resume``).
+        barrier: waits for every rank (torch.distributed's barrier); None in one process.
+    """
+    spec = get_pair(pair)
+    if spec.task == "generation":
+        raise InputError(f"{spec.name} is a generation pair; the dataset report takes detection, segmentation or "
+                         "classification pairs.")
+    students_chosen = spec.choose_students(students)
+    chosen = [s.name for s in students_chosen]
+    truth = Labels.read(labels) if labels else None
+    predictors = predictors_for(spec, students=students_chosen)  # loaded once for the whole run
+    out.mkdir(parents=True, exist_ok=True)
+    shard = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
+    timing_file = out / ("timing.jsonl" if world == 1 else f"timing.rank{rank}.jsonl")
+    if rank == 0 and not resume:
+        for old in [*out.glob("results*.jsonl"), *out.glob("timing*.jsonl")]:
+            old.unlink()
+    if barrier:
+        barrier()
+    finished = {r["image"] for f in out.glob("results*.jsonl") for r in read_records(f)} if resume else set()
+    if resume:  # drop a partial last line before appending after it
+        _rewrite(shard, read_records(shard))
+    shard_images = images[rank::world]
+    store = GalleryStore(out / "gallery", gallery if spec.task == "segmentation" else 0, chosen[0],
+                         [r for f in out.glob("results*.jsonl") for r in read_records(f)] if resume else [],
+                         {p.name for p in shard_images})
+    mine = [p for p in shard_images if p.name not in finished]
+    for done, path in enumerate(mine, start=1):
+        if cancel is not None and cancel():
+            break
+        try:
+            record, timing, maps = analyse_image(path, spec, students_chosen, predictors, threshold, classes, truth)
+        except InputError as error:  # unreadable or unusable file: listed, never fatal
+            record, timing, maps = {"image": path.name, "error": str(error)}, None, None
+        if maps is not None:
+            store.offer(record, maps)
+        _append(shard, record)
+        if timing is not None:
+            _append(timing_file, timing)
+        if progress is not None:
+            progress(done, len(mine))
+    stopped = cancel is not None and cancel()
+    if barrier:
+        barrier()
+    if rank != 0 or stopped:
+        return None
+    records = sorted({r["image"]: r for f in sorted(out.glob("results*.jsonl")) for r in read_records(f)}.values(),
+                     key=lambda r: r["image"])
+    timings = sorted({t["image"]: t for f in sorted(out.glob("timing*.jsonl")) for t in read_records(f)}.values(),
+                     key=lambda t: t["image"])
+    for extra in [*out.glob("results.rank*.jsonl"), *out.glob("timing.rank*.jsonl")]:
+        extra.unlink()
+    _rewrite(out / "results.jsonl", records)
+    _rewrite(out / "timing.jsonl", timings)
+    summary = summarise(records, spec, chosen, truth, gallery)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    (out / "timing.json").write_text(json.dumps(summarise_timing(timings), indent=1, sort_keys=True) + "\n")
+    pictures = gallery_pictures(summary["largest_disagreement"], records, images, spec, students_chosen, predictors,
+                                out / "gallery")
+    write_report(out / "report.html", summary, records, timings, pictures, spec, chosen)
+    return summary
+
+
+def gallery_pictures(items: list[dict], records: list[dict], images: list[Path], spec: Pair, chosen: list[Student],
+                     predictors: dict, kept: Path) -> list[tuple[dict, list[tuple[str, np.ndarray]]]]:
+    """The overlays of the images of largest disagreement, drawn from their records or kept class maps; an image
+    whose maps were not kept (a resumed run that kept fewer) is run again, and only that one."""
+    by_name = {p.name: p for p in images}
+    by_record = {r["image"]: r for r in records}
+    labels = list(dict.fromkeys(label for p in predictors.values() for label in p.labels))
+    out = []
+    for item in items:
+        path = by_name.get(item["image"])
+        if path is None:
+            continue
+        maps = kept_maps(kept, item["image"]) if spec.task == "segmentation" else None
+        if spec.task == "segmentation" and maps is None:
+            maps = analyse_image(path, spec, chosen, predictors, 0.0, "", None)[2]
+        out.append((item, overlays(path, by_record[item["image"]], spec.task, [s.name for s in chosen], labels,
+                                   list(predictors["teacher"].labels), maps)))
+    return out
+
+
+# Command line ---------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--pair", required=True)
+    parser.add_argument("--students", default="", help="one or two student names, comma-separated")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--labels", type=Path)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="detection score threshold")
+    parser.add_argument("--classes", default=DEFAULT_CLASSES, help="classification: comma-separated class names")
+    parser.add_argument("--gallery", type=int, default=GALLERY)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    barrier = None
+    if world > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        barrier = dist.barrier
+    try:
+        images = list_images(args.images)
+        summary = run_dataset(images, args.pair, args.out, args.students, args.labels, args.resume, args.threshold,
+                              args.classes, args.gallery, rank, world,
+                              progress=lambda done, total: print(f"[rank {rank}] {done}/{total}", flush=True)
+                              if done % 25 == 0 or done == total else None, barrier=barrier)
+    except InputError as error:
+        raise SystemExit(f"error: {error}") from None
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if summary is not None:
+        print(json.dumps({k: summary[k] for k in ("pair", "images", "unreadable")} | {
+            "per_student": {n: s["agreement"] for n, s in summary["per_student"].items()}}, indent=1))
+        print(f"wrote {args.out / 'results.jsonl'}, summary.json, report.html")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""open_clip models: the builtin Shapes CLIPs (configs in ``weights/clip_configs``) and Hub CLIPs read from their
+repos' ``open_clip_model.safetensors`` (open_clip's own download would fall back to pickled weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from analysis.features import open_clip_stages
+from weights.families import Family, Geometry, ModelUnavailableError, register_family
+from weights.hub import hub_error_message, local_or_cached
+from weights.shapes.checkpoints import BUILTIN_DIR
+
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+
+
+@register_family
+class OpenClipFamily(Family):
+    """Image and text towers: ``forward`` gives (B, D) normalised image features, :meth:`text_features` (K, D)
+    normalised text features, :meth:`encode` both the features and the last block's patch tokens in one pass."""
+
+    name = "open_clip"
+    classes = ("open_clip",)
+    explicit_stages = True
+
+    def load(self, source, device, dtype):
+        import open_clip
+
+        from weights.shapes.clip import clip_image_batch, register_clip_configs
+
+        self.check(source)
+        register_clip_configs()
+        if source.kind == "builtin":
+            weights = BUILTIN_DIR / f"{source.location}.safetensors"
+            if not weights.exists():
+                raise ModelUnavailableError(f"builtin checkpoint {weights.name} is missing; train it with "
+                                            "`python -m weights.shapes.train_clip`")
+            model = open_clip.create_model(source.architecture, pretrained=str(weights))
+            transform = clip_image_batch
+        else:
+            from huggingface_hub import hf_hub_download
+
+            folder = Path(source.location)
+            try:
+                weights = folder / OPEN_CLIP_WEIGHTS if folder.is_dir() else Path(
+                    hf_hub_download(source.location, OPEN_CLIP_WEIGHTS, revision=source.revision))
+            except Exception as error:  # offline, not cached, or no safetensors in the repo
+                raise ModelUnavailableError(hub_error_message(source, error)) from error
+            cfg = open_clip.get_pretrained_cfg(source.architecture.replace("-quickgelu", ""),
+                                               source.pretrained_tag or "")
+            model, _, transform = open_clip.create_model_and_transforms(
+                source.architecture, pretrained=str(weights), image_mean=cfg.get("mean"), image_std=cfg.get("std"))
+        tokenizer = open_clip.get_tokenizer(source.architecture)
+        return model.to(device=device, dtype=dtype).eval(), (transform, tokenizer)
+
+    def weights_file(self, source):
+        if source.kind == "builtin":
+            return BUILTIN_DIR / f"{source.location}.safetensors"
+        found = local_or_cached(source, [OPEN_CLIP_WEIGHTS])
+        return None if found is None else Path(found)
+
+    def labels(self, predictor):
+        return []  # classes come from the user
+
+    def prepare(self, predictor, image: np.ndarray):
+        from PIL import Image
+
+        transform, _ = predictor.processor
+        if predictor.source.kind == "builtin":
+            pixels = transform(image[None])
+        else:
+            pixels = transform(Image.fromarray(image)).unsqueeze(0)
+        height, width = image.shape[:2]
+        return ({"pixel_values": pixels.to(predictor.device, predictor.dtype)},
+                Geometry(height, width, *pixels.shape[-2:]))
+
+    def forward(self, predictor, inputs):
+        return predictor.model.encode_image(inputs["pixel_values"], normalize=True).float()
+
+    def encode(self, predictor, inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One pass of the image tower: (B, D) normalised image features and the (B, h, w, D) patch tokens of the
+        last block through the final norm and projection, normalised (None for towers without patch tokens, e.g.
+        convolutional ones)."""
+        model, pixels = predictor.model, inputs["pixel_values"]
+        visual = model.visual
+        if not all(hasattr(visual, name) for name in ("ln_post", "proj", "forward_intermediates")):
+            return self.forward(predictor, inputs), None
+        out = model.forward_intermediates(image=pixels, image_indices=1, normalize=True)
+        maps = out["image_intermediates"][-1]  # (B, width, h, w)
+        tokens = visual.ln_post(maps.flatten(2).transpose(1, 2))
+        patches = torch.nn.functional.normalize((tokens @ visual.proj).float(), dim=-1)
+        return out["image_features"].float(), patches.reshape(maps.shape[0], *maps.shape[-2:], -1)
+
+    def text_features(self, predictor, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """(K, D) normalised features of ``texts`` (encoded in batches)."""
+        _, tokenizer = predictor.processor
+        chunks = [predictor.model.encode_text(tokenizer(texts[i:i + batch_size]).to(predictor.device), normalize=True)
+                  for i in range(0, len(texts), batch_size)]
+        return torch.cat(chunks).float()
+
+    def scores(self, predictor, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """(B, K) CLIP logits: the learned temperature times cosine similarity."""
+        return predictor.model.logit_scale.exp().float() * image_features @ text_features.t()
+
+    def stages(self, model, pixels):
+        return open_clip_stages(model, pixels)

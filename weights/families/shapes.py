@@ -1,0 +1,106 @@
+"""The builtin Shapes CNNs (``weights/shapes/nets.py``): CenterNet-style detectors and encoder-decoder segmenters,
+from the safetensors checkpoints in ``weights/checkpoints``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from analysis.features import intermediates_stages
+from weights.families import Family, Geometry, ModelUnavailableError, register_family
+from weights.shapes.checkpoints import BUILTIN_DIR, load_named_checkpoint
+from weights.shapes.nets import decode_detections, detection_candidates, normalise
+
+
+def builtin_pixels(image: np.ndarray, policy: dict) -> tuple[torch.Tensor, Geometry]:
+    """Resize so the short side is ``short_side`` (long side capped at ``max_side``), pad to ``multiple``.
+
+    Args:
+        image: RGB uint8 (H, W, 3).
+        policy: ``{"short_side", "max_side", "multiple"}`` (the pair's ``preprocessing``).
+
+    Returns:
+        ``(pixels, geometry)``: (1, 3, h, w) float32 normalised and zero-padded, and the resize it made.
+    """
+    height, width = image.shape[:2]
+    scale = min(policy["short_side"] / min(height, width), policy["max_side"] / max(height, width))
+    rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)
+    pixels = normalise(tensor)
+    pixels = F.interpolate(pixels, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+    m = policy["multiple"]
+    ph, pw = max(-(-rh // m) * m, 2 * m), max(-(-rw // m) * m, 2 * m)
+    pixels = F.pad(pixels, (0, pw - rw, 0, ph - rh))
+    return pixels, Geometry(height, width, rh, rw)
+
+
+def box_cell(box: list[float], geometry: Geometry, grid: tuple[int, int], padded: tuple[int, int]) -> tuple[int, int]:
+    """The heat-map cell under a box centre (input pixels -> network grid)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    sx, sy = geometry.resized_width / geometry.width, geometry.resized_height / geometry.height
+    return (min(int(cy * sy * grid[0] / padded[0]), grid[0] - 1), min(int(cx * sx * grid[1] / padded[1]), grid[1] - 1))
+
+
+@register_family
+class ShapesFamily(Family):
+    name = "shapes"
+    classes = ("ShapesNet",)
+    explicit_stages = True
+
+    def load(self, source, device, dtype):
+        self.check(source)
+        try:
+            model = load_named_checkpoint(source.location)
+        except FileNotFoundError as error:
+            raise ModelUnavailableError(str(error)) from error
+        return model.to(device=device, dtype=dtype).eval(), None
+
+    def default_dtype(self, device, source):
+        return torch.float32  # tiny models: fp32 keeps CPU and GPU alike
+
+    def weights_file(self, source):
+        return BUILTIN_DIR / f"{source.location}.safetensors"
+
+    def prepare(self, predictor, image):
+        pixels, geometry = builtin_pixels(image, predictor.pair.preprocessing)
+        return {"pixel_values": pixels.to(predictor.device, predictor.dtype)}, geometry
+
+    def stages(self, model, pixels):
+        return intermediates_stages(model, pixels)
+
+    def detections(self, predictor, outputs, geometries, threshold):
+        results = []
+        for result, geometry in zip(decode_detections(outputs, threshold), geometries, strict=True):
+            sx, sy = geometry.width / geometry.resized_width, geometry.height / geometry.resized_height
+            b = result["boxes"]
+            boxes = torch.stack([(b[:, 0] * sx).clamp(0, geometry.width), (b[:, 1] * sy).clamp(0, geometry.height),
+                                 (b[:, 2] * sx).clamp(0, geometry.width), (b[:, 3] * sy).clamp(0, geometry.height)],
+                                -1)
+            results.append({"boxes": boxes, "scores": result["scores"], "labels": result["labels"]})
+        return results
+
+    def detection_candidates(self, predictor, outputs, geometry, height, width, index=0):
+        boxes, scores, _ = detection_candidates({k: v[index:index + 1] for k, v in outputs.items()
+                                                 if k in ("heatmap", "size", "offset")})
+        boxes, scores = boxes[0], scores[0]
+        sx, sy = width / geometry.resized_width, height / geometry.resized_height
+        return torch.stack([boxes[:, 0] * sx, boxes[:, 1] * sy, boxes[:, 2] * sx, boxes[:, 3] * sy], -1), scores
+
+    def segmentation_logits(self, predictor, outputs, geometry, index=0):
+        # builtin logits are at the padded input's size: keep the image part
+        return outputs["logits"][index:index + 1, :, : geometry.resized_height, : geometry.resized_width]
+
+    def class_maps(self, predictor, outputs, geometries):
+        maps = []
+        for i, geometry in enumerate(geometries):
+            logits = self.segmentation_logits(predictor, outputs, geometry, i).float()
+            maps.append(F.interpolate(logits, size=(geometry.height, geometry.width), mode="bilinear",
+                                      align_corners=False)[0].argmax(0))
+        return maps
+
+    def detection_score(self, predictor, outputs: Any, box, label, geometry, padded):
+        y, x = box_cell(box, geometry, outputs["heatmap"].shape[-2:], padded)
+        return outputs["heatmap"][:, label - 1, y, x]
