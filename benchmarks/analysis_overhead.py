@@ -2,7 +2,7 @@
 
     python -m benchmarks.analysis_overhead [--repeats 20] [--only shapes-detection ...]
 
-Both columns time the tab's own code (:func:`demos.analysis_tab.analyse_sides`), not a copy of it: "inference" is
+Both columns time the tab's own code (:func:`compare.analysis.analyse_sides`), not a copy of it: "inference" is
 the teacher's and the student's forward on the prepared input; "inference + analysis" is the tab's whole analysis
 of the same input, whose features come from those same forwards (consensus and divergence maps with the overlays
 drawn, ADM's foreground figures, the CKA matrix over every stage, one read-back to the host). Pairs: the builtin
@@ -29,9 +29,10 @@ import torch
 from PIL import Image
 
 from analysis.profiling import DispatchCounter, time_call
-from demos import analysis_tab
-from demos.analysis_tab import FOREGROUND_SCORE, Side, analyse_sides, forward_stages
-from weights.predictors import Geometry, box_foreground, class_foreground, detr_candidates
+from compare import analysis as analysis_tab
+from compare.analysis import FOREGROUND_SCORE, Side, analyse_sides, forward_stages
+from weights.families.transformers import detr_candidates
+from weights.predictors import Geometry, box_foreground, class_foreground
 from weights.shapes.checkpoints import load_builtin_model
 from weights.shapes.nets import normalise
 from weights.shapes.world import EVAL_SEED_START, render_scene

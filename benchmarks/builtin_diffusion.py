@@ -17,7 +17,7 @@ import statistics
 import numpy as np
 import torch
 
-from demos.diffusion import generate
+from compare.generation import generate
 from weights.registry import get_pair
 from weights.shapes.measure import objects
 from weights.shapes.world import COLOUR_NAMES, SHAPE_NAMES

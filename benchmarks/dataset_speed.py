@@ -3,7 +3,7 @@
     python -m benchmarks.dataset_speed [--scenes 200] [--procs 1 2] [--pair shapes-detection]
 
 Writes ``--scenes`` held-out Shapes scenes and their COCO-style box labels to a temporary folder, then runs
-``python -m demos.dataset`` on them once per process count (``torchrun --standalone --nproc_per_node N`` beyond one;
+``python -m reports.dataset`` on them once per process count (``torchrun --standalone --nproc_per_node N`` beyond one;
 one CPU thread per process; on CUDA, as many processes as asked on the one GPU). Prints wall-clock seconds of each
 whole command (start-up and model loading included) and images per second, whether every run's ``results.jsonl`` and
 ``summary.json`` equal the one-process run's, and the ranking check: the share of images where the student misses a
@@ -49,7 +49,7 @@ def write_scenes(folder: Path, count: int) -> Path:
 
 def run(procs: int, folder: Path, labels: Path, out: Path, pair: str, students: str) -> float:
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)] if procs > 1 else []
-    command = [sys.executable, *launcher, "-m", "demos.dataset", "--images", str(folder / "images"), "--pair", pair,
+    command = [sys.executable, *launcher, "-m", "reports.dataset", "--images", str(folder / "images"), "--pair", pair,
                "--out", str(out), "--labels", str(labels), "--students", students, "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()

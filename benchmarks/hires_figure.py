@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from benchmarks.builtin_diffusion import GUIDANCE, prompt_for
-from demos.diffusion import generate
+from compare.generation import generate
 from weights.shapes.measure import objects
 
 COLUMNS = (("teacher", False), ("teacher", True), ("student", False), ("student", True))

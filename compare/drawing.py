@@ -146,11 +146,15 @@ def draw_detections(image: np.ndarray, detections: list, labels: list[str]) -> n
     return as_picture(drawn)
 
 
+def resize_class_map(class_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An (H, W) class-index map resized to ``size`` by nearest neighbours, int64 on the CPU."""
+    return torch.nn.functional.interpolate(class_map[None, None].float().cpu(), size=size, mode="nearest")[0, 0].long()
+
+
 def draw_mask(image: np.ndarray, class_map: torch.Tensor, num_classes: int, alpha: float = 0.55) -> np.ndarray:
     """Colour every non-background class of ``class_map`` (H, W) over the image (enlarged when small)."""
     canvas, _ = display_canvas(image)
-    big = torch.nn.functional.interpolate(class_map[None, None].float().cpu(), size=canvas.shape[1:],
-                                          mode="nearest")[0, 0].long()
+    big = resize_class_map(class_map, tuple(canvas.shape[1:]))
     present = [c for c in big.unique().tolist() if c != 0]
     if not present:
         return as_picture(canvas)

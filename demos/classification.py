@@ -21,7 +21,7 @@ from compare.zero_shot import (  # noqa: F401 (the CLIP tab's constants and chec
     unique_prompt_name,
     zero_shot,
 )
-from compare.zero_shot import tune_prompts as tune
+from compare.zero_shot import tune_prompts as tune_for_student
 from demos.jobs import on_gpu
 from demos.widgets import notes_markdown, ranking_markdown
 from methods.prompts import METHODS
@@ -75,7 +75,7 @@ def classify(image, pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes
 def tune_prompts(*args, **kwargs) -> tuple[str, dict]:
     """Learn a prompt for one student of a CLIP pair and save it (``/tune_prompts``); see
     :func:`compare.zero_shot.tune_prompts`."""
-    return tune(*args, **kwargs)
+    return tune_for_student(*args, **kwargs)
 
 
 def top_k_figure(report: dict | None):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 import compare
-from compare.drawing import as_picture, display_canvas, draw_mask, palette
+from compare.drawing import as_picture, display_canvas, draw_mask, palette, resize_class_map
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
 from demos.components import user_image
 from demos.detection import deepest_consensus
@@ -95,8 +95,7 @@ def segmentation_annotations(image, report: dict | None, npz: str | None, positi
     with np.load(npz, allow_pickle=False) as maps:
         class_map = torch.from_numpy(maps["teacher" if position is None else names[position]])
     canvas, _ = display_canvas(array)
-    big = torch.nn.functional.interpolate(class_map[None, None].float(), size=canvas.shape[1:],
-                                          mode="nearest")[0, 0].long().numpy()
+    big = resize_class_map(class_map, tuple(canvas.shape[1:])).numpy()
     colours, classes = palette(len(report["classes"])), report["classes"]
     return as_picture(canvas), [(big == c, classes[c], colours[c]) for c in np.unique(big) if c != 0]
 

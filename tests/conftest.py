@@ -37,8 +37,9 @@ def tiny_hub_pairs(tmp_path_factory):
     ]
     diffusion = save_tiny_diffusion(root / "sd")
     pairs.append(Pair("tiny-diffusion", "generation",
-                      ModelSource("hub", str(diffusion), "StableDiffusionPipeline", revision="main"),
-                      ModelSource("hub", str(diffusion), "UNet2DConditionModel", revision="main",
+                      ModelSource("hub", str(diffusion), "StableDiffusionPipeline", revision="main",
+                                  family="diffusers"),
+                      ModelSource("hub", str(diffusion), "UNet2DConditionModel", revision="main", family="diffusers",
                                   subfolder="unet_student"),
                       "test only", native={"width": 64, "height": 64, "steps": 4, "guidance": 4.0}))
     for pair in pairs:

@@ -9,7 +9,7 @@ from analysis.consensus import analyse_stages, cka_matrix, linear_cka
 from analysis.features import capture_stages, match_stages
 from analysis.profiling import DispatchCounter
 from analysis.readback import read_back
-from demos.analysis_tab import Side, analyse_sides
+from compare.analysis import Side, analyse_sides
 from weights.predictors import Geometry, box_foreground
 from weights.shapes.checkpoints import BUILTIN_CONFIGS
 from weights.shapes.nets import ShapesNet, detection_candidates, normalise
@@ -107,7 +107,7 @@ def test_the_tabs_analysis_syncs_only_in_its_final_read_back():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_captured_graph_gives_the_eager_answer_on_cuda():
-    from demos import analysis_tab
+    from compare import analysis as analysis_tab
 
     models = [ShapesNet(BUILTIN_CONFIGS[("segmentation", role)]).cuda().eval() for role in ("teacher", "student")]
     image = render_scene(10_000_008).image

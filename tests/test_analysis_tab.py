@@ -3,8 +3,8 @@
 import pytest
 from PIL import Image
 
+from compare.inputs import InputError
 from demos.analysis_tab import attention, consensus
-from demos.common import InputError
 from weights.shapes.world import render_scene
 
 

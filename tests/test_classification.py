@@ -6,8 +6,9 @@ import open_clip
 import pytest
 import torch
 
-from demos.classification import MAX_CLASSES, agreement, check_template, classify, parse_classes, tune_prompts
-from demos.common import InputError
+from compare.inputs import InputError
+from compare.zero_shot import MAX_CLASSES, agreement, check_template, parse_classes
+from demos.classification import classify, tune_prompts
 from methods.prompts import context_tokens, encode_with_context, init_context, learn_context
 from weights import prompt_store
 from weights.prompt_store import PromptError, list_prompts, load_prompt, sanitise_name, save_prompt
@@ -186,7 +187,7 @@ def test_offline_hub_clip_pair_says_how_to_fix_it():
 
 
 def test_uploaded_images_are_split_so_the_figures_are_held_out():
-    from demos.classification import split_held_out
+    from compare.zero_shot import split_held_out
 
     assert split_held_out([0, 0, 0, 0, 1, 1, 2]) == ([0, 1, 2, 4, 6], [3, 5])  # class 2 has one image: tuned on
     assert split_held_out([0, 1]) == ([0, 1], [])

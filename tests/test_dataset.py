@@ -8,10 +8,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from demos.common import InputError
-from demos.dataset import Labels, _miss_ranking, extract_zip, list_images, read_records, run_dataset, safe_name
+from compare.inputs import InputError
+from reports.aggregate import _miss_ranking
+from reports.dataset import read_records, run_dataset
+from reports.inputs import Labels, extract_zip, list_images, safe_name
 from weights.shapes.world import CLASS_NAMES, EVAL_SEED_START, render_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +45,18 @@ def outputs(out: Path) -> dict[str, str]:
     return {name: (out / name).read_text() for name in ("results.jsonl", "summary.json")}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CLI's one thread per process, for every run here: results are bitwise the same for any number of
+    processes at the same threads per process (a convolution's sums depend on how many threads share them)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(folder, tmp_path_factory):
+def uninterrupted(folder, tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("full")
     summary = run_dataset(list_images(folder / "images"), "shapes-detection", out, labels=folder / "labels.json",
                           gallery=2)
@@ -86,7 +99,7 @@ def test_a_stopped_or_crashed_run_resumes_to_the_same_files(folder, uninterrupte
 def test_two_processes_give_exactly_what_one_gives(folder, uninterrupted, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "demos.dataset", "--images", str(folder / "images"), "--pair", "shapes-detection",
+               "-m", "reports.dataset", "--images", str(folder / "images"), "--pair", "shapes-detection",
                "--out", str(tmp_path), "--labels", str(folder / "labels.json"), "--gallery", "2"]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -156,7 +169,7 @@ def test_a_run_killed_halfway_then_resumed_gives_the_same_files(folder, uninterr
     import time
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "demos.dataset", "--images", str(folder / "images"), "--pair",
+    command = [sys.executable, "-m", "reports.dataset", "--images", str(folder / "images"), "--pair",
                "shapes-detection", "--out", str(tmp_path), "--labels", str(folder / "labels.json"), "--gallery", "2"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demos.common import InputError, read_image
+from compare.inputs import InputError, read_image
 from demos.detection import detect
 from demos.segmentation import segment
 from weights.registry import UnknownPairError
@@ -159,7 +159,7 @@ def test_disagreement_maps_show_what_the_student_misses_adds_and_mislabels(scene
     drawn = segmentation_disagreement(str(scene_png), {"classes": classes, "students": {"s": {}}},
                                       str(tmp_path / "maps.npz"))
     scale = drawn.shape[0] // 128
-    from demos.common import palette
+    from compare.drawing import palette
 
     assert tuple(drawn[55 * scale, 55 * scale]) == palette(6)[3]  # in the teacher's class colour
     assert tuple(drawn[5 * scale, 5 * scale]) == palette(6)[0]  # the teacher's background, where they differ

@@ -15,11 +15,11 @@ SETTINGS = [("cpu", torch.bfloat16)] + ([("cuda", torch.float16)] if torch.cuda.
 @pytest.fixture(params=SETTINGS, ids=[f"{d}-{str(t).removeprefix('torch.')}" for d, t in SETTINGS])
 def half(request, monkeypatch):
     """Load Hub models on the given device in the given dtype, as ``default_device``/``default_dtype`` do on CUDA."""
-    from demos import diffusion
+    from compare import generation
 
     device, dtype = torch.device(request.param[0]), request.param[1]
     monkeypatch.setattr(loaders, "default_device", lambda: device)
-    monkeypatch.setattr(diffusion, "default_device", lambda: device)
+    monkeypatch.setattr(generation, "default_device", lambda: device)
     monkeypatch.setattr(loaders, "default_dtype", lambda _d, source: dtype if source.kind == "hub" else torch.float32)
     return device, dtype
 

@@ -82,7 +82,7 @@ def test_identical_images_from_two_calls_are_served_from_files_of_their_own():
     """Gradio caches array outputs by content and rewrote one shared file while another request served it."""
     from PIL import Image
 
-    from demos.common import served_files
+    from demos.served import served_files
 
     image = np.full((8, 8, 3), 200, dtype=np.uint8)
     first, second = served_files((image, [(image, "caption")], {"k": 1})), served_files((image, "text"))
@@ -93,7 +93,7 @@ def test_identical_images_from_two_calls_are_served_from_files_of_their_own():
 def test_the_output_folder_keeps_its_bound_with_dataset_folders_in_it(tmp_path, monkeypatch):
     """Dataset runs make folders among the served files; pruning the oldest entries removed files only and failed
     on a folder, which broke every later call once the folder was full."""
-    from demos import common
+    from demos import served as common
 
     monkeypatch.setattr(common, "OUTPUT_DIR", tmp_path)
     monkeypatch.setattr(common, "MAX_OUTPUT_FILES", 3)
@@ -118,14 +118,16 @@ def test_the_output_folder_keeps_its_bound_with_dataset_folders_in_it(tmp_path, 
 def test_stop_ends_prompt_tuning_within_a_step_and_saves_nothing(tmp_path, monkeypatch):
     import pytest
 
+    from compare import zero_shot
+    from compare.jobs import Cancelled
     from demos import classification
-    from demos.common import Cancelled, request_stop, stop_flag
+    from demos.jobs import request_stop, stop_flag
     from weights import prompt_store
 
     monkeypatch.setattr(prompt_store, "PROMPT_DIR", tmp_path)
     flag = stop_flag("session-a")
     steps = []
-    real_tune = classification.tune
+    real_tune = zero_shot.tune
 
     def tune_then_stop(*args, on_step, **kwargs):
         def step(phase, i, loss):
@@ -135,7 +137,7 @@ def test_stop_ends_prompt_tuning_within_a_step_and_saves_nothing(tmp_path, monke
             on_step(phase, i, loss)
         return real_tune(*args, on_step=step, **kwargs)
 
-    monkeypatch.setattr(classification, "tune", tune_then_stop)
+    monkeypatch.setattr(zero_shot, "tune", tune_then_stop)
     with pytest.raises(Cancelled, match="stopped at step 2/30"):
         classification.tune_prompts("shapes-clip", "red circle, blue square", "coop", "stopped", None, 2, 30,
                                     cancel=flag)
@@ -145,7 +147,8 @@ def test_stop_ends_prompt_tuning_within_a_step_and_saves_nothing(tmp_path, monke
 def test_stop_ends_a_generation_and_leaves_the_unet_as_it_was(tiny_hub_pairs):
     import pytest
 
-    from demos.common import Cancelled, stop_flag
+    from compare.jobs import Cancelled
+    from demos.jobs import stop_flag
     from weights.loaders import load_generation_pair
     from weights.registry import get_pair
 
@@ -223,7 +226,7 @@ def test_the_lcm_lora_student_loads_with_peft_and_generates(tmp_path, tiny_hub_p
                                    init_lora_weights="gaussian"))
     StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(adapted),
                                               safe_serialization=True)
-    student = ModelSource("hub", str(tmp_path), "UNet2DConditionModel", revision="main",
+    student = ModelSource("hub", str(tmp_path), "UNet2DConditionModel", revision="main", family="diffusers",
                           lora="pytorch_lora_weights.safetensors", scheduler="LCMScheduler")
     pair = register_pair(dataclasses.replace(base, name="tiny-lcm-lora", students=student,
                                              native=base.native | {"student_steps": 2, "student_guidance": 1.0}))

@@ -58,8 +58,8 @@ def test_every_pair_names_its_students_and_how_they_were_made():
 
 
 def test_a_bare_model_source_still_makes_a_one_student_pair():
-    pair = Pair("x", "detection", ModelSource("builtin", "a", "ShapesNet"), ModelSource("builtin", "b", "ShapesNet"),
-                "MIT")
+    pair = Pair("x", "detection", ModelSource("builtin", "a", "ShapesNet", family="shapes"),
+                ModelSource("builtin", "b", "ShapesNet", family="shapes"), "MIT")
     assert [s.name for s in pair.students] == ["student"] and pair.student.location == "b"
     with pytest.raises(ValueError, match="distinct names"):
         Pair("y", "detection", pair.teacher, (pair.students[0], pair.students[0]), "MIT")
@@ -210,7 +210,8 @@ def test_annotated_views_show_the_reports_boxes_and_masks_from_files_of_their_ow
     """The Detection and Segmentation panels (gr.AnnotatedImage) are drawn from the call's report and class maps,
     in the drawn panels' colours, and every layer is written to a file of its own: Gradio's AnnotatedImage would
     write identical layers of two users to one content-hash path."""
-    from demos.common import display_scale, palette, read_image
+    from compare.drawing import display_scale, palette
+    from compare.inputs import read_image
     from demos.components import AnnotatedResult, annotated_update
     from demos.detection import detect, detection_annotations
     from demos.segmentation import segment, segmentation_annotations
@@ -241,8 +242,8 @@ def test_annotated_views_show_the_reports_boxes_and_masks_from_files_of_their_ow
 
 
 def test_the_annotated_views_read_the_image_once_and_survive_a_cleared_image(scene_png):
-    from demos.common import annotated_views_update
     from demos.detection import detect, detection_annotations
+    from demos.widgets import annotated_views_update
 
     _, _, report = detect(str(scene_png), "shapes-detection", 0.3, "feature-kd, adm-consensus")
     arrays = []

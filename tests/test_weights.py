@@ -71,10 +71,13 @@ def test_cache_evicts_least_recently_used_by_bytes():
 
 
 def test_hub_classes_outside_the_allow_list_are_refused():
-    source = ModelSource("hub", "some/repo", model_class="AutoModel", revision="main",
-                         processor_class="AutoProcessor")
-    with pytest.raises(ModelUnavailableError, match="not an allowed"):
-        load_model(source, torch.device("cpu"), cache=ModelCache(1))
+    for family in ("transformers", "shapes", "open_clip", "diffusers", "timm"):
+        source = ModelSource("hub", "some/repo", model_class="AutoModel", revision="main",
+                             processor_class="AutoProcessor", family=family)
+        with pytest.raises(ModelUnavailableError, match="not an allowed"):
+            load_model(source, torch.device("cpu"), cache=ModelCache(1))
+    with pytest.raises(ValueError, match="needs a family"):
+        ModelSource("hub", "some/repo", model_class="RTDetrForObjectDetection")
 
 
 def test_offline_hub_pair_says_how_to_fix_it():
@@ -93,7 +96,7 @@ def test_builtin_models_load_on_cpu_in_fp32_and_eval_mode():
 def test_load_errors_say_offline_only_when_the_network_is_the_cause(monkeypatch):
     from huggingface_hub import constants
 
-    from weights.loaders import _hub_error_message
+    from weights.hub import hub_error_message as _hub_error_message
 
     source = get_pair("rtdetr-r101vd-to-r18vd").student
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
