@@ -184,7 +184,7 @@ def feature_method(model: torch.nn.Module) -> StagesFn | None:
     return None
 
 
-DEFAULT_HOOK_PATTERN = r".*(layer|stage|block)s?\.\d+"
+DEFAULT_HOOK_PATTERN = r".*(layer|stage|block)s?\.?\d+"  # layers.0, stages.2, blocks.3, and ResNet's layer1
 
 
 def forward_with_stages(model: torch.nn.Module, pixels: torch.Tensor, pattern: str | None = None,

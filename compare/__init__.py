@@ -134,7 +134,7 @@ def compare(pair: str | Pair | ModulePair, images: Any, students: str | Sequence
         return run_vision(VisionRequest(spec, chosen, arrays, notes, threshold, latency, consensus, tau, method),
                           predictors)
     if spec.task == "classification":
-        if isinstance(pair, ModulePair):
+        if not predictors["teacher"].family.zero_shot:
             from compare.logits import classify_logits
 
             return classify_logits(spec, chosen, predictors, arrays, notes, latency)

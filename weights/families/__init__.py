@@ -91,6 +91,7 @@ class Family:
         return None, []
 
     explicit_stages: bool = False  # whether :meth:`stages` is implemented
+    zero_shot: bool = False  # classification against the user's class names through a text tower (CLIP)
 
     # Task outputs ---------------------------------------------------------------------------------------------
     def detections(self, predictor: Predictor, outputs: Any, geometries: list[Geometry], threshold: float,

@@ -24,6 +24,7 @@ class OpenClipFamily(Family):
     name = "open_clip"
     classes = ("open_clip",)
     explicit_stages = True
+    zero_shot = True
 
     def load(self, source, device, dtype):
         import open_clip

@@ -1,5 +1,5 @@
 """timm image classifiers, from a Hub repo (``hf-hub:org/name`` or ``org/name``) or a local folder written by
-``timm.models.push_to_hub.save_for_hf(..., safe_serialization=True)``: ``config.json`` names the architecture, the
+``timm.models.save_for_hf(..., safe_serialization=True)``: ``config.json`` names the architecture, the
 weights are read from ``model.safetensors`` only (timm's own loader would fall back to pickled files)."""
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class TimmFamily(Family):
             raise ModelUnavailableError(f"{source.location}: {architecture!r} is not a timm architecture.")
         pretrained_cfg = config.get("pretrained_cfg", {})
         num_classes = config.get("num_classes", pretrained_cfg.get("num_classes", 1000))
-        model = timm.create_model(architecture, pretrained=False, num_classes=num_classes,
-                                  **config.get("model_args", {}))
+        model = timm.create_model(architecture, pretrained=False, **{"num_classes": num_classes,
+                                                                      **config.get("model_args", {})})
         model.load_state_dict(load_file(str(_file(source, WEIGHTS))))
         model.pretrained_cfg = {**model.pretrained_cfg, **pretrained_cfg}
         labels = config.get("label_names") or pretrained_cfg.get("label_names")
