@@ -3,6 +3,8 @@ student from the teacher (CoOp, CasPL)."""
 
 from __future__ import annotations
 
+import torch
+
 import compare
 from analysis.attention import normalise_map
 from compare.drawing import heat_overlay
@@ -31,8 +33,9 @@ from weights.registry import get_pair
 
 def run_classification(image, pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 5 shapes"],
                        prompt: str = "", template: str = "", students: str | list[str] | None = None) -> tuple:
-    """The Classify button: :func:`classify`'s outputs and the patch-to-top-class similarity overlays of the
-    teacher and the first chosen student, all from one forward of each image tower."""
+    """The Classify button: :func:`classify`'s outputs and the patch-to-top-class similarity maps ((h, w) in
+    [0, 1], or None) of the teacher and the first chosen student, all from one forward of each image tower; the
+    page draws the maps afterwards (:func:`similarity_overlays`), outside the GPU queue."""
     spec, chosen, predictors = compare.load(pair, students, "classification")
     names, notes = parse_classes(class_names)
     template = check_template(template)
@@ -43,8 +46,19 @@ def run_classification(image, pair: str = DEFAULT_PAIR, class_names: str = PRESE
     maps = []
     for name in ("teacher", result.names[0]):
         heat = similarity_map(predictors[name], result.patches[name], template.format(top))
-        maps.append(None if heat is None else heat_overlay(array, normalise_map(heat[None])[0]))
+        maps.append(None if heat is None else normalise_map(heat[None])[0].cpu().numpy())
     return top_k_figure(report), report, tuple(maps)
+
+
+def similarity_overlays(image, maps: tuple | None) -> tuple:
+    """The similarity maps of a run drawn over its image, with their colour bars (two Nones when there are none)."""
+    if not maps or image is None:
+        return None, None
+    try:
+        array, _ = compare.read_image(image)
+    except compare.InputError:  # the image was cleared or replaced after the run
+        return None, None
+    return tuple(None if m is None else heat_overlay(array, torch.from_numpy(m)) for m in maps)
 
 
 @on_gpu
@@ -200,7 +214,7 @@ def build_classification_tab() -> None:
         event.failure(lambda: (None, None, "", None, None), None, [plot, report, summary, *maps],
                       api_visibility="private")
         wire_student_picker(pair, students)
-        event.then(lambda shown: tuple(shown or (None, None)), similarity, maps, api_visibility="private")
+        event.then(similarity_overlays, [image, similarity], maps, api_visibility="private")
 
         @takes_request
         def run_tuning(pair, classes, method, name, files, per_class, steps, template, student, request,

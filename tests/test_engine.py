@@ -251,3 +251,12 @@ def test_a_timm_classifier_loads_from_a_folder_through_its_family(tmp_path):
         compare.compare(Pair("tiny-timm-bin", "classification", sources[0],
                              ModelSource("hub", str(pickled), "timm", family="timm"), "test only"),
                         render_scene(3).image)
+
+
+def test_the_readme_python_example_runs():
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Python"):readme.index("## Adding a model family")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md (Python)", "exec"), {})
