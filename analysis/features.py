@@ -67,7 +67,17 @@ def as_stage(name: str, tensor: torch.Tensor, height: int, width: int) -> Stage:
         tensor = tokens_to_map(tensor, height, width)
     if tensor.dim() != 4:
         raise ValueError(f"{name}: expected (B, C, h, w) or (B, N, C) features, got {tuple(tensor.shape)}")
-    return Stage(name, max(1, round(height / tensor.shape[-2])), tensor)
+    return Stage(name, infer_stride(height, tensor.shape[-2]), tensor)
+
+
+def infer_stride(size: int, cells: int) -> int:
+    """The stride of a map with ``cells`` rows over an input of ``size`` pixels: the power of two that convolution
+    arithmetic maps ``size`` to ``cells`` (⌈size / s⌉ or ⌊size / s⌋, as odd sizes give: 260 px -> 9 rows is stride
+    32), else the nearest whole ratio (a ViT's patch of 14)."""
+    for k in range(9):
+        if cells in (-(-size // 2**k), size // 2**k):
+            return 2**k
+    return max(1, round(size / cells))
 
 
 _RECORDERS: ContextVar[frozenset] = ContextVar("distill_lens_recorders", default=frozenset())

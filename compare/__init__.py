@@ -109,9 +109,11 @@ def compare(pair: str | Pair | ModulePair, images: Any, students: str | Sequence
         threshold: detection score threshold in [0, 1].
         latency: report warm latency and FLOPs (measured once per model and input shape, then cached; the first
             call for a shape runs a few extra timed forwards).
-        consensus: detection and segmentation: also the consensus analysis (per stage, CKA) from the same forwards.
+        consensus: also the consensus analysis (per stage, CKA) from the same forwards (detection, segmentation and
+            image classification; a classifier has no foreground, so ADM's foreground figures are None).
         tau, method: the analysis' softmax temperature and similarity (``"affinity"`` or ``"projection"``).
-        classes: CLIP pairs: the class names; ``template`` with one ``{}``; ``prompt`` a learned prompt's name.
+        classes: CLIP (``classification``) pairs: the class names; ``template`` with one ``{}``; ``prompt`` a learned
+            prompt's name. Image classifiers (``image-classification``) use their own labels.
 
     Returns:
         One result per image: :class:`DetectionComparison`, :class:`SegmentationComparison` or
@@ -122,7 +124,7 @@ def compare(pair: str | Pair | ModulePair, images: Any, students: str | Sequence
     """
     spec, chosen, predictors = load(pair, students)
     arrays, notes = read_images(images)
-    if spec.task in ("detection", "segmentation"):
+    if spec.task in ("detection", "segmentation", "image-classification"):
         try:
             threshold = float(threshold)
         except (TypeError, ValueError) as error:
@@ -134,17 +136,13 @@ def compare(pair: str | Pair | ModulePair, images: Any, students: str | Sequence
         return run_vision(VisionRequest(spec, chosen, arrays, notes, threshold, latency, consensus, tau, method),
                           predictors)
     if spec.task == "classification":
-        if not predictors["teacher"].family.zero_shot:
-            from compare.logits import classify_logits
-
-            return classify_logits(spec, chosen, predictors, arrays, notes, latency)
         from compare.zero_shot import check_template, parse_classes, zero_shot
 
         names, class_notes = parse_classes(", ".join(classes or []))
         return zero_shot(spec, chosen, predictors, arrays, names, check_template(template), prompt,
                          [class_notes + n for n in notes], latency)
-    raise InputError(f"{spec.name} is a {spec.task} pair; compare() takes detection, segmentation and "
-                     "classification pairs (generation: compare.generation.generate).")
+    raise InputError(f"{spec.name} is a {spec.task} pair; compare() takes detection, segmentation, classification "
+                     "and image-classification pairs (generation: compare.generation.generate).")
 
 
 def consensus(pair: str | Pair | ModulePair, image: Any, students: str | Sequence[str] | None = None,

@@ -211,7 +211,7 @@ class ConsensusResult:
         return out
 
 
-def consensus_of(pair: Pair, chosen: list[Student], stages: dict[str, list[Stage]], foreground: torch.Tensor,
+def consensus_of(pair: Pair, chosen: list[Student], stages: dict[str, list[Stage]], foreground: torch.Tensor | None,
                  image: np.ndarray, tau: float = DEFAULT_TAU, method: str = "affinity",
                  notes: list[str] | None = None) -> ConsensusResult:
     """The consensus result of one image from stages the caller's forwards gave.
@@ -219,12 +219,18 @@ def consensus_of(pair: Pair, chosen: list[Student], stages: dict[str, list[Stage
     Args:
         pair, chosen: the pair and its chosen students.
         stages: ``{"teacher": [...], <student name>: [...]}``, each stage (1, C, h, w) cropped to the image.
-        foreground: (H, W) bool, the teacher's foreground on its device.
+        foreground: (H, W) bool, the teacher's foreground on its device; None for a classifier (the foreground
+            figures are then None, with a note).
         image: RGB uint8 (H, W, 3).
         tau, method: as :func:`analyse_pair`.
         notes: notes on the input to start from.
     """
     overlays, per_student, notes = [], {}, list(notes or [])
+    undefined = foreground is None  # a classifier: no foreground, so ADM's foreground figures are undefined
+    if undefined:
+        foreground = torch.zeros((1, 1), dtype=torch.bool, device=stages["teacher"][0].features.device)
+        notes.append("An image classifier has no foreground (no boxes or mask): consensus and CKA are shown; ADM's "
+                     "foreground and background figures are not defined.")
     for student in chosen:
         try:
             drawn, result = analyse_pair(stages["teacher"], stages[student.name], foreground, image, tau, method)
@@ -239,6 +245,9 @@ def consensus_of(pair: Pair, chosen: list[Student], stages: dict[str, list[Stage
         prefix = f"{student.name} · " if len(chosen) > 1 else ""
         overlays += [(picture, prefix + caption) for picture, caption in drawn]
         notes += [f"{student.name}: {n}" if len(chosen) > 1 else n for n in result.pop("notes")]
+        if undefined:
+            for stage in result["stages"]:
+                stage.update(dict.fromkeys(FIGURES[1:], None))
         means = [s["consensus_mean"] for s in result["stages"] if s["consensus_mean"] is not None]
         per_student[student.name] = {**result, "adm_training": adm,
                                      "agreement": {"consensus_mean": round(sum(means) / len(means), 4)
@@ -246,9 +255,13 @@ def consensus_of(pair: Pair, chosen: list[Student], stages: dict[str, list[Stage
     return ConsensusResult(pair.name, method, tau, chosen, overlays, per_student, notes)
 
 
+ANALYSED_TASKS = ("detection", "segmentation", "image-classification")
+
+
 def check_analysis_pair(pair: Pair, what: str = "The Analysis tab") -> None:
-    if pair.task not in ("detection", "segmentation"):
-        raise InputError(f"{what} takes detection or segmentation pairs; {pair.name} is {pair.task}.")
+    if pair.task not in ANALYSED_TASKS:
+        raise InputError(f"{what} takes detection, segmentation or image-classification pairs; {pair.name} is "
+                         f"{pair.task}.")
 
 
 # Attention for one target --------------------------------------------------------------------------------------
@@ -302,8 +315,19 @@ class Target:
 
 
 def choose_target(teacher: Predictor, outputs: Any, geometry: Geometry, target: str) -> Target:
-    """The teacher's target from its own outputs: a detection by rank or label, or a class by name (default the
-    largest non-background class of its mask)."""
+    """The teacher's target from its own outputs: a detection by rank or label, a class by name (segmentation:
+    default the largest non-background class of its mask; image classification: default its top-1 class)."""
+    if teacher.task == "image-classification":
+        probs = teacher.family.logits(teacher, outputs)[0].float().softmax(-1)
+        if (target or "").strip():
+            if target.strip() not in teacher.labels:
+                raise InputError(f"Unknown class {target.strip()[:40]!r}: name one of the teacher's "
+                                 f"{len(teacher.labels)} classes, e.g. {teacher.labels[int(probs.argmax())]!r}.")
+            label = teacher.labels.index(target.strip())
+        else:
+            label = int(probs.argmax())
+        return Target(label, None, None, {"kind": "class", "label": teacher.labels[label],
+                                          "teacher_prob": round(float(probs[label]), 4)})
     if teacher.task == "detection":
         detections = teacher.detections(outputs, [geometry], 0.0)[0]  # ranked; rank 0 is the teacher's best
         chosen = detections[detection_target(detections, str(target))]
@@ -356,6 +380,8 @@ def attention_map(predictor: Predictor, array: np.ndarray, target: Target | None
         if predictor.task == "detection":
             return predictor.family.detection_score(predictor, out, t.box, t.label, geometry, padded)
         logits = predictor.family.logits(predictor, out)
+        if predictor.task == "image-classification":
+            return logits[:, t.label].float()
         mask = torch.nn.functional.interpolate(t.region[None, None].float(), size=padded, mode="nearest")
         mask = torch.nn.functional.interpolate(mask, size=logits.shape[-2:], mode="area").to(logits.device)
         return (logits[:, t.label].float() * mask[:, 0]).sum((1, 2)) / mask.sum().clamp_min(1)

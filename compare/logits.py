@@ -1,39 +1,17 @@
-"""Image classifiers with their own label set (timm models, your modules): probabilities from each model's logits
-and their agreement with the teacher's."""
+"""Agreement of two classifiers over one label set (timm models, your modules)."""
 
 from __future__ import annotations
 
-import numpy as np
+import torch
 
-from compare.results import ClassificationComparison
-from compare.vision import forward_batched, profile
 from compare.zero_shot import agreement
-from weights.predictors import Predictor
-from weights.registry import Pair, Student
+
+TOP_K = 5
 
 
-def classify_logits(pair: Pair, chosen: list[Student], predictors: dict[str, Predictor], images: list[np.ndarray],
-                    notes: list[list[str]], latency: bool = True) -> list[ClassificationComparison]:
-    """Every model once over the images; softmax of each model's (B, K) logits over the teacher's labels.
-
-    Raises:
-        ValueError: a student whose logits do not have the teacher's number of classes.
-    """
-    probs, profiles = {}, {}
-    classes = predictors["teacher"].labels
-    for name, p in predictors.items():
-        prepared = [p.prepare(image) for image in images]
-        forwarded = forward_batched(p, prepared, with_stages=False)
-        probs[name] = [None] * len(images)
-        for group in forwarded:
-            logits = p.family.logits(p, group.outputs).float()
-            if logits.shape[-1] != len(classes):
-                raise ValueError(f"{name} gives {logits.shape[-1]} logits; the teacher's labels are {len(classes)}")
-            distribution = logits.softmax(-1).cpu()
-            for k, i in enumerate(group.indices):
-                probs[name][i] = distribution[k]
-        profiles[name] = profile(p, prepared, forwarded, latency)
-    return [ClassificationComparison(
-        pair.name, chosen, profiles, list(notes[i]), None, classes, {n: probs[n][i] for n in predictors}, {},
-        {s.name: agreement(probs["teacher"][i], probs[s.name][i]) for s in chosen}, {})
-        for i in range(len(images))]
+def logits_agreement(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> dict:
+    """Top-1 match, the overlap of the two top fives (a share in [0, 1]), KL(teacher ‖ student), Jensen-Shannon
+    divergence and Spearman rank correlation over all classes, from (K,) probabilities."""
+    k = min(TOP_K, teacher_probs.numel())
+    top_t, top_s = set(teacher_probs.topk(k).indices.tolist()), set(student_probs.topk(k).indices.tolist())
+    return {**agreement(teacher_probs, student_probs), "top5_overlap": round(len(top_t & top_s) / k, 4)}

@@ -3,7 +3,7 @@ says how an image becomes the model's input and how its outputs read.
 
     from compare import ModulePair, TaskAdapter, compare
     pair = ModulePair(teacher, {"small": student}, TaskAdapter("classification", labels=["cat", "dog"]))
-    results = compare(pair, ["cat.png", "dog.png"])
+    results = compare(pair, ["cat.png", "dog.png"])  # agreement, probabilities, cost of each model
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from weights.families import Family, Geometry
 from weights.predictors import Predictor
 from weights.registry import Pair, Student
 
-TASKS = ("detection", "segmentation", "classification")
+TASKS = ("detection", "segmentation", "image-classification")
 
 
 def default_preprocess(image: np.ndarray) -> torch.Tensor:
@@ -32,7 +32,8 @@ class TaskAdapter:
     """How the engine reads one task's model.
 
     Args:
-        task: ``"classification"`` (outputs: (B, K) logits), ``"segmentation"`` (outputs: (B, K, h, w) class logits
+        task: ``"image-classification"`` (outputs: (B, K) logits; ``"classification"`` is taken for it too),
+            ``"segmentation"`` (outputs: (B, K, h, w) class logits
             at any resolution; resized to the image), or ``"detection"`` (outputs: a list of B dicts with ``boxes``
             (N, 4) xyxy in the model input's pixels, ``scores`` (N,), ``labels`` (N,) int64 indices into
             ``labels``).
@@ -52,6 +53,8 @@ class TaskAdapter:
     stages: Callable | None = None
 
     def __post_init__(self):
+        if self.task == "classification":
+            self.task = "image-classification"
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if not self.labels or not all(isinstance(n, str) for n in self.labels):

@@ -148,3 +148,17 @@ class ClassificationComparison(Comparison):
         return {"pair": self.pair, "classes": self.classes, "teacher": self.side("teacher"),
                 **students_report(self.students, per_student, "kl", higher_is_better=False),
                 "notes": list(self.notes)}
+
+
+@dataclass
+class ImageClassificationComparison(ClassificationComparison):
+    """A classifier pair on one image, over the teacher's own label set (e.g. ImageNet's 1,000 classes): ``probs``
+    as for CLIP; the report lists each model's top five instead of every class, and the agreement adds the overlap of
+    the two top fives."""
+
+    def side(self, name: str) -> dict:
+        probs = self.probs[name]
+        values, indices = probs.topk(min(5, probs.numel()))
+        return {"top5": [{"label": self.classes[i], "prob": round(float(v), 5)}
+                         for v, i in zip(values.tolist(), indices.tolist(), strict=True)],
+                **self.profiles[name].to_json()}

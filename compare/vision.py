@@ -18,8 +18,10 @@ from analysis.agreement import detection_agreement, segmentation_agreement
 from analysis.features import Stage
 from analysis.profiling import Stopwatch
 from compare.analysis import FOREGROUND_SCORE, ConsensusResult, consensus_of
+from compare.inputs import InputError
 from compare.latency import LATENCY, latency_key
-from compare.results import DetectionComparison, Profile, SegmentationComparison
+from compare.logits import logits_agreement
+from compare.results import DetectionComparison, ImageClassificationComparison, Profile, SegmentationComparison
 from weights.predictors import Detection, Geometry, Predictor, valid_region
 from weights.registry import Pair, Student
 
@@ -129,17 +131,16 @@ def run_vision(request: VisionRequest, predictors: dict[str, Predictor],
         forwarded = forward_batched(predictor, prepared, request.consensus)
         outputs[name], stages[name] = [None] * len(images), [None] * len(images)
         for group in forwarded:
-            read = (predictor.detections(group.outputs, group.geometries, request.threshold)
-                    if pair.task == "detection" else predictor.class_maps(group.outputs, group.geometries))
+            read = READERS[pair.task](predictor, group, request.threshold)
             for k, i in enumerate(group.indices):
                 outputs[name][i] = read[k]
                 if group.stages is not None:
                     stages[name][i] = group.stages[k]
-                    if name == "teacher":
+                    if name == "teacher" and pair.task != "image-classification":  # a classifier has none
                         foregrounds[i] = predictor.foreground(group.outputs, group.geometries[k], FOREGROUND_SCORE,
                                                               index=k)
         profiles[name] = profile(predictor, prepared, forwarded, request.latency)
-    build: Callable = _detection_result if pair.task == "detection" else _segmentation_result
+    build: Callable = BUILDERS[pair.task]
     results = []
     for i, image in enumerate(images):
         analysis: ConsensusResult | None = None
@@ -167,3 +168,27 @@ def _segmentation_result(pair, chosen, predictors, maps, profiles, notes, analys
         block["per_class"] = {classes[i]: v for i, v in block["per_class"].items()}
         agreement[s.name] = block
     return SegmentationComparison(pair.name, chosen, profiles, notes, analysis, classes, maps, agreement)
+
+
+def _classification_result(pair, chosen, predictors, probs, profiles, notes, analysis,
+                           ) -> ImageClassificationComparison:
+    agreement = {s.name: logits_agreement(probs["teacher"], probs[s.name]) for s in chosen}
+    return ImageClassificationComparison(pair.name, chosen, profiles, notes, analysis, predictors["teacher"].labels,
+                                         probs, {}, agreement, {})
+
+
+def _probabilities(predictor: Predictor, group: Forwarded, _threshold: float) -> list[torch.Tensor]:
+    logits = predictor.family.logits(predictor, group.outputs).float()
+    if logits.shape[-1] != len(predictor.labels):
+        raise InputError(f"{predictor.source.display_name if predictor.source else 'a model'} gives "
+                         f"{logits.shape[-1]} logits for {len(predictor.labels)} class names.")
+    return list(logits.softmax(-1).cpu())
+
+
+READERS: dict[str, Callable] = {
+    "detection": lambda p, group, threshold: p.detections(group.outputs, group.geometries, threshold),
+    "segmentation": lambda p, group, _threshold: p.class_maps(group.outputs, group.geometries),
+    "image-classification": _probabilities,
+}
+BUILDERS: dict[str, Callable] = {"detection": _detection_result, "segmentation": _segmentation_result,
+                                 "image-classification": _classification_result}

@@ -10,11 +10,12 @@ COLUMNS = ("licence", "name", "task", "status", "teacher", "students", "size")
 
 
 def pairs() -> list[dict]:
-    """All registered pairs: ``[{name, task, source ("builtin"|"hub"), teacher, teacher_params, students: [{name,
-    source, method, licence, params}], licence, description, status, size_mb, ...}]``. ``params`` is read from the
-    weights' file header when the weights are on this machine (builtin, or already in the Hub cache), else None;
-    ``status`` is ``builtin``, ``cached`` or ``not downloaded``; ``size_mb`` sums the weights at hand. ``student`` (the
-    default student's source) is kept for one release: read ``students``."""
+    """All registered pairs: ``[{name, task, source ("builtin"|"package"|"hub"), teacher, teacher_params,
+    students: [{name, source, method, licence, params}], licence, description, status, size_mb, ...}]``. ``params``
+    is read from the weights' file header when the weights are on this machine (builtin, installed, or already in the
+    Hub cache), else None; ``status`` is ``builtin``, ``installed`` (weights from a Python package), ``cached`` or
+    ``not downloaded``; ``size_mb`` sums the weights at hand. ``student`` (the default student's source) is kept for
+    one release: read ``students``."""
     rows = []
     for pair in list_pairs():
         row = pair.summary()
@@ -23,7 +24,8 @@ def pairs() -> list[dict]:
         for block, student in zip(row["students"], pair.students, strict=True):
             block["params"] = stored_parameters(student.source)
         at_hand = [weights_at_hand(source) for source in sources]
-        row["status"] = "builtin" if pair.source == "builtin" else ("cached" if all(at_hand) else "not downloaded")
+        row["status"] = {"builtin": "builtin", "package": "installed" if all(at_hand) else "not installed"}.get(
+            pair.source, "cached" if all(at_hand) else "not downloaded")
         row["size_mb"] = round(sum(stored_bytes(source) or 0 for source in sources) / 2**20, 1) if any(at_hand) \
             else None
         rows.append(row)

@@ -92,10 +92,13 @@ def pair_choice(pair) -> tuple[str, str]:
 
     if pair.source == "builtin":
         where = "builtin"
+    elif pair.source == "package":
+        where = "real weights, installed"
     else:
         sources = [pair.teacher, *(s.source for s in pair.students)]
         where = "Hub, cached" if all(weights_at_hand(s) for s in sources) else "Hub, downloads on first use"
     return f"{pair.name} · {where}", pair.name
+
 
 def pair_dropdown(tasks: tuple[str, ...], value: str):
     """The "Pair" menu of a tab: every registered pair of these tasks, marked builtin or Hub (cached or not); other

@@ -65,7 +65,10 @@ def test_pairs_endpoint(client):
     assert by_name["shapes-detection"]["source"] == "builtin"
     assert by_name["rtdetr-r101vd-to-r18vd"]["teacher"] == "PekingU/rtdetr_r101vd_coco_o365"
     assert "non-commercial" in by_name["segformer-b5-to-b0-ade"]["licence"]
-    assert {p["task"] for p in pairs} <= {"detection", "segmentation", "classification", "generation"}
+    assert {p["task"] for p in pairs} <= {"detection", "segmentation", "classification", "image-classification",
+                                          "generation"}
+    lite = by_name["efficientnet-lite2-to-lite0"]
+    assert lite["status"] == "installed" and lite["source"] == "package" and lite["teacher_params"] == 6_092_072
 
 
 def test_detect_endpoint(client, scene_file):

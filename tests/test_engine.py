@@ -203,8 +203,9 @@ def test_your_own_classifier_and_detector():
                                      torch.nn.Linear(4, 3))
     adapter = compare.TaskAdapter("classification", ["cat", "dog", "cup"])
     [result] = compare.compare(compare.ModulePair(classifier, classifier, adapter), render_scene(1).image)
-    assert result.agreement["student"] == {"top1_match": True, "kl": 0.0, "js": 0.0, "spearman": 1.0}
-    assert abs(sum(result.to_json()["teacher"]["probs"].values()) - 1) < 1e-4
+    assert result.agreement["student"] == {"top1_match": True, "kl": 0.0, "js": 0.0, "spearman": 1.0,
+                                           "top5_overlap": 1.0}
+    assert abs(float(result.probs["teacher"].sum()) - 1) < 1e-4 and len(result.to_json()["teacher"]["top5"]) == 3
 
     class Detector(torch.nn.Module):
         def __init__(self, shift: float):
@@ -238,7 +239,7 @@ def test_a_timm_classifier_loads_from_a_folder_through_its_family(tmp_path):
                                safe_serialization=True)
         folders.append(tmp_path / name)
     sources = [ModelSource("hub", str(f), "timm", family="timm") for f in folders]
-    pair = Pair("tiny-timm", "classification", sources[0], sources[1], "test only")
+    pair = Pair("tiny-timm", "image-classification", sources[0], sources[1], "test only")
     [result] = compare.compare(pair, render_scene(3).image)
     assert result.classes == ["a", "b", "c", "d"] and set(result.probs) == {"teacher", "student"}
     assert result.profiles["teacher"].params == sum(p.numel() for p in timm.create_model(
@@ -248,7 +249,7 @@ def test_a_timm_classifier_loads_from_a_folder_through_its_family(tmp_path):
     (pickled / "config.json").write_text((folders[1] / "config.json").read_text())
     (pickled / "pytorch_model.bin").write_bytes(b"pickled weights are never read")
     with pytest.raises(ModelUnavailableError, match="model.safetensors"):
-        compare.compare(Pair("tiny-timm-bin", "classification", sources[0],
+        compare.compare(Pair("tiny-timm-bin", "image-classification", sources[0],
                              ModelSource("hub", str(pickled), "timm", family="timm"), "test only"),
                         render_scene(3).image)
 

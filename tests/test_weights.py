@@ -14,9 +14,9 @@ def test_every_pair_is_well_formed():
         assert pair.task in TASKS and pair.licence
         summary = pair.summary()
         assert set(summary) >= {"name", "task", "source", "teacher", "student", "licence"}
-        assert summary["source"] in ("builtin", "hub")
+        assert summary["source"] in ("builtin", "package", "hub")
         for source in (pair.teacher, pair.student):
-            assert source.kind == "builtin" or source.revision, "Hub models carry a revision"
+            assert source.kind != "hub" or source.revision, "Hub models carry a revision"
 
 
 def test_unknown_pair_names_the_choices():

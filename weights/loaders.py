@@ -150,6 +150,8 @@ def stored_parameters(source: ModelSource) -> int | None:
     path = _weights_file(source)
     if path is None or not path.is_file():
         return None
+    if path.suffix != ".safetensors":  # a package's own file: its family counts the architecture's parameters
+        return family_of(source).parameters(source)
     try:
         with safe_open(str(path), framework="pt") as f:
             return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith(BUFFERS))

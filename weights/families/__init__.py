@@ -70,6 +70,10 @@ class Family:
         """The local safetensors file of a model when it is on this machine (no download), else None."""
         return None
 
+    def parameters(self, source: ModelSource) -> int | None:
+        """The model's parameter count without loading its weights, where the family can tell; else None."""
+        return None
+
     def labels(self, predictor: Predictor) -> list[str]:
         """Class names in output order: the pair's own, else the model config's ``id2label``."""
         if predictor.pair is not None and predictor.pair.labels:
