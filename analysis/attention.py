@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, contextmanager
 import torch
 import torch.nn.functional as F
 
-from analysis.features import StagesFn, forward_with_stages, hooked, this_call_only
+from analysis.features import StagesFn, as_stage, capture_modules, forward_with_stages, hooked, this_call_only
 
 
 def normalise_map(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -25,28 +25,47 @@ def normalise_map(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, target: Callable[[object], torch.Tensor],
              stage: int = -1, pattern: str | None = None, explicit: StagesFn | None = None,
-             ) -> tuple[torch.Tensor, object]:
-    """Grad-CAM: a stage's channels weighted by the spatial mean of the target's gradient, rectified.
+             tokens: str | None = None) -> tuple[torch.Tensor, object]:
+    r"""Grad-CAM (Selvaraju et al., 2017): a stage's channels weighted by the spatial mean of the target's gradient,
+    rectified.
 
     Args:
-        model: a CNN-like model whose stages are NCHW maps (see :func:`analysis.features.forward_with_stages`).
+        model: a CNN-like model whose stages are NCHW maps (see :func:`analysis.features.forward_with_stages`), or a
+            token model with ``tokens`` given.
         pixels: (B, 3, H, W) inputs; not modified.
         target: maps the model's outputs to a (B,) score, e.g. a class logit at a box centre.
-        stage: index into the stages sorted by stride (-1: the coarsest).
+        stage: index into the stages sorted by stride (-1: the coarsest); with ``tokens``, into the hooked modules
+            in forward order (-1: the deepest).
         pattern: module-name regex for the hook fallback.
         explicit: the model's feature method (see :func:`analysis.features.forward_with_stages`).
+        tokens: a module-name regex of a token model's blocks (e.g. ``blocks\.\d+`` for a ViT): the gradient is
+            taken on that block's own (B, N, C) output, the tensor the rest of the model reads, and both are then
+            laid out on the patch grid (prefix tokens dropped), as pytorch-grad-cam's reshape transform does.
 
     Returns:
         ``(cam, outputs)``: (B, h, w) maps in [0, 1] on the stage's grid, and the model's outputs.
+
+    Raises:
+        ValueError: no feature map inside the graph (e.g. a ViT without ``tokens``).
     """
     inputs = pixels.detach().clone().requires_grad_(True)  # keeps a graph even when no parameter needs grad
+    height, width = pixels.shape[-2:]
     with torch.enable_grad():
-        outputs, stages = forward_with_stages(model, inputs, pattern, explicit)
-        features = stages[stage].features
-        if stages[stage].features.dim() != 4 or features.grad_fn is None and not features.requires_grad:
-            raise ValueError("Grad-CAM needs NCHW feature maps inside the graph; use attention rollout for ViTs")
-        score = target(outputs)
-        (gradient,) = torch.autograd.grad(score.sum(), features)
+        if tokens is not None:
+            with capture_modules(model, tokens) as captured:
+                outputs = model(inputs)
+            name, raw = list(captured.items())[stage]
+            (raw_gradient,) = torch.autograd.grad(target(outputs).sum(), raw)
+            features = as_stage(name, raw.detach(), height, width).features
+            gradient = as_stage(name, raw_gradient, height, width).features
+        else:
+            outputs, stages = forward_with_stages(model, inputs, pattern, explicit)
+            features = stages[stage].features
+            if features.dim() != 4 or features.grad_fn is None and not features.requires_grad:
+                raise ValueError("Grad-CAM needs NCHW feature maps inside the graph; give a token model's blocks "
+                                 "as `tokens`")
+            score = target(outputs)
+            (gradient,) = torch.autograd.grad(score.sum(), features)
     weights = gradient.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * features.detach()).sum(1))
     return normalise_map(cam), outputs

@@ -36,6 +36,7 @@ from compare.results import (
     ClassificationComparison,
     Comparison,
     DetectionComparison,
+    ImageClassificationComparison,
     Profile,
     SegmentationComparison,
 )
@@ -44,8 +45,9 @@ from weights.predictors import Predictor, predictors_for
 from weights.registry import Pair, Student, get_pair
 
 __all__ = ["AttentionResult", "ClassificationComparison", "Comparison", "ConsensusResult", "DetectionComparison",
-           "InputError", "ModulePair", "Profile", "SegmentationComparison", "TaskAdapter", "attention", "compare",
-           "consensus", "load", "read_images"]
+           "ImageClassificationComparison", "InputError", "ModulePair", "Profile", "SegmentationComparison",
+           "TaskAdapter", "attention", "classify_image", "compare", "consensus", "detect", "load", "read_images",
+           "segment"]
 
 
 def read_images(images: Any) -> tuple[list[np.ndarray], list[list[str]]]:
@@ -210,3 +212,41 @@ def segment(image: Any, pair: str | Pair | ModulePair = "shapes-segmentation",
     """A segmentation pair's teacher and one or two students on one image (the ``/segment`` request); arguments
     as :func:`detect`."""
     return _one("segmentation", image, pair, students, consensus=consensus, latency=latency)
+
+
+def classify_image(image: Any, pair: str | Pair | ModulePair = "efficientnet-lite2-to-lite0",
+                   students: str | Sequence[str] | None = None, explain_top: bool = True, latency: bool = True,
+                   ) -> tuple[ImageClassificationComparison, AttentionResult | None]:
+    """An image-classification pair's teacher and one or two students on one image, and (``explain_top``) Grad-CAM
+    of the teacher's top class on the teacher and the first student, from the same forwards: each model runs once.
+
+    Returns:
+        ``(comparison, attention)``: probabilities over the teacher's labels, agreement (top-1 match, top-5 overlap,
+        KL, JS, Spearman), each model's cost; and the attention maps (None without ``explain_top``).
+    """
+    from types import SimpleNamespace
+
+    from analysis.profiling import Stopwatch
+    from compare.latency import profile_of
+    from compare.vision import _classification_result
+
+    spec, chosen, predictors = load(pair, students, "image-classification")
+    arrays, notes = read_images(image)
+    if not explain_top:
+        return run_vision(VisionRequest(spec, chosen, arrays[:1], notes[:1], latency=latency), predictors)[0], None
+    first = chosen[0]
+    attention = explain(spec, first, {"teacher": predictors["teacher"], "student": predictors[first.name]},
+                        arrays[0], "", notes[0])
+    runs = {"teacher": attention.explained["teacher"], first.name: attention.explained["student"]}
+    for student in chosen[1:]:  # a second student is not explained: one plain forward
+        p = predictors[student.name]
+        inputs, _ = p.prepare(arrays[0])
+        with Stopwatch(p.device) as watch:
+            outputs = p.forward(inputs)
+        runs[student.name] = SimpleNamespace(outputs=outputs, inputs=inputs, seconds=watch.seconds)
+    probs, profiles = {}, {}
+    for name, run in runs.items():
+        p = predictors[name]
+        probs[name] = p.family.logits(p, run.outputs).float().softmax(-1)[0].cpu()
+        profiles[name] = profile_of(p, run.inputs, run.seconds * 1000, latency)
+    return _classification_result(spec, chosen, predictors, probs, profiles, list(notes[0]), None), attention

@@ -351,13 +351,35 @@ def choose_target(teacher: Predictor, outputs: Any, geometry: Geometry, target: 
                                         "pixels": int(region.sum())})
 
 
+@dataclass
+class Explained:
+    """One model's explanation: its (h, w) map in [0, 1] on its own grid, the method's name, the target, and the
+    outputs and inputs of the forward that made it (so a caller needs no second forward for the predictions)."""
+
+    map: torch.Tensor
+    method: str
+    target: Target
+    outputs: Any
+    inputs: dict[str, torch.Tensor]
+    seconds: float = 0.0
+
+
 def attention_map(predictor: Predictor, array: np.ndarray, target: Target | None, target_text: str = "",
-                  ) -> tuple[torch.Tensor, str, Target]:
-    """One model's (h, w) map in [0, 1] for the target, from one forward of it, and the method's name.
+                  ) -> Explained:
+    """One model's map for the target, from one forward of it.
 
     With ``target`` None (the teacher), the target is chosen from this same forward's outputs
-    (:func:`choose_target` with ``target_text``) and returned; a student explains the teacher's target.
+    (:func:`choose_target` with ``target_text``); a student explains the teacher's target.
     """
+    from analysis.profiling import Stopwatch
+
+    with Stopwatch(predictor.device) as watch:
+        explained = _attention_map(predictor, array, target, target_text)
+    explained.seconds = watch.seconds
+    return explained
+
+
+def _attention_map(predictor: Predictor, array: np.ndarray, target: Target | None, target_text: str) -> Explained:
     inputs, geometry = predictor.prepare(array)
     pixels = inputs["pixel_values"]
     padded = tuple(pixels.shape[-2:])
@@ -370,8 +392,8 @@ def attention_map(predictor: Predictor, array: np.ndarray, target: Target | None
         locations, weights = captured[sorted(captured)[-1]]  # the last decoder layer
         w, h = geometry.width, geometry.height
         query = _query_for_box(outputs, torch.tensor(chosen[0].box) / torch.tensor([w, h, w, h]))
-        return (sampling_point_map(locations[0, query], weights[0, query], (h, w)), "deformable sampling points",
-                chosen[0])
+        return Explained(sampling_point_map(locations[0, query], weights[0, query], (h, w)),
+                         "deformable sampling points", chosen[0], outputs, inputs)
 
     def score(out):
         if chosen[0] is None:
@@ -387,9 +409,10 @@ def attention_map(predictor: Predictor, array: np.ndarray, target: Target | None
         return (logits[:, t.label].float() * mask[:, 0]).sum((1, 2)) / mask.sum().clamp_min(1)
 
     explicit = predictor.family.stages if predictor.family.explicit_stages else None
-    cam, _ = grad_cam(predictor.model, pixels, score, explicit=explicit)
+    cam, outputs = grad_cam(predictor.model, pixels, score, explicit=explicit,
+                            tokens=predictor.family.token_blocks(predictor))
     cam = valid_region(Stage("cam", 1, cam[:, None]), geometry, padded).features[0, 0]
-    return cam, "Grad-CAM (last stage)", chosen[0]
+    return Explained(cam, "Grad-CAM (last stage)", chosen[0], _detached(outputs), inputs)
 
 
 @dataclass
@@ -403,6 +426,7 @@ class AttentionResult:
     methods: dict[str, str]
     maps: dict[str, torch.Tensor]
     notes: list[str]
+    explained: dict[str, Explained] = field(default_factory=dict)  # per side: the forward behind each map
 
     @property
     def difference(self) -> torch.Tensor:
@@ -430,15 +454,17 @@ def explain(pair: Pair, student: Student, predictors: dict[str, Predictor], arra
             segmentation: a class name ('' = the largest non-background class in the teacher's mask).
     """
     notes = list(notes or [])
-    maps, methods, chosen = {}, {}, None
+    explained, chosen = {}, None
     for role in ("teacher", "student"):
         with exclusive(predictors[role].model):  # hooks on the shared model, for this call only
-            maps[role], methods[role], chosen = attention_map(predictors[role], array, chosen, target)
+            explained[role] = attention_map(predictors[role], array, chosen, target)
+            chosen = explained[role].target
+    methods = {r: e.method for r, e in explained.items()}
     size = array.shape[:2]
-    full = {r: torch.nn.functional.interpolate(maps[r][None, None].float().cpu(), size=size, mode="bilinear",
-                                               align_corners=False)[0, 0] for r in maps}
+    full = {r: torch.nn.functional.interpolate(e.map[None, None].float().cpu(), size=size, mode="bilinear",
+                                               align_corners=False)[0, 0] for r, e in explained.items()}
     for role in ("teacher", "student"):
         if not float(full[role].max()) > 0:
             notes.append(f"The {role}'s map is empty: its {methods[role]} gives no positive evidence for this target "
                          "(e.g. the gradient vanished); the difference then shows the other map alone.")
-    return AttentionResult(pair.name, student.name, chosen.info, methods, full, notes)
+    return AttentionResult(pair.name, student.name, chosen.info, methods, full, notes, explained)

@@ -79,3 +79,19 @@ def latency_key(predictor, inputs: dict[str, torch.Tensor]) -> tuple:
     """What a timing depends on: the model, the input's shape, its device and dtype."""
     pixels = inputs["pixel_values"]
     return (*predictor.key, tuple(pixels.shape), str(pixels.device), str(pixels.dtype))
+
+
+def profile_of(predictor, inputs: dict[str, torch.Tensor] | None, this_run_ms: float, latency: bool = True):
+    """A model's :class:`compare.results.Profile` in a request: its parameters, this request's own forward time per
+    image, and (``latency``) the warm latency and FLOPs of one image of this input shape, from :data:`LATENCY` or
+    measured once now."""
+    from compare.results import Profile
+
+    figures = Profile(predictor.params, this_run_ms=round(this_run_ms, 3))
+    if latency and inputs is not None:
+        measured, cached = LATENCY.measure(latency_key(predictor, inputs), lambda: predictor.forward(inputs),
+                                           predictor.device)
+        figures.latency_ms, figures.latency_iqr_ms, figures.runs = (measured.latency_ms, measured.latency_iqr_ms,
+                                                                   measured.runs)
+        figures.gflops, figures.latency_cached = measured.gflops, cached
+    return figures

@@ -162,3 +162,8 @@ class ImageClassificationComparison(ClassificationComparison):
         return {"top5": [{"label": self.classes[i], "prob": round(float(v), 5)}
                          for v, i in zip(values.tolist(), indices.tolist(), strict=True)],
                 **self.profiles[name].to_json()}
+
+    def to_json(self) -> dict:
+        report = super().to_json()
+        del report["classes"]  # the label set can have thousands of names: the count, and each model's top five
+        return {"pair": report.pop("pair"), "num_classes": len(self.classes), **report}

@@ -19,7 +19,7 @@ from analysis.features import Stage
 from analysis.profiling import Stopwatch
 from compare.analysis import FOREGROUND_SCORE, ConsensusResult, consensus_of
 from compare.inputs import InputError
-from compare.latency import LATENCY, latency_key
+from compare.latency import profile_of
 from compare.logits import logits_agreement
 from compare.results import DetectionComparison, ImageClassificationComparison, Profile, SegmentationComparison
 from weights.predictors import Detection, Geometry, Predictor, valid_region
@@ -64,18 +64,9 @@ def forward_batched(predictor: Predictor, prepared: list[tuple[dict, Geometry]],
 
 def profile(predictor: Predictor, prepared: list[tuple[dict, Geometry]], forwarded: list[Forwarded],
             latency: bool) -> Profile:
-    """The model's cost in this request: its own forward time per image, and (``latency``) the warm latency and
-    FLOPs of one image at the first image's input shape, from the latency cache or measured once now."""
+    """The model's cost in this request (:func:`compare.latency.profile_of`), at the first image's input shape."""
     this_run = sum(f.seconds for f in forwarded) / max(1, len(prepared)) * 1000
-    figures = Profile(predictor.params, this_run_ms=round(this_run, 3))
-    if latency and prepared:
-        inputs = prepared[0][0]
-        measured, cached = LATENCY.measure(latency_key(predictor, inputs), lambda: predictor.forward(inputs),
-                                           predictor.device)
-        figures.latency_ms, figures.latency_iqr_ms, figures.runs = (measured.latency_ms, measured.latency_iqr_ms,
-                                                                   measured.runs)
-        figures.gflops, figures.latency_cached = measured.gflops, cached
-    return figures
+    return profile_of(predictor, prepared[0][0] if prepared else None, this_run, latency)
 
 
 def with_f1(agreement: dict) -> dict:

@@ -15,8 +15,8 @@ from torchmetrics.functional import kl_divergence, spearman_corrcoef
 
 from compare.inputs import InputError, read_image
 from compare.jobs import Cancelled
-from compare.latency import LATENCY, latency_key
-from compare.results import ClassificationComparison, Profile
+from compare.latency import profile_of
+from compare.results import ClassificationComparison
 from methods.prompts import method_name, prompted_text_features, tune
 from weights.predictors import Predictor, predictors_for
 from weights.prompt_store import PromptError, load_prompt, sanitise_name, save_prompt
@@ -138,13 +138,8 @@ def zero_shot(pair: Pair, chosen: list[Student], predictors: dict[str, Predictor
             for k, i in enumerate(indices):
                 probs[name][i] = distribution[k]
                 patches[name][i] = None if tokens is None else tokens[k]
-        profiles[name] = Profile(p.params, this_run_ms=round(seconds / max(1, len(images)) * 1000, 3))
-        if latency and prepared:
-            inputs = prepared[0][0]
-            measured, cached = LATENCY.measure(latency_key(p, inputs), lambda p=p, x=inputs: p.forward(x), p.device)
-            profiles[name].latency_ms, profiles[name].latency_iqr_ms = measured.latency_ms, measured.latency_iqr_ms
-            profiles[name].runs, profiles[name].gflops = measured.runs, measured.gflops
-            profiles[name].latency_cached = cached
+        profiles[name] = profile_of(p, prepared[0][0] if prepared else None, seconds / max(1, len(images)) * 1000,
+                                    latency)
     return [ClassificationComparison(
         pair.name, chosen, profiles, list(notes[i]), None, names, {n: probs[n][i] for n in predictors}, used,
         {s.name: agreement(probs["teacher"][i], probs[s.name][i]) for s in chosen},

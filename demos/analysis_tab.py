@@ -178,7 +178,7 @@ def build_analysis_tab() -> None:
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="analysis-image")
                 examples("analysis", image)
-                pair = pair_dropdown(("detection", "segmentation"), DEFAULT_PAIR)
+                pair = pair_dropdown(("detection", "segmentation", "image-classification"), DEFAULT_PAIR)
                 students = student_picker("segmentation", DEFAULT_PAIR)
                 tau = gr.Slider(0.01, 2.0, value=DEFAULT_TAU, step=0.01, label="τ (softmax temperature)")
                 method = gr.Radio(list(METHODS), value="affinity", label="Similarity",
@@ -186,7 +186,8 @@ def build_analysis_tab() -> None:
                 stage = gr.Slider(0, 4, value=0, step=1, label="Stage (0 = finest shared stride)")
                 run = gr.Button("Analyse", variant="primary", elem_id="analysis-run")
                 target = gr.Textbox(value="", label="Attention target", placeholder="detection: rank or label; "
-                                    "segmentation: class name (empty = the main object)")
+                                    "segmentation or classification: class name (empty = the main object or the "
+                                    "teacher's top class)")
                 explain = gr.Button("Attention maps", elem_id="analysis-attention")
             with gr.Column(scale=2):
                 with gr.Row():

@@ -104,7 +104,8 @@ def build_dataset_tab() -> None:
             with gr.Column(scale=1):
                 archive = gr.File(label="Images (.zip)", file_types=[".zip"])
                 labels = gr.File(label="Labels (COCO-style .json, optional)", file_types=[".json"])
-                pair = pair_dropdown(("detection", "segmentation", "classification"), "shapes-detection")
+                pair = pair_dropdown(("detection", "segmentation", "classification", "image-classification"),
+                                     "shapes-detection")
                 students = student_picker("detection", "shapes-detection")
                 classes = gr.Textbox(value=DEFAULT_CLASSES, label="Class names (classification pairs)")
                 threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold "

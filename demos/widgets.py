@@ -74,16 +74,23 @@ def wire_student_picker(pair, picker) -> None:
 EXAMPLES_LABEL = ("Examples: Shapes scenes first (the builtin pairs know only the Shapes world: five shapes on "
                   "a noisy background); the photos are for Hub pairs")
 
+PHOTOS_LABEL = ("Examples: photos that scikit-image and scikit-learn ship (public domain, CC0, CC BY 2.0: "
+                "demos/examples/LICENCES.md)")
+
+
 def examples_for(task: str) -> list[str]:
-    """Example image paths for a tab: Shapes scenes (single objects for classification), then real photos."""
-    pattern = "single_*.png" if task == "classification" else "shapes_*.png"
-    return [str(p) for glob in (pattern, "photo_*.jpg") for p in sorted(EXAMPLES_DIR.glob(glob))]
+    """Example image paths for a tab: Shapes scenes (single objects for CLIP), then real photos; photos only for
+    image classifiers (ImageNet's)."""
+    patterns = {"classification": ("single_*.png", "photo_*.jpg"), "image-classification": ("photo_*.jpg",)}.get(
+        task, ("shapes_*.png", "photo_*.jpg"))
+    return [str(p) for glob in patterns for p in sorted(EXAMPLES_DIR.glob(glob))]
 
 def examples(task: str, image) -> None:
     """The tab's examples, placed right under its image input (above the fold), with an honest label."""
     import gradio as gr
 
-    gr.Examples(examples_for(task), inputs=[image], label=EXAMPLES_LABEL, elem_id=f"{task}-examples",
+    label = PHOTOS_LABEL if task == "image-classification" else EXAMPLES_LABEL
+    gr.Examples(examples_for(task), inputs=[image], label=label, elem_id=f"{task}-examples",
                 examples_per_page=8)
 
 def pair_choice(pair) -> tuple[str, str]:

@@ -63,7 +63,7 @@ def summarise(records: list[dict], pair, students: list[str], labels: Labels | N
         entry = {"agreement": {k: _stats([b["agreement"][k] for b in blocks]) for k in agreement_keys},
                  "disagreement": _stats([b["disagreement"] for b in blocks]),
                  "per_class": _per_class(ok, name, pair.task)}
-        if pair.task in ("detection", "segmentation"):
+        if pair.task in ("detection", "segmentation", "image-classification"):
             entry["consensus"] = {k: _stats([b["consensus"][k] for b in blocks])
                                   for k in ("mean", "foreground", "background")}
         per_student[name] = entry
@@ -143,6 +143,9 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels) ->
         sides = [r["teacher"] if model == "teacher" else r["students"][model] for r in named]
         predicted = torch.tensor([classes.index(side["top1"]) for side in sides])
         out[model] = {"top1": round(float(multiclass_accuracy(predicted, truth, len(classes), average="micro")), 4)}
+        if all("top5" in side for side in sides):  # image classifiers: is the label among the model's top five
+            hits = [labels.classes[r["image"]] in side["top5"] for r, side in zip(named, sides, strict=True)]
+            out[model]["top5"] = round(sum(hits) / len(hits), 4) if hits else None
     return out
 
 

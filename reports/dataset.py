@@ -59,8 +59,8 @@ DEFAULT_CLASSES = "circle, square, triangle, star, cross"
 
 def analyse_image(path: Path, spec: Pair, chosen: list[Student], predictors: dict, threshold: float,
                   classes: str, labels: Labels | None) -> tuple[dict, dict, dict[str, np.ndarray] | None]:
-    """One image through the engine: one forward of each model gives its boxes, masks or probabilities and, for
-    detection and segmentation, the consensus analysis.
+    """One image through the engine: one forward of each model gives its boxes, masks or probabilities and (all but
+    CLIP pairs) the consensus analysis.
 
     Returns:
         ``(record, timing, class maps)``: the ``results.jsonl`` record, the ``timing.jsonl`` record (this image's own
@@ -85,7 +85,13 @@ def analyse_image(path: Path, spec: Pair, chosen: list[Student], predictors: dic
         [result] = run_vision(VisionRequest(spec, chosen, [array], [notes], threshold, latency=False, consensus=True),
                               predictors)
         report = result.to_json()
-        if spec.task == "detection":
+        if spec.task == "image-classification":
+            record["teacher"] = {"top1": report["teacher"]["top5"][0]["label"],
+                                 "top5": [e["label"] for e in report["teacher"]["top5"]]}
+            record["students"] = {n: {"agreement": b["agreement"], "disagreement": b["agreement"]["js"],
+                                      "top1": b["top5"][0]["label"], "top5": [e["label"] for e in b["top5"]]}
+                                  for n, b in report["students"].items()}
+        elif spec.task == "detection":
             record["teacher"] = {"detections": report["teacher"]["detections"]}
             record["students"] = {n: {"agreement": b["agreement"], "disagreement": round(1 - b["agreement"]["f1"], 4),
                                       "detections": b["detections"]} for n, b in report["students"].items()}

@@ -125,6 +125,11 @@ class Family:
         """Image ``index``'s (1, K, h, w) logits over the image part of the input (padding dropped)."""
         return self.logits(predictor, outputs)[index:index + 1]
 
+    def token_blocks(self, predictor: Predictor) -> str | None:
+        """For a token model (a ViT), the module-name regex of its blocks, on whose outputs Grad-CAM takes its
+        gradient; None for models whose stages are feature maps."""
+        return None
+
     def attention_kind(self, predictor: Predictor) -> str:
         """How the Analysis tab explains one target on this model: ``"grad-cam"`` or ``"deformable"``."""
         return "grad-cam"

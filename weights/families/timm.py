@@ -197,5 +197,10 @@ class TimmFamily(Family):
     def logits(self, predictor, outputs):
         return outputs
 
+    def token_blocks(self, predictor):
+        model = predictor.model
+        is_vit = getattr(model, "num_prefix_tokens", None) is not None and hasattr(model, "patch_embed")
+        return r"blocks\.\d+" if is_vit else None
+
     def stages(self, model, pixels):
         return timm_stages(model, pixels)
