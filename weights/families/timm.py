@@ -62,8 +62,8 @@ def imagenet_labels() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TimmProcessor:
-    """What prepares a timm model's inputs and names its outputs: the eval transform of its pretrained config
-    (PIL image -> (3, h, w) float) and the class names in output order."""
+    """What prepares a timm model's inputs and names its outputs: the eval transform of its pretrained config with
+    the whole image resized to the input size (PIL image -> (3, h, w) float), and the class names in output order."""
 
     transform: Callable
     labels: list[str]
@@ -162,7 +162,10 @@ class TimmFamily(Family):
 
         if not labels and num_classes == 1000:
             labels = imagenet_labels()
-        data = timm.data.resolve_data_config(pretrained_cfg=model.pretrained_cfg)
+        # the whole image squashed to the input size (no centre crop), so that maps over the input are maps over the
+        # whole image (Grad-CAM, consensus overlays)
+        data = timm.data.resolve_data_config(pretrained_cfg=model.pretrained_cfg) | {"crop_pct": 1.0,
+                                                                                     "crop_mode": "squash"}
         return model.to(device=device, dtype=dtype).eval(), TimmProcessor(
             timm.data.create_transform(**data), list(labels or [f"class {i}" for i in range(num_classes)]))
 
