@@ -65,7 +65,7 @@ def click(driver, element, timeout: float = 30):
 
 # (tab, its id prefix, whether it has examples, what its visible summary must say after a run)
 TABS = (("Detection", "detection", True, "F1"), ("Segmentation", "segmentation", True, "mIoU"),
-        ("CLIP", "classification", True, "KL"), ("Diffusion", "generation", False, "seconds"),
+        ("Classification", "image-classification", True, "Grad-CAM"), ("CLIP", "classification", True, "KL"), ("Diffusion", "generation", False, "seconds"),
         ("Analysis", "analysis", True, "consensus"), ("Dataset", "dataset", False, None),
         ("Pairs", "pairs", False, None))
 
@@ -118,6 +118,13 @@ def test_every_tab_runs_its_default_example_in_a_real_browser(app_url, browser, 
         if key in ("detection", "segmentation"):  # the legend: one entry per box or class, as the panels draw
             legend = wait.until(lambda d, k=key: d.find_elements(By.CSS_SELECTOR, f"#{k}-teacher-view .legend-item"))
             assert legend and all(item.text.strip() for item in legend)
+        if key == "image-classification":  # the real pair on a photo: both Grad-CAM overlays load
+            for role in ("teacher", "student", "difference"):
+                image = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"#{key}-{role} img")))
+                wait.until(lambda d, img=image: d.execute_script("return arguments[0].complete && "
+                                                                 "arguments[0].naturalWidth > 0", img))
+            summary = browser.find_element(By.ID, f"{key}-summary").text
+            assert "Teacher:" in summary and "lite0:" in summary  # the real EfficientNet-Lite pair by default
         if key == "pairs":
             assert "adm-consensus" in browser.find_element(By.TAG_NAME, "body").text
         if key == "analysis":  # gallery captions (stage, teacher and student layer) are shown in full
