@@ -65,9 +65,9 @@ def click(driver, element, timeout: float = 30):
 
 # (tab, its id prefix, whether it has examples, what its visible summary must say after a run)
 TABS = (("Detection", "detection", True, "F1"), ("Segmentation", "segmentation", True, "mIoU"),
-        ("Classification", "image-classification", True, "Grad-CAM"), ("CLIP", "classification", True, "KL"), ("Diffusion", "generation", False, "seconds"),
-        ("Analysis", "analysis", True, "consensus"), ("Dataset", "dataset", False, None),
-        ("Pairs", "pairs", False, None))
+        ("Classification", "image-classification", True, "Grad-CAM"), ("CLIP", "classification", True, "KL"),
+        ("Diffusion", "generation", False, "seconds"), ("Analysis", "analysis", True, "consensus"),
+        ("Dataset", "dataset", False, None), ("Pairs", "pairs", False, None))
 
 
 def open_tab(driver, label: str) -> None:
