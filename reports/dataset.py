@@ -241,7 +241,7 @@ def gallery_pictures(items: list[dict], records: list[dict], images: list[Path],
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--images", type=Path, required=True, help="a folder of images, or a pattern ('DIR/*.jpg')")
     parser.add_argument("--pair", required=True)
     parser.add_argument("--students", default="", help="one or two student names, comma-separated")
     parser.add_argument("--out", type=Path, required=True)

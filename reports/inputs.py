@@ -17,10 +17,16 @@ MAX_ZIP_IMAGES = 500
 MAX_ZIP_BYTES = 200 * 2**20  # the uploaded archive
 MAX_ZIP_UNPACKED = 1024 * 2**20  # what it may expand to (zip bombs)
 def list_images(folder: Path, limit: int = MAX_IMAGES) -> list[Path]:
-    """Image files directly in ``folder`` (by suffix), sorted by name; at most ``limit``."""
-    if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder of images.")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files directly in ``folder`` (by suffix), sorted by name; at most ``limit``. ``folder`` may also be a
+    glob pattern of files (``demos/examples/photo_*.jpg``)."""
+    folder = Path(folder)
+    if any(c in str(folder.name) for c in "*?[") and folder.parent.is_dir():
+        candidates = folder.parent.glob(folder.name)
+    elif folder.is_dir():
+        candidates = folder.iterdir()
+    else:
+        raise InputError(f"{folder} is not a folder of images (or a pattern such as 'DIR/*.jpg').")
+    files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder}.")
     if len(files) > limit:
