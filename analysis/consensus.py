@@ -74,7 +74,8 @@ def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float 
         student: (B, Cs, h', w') features.
 
     Returns:
-        (B, h, w) similarity in [-1, 1] on the teacher's (possibly pooled) grid.
+        (B, h, w) similarity in [-1, 1] on the teacher's (possibly pooled) grid; NaN where it is undefined (a
+        location whose affinity row is constant on either side: features constant over the map, or one location).
     """
     t, s = _fit_grid(teacher, student)
     b, _, h, w = t.shape
@@ -100,12 +101,18 @@ def _affinity_terms(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8) -> tupl
             (torch.bmm(v, torch.bmm(vt, v)) * v).sum(-1))
 
 
+CONSTANT_ROW = 1e-6  # an affinity row whose variance (per location) is below this is constant: no correlation
+
+
 def _affinity_from_terms(terms: tuple[torch.Tensor, ...], n: int, eps: float = 1e-8) -> torch.Tensor:
-    """(B, N) Pearson correlation of affinity rows from :func:`_affinity_terms`' five sums."""
+    """(B, N) Pearson correlation of affinity rows from :func:`_affinity_terms`' five sums; NaN (undefined) where
+    either row is constant (features constant over the locations, or a single location)."""
     row_mean_t, row_mean_s, cross, square_t, square_s = terms
     covariance = cross - n * row_mean_t * row_mean_s
-    variance = (square_t - n * row_mean_t.square()).clamp_min(0) * (square_s - n * row_mean_s.square()).clamp_min(0)
-    return (covariance * variance.clamp_min(eps * eps).rsqrt()).clamp(-1, 1)
+    var_t, var_s = (square_t - n * row_mean_t.square()).clamp_min(0), (square_s - n * row_mean_s.square()).clamp_min(0)
+    correlation = (covariance * (var_t * var_s).clamp_min(eps * eps).rsqrt()).clamp(-1, 1)
+    constant = (var_t <= CONSTANT_ROW * n) | (var_s <= CONSTANT_ROW * n)
+    return correlation.masked_fill(constant, float("nan"))
 
 
 def projected_consensus(teacher: torch.Tensor, student: torch.Tensor, ridge: float = 1e-4,
@@ -163,11 +170,17 @@ def _spatial_softmax(scores: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Linear CKA of two representations of the same N samples: (N, C1), (N, C2) -> scalar in [0, 1]."""
+    """Linear CKA of two representations of the same N samples: (N, C1), (N, C2) -> scalar in [0, 1]; NaN when a
+    side is constant over the samples or N < :data:`MIN_CKA_LOCATIONS`."""
     x = x.float() - x.float().mean(0, keepdim=True)
     y = y.float() - y.float().mean(0, keepdim=True)
+    x = x / x.abs().max().clamp_min(torch.finfo(torch.float32).tiny)  # scale-free; no float32 overflow
+    y = y / y.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
     cross = (y.transpose(0, 1) @ x).square().sum()
-    return cross / ((x.transpose(0, 1) @ x).norm() * (y.transpose(0, 1) @ y).norm()).clamp_min(eps)
+    norms = (x.transpose(0, 1) @ x).norm() * (y.transpose(0, 1) @ y).norm()
+    if x.shape[0] < MIN_CKA_LOCATIONS or not float(norms) > eps:
+        return torch.tensor(float("nan"), device=x.device)
+    return cross / norms
 
 
 MAX_CKA_LOCATIONS = 1024  # the shared grid of the CKA matrix holds at most this many cells per image
@@ -186,8 +199,10 @@ def centred_grams(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tens
     """(K, N, N) Gram matrices over the N = B·h·w locations of ``grid``, of each map's centred features.
 
     Each map is pooled once to the grid; maps of one shape (a ViT's blocks) are pooled and multiplied as one batch.
-    A Gram matrix is N x N whatever the map's width, so maps of any width stack without padding; all of them are
-    then centred at once (``H K H`` with ``H = I - 1/N``, the Gram of the features minus their mean location).
+    The features are centred over the locations *before* the product (a large mean on every channel would otherwise
+    cancel in float32 and leave rounding error) and scaled by their largest magnitude (CKA does not depend on the
+    scale; features around 1e20 would overflow a float32 product). A Gram matrix is N x N whatever the map's width,
+    so maps of any width stack without padding.
     """
     groups: dict[tuple, list[int]] = {}
     for k, m in enumerate(maps):
@@ -197,18 +212,23 @@ def centred_grams(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tens
         stacked = torch.cat([maps[k] for k in members]) if len(members) > 1 else maps[members[0]]
         pooled = pool_to(stacked, grid).float()  # (G*B, C, h, w); pooled in its own precision, cast after
         x = pooled.reshape(len(members), -1, shape[1], grid[0] * grid[1]).transpose(2, 3).flatten(1, 2)  # (G, N, C)
+        x = x - x.mean(1, keepdim=True)
+        x = x / x.abs().amax((1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         blocks.append(torch.bmm(x, x.transpose(1, 2)))
     order = [k for members in groups.values() for k in members]
     grams = torch.cat(blocks) if len(blocks) > 1 else blocks[0]  # (K, N, N) in group order
     if order != sorted(order):  # groups interleave: back to the maps' order
         grams = torch.stack([grams[order.index(k)] for k in range(len(maps))])
-    row = grams.mean(2, keepdim=True)  # (K, N, 1); a Gram matrix is symmetric, so its column means are row.mT
-    return grams - row - row.transpose(1, 2) + row.mean(1, keepdim=True)
+    return grams
+
+
+MIN_CKA_LOCATIONS = 3  # with two locations (or one) the centred features are collinear: CKA is 1 (or 0/0) whatever
 
 
 def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor],
                max_locations: int = MAX_CKA_LOCATIONS, eps: float = 1e-12) -> torch.Tensor:
-    """Linear CKA between every teacher stage and every student stage, over the batch's locations.
+    """Linear CKA (Kornblith et al., 2019) between every teacher stage and every student stage, over the batch's
+    locations.
 
     All maps are pooled once to one shared grid (the coarsest of them); then the whole matrix comes from stacked
     centred Gram matrices in one product: ``CKA(i, j) = <K_i, L_j> / (|K_i| |L_j|)``.
@@ -219,12 +239,19 @@ def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor],
         max_locations: most cells per image of the shared grid.
 
     Returns:
-        (T, S) matrix on the teacher maps' device.
+        (T, S) matrix in [0, 1] on the teacher maps' device; NaN (undefined) where a side's features are constant
+        over the locations, and everywhere when the grid has fewer than :data:`MIN_CKA_LOCATIONS` locations.
     """
     grid = shared_grid(teacher + student, max_locations)
     grams = centred_grams(teacher + [s.to(teacher[0].device) for s in student], grid).flatten(1)  # (T+S, N*N)
-    grams = grams / grams.norm(dim=1, keepdim=True).clamp_min(eps)
-    return grams[: len(teacher)] @ grams[len(teacher):].T
+    norms = grams.norm(dim=1, keepdim=True)
+    grams = grams / norms.clamp_min(eps)
+    matrix = grams[: len(teacher)] @ grams[len(teacher):].T
+    constant = norms[:, 0] <= eps
+    undefined = constant[: len(teacher), None] | constant[None, len(teacher):]
+    if teacher[0].shape[0] * grid[0] * grid[1] < MIN_CKA_LOCATIONS:
+        undefined = torch.ones_like(undefined)
+    return matrix.masked_fill(undefined, float("nan"))
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -30,6 +30,7 @@ from compare.analysis import (
     check_analysis_pair,
     explain,
 )
+from compare.checks import number
 from compare.inputs import InputError, read_image
 from compare.modules import ModulePair, TaskAdapter
 from compare.results import (
@@ -127,12 +128,7 @@ def compare(pair: str | Pair | ModulePair, images: Any, students: str | Sequence
     spec, chosen, predictors = load(pair, students)
     arrays, notes = read_images(images)
     if spec.task in ("detection", "segmentation", "image-classification"):
-        try:
-            threshold = float(threshold)
-        except (TypeError, ValueError) as error:
-            raise InputError(f"threshold must be a number in [0, 1], got {threshold!r}.") from error
-        if not 0.0 <= threshold <= 1.0:
-            raise InputError(f"threshold must lie in [0, 1], got {threshold}.")
+        threshold = number(threshold, "threshold", 0.0, 1.0)
         if consensus:
             tau = check_analysis_options(tau, method)
         return run_vision(VisionRequest(spec, chosen, arrays, notes, threshold, latency, consensus, tau, method),
@@ -197,12 +193,7 @@ def detect(image: Any, pair: str | Pair | ModulePair = "shapes-detection", thres
         InputError: a threshold outside [0, 1] or not a number, an unreadable image; UnknownPairError and
             UnknownStudentError for names the registry does not hold.
     """
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"score_threshold must be a number in [0, 1], got {threshold!r}.") from error
-    if not 0.0 <= value <= 1.0:
-        raise InputError(f"score_threshold must lie in [0, 1], got {value}.")
+    value = number(threshold, "score_threshold", 0.0, 1.0)
     return _one("detection", image, pair, students, threshold=value, consensus=consensus, latency=latency)
 
 

@@ -22,6 +22,7 @@ from analysis.consensus import FIGURES, SIMILARITY, analyse_stages, projection_i
 from analysis.features import Stage, match_stages
 from analysis.graphs import GraphCache
 from analysis.readback import Layout, pack, unpack
+from compare.checks import number
 from compare.drawing import heat_overlay, heat_overlays, upload_image, with_colour_bar
 from compare.inputs import InputError
 from compare.jobs import exclusive
@@ -38,12 +39,7 @@ ANALYSIS_GRAPHS = GraphCache()
 
 def check_analysis_options(tau, method: str) -> float:
     """``tau`` as a float in [0.001, 100] and ``method`` one of :data:`METHODS`, else :class:`InputError`."""
-    try:
-        tau = float(tau)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"tau must be a positive number, got {tau!r}.") from error
-    if not 1e-3 <= tau <= 100:
-        raise InputError(f"tau must lie in [0.001, 100], got {tau}.")
+    tau = number(tau, "tau", 1e-3, 100.0)
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {str(method)[:40]!r}.")
     return tau
@@ -121,10 +117,19 @@ def analyse_pair(t_all: list[Stage], s_all: list[Stage], foreground: torch.Tenso
     stages = [{"teacher_layer": t.name, "student_layer": s.name, "stride": t.stride, "method": m,
                **{k: _number(v) for k, v in zip(FIGURES, row, strict=True)}}
               for (t, s), m, row in zip(pairs, methods, host["figures"], strict=True)]
+    matrix = [[_number(v) for v in row] for row in host["cka"].astype(np.float64)]
+    undefined = [f"/{t.stride} {t.name} ↔ {s.name}" for (t, s), row in zip(pairs, stages, strict=True)
+                 if row["consensus_mean"] is None]
+    if undefined:
+        notes.append(f"Consensus is undefined at {', '.join(undefined)}: the features are constant over the image "
+                     "there (or the grid has one location), so no location is more alike than another; shown as –.")
+    if any(v is None for row in matrix for v in row):
+        notes.append("CKA is undefined (–) for stages whose features are constant over the image, and for grids of "
+                     "fewer than 3 locations.")
     report = {"method": method, "tau": tau, "stages": stages,
               "cka": {"teacher_layers": [f"{s.name} (/{s.stride})" for s in t_all],
                       "student_layers": [f"{s.name} (/{s.stride})" for s in s_all],
-                      "matrix": np.round(host["cka"].astype(np.float64), 4).tolist()},
+                      "matrix": matrix},
               "notes": notes}
     bars = [with_colour_bar(o, *(("agree less", "agree more") if i % 2 == 0 else ("disagree less", "disagree more")))
             for i, o in enumerate(host["overlays"])]

@@ -16,6 +16,7 @@ import torch
 from analysis.attention import capture_cross_attention
 from analysis.features import hooked
 from analysis.profiling import PeakMemory, Stopwatch
+from compare.checks import number
 from compare.drawing import heat_overlay
 from compare.inputs import InputError
 from compare.jobs import Cancelled, exclusive
@@ -40,24 +41,19 @@ def check_settings(pair, prompt: str, width, height, steps, guidance) -> tuple[s
         notes.append(f"The prompt was cut from {len(prompt):,} to {MAX_PROMPT_CHARS:,} characters (the text encoder "
                      "reads only its first tokens anyway).")
         prompt = prompt[:MAX_PROMPT_CHARS]
-    try:
-        width, height, steps, guidance = int(width), int(height), int(steps), float(guidance)
-    except (TypeError, ValueError) as error:
-        raise InputError("width, height and steps must be whole numbers and guidance a number.") from error
     native = max(pair.native["width"], pair.native["height"])
     limit = MAX_SCALE * native
-    for name, value in (("width", width), ("height", height)):
-        if not 32 <= value <= limit:
-            raise InputError(f"{name} must lie in [32, {limit}] for {pair.name} (up to {MAX_SCALE}x its native "
-                             f"{native} px), got {value}.")
+    try:
+        width, height = (number(v, f"{name} (up to {MAX_SCALE}x {pair.name}'s native {native} px)", 32, limit,
+                                integer=True) for name, v in (("width", width), ("height", height)))
+    except InputError as error:
+        raise InputError(str(error)) from None
+    steps = number(steps, "steps", 1, MAX_STEPS, integer=True)
+    guidance = number(guidance, "guidance", 0.0, 30.0)
     rounded = (8 * round(width / 8), 8 * round(height / 8))
     if rounded != (width, height):
         notes.append(f"Size rounded from {width}x{height} to {rounded[0]}x{rounded[1]} (a multiple of 8).")
         width, height = rounded
-    if not 1 <= steps <= MAX_STEPS:
-        raise InputError(f"steps must lie in [1, {MAX_STEPS}], got {steps}.")
-    if not 0.0 <= guidance <= 30.0:
-        raise InputError(f"guidance must lie in [0, 30], got {guidance}.")
     return prompt, width, height, steps, guidance, notes
 
 
@@ -98,9 +94,11 @@ def _insight(array: dict, records: dict, tokenizer, prompt: str, latent_hw: tupl
     t_blocks, s_blocks = records["teacher"]["blocks"], records["student"]["blocks"]
     for name in sorted(set(t_blocks) & set(s_blocks)):
         similarity = affinity_consensus(t_blocks[name][-1:], s_blocks[name][-1:])  # the conditional half
-        out["consensus"].append((heat_overlay(array["teacher"], normalise_map(similarity)[0]),
-                                 f"{name}: mean consensus {float(similarity.mean()):.3f}"))
-        out["figures"].append({"block": name, "consensus_mean": round(float(similarity.mean()), 4)})
+        mean = float(similarity.nanmean()) if bool(similarity.isfinite().any()) else None  # None: undefined
+        out["consensus"].append((heat_overlay(array["teacher"], normalise_map(similarity.nan_to_num(0.0))[0]),
+                                 f"{name}: mean consensus " + ("undefined (constant features)" if mean is None
+                                                               else f"{mean:.3f}")))
+        out["figures"].append({"block": name, "consensus_mean": None if mean is None else round(mean, 4)})
     ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
     words = [w.replace("</w>", "") for w in tokenizer.convert_ids_to_tokens(ids)[1:-1]]
     for role in ROLES:
@@ -144,7 +142,7 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
     """
     spec = get_pair(pair, "generation")
     prompt, width, height, steps, guidance, notes = check_settings(spec, prompt, width, height, steps, guidance)
-    seed = int(seed) % 2**32
+    seed = number(seed, "seed", -(2**63), 2**63 - 1, integer=True) % 2**32
     device = default_device()
     check_budget(device, steps, width, height)
     pipelines = load_generation_pair(spec, device)

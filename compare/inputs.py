@@ -16,6 +16,7 @@ MIN_SIDE = 8
 Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
 
 
+DOWNSCALE = f"Downscale it to at most {MAX_WORKING_SIDE} px on its long side (the app works at that size anyway)."
 UNREADABLE = ("Could not read the file as an image (it may be corrupt or not an image). "
               "Please upload a PNG, JPEG, WebP, BMP or TIFF image.")
 
@@ -64,7 +65,7 @@ def read_image(value: str | Path | np.ndarray | Image.Image | None) -> tuple[np.
                 image = Image.open(path)  # reads the header only: the size is known before any pixel is decoded
             if image.width * image.height > MAX_INPUT_PIXELS:
                 raise InputError(f"The image is {image.width:,}×{image.height:,} pixels, more than "
-                                 f"{MAX_INPUT_PIXELS:,}; please downscale it.")
+                                 f"{MAX_INPUT_PIXELS:,}: too large. {DOWNSCALE}")
             stored_width = image.width
             if image.format == "JPEG" and max(image.size) > 2 * MAX_WORKING_SIDE:
                 image.draft("RGB", (MAX_WORKING_SIDE, MAX_WORKING_SIDE))  # decode a large JPEG at 1/2, 1/4 or 1/8
@@ -81,7 +82,7 @@ def read_image(value: str | Path | np.ndarray | Image.Image | None) -> tuple[np.
             notes.append(f"Converted from {image.mode} to RGB.")
         image = _to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise InputError(f"The image has more than {MAX_INPUT_PIXELS:,} pixels; please downscale it.") from error
+        raise InputError(f"The image has more than {MAX_INPUT_PIXELS:,} pixels: too large. {DOWNSCALE}") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as error:
         if isinstance(error, InputError):
             raise

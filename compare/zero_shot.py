@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torchmetrics.functional import kl_divergence, spearman_corrcoef
 
+from compare.checks import number
 from compare.inputs import InputError, read_image
 from compare.jobs import Cancelled
 from compare.latency import profile_of
@@ -171,15 +172,28 @@ def _encode_batched(predictor: Predictor, prepared: list) -> list[tuple]:
 
 # Prompt tuning ------------------------------------------------------------------------------------------------
 
+def _name_key(name: str, dashes: bool = False) -> str:
+    """A class name as file names are compared with it: Unicode NFC (macOS writes file names decomposed),
+    case-folded, underscores (and with ``dashes``, hyphens) as spaces, spaces collapsed."""
+    import unicodedata
+
+    key = unicodedata.normalize("NFC", name).casefold().replace("_", " ")
+    return " ".join((key.replace("-", " ") if dashes else key).split())
+
+
 def _label_of(path: str, names: list[str]) -> int:
-    """The class of an uploaded tuning image, from its file name: ``red circle_3.png`` -> ``red circle``."""
+    """The class of an uploaded tuning image, from its file name ``<class>_<n>.<ext>``: everything before the last
+    ``_<n>`` (``hot_dog_1.png`` -> ``hot dog``, ``t-shirt_2.png`` -> ``t-shirt``, ``red circle_3.png`` ->
+    ``red circle``), compared after Unicode normalisation and case folding; a hyphen may stand for a space."""
     stem = Path(path).name.rsplit(".", 1)[0]
-    label = stem.split("_")[0].replace("-", " ").strip().lower()
-    lowered = [n.lower() for n in names]
-    if label not in lowered:
-        raise InputError(f"Cannot tell the class of {Path(path).name[:60]!r}: name files '<class>_<n>.png' with a "
-                         f"class from the list (e.g. '{names[0]}_1.png').")
-    return lowered.index(label)
+    head, _, tail = stem.rpartition("_")
+    label = head if head and tail.isdigit() else stem
+    for dashes in (False, True):
+        keys = [_name_key(n, dashes) for n in names]
+        if _name_key(label, dashes) in keys:
+            return keys.index(_name_key(label, dashes))
+    raise InputError(f"Cannot tell the class of {Path(path).name[:60]!r}: name files '<class>_<n>.png' with a "
+                     f"class from the list (e.g. '{names[0]}_1.png').")
 
 
 def _shapes_examples(names: list[str], per_class: int, start: int = TUNE_SEED_START,
@@ -255,9 +269,8 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
     student_name = chosen[0].name
     stem = sanitise_name(name) if (name or "").strip() else unique_prompt_name(spec.name, method)
     template = check_template(template)
-    steps, per_class = int(steps), int(per_class)
-    if not 1 <= steps <= MAX_TUNE_STEPS:
-        raise InputError(f"steps must lie in [1, {MAX_TUNE_STEPS}].")
+    steps = number(steps, "steps", 1, MAX_TUNE_STEPS, integer=True)
+    per_class = number(per_class, "per_class", 1, 16, integer=True)
     if files and len(files) > MAX_TUNE_IMAGES:
         raise InputError(f"{len(files)} images were uploaded; prompt tuning takes at most {MAX_TUNE_IMAGES}.")
     if files:

@@ -166,7 +166,7 @@ def wire_consensus_toggle(event, image, pair, toggle, overlay, students) -> None
 def build_analysis_tab() -> None:
     import gradio as gr
 
-    from demos.components import user_image
+    from demos.components import CheckedSlider, user_image
     from demos.jobs import GPU_QUEUE, user_errors
     from demos.widgets import pair_dropdown, student_picker, wire_student_picker
 
@@ -180,10 +180,10 @@ def build_analysis_tab() -> None:
                 examples("analysis", image)
                 pair = pair_dropdown(("detection", "segmentation", "image-classification"), DEFAULT_PAIR)
                 students = student_picker("segmentation", DEFAULT_PAIR)
-                tau = gr.Slider(0.01, 2.0, value=DEFAULT_TAU, step=0.01, label="τ (softmax temperature)")
+                tau = CheckedSlider(0.01, 2.0, value=DEFAULT_TAU, step=0.01, label="τ (softmax temperature)")
                 method = gr.Radio(list(METHODS), value="affinity", label="Similarity",
                                   info="affinity: dimension-free; projection: least-squares channel map")
-                stage = gr.Slider(0, 4, value=0, step=1, label="Stage (0 = finest shared stride)")
+                stage = CheckedSlider(0, 4, value=0, step=1, label="Stage (0 = finest shared stride)")
                 run = gr.Button("Analyse", variant="primary", elem_id="analysis-run")
                 target = gr.Textbox(value="", label="Attention target", placeholder="detection: rank or label; "
                                     "segmentation or classification: class name (empty = the main object or the "

@@ -162,7 +162,7 @@ def prompts() -> list[dict]:
 def build_classification_tab() -> None:
     import gradio as gr
 
-    from demos.components import user_image
+    from demos.components import CheckedSlider, user_image
     from demos.jobs import GPU_QUEUE, session_of, stop_flag, stop_session, takes_request, user_errors
     from demos.widgets import examples, pair_dropdown, student_picker, wire_student_picker
 
@@ -197,8 +197,8 @@ def build_classification_tab() -> None:
                                   info="coop: labels · caspl: CasPL's boosting prompt from the teacher's logits, no "
                                        "labels · cascade: boosting, then adapting on labels")
                 name = gr.Textbox(value="", label="Prompt name", placeholder="empty: a fresh unique name")
-                steps = gr.Slider(1, MAX_TUNE_STEPS, value=100, step=1, label="Steps per phase")
-                per_class = gr.Slider(1, 16, value=4, step=1, label="Shapes scenes per class (no uploads)")
+                steps = CheckedSlider(1, MAX_TUNE_STEPS, value=100, step=1, label="Steps per phase")
+                per_class = CheckedSlider(1, 16, value=4, step=1, label="Shapes scenes per class (no uploads)")
             files = gr.File(file_count="multiple", file_types=["image"], label="Labelled images '<class>_<n>.png' "
                             "(optional; Shapes scenes are used otherwise)")
             with gr.Row():

@@ -8,24 +8,72 @@ import numpy as np
 from gradio.components.annotated_image import AnnotatedImageData, Annotation
 from gradio.data_classes import FileData
 
-from compare.inputs import UNREADABLE
+from compare.inputs import MAX_UPLOAD_BYTES, UNREADABLE
 from demos.drawing import annotation_layer, hex_colour
 from demos.served import served_files
 
 
 class UserImage(gr.Image):
-    """An image input that passes the file path through untouched and turns an unreadable upload into a clear
-    ``gr.Error`` (the plain ``gr.Image`` fails inside pre-processing with a generic error)."""
+    """An image input that hands our reader (:func:`compare.inputs.read_image`) a file path and decodes nothing
+    itself: ``gr.Image`` opens every upload with PIL first (a 200-million-pixel image then fails there as
+    "unreadable") and decodes inline ``data:`` URLs whole. Here an uploaded file's path is passed through untouched,
+    and a ``data:`` URL is refused over :data:`compare.inputs.MAX_UPLOAD_BYTES` from its length alone, before any
+    decoding, then written to a file of its own; the reader checks the size in pixels from the header."""
 
     is_template = True  # use the Image frontend (Gradio reads the props from gr.Image's own signature)
 
     def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception as error:
-            raise gr.Error(UNREADABLE, print_exception=False) from error
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None) or ""
+        if url.startswith("data:"):
+            return data_url_file(url)
+        if getattr(payload, "path", None) is None:
+            raise gr.Error(UNREADABLE, print_exception=False)
+        return str(payload.path)
+
+
+def data_url_file(url: str) -> str:
+    """An inline ``data:[type];base64,...`` image written to a served file: its size is checked from the URL's
+    length before anything is decoded."""
+    import base64
+    import binascii
+
+    from demos.served import output_path
+
+    header, _, body = url.partition(",")
+    if len(body) * 3 // 4 > MAX_UPLOAD_BYTES:
+        raise gr.Error(f"The inline image is about {len(body) * 3 // 4 / 2**20:.0f} MB, more than "
+                       f"{MAX_UPLOAD_BYTES // 2**20} MB: upload a smaller file.", print_exception=False)
+    if ";base64" not in header:
+        raise gr.Error(UNREADABLE, print_exception=False)
+    try:
+        data = base64.b64decode(body, validate=False)
+    except (binascii.Error, ValueError):
+        raise gr.Error(UNREADABLE, print_exception=False) from None
+    path = output_path("inline", ".img")
+    path.write_bytes(data)
+    return str(path)
+
+
+class CheckedSlider(gr.Slider):
+    """A slider that passes the caller's value through untouched: the engine checks every number once, with a
+    message naming the field and its range (:func:`compare.checks.number`); ``gr.Slider`` itself would refuse an API
+    caller's ``None``, a NaN or another pair's larger size with a generic error, before our code runs."""
+
+    is_template = True  # the Slider frontend
+
+    def preprocess(self, payload):
+        return payload
+
+
+class CheckedNumber(gr.Number):
+    """A number field that passes the caller's value through untouched (see :class:`CheckedSlider`)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
 
 
 def user_image(**kwargs) -> UserImage:

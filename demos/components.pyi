@@ -10,18 +10,23 @@ from demos.common import UNREADABLE
 from gradio.events import Dependency
 
 class UserImage(gr.Image):
-    """An image input that passes the file path through untouched and turns an unreadable upload into a clear
-    ``gr.Error`` (the plain ``gr.Image`` fails inside pre-processing with a generic error)."""
+    """An image input that hands our reader (:func:`compare.inputs.read_image`) a file path and decodes nothing
+    itself: ``gr.Image`` opens every upload with PIL first (a 200-million-pixel image then fails there as
+    "unreadable") and decodes inline ``data:`` URLs whole. Here an uploaded file's path is passed through untouched,
+    and a ``data:`` URL is refused over :data:`compare.inputs.MAX_UPLOAD_BYTES` from its length alone, before any
+    decoding, then written to a file of its own; the reader checks the size in pixels from the header."""
 
     is_template = True  # use the Image frontend (Gradio reads the props from gr.Image's own signature)
 
     def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception as error:
-            raise gr.Error(UNREADABLE, print_exception=False) from error
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None) or ""
+        if url.startswith("data:"):
+            return data_url_file(url)
+        if getattr(payload, "path", None) is None:
+            raise gr.Error(UNREADABLE, print_exception=False)
+        return str(payload.path)
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
@@ -49,6 +54,36 @@ class AnnotatedResult(gr.AnnotatedImage):
         sections = [Annotation(image=FileData(path=served_files(annotation_layer(region, base.shape[:2], colour))),
                                label=label) for region, label, colour in annotations]
         return AnnotatedImageData(image=FileData(path=served_files(base)), annotations=sections)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    
+class CheckedSlider(gr.Slider):
+    """A slider that passes the caller's value through untouched: the engine checks every number once, with a
+    message naming the field and its range (:func:`compare.checks.number`); ``gr.Slider`` itself would refuse an API
+    caller's ``None``, a NaN or another pair's larger size with a generic error, before our code runs."""
+
+    is_template = True  # the Slider frontend
+
+    def preprocess(self, payload):
+        return payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    
+class CheckedNumber(gr.Number):
+    """A number field that passes the caller's value through untouched (see :class:`CheckedSlider`)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:

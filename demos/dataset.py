@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import compare
+from compare.checks import number
 from compare.inputs import InputError
 from demos.widgets import notes_markdown
 from reports.dataset import DEFAULT_CLASSES, DEFAULT_THRESHOLD, gallery_pictures, read_records, run_dataset
@@ -34,10 +35,7 @@ def dataset_report(archive, pair: str = "shapes-detection", students: str | list
                                                    else getattr(labels, "name", str(labels)))
     if labels_path is not None and labels_path.stat().st_size > 20 * 2**20:
         raise InputError("The label file is larger than 20 MB.")
-    try:
-        threshold = float(threshold)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"threshold must be a number in [0, 1], got {threshold!r}.") from error
+    threshold = number(threshold, "threshold", 0.0, 1.0)
     work = output_path("dataset", "")
     notes = extract_zip(archive_path, work / "images")
     images = list_images(work / "images", MAX_ZIP_IMAGES)
@@ -92,6 +90,7 @@ def per_class_figure(summary: dict):
 def build_dataset_tab() -> None:
     import gradio as gr
 
+    from demos.components import CheckedSlider
     from demos.jobs import GPU_QUEUE, session_of, stop_flag, stop_session, takes_request, user_errors
     from demos.widgets import pair_dropdown, student_picker, wire_student_picker
 
@@ -108,7 +107,7 @@ def build_dataset_tab() -> None:
                                      "shapes-detection")
                 students = student_picker("detection", "shapes-detection")
                 classes = gr.Textbox(value=DEFAULT_CLASSES, label="Class names (classification pairs)")
-                threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold "
+                threshold = CheckedSlider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold "
                                       "(detection)")
                 with gr.Row():
                     run = gr.Button("Run", variant="primary", elem_id="dataset-run")

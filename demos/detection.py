@@ -9,7 +9,7 @@ from torchvision.utils import draw_bounding_boxes
 import compare
 from compare.drawing import as_picture, display_canvas, draw_detections, font_path, palette
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
-from demos.components import user_image
+from demos.components import CheckedSlider, user_image
 from demos.jobs import GPU_QUEUE, on_gpu, user_errors
 from demos.widgets import (
     annotated_views,
@@ -164,7 +164,7 @@ def build_detection_tab() -> None:
                 examples("detection", image)
                 pair = pair_dropdown(("detection",), DEFAULT_PAIR)
                 students = student_picker("detection", DEFAULT_PAIR)
-                threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold")
+                threshold = CheckedSlider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold")
                 toggle = consensus_toggle()
                 run = gr.Button("Detect", variant="primary", elem_id="detection-run")
             with gr.Column(scale=2):

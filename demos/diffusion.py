@@ -54,6 +54,7 @@ def size_limits(pair: str):
 def build_diffusion_tab() -> None:
     import gradio as gr
 
+    from demos.components import CheckedNumber, CheckedSlider
     from demos.jobs import GPU_QUEUE, session_of, stop_flag, stop_session, takes_request, user_errors
     from demos.widgets import pair_dropdown
 
@@ -65,18 +66,18 @@ def build_diffusion_tab() -> None:
             with gr.Column(scale=1):
                 prompt = gr.Textbox(value="a red circle", label="Prompt", max_length=5000)
                 pair = pair_dropdown(("generation",), DEFAULT_PAIR)
-                seed = gr.Number(value=0, precision=0, label="Seed")
+                seed = CheckedNumber(value=0, precision=0, label="Seed")
                 with gr.Row():
                     limit = MAX_SCALE * max(get_pair(DEFAULT_PAIR).native["width"],
                                             get_pair(DEFAULT_PAIR).native["height"])
-                    width = gr.Slider(32, limit, value=64, step=8, label="Width")
-                    height = gr.Slider(32, limit, value=64, step=8, label="Height")
-                steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps")
-                guidance = gr.Slider(0, 30, value=4.0, step=0.5, label="Guidance")
+                    width = CheckedSlider(32, limit, value=64, step=8, label="Width")
+                    height = CheckedSlider(32, limit, value=64, step=8, label="Height")
+                steps = CheckedSlider(1, MAX_STEPS, value=25, step=1, label="Steps")
+                guidance = CheckedSlider(0, 30, value=4.0, step=0.5, label="Guidance")
                 with gr.Row():
                     raunet = gr.Checkbox(label="RAU-Net", value=False)
                     msw_msa = gr.Checkbox(label="MSW-MSA", value=False)
-                insight_step = gr.Slider(0, MAX_STEPS - 1, value=12, step=1, label="Analyse at step")
+                insight_step = CheckedSlider(0, MAX_STEPS - 1, value=12, step=1, label="Analyse at step")
                 compare = gr.Checkbox(label="Also compare with and without RAU-Net and MSW-MSA (both models, "
                                             "twice the time)", value=False)
                 with gr.Row():

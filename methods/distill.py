@@ -106,6 +106,7 @@ def adm_feature_losses(student_map: torch.Tensor, teacher_map: torch.Tensor, tau
     with torch.no_grad():
         own = student_map if student_features is None else student_features
         similarity = affinity_consensus(teacher_map.detach(), own.detach())  # (B, h, w) on the teacher grid
+        similarity = torch.nan_to_num(similarity, nan=0.0)  # undefined (constant features): no preference
         w_student, w_teacher = consensus_weights(similarity, tau), divergence_weights(similarity, tau)
 
     def per_location(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -122,7 +122,7 @@ def test_consensus_and_attention_endpoints(client, scene_file):
             "energy_foreground_teacher", "energy_foreground_student"} <= set(report["stages"][0])
     *images, report = client.predict(handle_file(scene_file), "shapes-detection", "", api_name="/attention")
     assert len(images) == 3 and report["method"]["teacher"] and report["target"]["kind"] == "box"
-    with pytest.raises(Exception, match="less than minimum value"):  # the slider's own bound, checked first
+    with pytest.raises(Exception, match=r"tau must lie in \[0.001, 100\], got 0"):  # our one check, named
         client.predict(handle_file(scene_file), "shapes-segmentation", 0, api_name="/consensus")
     with pytest.raises(Exception, match="not in the list of choices"):  # the Radio checks its choices
         client.predict(handle_file(scene_file), "shapes-segmentation", 0.1, "magic", api_name="/consensus")

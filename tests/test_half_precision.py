@@ -47,7 +47,10 @@ def test_consensus_and_attention(half, tiny_hub_pairs, scene):
 
     for task in ("detection", "segmentation"):
         _, report = consensus(scene, tiny_hub_pairs[task], 0.1)
-        assert report["stages"] and all(-1 <= s["consensus_mean"] <= 1 for s in report["stages"])
+        means = [s["consensus_mean"] for s in report["stages"]]
+        assert report["stages"] and all(m is None or -1 <= m <= 1 for m in means) and any(m is not None for m in means)
+        # the tiny RT-DETR's stride-16 encoder features are ~1e-15: constant, so its consensus there is undefined
+        assert all(m is not None for m in means) or any("undefined" in n for n in report["notes"])
         *_, report = attention(scene, tiny_hub_pairs[task], "")
         assert report["mean_abs_difference"] >= 0
 

@@ -102,5 +102,22 @@ class ShapesFamily(Family):
         return maps
 
     def detection_score(self, predictor, outputs: Any, box, label, geometry, padded):
-        y, x = box_cell(box, geometry, outputs["heatmap"].shape[-2:], padded)
+        """The heat-map logit at the cell the detection was decoded from (its peak: CenterNet's sub-cell offset can
+        put the box centre in a neighbouring cell), found as the candidate of that class whose box is the target's;
+        the cell under the box centre when none is."""
+        from torchvision.ops import box_iou
+
+        width = outputs["heatmap"].shape[-1]
+        with torch.no_grad():
+            boxes, _, labels, cells = detection_candidates(
+                {k: outputs[k][:1].detach() for k in ("heatmap", "size", "offset")}, cells=True)
+            scale = torch.tensor([geometry.resized_width / geometry.width, geometry.resized_height / geometry.height]
+                                 * 2, device=boxes.device)
+            overlap = box_iou(boxes[0], (torch.tensor(box, device=boxes.device) * scale)[None])[:, 0]
+            overlap = overlap.masked_fill(labels[0] != label, -1.0)
+        best = int(overlap.argmax())
+        if float(overlap[best]) > 0.5:
+            y, x = divmod(int(cells[0, best]), width)
+        else:
+            y, x = box_cell(box, geometry, outputs["heatmap"].shape[-2:], padded)
         return outputs["heatmap"][:, label - 1, y, x]

@@ -108,12 +108,13 @@ class ShapesNet(nn.Module):
         return {"heatmap": heatmap, "size": size, "offset": offset, "features": features}
 
 
-def detection_candidates(out: dict[str, torch.Tensor], max_detections: int = 100
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def detection_candidates(out: dict[str, torch.Tensor], max_detections: int = 100, cells: bool = False,
+                         ) -> tuple[torch.Tensor, ...]:
     """The ``max_detections`` highest heatmap peaks of each image as boxes, with no threshold (no host sync).
 
     Returns:
-        ``(boxes, scores, labels)``: (B, K, 4) xyxy in network-input pixels, (B, K), (B, K) in 1..5.
+        ``(boxes, scores, labels)``: (B, K, 4) xyxy in network-input pixels, (B, K), (B, K) in 1..5; with ``cells``
+        also (B, K) the flat heat-map cell (``y * w + x``) each box was decoded from.
     """
     heat = out["heatmap"].sigmoid()
     peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
@@ -126,7 +127,7 @@ def detection_candidates(out: dict[str, torch.Tensor], max_detections: int = 100
     cx, cy = (xs + offset[:, 0]) * DETECTION_STRIDE, (ys + offset[:, 1]) * DETECTION_STRIDE
     bw, bh = size[:, 0] * DETECTION_STRIDE, size[:, 1] * DETECTION_STRIDE
     boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1)
-    return boxes, scores, labels + 1
+    return (boxes, scores, labels + 1, cell) if cells else (boxes, scores, labels + 1)
 
 
 def decode_detections(out: dict[str, torch.Tensor], threshold: float, max_detections: int = 100,
