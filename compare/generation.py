@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -19,7 +19,7 @@ from analysis.profiling import PeakMemory, Stopwatch
 from compare.checks import number
 from compare.drawing import heat_overlay
 from compare.inputs import InputError
-from compare.jobs import Cancelled, exclusive
+from compare.jobs import Cancelled, exclusive, stop_check
 from methods.hires import high_resolution
 from weights.loaders import assemble_pipeline, default_device, load_generation_pair
 from weights.registry import get_pair
@@ -111,6 +111,26 @@ def _insight(array: dict, records: dict, tokenizer, prompt: str, latent_hw: tupl
     return out
 
 
+def prompt_notes(tokenizer, prompt: str) -> list[str]:
+    """What the text encoder will not read as typed, said on the page: the words past its context (the tokenizer cuts
+    them without a word) and words it does not know, which it reads letter by letter."""
+    notes = []
+    ids = tokenizer(prompt, truncation=False).input_ids
+    limit = tokenizer.model_max_length
+    if len(ids) > limit:
+        kept = tokenizer.decode(ids[1:limit - 1]).strip()
+        cut = prompt[len(kept):].strip() if prompt.lower().startswith(kept.lower()) else tokenizer.decode(
+            ids[limit - 1:-1]).strip()
+        notes.append(f"The text encoder reads {limit} tokens (start and end included); the prompt is {len(ids)}, so "
+                     f"it reads only '{kept}' and ignores: '{cut[:200]}'. Put what matters first, or shorten it.")
+    unknown = [w for w in dict.fromkeys(prompt.split())
+               if len(pieces := tokenizer.tokenize(w)) > 2 and all(len(p.replace("</w>", "")) <= 1 for p in pieces)]
+    if unknown:
+        notes.append(f"The text encoder does not know {', '.join(repr(w) for w in unknown[:8])}: it reads "
+                     f"{'them' if len(unknown) > 1 else 'it'} letter by letter.")
+    return notes
+
+
 def with_fresh_scheduler(pipe):
     """The same pipeline (the same cached modules) with a scheduler of its own: a scheduler holds per-run state
     (its timesteps, its step index), so concurrent calls must never share one."""
@@ -120,7 +140,7 @@ def with_fresh_scheduler(pipe):
 def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 64, height: int = 64,
              steps: int = 25, guidance: float = 4.0, raunet: bool = False, msw_msa: bool = False,
              progress=None, insight: dict | None = None, insight_step: int | None = None,
-             cancel: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+             cancel: threading.Event | Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Teacher and student images for one prompt, from the same seed and initial latent.
 
     Args:
@@ -134,18 +154,21 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
         progress: ``progress(fraction, desc)`` per denoising step, or None.
         insight: a dict to fill with UNet feature consensus overlays per up block and cross-attention overlays
             per prompt word, recorded at ``insight_step`` (default: the middle step) during the same runs.
-        cancel: checked every denoising step; once set, the run stops with :class:`Cancelled`.
+        cancel: a flag (or callable) checked every denoising step, as is whether the caller has gone (an API cancel,
+            a closed page: :func:`compare.jobs.caller_gone`); then the run stops with :class:`Cancelled`.
 
     Returns:
         ``(teacher_image, student_image, report)``, ``report = {pair, teacher: {seconds, peak_mem_mb, steps,
         guidance}, student: {...}, settings: {prompt, seed, width, height, raunet, msw_msa}, notes}``.
     """
+    stopped = stop_check(cancel)
     spec = get_pair(pair, "generation")
     prompt, width, height, steps, guidance, notes = check_settings(spec, prompt, width, height, steps, guidance)
     seed = number(seed, "seed", -(2**63), 2**63 - 1, integer=True) % 2**32
     device = default_device()
     check_budget(device, steps, width, height)
     pipelines = load_generation_pair(spec, device)
+    notes += prompt_notes(pipelines["teacher"].tokenizer, prompt)
     scale = pipelines["teacher"].vae_scale_factor
     channels = pipelines["teacher"].unet.config.in_channels
     latents = torch.randn((1, channels, height // scale, width // scale),
@@ -161,7 +184,7 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
         with (exclusive(pipe.unet, pipe.text_encoder, pipe.vae),  # shared modules (and tokenizer), this call only
               high_resolution(pipe.unet, n, raunet=raunet, msw_msa=msw_msa, generator=generator) as hires):
             def on_step(pipeline, i, t, kwargs, role=role, n=n, hires=hires):
-                if cancel is not None and cancel.is_set():
+                if stopped():
                     raise Cancelled(f"Generation stopped at the {role}'s step {i + 1}/{n}.")
                 if progress is not None:
                     progress((ROLES.index(role) * n + i + 1) / (2 * n), desc=f"{role}: step {i + 1}/{n}")

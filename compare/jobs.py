@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -33,3 +33,31 @@ def exclusive(*models: torch.nn.Module) -> Iterator[None]:
 
 class Cancelled(InputError):
     """The caller stopped the job; the message says where it stopped and that nothing was kept."""
+
+
+def caller_gone() -> bool:
+    """Whether the caller of the event running this worker thread has gone: Gradio cancels an event's task when a
+    ``gradio_client`` job is cancelled or the page's connection closes, but a function already running in a worker
+    thread runs on unless it asks. AnyIO lets the thread ask (``from_thread.check_cancelled``). False outside a
+    worker thread (scripts, tests, the CLI)."""
+    import asyncio
+
+    from anyio import from_thread
+
+    try:
+        from_thread.check_cancelled()
+    except RuntimeError:  # not in an AnyIO worker thread
+        return False
+    except (asyncio.CancelledError, Exception):  # the host task was cancelled
+        return True
+    return False
+
+
+def stop_check(cancel: threading.Event | Callable[[], bool] | None) -> Callable[[], bool]:
+    """One question a long job asks every step: has its Stop been pressed (``cancel``: a flag, or a callable) or has
+    its caller gone (:func:`caller_gone`)?"""
+    if cancel is None:
+        return caller_gone
+    if isinstance(cancel, threading.Event):
+        return lambda: cancel.is_set() or caller_gone()
+    return lambda: bool(cancel()) or caller_gone()

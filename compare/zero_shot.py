@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,12 @@ from torchmetrics.functional import kl_divergence, spearman_corrcoef
 
 from compare.checks import number
 from compare.inputs import InputError, read_image
-from compare.jobs import Cancelled
+from compare.jobs import Cancelled, stop_check
 from compare.latency import profile_of
 from compare.results import ClassificationComparison
 from methods.prompts import method_name, prompted_text_features, tune
 from weights.predictors import Predictor, predictors_for
-from weights.prompt_store import PromptError, load_prompt, sanitise_name, save_prompt
+from weights.prompt_store import PromptError, check_name_free, load_prompt, save_prompt
 from weights.registry import Pair, Student, get_pair
 from weights.shapes.world import COLOUR_SHAPE_NAMES, SHAPE_NAMES, TUNING_SEED_START, render_scene
 
@@ -90,6 +91,31 @@ def agreement(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> dict:
             "js": round(float(js), 5), "spearman": round(float(spearman_corrcoef(t[0], s[0])), 4)}
 
 
+def check_tokens(predictor: Predictor, who: str, names: list[str], template: str, reserved: int = 0) -> None:
+    """Refuse a class name whose prompt is longer than the model's text tower reads: its tokenizer would cut it
+    without a word (two classes could become one prompt).
+
+    Args:
+        reserved: tokens a learned prompt's context vectors take before the class name.
+
+    Raises:
+        InputError: naming the class (or the template), its token count, the model and its limit.
+    """
+    texts = [template.format(n) for n in names] if not reserved else [f"{'X ' * reserved}{n}" for n in names]
+    counts, context = predictor.family.token_counts(predictor, texts)
+    if counts is None:
+        return
+    over = [(n, c) for n, c in zip(names, counts, strict=True) if c > context]
+    if not over:
+        return
+    name, count = max(over, key=lambda item: item[1])
+    what = (f"'{template}' alone is {predictor.family.token_counts(predictor, [template.format('')])[0][0]} tokens"
+            if len(over) == len(names) and not reserved else f"class {name[:60]!r} makes a prompt of {count} tokens")
+    raise InputError(f"The {who}'s text tower reads {context} tokens (start and end included); {what}, so its "
+                     f"tokenizer would cut {len(over)} of the {len(names)} prompts without a word. Shorten the class "
+                     "names or the template." + (f" (A learned prompt takes {reserved} of them.)" if reserved else ""))
+
+
 def _student_text(student, student_name: str, names: list[str], template: str, prompt: str, spec,
                   ) -> tuple[torch.Tensor, str]:
     zero_shot = f"zero-shot '{template}'"
@@ -100,6 +126,8 @@ def _student_text(student, student_name: str, names: list[str], template: str, p
         raise PromptError(f"Prompt {prompt!r} was learned for pair {meta.get('pair')!r}, not {spec.name!r}.")
     if meta.get("student", spec.students[0].name) != student_name:  # learned for another student of the pair
         return student.text_features([template.format(n) for n in names]), zero_shot
+    check_tokens(student, f"student {student_name}", names, "{}",
+                 reserved=sum(t.shape[0] for t in tensors.values()))
     return prompted_text_features(student, names, tensors), f"learned prompt '{prompt}' ({meta.get('method')})"
 
 
@@ -124,6 +152,8 @@ def zero_shot(pair: Pair, chosen: list[Student], predictors: dict[str, Predictor
     probs: dict[str, list] = {}
     patches: dict[str, list] = {}
     used, profiles = {}, {}
+    for name, p in predictors.items():
+        check_tokens(p, "teacher" if name == "teacher" else f"student {name}", names, template)
     for name, p in predictors.items():
         if name == "teacher":
             text, used[name] = p.text_features([template.format(n) for n in names]), f"zero-shot '{template}'"
@@ -234,7 +264,8 @@ def split_held_out(labels: list[int], every: int = 4) -> tuple[list[int], list[i
 
 def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 30 colour-shapes"],
                  method: str = "cascade", name: str = "my-prompt", files: list | None = None, per_class: int = 4,
-                 steps: int = 100, progress=None, template: str = "", cancel: threading.Event | None = None,
+                 steps: int = 100, progress=None, template: str = "",
+                 cancel: threading.Event | Callable[[], bool] | None = None,
                  student: str = "") -> tuple[str, dict]:
     """Learn a prompt for one student of a CLIP pair and save it in the user's prompt folder.
 
@@ -248,7 +279,9 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
         per_class: Shapes scenes per class when ``files`` is empty.
         steps: optimisation steps per phase (1 to 500).
         progress: a ``gr.Progress`` (or None).
-        cancel: checked every step; once set, training stops, nothing is saved and :class:`Cancelled` is raised.
+        cancel: a flag (or callable) checked every step, as is whether the caller has gone (an API cancel, a closed
+            page: :func:`compare.jobs.caller_gone`); then training stops, nothing is saved and :class:`Cancelled` is
+            raised.
         template: the zero-shot template the context starts from (empty: ``a {}``).
         student: the student the prompt is for (empty: the pair's first); it applies to that student only.
 
@@ -265,9 +298,10 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
         raise InputError(f"{error}.") from None
     chosen = spec.choose_students(student or None)
     if len(chosen) != 1:
-        raise InputError("A prompt is learned for one student at a time; name one.")
+        raise InputError(f"A prompt is learned for one student at a time; name one (got {len(chosen)}: "
+                         f"{', '.join(s.name for s in chosen)}).")
     student_name = chosen[0].name
-    stem = sanitise_name(name) if (name or "").strip() else unique_prompt_name(spec.name, method)
+    stem = check_name_free(name) if (name or "").strip() else unique_prompt_name(spec.name, method)
     template = check_template(template)
     steps = number(steps, "steps", 1, MAX_TUNE_STEPS, integer=True)
     per_class = number(per_class, "per_class", 1, 16, integer=True)
@@ -295,11 +329,15 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
         measured_on = f"{len(eval_images)} Shapes scenes drawn for it (seeds never used for tuning)"
     predictors = predictors_for(spec, students=chosen)
     student, teacher = predictors[student_name], predictors["teacher"]
+    check_tokens(teacher, "teacher", names, template)
+    check_tokens(student, f"student {student_name}", names, template)
     s_pixels, t_pixels = _pixels(student, images), _pixels(teacher, images)
     targets = torch.tensor(labels)
 
+    stopped = stop_check(cancel)
+
     def on_step(phase: str, step: int, loss: float) -> None:
-        if cancel is not None and cancel.is_set():
+        if stopped():
             raise Cancelled(f"Prompt tuning stopped at step {step}/{steps} of the {phase} prompt; nothing was saved.")
         if progress is not None:
             progress(step / steps, desc=f"{phase} prompt · step {step}/{steps} · loss {loss:.4f}")
@@ -329,6 +367,8 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
                 "classes": names[:50], "n_classes": len(names),
                 "n_context": sum(t.shape[0] for t in tensors.values()), "steps": steps, "figures": figures,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if stopped():  # stopped while the figures were measured: nothing is saved either
+        raise Cancelled(f"Prompt tuning stopped after its {steps} steps, before saving; nothing was saved.")
     saved = save_prompt(stem, tensors, metadata)
     return saved, figures
 

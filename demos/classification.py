@@ -163,7 +163,7 @@ def build_classification_tab() -> None:
     import gradio as gr
 
     from demos.components import CheckedSlider, user_image
-    from demos.jobs import GPU_QUEUE, session_of, stop_flag, stop_session, takes_request, user_errors
+    from demos.jobs import GPU_QUEUE, session_of, stop_button, stop_flag, takes_request, user_errors
     from demos.widgets import examples, pair_dropdown, student_picker, wire_student_picker
 
     with gr.Tab("CLIP", id="classification") as tab:
@@ -190,7 +190,7 @@ def build_classification_tab() -> None:
                             for role in ROLES]
                 report = gr.JSON(label="Report", open=False)
                 similarity = gr.State(None)
-        with gr.Accordion("Tune a prompt for a student (the first one chosen above)", open=False):
+        with gr.Accordion("Tune a prompt for one student (choose one above; empty: the first)", open=False):
             shipped = gr.Markdown(shipped_prompt_markdown(DEFAULT_PAIR, None), elem_id="classification-shipped")
             with gr.Row():
                 method = gr.Radio(list(METHODS), value="cascade", label="Method",
@@ -219,16 +219,15 @@ def build_classification_tab() -> None:
         @takes_request
         def run_tuning(pair, classes, method, name, files, per_class, steps, template, student, request,
                        progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
-            first = get_pair(pair, "classification").choose_students(student)[0].name  # the prompt is for it
             return tune_prompts(pair, classes, method, name, files, per_class, steps, progress, template,
-                                cancel=stop_flag(session_of(request)), student=first)
+                                cancel=stop_flag(session_of(request), "prompts"), student=student)
 
         tuning = tune_button.click(user_errors(run_tuning),
                                    [pair, classes, method, name, files, per_class, steps, template, students],
                                    [saved, figures], api_name="tune_prompts", **GPU_QUEUE)
         for trigger in (pair.change, students.change):
             trigger(shipped_prompt_markdown, [pair, students], shipped, api_visibility="private", queue=False)
-        stop.click(takes_request(stop_session), None, None, api_visibility="private")
+        stop.click(stop_button("prompts"), None, None, api_visibility="private")
         tuning.then(prompt_choices, None, prompt, api_visibility="private")
         tab.select(prompt_choices, None, prompt, api_visibility="private", queue=False)
         refreshed = tuning.then(prompts, None, saved_list, api_name="refresh_prompt_list", api_visibility="private")

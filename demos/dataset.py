@@ -91,7 +91,7 @@ def build_dataset_tab() -> None:
     import gradio as gr
 
     from demos.components import CheckedSlider
-    from demos.jobs import GPU_QUEUE, session_of, stop_flag, stop_session, takes_request, user_errors
+    from demos.jobs import GPU_QUEUE, session_of, stop_button, stop_flag, takes_request, user_errors
     from demos.widgets import pair_dropdown, student_picker, wire_student_picker
 
     with gr.Tab("Dataset", id="dataset"):
@@ -121,12 +121,12 @@ def build_dataset_tab() -> None:
         @takes_request
         def run_report(archive, pair, students, labels, classes, threshold, request,
                        progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
-            flag = stop_flag(session_of(request))
+            flag = stop_flag(session_of(request), "dataset")
             return dataset_report(archive, pair, students, labels, classes, threshold,
                                   progress=lambda done, total: progress(done / total, desc=f"{done}/{total} images"),
                                   cancel=flag.is_set)
 
         run.click(user_errors(run_report), [archive, pair, students, labels, classes, threshold],
                           [summary, plot, gallery, files], api_name="dataset", **GPU_QUEUE)
-        stop.click(takes_request(stop_session), None, None, api_visibility="private")
+        stop.click(stop_button("dataset"), None, None, api_visibility="private")
         wire_student_picker(pair, students)

@@ -55,7 +55,7 @@ def build_diffusion_tab() -> None:
     import gradio as gr
 
     from demos.components import CheckedNumber, CheckedSlider
-    from demos.jobs import GPU_QUEUE, session_of, stop_flag, stop_session, takes_request, user_errors
+    from demos.jobs import GPU_QUEUE, session_of, stop_button, stop_flag, takes_request, user_errors
     from demos.widgets import pair_dropdown
 
     with gr.Tab("Diffusion", id="generation"):
@@ -105,7 +105,7 @@ def build_diffusion_tab() -> None:
             found: dict = {}
             t, s, r = generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress,
                                insight=found, insight_step=int(step),
-                               cancel=stop_flag(session_of(request)))
+                               cancel=stop_flag(session_of(request), "generation"))
             return (t, s, r, (t, s), summary_markdown(r), found.get("consensus", []),
                     *(found.get("attention", {}).get(role, []) for role in ROLES))
 
@@ -124,11 +124,11 @@ def build_diffusion_tab() -> None:
             if not wanted:
                 return gr.update(visible=False), ""
             images, result = compare_techniques(prompt, pair, seed, width, height, steps, guidance, progress,
-                                                cancel=stop_flag(session_of(request)))
+                                                cancel=stop_flag(session_of(request), "generation"))
             return gr.update(value=images, visible=True), comparison_markdown(result)
 
         running.then(user_errors(run_comparison), [compare, *inputs[:7]], [comparison, comparison_summary],
                      api_visibility="private", show_progress_on=[comparison], **GPU_QUEUE)
-        stop.click(takes_request(stop_session), None, None, cancels=[running], api_visibility="private")
+        stop.click(stop_button("generation"), None, None, cancels=[running], api_visibility="private")
         api_run.click(user_errors(run_for_api), inputs, [*outputs, report], api_name="generate",
                       **GPU_QUEUE)

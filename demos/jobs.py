@@ -19,38 +19,46 @@ from weights.registry import UnknownPairError, UnknownStudentError
 
 log = logging.getLogger("distill_lens")
 
+
 def gpu_concurrency() -> int:
     """How many model-running events may run at once: ``DISTILL_LENS_GPU_CONCURRENCY``, else 1 on a GPU (one queue
     in front of it) and 2 on a CPU."""
     value = os.environ.get("DISTILL_LENS_GPU_CONCURRENCY")
     return max(1, int(value)) if value else (1 if torch.cuda.is_available() else 2)
 
+
 # Every event that runs a model waits in this one queue, whether it came from the page or from the API.
 GPU_QUEUE = {"concurrency_id": "gpu", "concurrency_limit": gpu_concurrency()}
+
 
 # Errors whose message is meant for the user.
 USER_ERRORS = (InputError, UnknownPairError, UnknownStudentError, ModelUnavailableError, PromptError)
 
-_STOP_FLAGS: dict[str, threading.Event] = {}  # browser session -> the flag its running job checks every step
 
+# (browser session, job) -> the flag that job checks every step; each Stop button stops its own tab's job only
+_STOP_FLAGS: dict[tuple[str, str], threading.Event] = {}
 _STOP_GUARD = threading.Lock()
 
-def stop_flag(session: str | None) -> threading.Event:
-    """A fresh flag for a new job of this browser session (a Stop sets it; the job checks it every step)."""
+
+def stop_flag(session: str | None, job: str = "job") -> threading.Event:
+    """A fresh flag for a new ``job`` (e.g. ``"generation"``, ``"prompts"``, ``"dataset"``) of this browser session:
+    its Stop button sets it, and the job checks it every step."""
     flag = threading.Event()
     if session:
         with _STOP_GUARD:
-            _STOP_FLAGS[session] = flag
+            _STOP_FLAGS[(session, job)] = flag
             while len(_STOP_FLAGS) > 10_000:
                 _STOP_FLAGS.pop(next(iter(_STOP_FLAGS)))
     return flag
 
-def request_stop(session: str | None) -> None:
-    """Stop this session's running job at its next step (its Stop button calls this)."""
+
+def request_stop(session: str | None, job: str = "job") -> None:
+    """Stop this session's running ``job`` at its next step (its Stop button calls this); other jobs run on."""
     with _STOP_GUARD:
-        flag = _STOP_FLAGS.get(session or "")
+        flag = _STOP_FLAGS.get((session or "", job))
     if flag is not None:
         flag.set()
+
 
 def takes_request(fn: Callable) -> Callable:
     """Mark ``fn``'s ``request`` parameter as a ``gr.Request``, so Gradio passes the caller's request. (Our modules
@@ -61,13 +69,18 @@ def takes_request(fn: Callable) -> Callable:
     fn.__annotations__["request"] = gr.Request
     return fn
 
+
 def session_of(request) -> str | None:
     return getattr(request, "session_hash", None)
 
-def stop_session(request) -> None:
-    """A Stop button's handler (wrap it in :func:`takes_request`): the session's running job stops at its next
-    step."""
-    request_stop(session_of(request))
+
+def stop_button(job: str) -> Callable:
+    """The handler of a tab's Stop button: the session's running ``job`` stops at its next step."""
+    def stop(request) -> None:
+        request_stop(session_of(request), job)
+
+    return takes_request(stop)
+
 
 def user_errors(fn: Callable) -> Callable:
     """Turn our user-facing errors into ``gr.Error`` (which reaches gradio_client callers too)
@@ -93,6 +106,7 @@ def user_errors(fn: Callable) -> Callable:
                            f"please try another input.") from error
 
     return wrapper
+
 
 def on_gpu(fn: Callable) -> Callable:
     """Run under ``spaces.GPU`` when the ``spaces`` package is present (a ZeroGPU Space); unchanged elsewhere."""

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from compare.inputs import InputError, read_image
+from compare.jobs import stop_check
 from compare.vision import VisionRequest, run_vision
 from compare.zero_shot import check_template, parse_classes, zero_shot
 from reports.aggregate import _class_pixels, _overlap, summarise, summarise_timing
@@ -154,7 +155,8 @@ def run_dataset(images: list[Path], pair: str, out: Path, students: str | list[s
         labels: a COCO-style label file, or None.
         resume: keep finished images of an earlier run in ``out``; without it, earlier results are replaced.
         progress: ``progress(done, total)`` after each image of this rank.
-        cancel: checked before each image; once true the run stops (what is finished stays for ``--resume``).
+        cancel: checked before each image, as is whether the caller has gone (an API cancel, a closed page); then
+            the run stops (what is finished stays for ``--resume``).
         barrier: waits for every rank (torch.distributed's barrier); None in one process.
     """
     spec = get_pair(pair)
@@ -181,8 +183,9 @@ def run_dataset(images: list[Path], pair: str, out: Path, students: str | list[s
                          [r for f in out.glob("results*.jsonl") for r in read_records(f)] if resume else [],
                          {p.name for p in shard_images})
     mine = [p for p in shard_images if p.name not in finished]
+    cancel = stop_check(cancel)
     for done, path in enumerate(mine, start=1):
-        if cancel is not None and cancel():
+        if cancel():
             break
         try:
             record, timing, maps = analyse_image(path, spec, students_chosen, predictors, threshold, classes, truth)
@@ -195,7 +198,7 @@ def run_dataset(images: list[Path], pair: str, out: Path, students: str | list[s
             _append(timing_file, timing)
         if progress is not None:
             progress(done, len(mine))
-    stopped = cancel is not None and cancel()
+    stopped = cancel()
     if barrier:
         barrier()
     if rank != 0 or stopped:

@@ -70,6 +70,19 @@ def list_prompts(directory: Path | None = None) -> list[dict]:
     return [{k: v for k, v in p.items() if not k.startswith("_")} for p in _all(directory)]
 
 
+def check_name_free(name: str, directory: Path | None = None) -> str:
+    """The sanitised name, if a prompt may be saved under it now (checked before any training, and again when
+    saving); raises :class:`PromptError` naming the clash otherwise."""
+    stem = sanitise_name(name)
+    known = {p["name"]: p for p in _all(directory or PROMPT_DIR)}
+    if stem in known and known[stem]["builtin"]:
+        raise PromptError(f"{stem!r} is a builtin prompt; choose another name.")
+    if stem in known:
+        raise PromptError(f"A prompt named {stem!r} exists already; choose another name (or leave it empty for a "
+                          "fresh one).")
+    return stem
+
+
 def save_prompt(name: str, tensors: dict[str, torch.Tensor], metadata: dict, directory: Path | None = None,
                 overwrite: bool = False) -> str:
     """Save context tensors and metadata in the user's data folder; returns the sanitised name actually used.

@@ -101,6 +101,18 @@ class OpenClipFamily(Family):
                   for i in range(0, len(texts), batch_size)]
         return torch.cat(chunks).float()
 
+    def token_counts(self, predictor, texts: list[str]) -> tuple[list[int] | None, int]:
+        """How many tokens each text is for this model's tokenizer (start and end tokens included, after its own
+        normalisation), and its text tower's context length; counts are None for a tokenizer we cannot count with."""
+        _, tokenizer = predictor.processor
+        context = int(getattr(tokenizer, "context_length", 0) or predictor.model.context_length)
+        if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):  # open_clip's SimpleTokenizer
+            return [len(tokenizer.encode(t)) + 2 for t in texts], context
+        inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer
+        if inner is not None:
+            return [len(inner(t)["input_ids"]) for t in texts], context
+        return None, context
+
     def scores(self, predictor, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """(B, K) CLIP logits: the learned temperature times cosine similarity."""
         return predictor.model.logit_scale.exp().float() * image_features @ text_features.t()
