@@ -35,11 +35,9 @@ class Cancelled(InputError):
     """The caller stopped the job; the message says where it stopped and that nothing was kept."""
 
 
-def caller_gone() -> bool:
-    """Whether the caller of the event running this worker thread has gone: Gradio cancels an event's task when a
-    ``gradio_client`` job is cancelled or the page's connection closes, but a function already running in a worker
-    thread runs on unless it asks. AnyIO lets the thread ask (``from_thread.check_cancelled``). False outside a
-    worker thread (scripts, tests, the CLI)."""
+def _anyio_cancelled() -> bool:
+    """Whether the AnyIO cancel scope of the task running this worker thread was cancelled (a caller that runs the
+    job through ``anyio.to_thread`` and cancels its scope); False outside an AnyIO worker thread."""
     import asyncio
 
     from anyio import from_thread
@@ -48,9 +46,21 @@ def caller_gone() -> bool:
         from_thread.check_cancelled()
     except RuntimeError:  # not in an AnyIO worker thread
         return False
-    except (asyncio.CancelledError, Exception):  # the host task was cancelled
+    except (asyncio.CancelledError, Exception):  # the host's scope was cancelled
         return True
     return False
+
+
+# How a surface tells that the caller of the job running in this thread has gone: the app registers Gradio's
+# (an event whose task was cancelled: a gradio_client job.cancel(), a Stop wired with `cancels`, a closed page).
+CALLER_GONE_PROBES: list[Callable[[], bool]] = [_anyio_cancelled]
+
+
+def caller_gone() -> bool:
+    """Whether the caller of the job running in this thread has gone, by any registered probe. A function already
+    running in a worker thread runs on after its caller's task is cancelled unless it asks; long jobs ask every
+    step."""
+    return any(probe() for probe in CALLER_GONE_PROBES)
 
 
 def stop_check(cancel: threading.Event | Callable[[], bool] | None) -> Callable[[], bool]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from compare.inputs import InputError
+from compare.jobs import CALLER_GONE_PROBES
 from demos.served import served_files
 from weights.loaders import ModelUnavailableError
 from weights.prompt_store import PromptError
@@ -58,6 +59,34 @@ def request_stop(session: str | None, job: str = "job") -> None:
         flag = _STOP_FLAGS.get((session or "", job))
     if flag is not None:
         flag.set()
+
+
+def gradio_event_cancelled() -> bool:
+    """Whether the Gradio event running this worker thread was cancelled. Gradio cancels an event by cancelling its
+    asyncio task (named ``<session>_<fn><gradio-sep><event id>``); the task ends while the function runs on in its
+    worker thread. So: the thread's event id (a context variable Gradio sets for the function), and whether a task of
+    that event still runs on the event loop (asked on the loop's own thread). False outside a Gradio event."""
+    import asyncio
+
+    from anyio._core._eventloop import threadlocals
+    from gradio.context import LocalContext
+
+    event_id = LocalContext.event_id.get(None)
+    token = getattr(threadlocals, "current_token", None)
+    if not event_id or token is None:
+        return False
+
+    async def running() -> bool:
+        return any(task.get_name().endswith(f"<gradio-sep>{event_id}") and not task.cancelling()
+                   for task in asyncio.all_tasks())
+
+    try:
+        return not asyncio.run_coroutine_threadsafe(running(), token.native_token).result(timeout=5)
+    except Exception:  # the loop is closing: the app is stopping, and so should the job
+        return True
+
+
+CALLER_GONE_PROBES.append(gradio_event_cancelled)
 
 
 def takes_request(fn: Callable) -> Callable:
