@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,7 +277,7 @@ def detection_target(detections: list[Detection], target: str) -> int:
     if not detections:
         raise InputError("The teacher found no object to explain at this image; try another image.")
     target = (target or "").strip()
-    if target == "" or target.isdigit():
+    if target == "" or re.fullmatch(r"[0-9]{1,9}", target):  # ASCII digits only: "²" is no rank
         rank = int(target or 0)
         if rank >= len(detections):
             raise InputError(f"target rank {rank} is out of range: the teacher found {len(detections)} "

@@ -103,7 +103,10 @@ def pair_choice(pair) -> tuple[str, str]:
         where = "real weights, installed"
     else:
         sources = [pair.teacher, *(s.source for s in pair.students)]
-        where = "Hub, cached" if all(weights_at_hand(s) for s in sources) else "Hub, downloads on first use"
+        from huggingface_hub import constants
+
+        where = "Hub, cached" if all(weights_at_hand(s) for s in sources) else (
+            "Hub, not cached (offline)" if constants.HF_HUB_OFFLINE else "Hub, downloads on first use")
     return f"{pair.name} · {where}", pair.name
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compare.checks import number
 from compare.inputs import InputError, read_image
 from compare.jobs import stop_check
 from compare.vision import VisionRequest, run_vision
@@ -48,8 +49,9 @@ from reports.aggregate import _class_pixels, _overlap, summarise, summarise_timi
 from reports.gallery import GalleryStore, kept_maps, overlays
 from reports.html import write_report
 from reports.inputs import Labels, list_images
+from weights.loaders import ModelUnavailableError
 from weights.predictors import predictors_for
-from weights.registry import Pair, Student, get_pair
+from weights.registry import Pair, Student, UnknownPairError, UnknownStudentError, get_pair
 
 GALLERY = 12
 DEFAULT_THRESHOLD = 0.3
@@ -242,6 +244,34 @@ def gallery_pictures(items: list[dict], records: list[dict], images: list[Path],
 
 # Command line ---------------------------------------------------------------------------------------------------
 
+def check_arguments(args: argparse.Namespace) -> list[Path]:
+    """Every argument checked once, before any work: the pair and students, the numbers, the classes, the output
+    folder, the label file, the images, and that the models load here. Returns the images.
+
+    Raises:
+        InputError, UnknownPairError, UnknownStudentError, ModelUnavailableError: naming what to change.
+    """
+    spec = get_pair(args.pair)
+    if spec.task == "generation":
+        raise InputError(f"{spec.name} is a generation pair; the dataset report takes detection, segmentation, "
+                         "classification or image-classification pairs.")
+    chosen = spec.choose_students(args.students)
+    args.threshold = number(args.threshold, "--threshold", 0.0, 1.0)
+    args.gallery = number(args.gallery, "--gallery", 0, 1000, integer=True)
+    args.threads = number(args.threads, "--threads", 1, 1024, integer=True)
+    if spec.task == "classification":
+        parse_classes(args.classes)
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file: give a folder (it is created if missing).")
+    if args.labels is not None:
+        if not args.labels.is_file():
+            raise InputError(f"--labels {args.labels} is not a file.")
+        Labels.read(args.labels)
+    images = list_images(args.images)
+    predictors_for(spec, students=chosen)  # offline and uncached, a Hub pair says so here, not after a traceback
+    return images
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, required=True, help="a folder of images, or a pattern ('DIR/*.jpg')")
@@ -255,6 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gallery", type=int, default=GALLERY)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     args = parser.parse_args(argv)
+    try:
+        images = check_arguments(args)
+    except (InputError, UnknownPairError, UnknownStudentError, ModelUnavailableError) as error:
+        parser.error(str(error))  # one line, exit 2
     torch.set_num_threads(args.threads)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     barrier = None
@@ -267,7 +301,6 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         barrier = dist.barrier
     try:
-        images = list_images(args.images)
         summary = run_dataset(images, args.pair, args.out, args.students, args.labels, args.resume, args.threshold,
                               args.classes, args.gallery, rank, world,
                               progress=lambda done, total: print(f"[rank {rank}] {done}/{total}", flush=True)

@@ -27,17 +27,21 @@ def hub_error_message(source: ModelSource, error: Exception) -> str:
     network_types = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError,
                      TimeoutError)
     offline_mode = bool(constants.HF_HUB_OFFLINE) and any(isinstance(e, OSError) for e in chain)
-    if offline_mode or any(isinstance(e, network_types) for e in chain) or any(
+    if offline_mode:
+        return (f"{where} is not in this machine's Hugging Face cache ({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE "
+                f"is set, so nothing is downloaded. Unset HF_HUB_OFFLINE on a machine that is online to download it "
+                f"once, or pick a builtin pair.")
+    if any(isinstance(e, network_types) for e in chain) or any(
             word in str(e).lower() for e in chain for word in NETWORK_WORDS):
-        return (f"Could not load {where} from the Hugging Face Hub: {type(error).__name__}. This machine seems to "
-                f"be offline or the files are not cached. Download the model once while online (it is then kept in "
-                f"{constants.HF_HUB_CACHE}), or set HF_HUB_OFFLINE=1 to use only that cache, or pick a builtin pair.")
+        return (f"Could not download {where} from the Hugging Face Hub: this machine seems to be offline. Download "
+                f"the model once while online (it is then kept in {constants.HF_HUB_CACHE}; HF_HUB_OFFLINE=1 then "
+                f"reads only that cache), or pick a builtin pair.")
     missing = (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError, hub_errors.EntryNotFoundError)
     if any(isinstance(e, missing) for e in chain):
-        return (f"{where} or one of its files does not exist on the Hugging Face Hub ({type(error).__name__}); "
-                f"check the repo id and revision in weights/registry.py.")
-    detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-    return f"Could not load {where}: {type(error).__name__}: {detail}"
+        return (f"{where} or one of its files does not exist on the Hugging Face Hub; check the repo id and "
+                f"revision.")
+    detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else "no reason given"
+    return f"Could not load {where}: {detail}"
 
 
 def cached_file(source: ModelSource, name: str) -> str | None:
