@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     build_app().launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES,
-                       allowed_paths=[str(EXAMPLES_DIR)], theme=gr.themes.Soft(), css=CSS)
+                       allowed_paths=[str(EXAMPLES_DIR)], theme=gr.themes.Soft(), css=CSS,
+                       show_error=True)  # every error's message reaches the caller (ours are written for people)
 
 
 if __name__ == "__main__":

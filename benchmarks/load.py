@@ -1,6 +1,6 @@
 """Many users at once, against the real app: failures, identical results, latency and the server's memory.
 
-    python -m benchmarks.load [--calls 50] [--waves 4] [--idle 60]
+    python -m benchmarks.load [--calls 50] [--waves 20] [--idle 60]
 
 Starts ``python app.py`` on a free port, then with ``gradio_client``: every call of a mixed set (``/detect``,
 ``/segment``, ``/classify``, ``/consensus``, ``/attention``, ``/generate`` at several sizes) once, one at a time
@@ -26,7 +26,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "demos" / "examples"
-TIMINGS = {"latency_ms", "latency_iqr_ms", "runs", "seconds", "peak_mem_mb", "gflops"}
+TIMINGS = {"latency_ms", "latency_iqr_ms", "runs", "latency_cached", "this_run_ms", "seconds", "peak_mem_mb", "gflops"}
 
 
 def mixed_calls() -> list[tuple[str, tuple]]:
@@ -80,10 +80,24 @@ def normalise(result) -> object:
     return Path(result).read_bytes()
 
 
+def first_difference(a, b, path: str = "") -> str:
+    """Where two normalised results first differ (a key path and both values, shortened)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key) != b.get(key):
+                return first_difference(a.get(key), b.get(key), f"{path}/{key}")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return first_difference(x, y, f"{path}[{i}]")
+    shown = [("<bytes>" if isinstance(v, bytes) else repr(v))[:60] for v in (a, b)]
+    return f"{path or '/'}: {shown[0]} != {shown[1]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=50)
-    parser.add_argument("--waves", type=int, default=4)
+    parser.add_argument("--waves", type=int, default=20)
     parser.add_argument("--idle", type=float, default=60)
     args = parser.parse_args()
     from gradio_client import Client, handle_file
@@ -113,6 +127,7 @@ def main() -> None:
         reference = {i: call(request)[0] for i, request in enumerate(mix)}  # one at a time (warms the models too)
         memory = [("before the waves", rss_mb(server.pid))]
         print(f"App on port {port}; {len(mix)} distinct calls; {args.calls} at once per wave\n")
+        mismatches: list[str] = []
         print("| wave | calls | failures | results equal to one-at-a-time | p50 (s) | p95 (s) "
               "| server RSS after (MB) |")
         print("|---|---|---|---|---|---|---|")
@@ -120,7 +135,7 @@ def main() -> None:
             order = [i % len(mix) for i in range(wave, wave + args.calls)]
             with ThreadPoolExecutor(args.calls) as pool:
                 futures = [pool.submit(call, mix[i]) for i in order]
-            failures, equal, seconds = 0, 0, []
+            failures, equal, seconds, differing = 0, 0, [], []
             for i, future in zip(order, futures, strict=True):
                 try:
                     result, took = future.result()
@@ -129,10 +144,15 @@ def main() -> None:
                     continue
                 seconds.append(took)
                 equal += result == reference[i]
+                if result != reference[i]:
+                    differing.append(f"{mix[i][0]} {mix[i][1][1:]}: {first_difference(reference[i], result)}")
             memory.append((f"after wave {wave}", rss_mb(server.pid)))
             q = statistics.quantiles(seconds, n=20) if len(seconds) > 1 else seconds * 19
             print(f"| {wave} | {len(order)} | {failures} | {equal}/{len(order) - failures} | "
                   f"{statistics.median(seconds):.2f} | {q[18]:.2f} | {memory[-1][1]:.0f} |", flush=True)
+            mismatches += differing
+        for line in mismatches:
+            print(f"differs from one-at-a-time: {line}")
         time.sleep(args.idle)
         memory.append((f"after {args.idle:.0f} s idle", rss_mb(server.pid)))
 
@@ -150,8 +170,10 @@ def main() -> None:
         print(f"\n100 bad calls among 100 good ones: {errors_seen}/100 answered with an error, "
               f"{good_equal}/100 good results equal to one-at-a-time, app still serving: {serving}")
         first, last = memory[1][1], memory[-2][1]
+        tail = [mb for _, mb in memory[1:-1]][-10:]
         print("Server RSS: " + ", ".join(f"{label} {mb:.0f} MB" for label, mb in memory)
-              + f"; last wave vs first: {last / first - 1:+.1%}")
+              + f"; last wave vs first: {last / first - 1:+.1%}; the last {len(tail)} waves within "
+              f"{max(tail) / min(tail) - 1:.1%} of each other (bar: 5 %)")
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -117,11 +117,11 @@ def check_tokens(predictor: Predictor, who: str, names: list[str], template: str
 
 
 def _student_text(student, student_name: str, names: list[str], template: str, prompt: str, spec,
-                  ) -> tuple[torch.Tensor, str]:
+                  prompts: Path | None = None) -> tuple[torch.Tensor, str]:
     zero_shot = f"zero-shot '{template}'"
     if not prompt:
         return student.text_features([template.format(n) for n in names]), zero_shot
-    tensors, meta = load_prompt(prompt)
+    tensors, meta = load_prompt(prompt, prompts)
     if meta.get("pair") != spec.name:
         raise PromptError(f"Prompt {prompt!r} was learned for pair {meta.get('pair')!r}, not {spec.name!r}.")
     if meta.get("student", spec.students[0].name) != student_name:  # learned for another student of the pair
@@ -133,7 +133,7 @@ def _student_text(student, student_name: str, names: list[str], template: str, p
 
 def zero_shot(pair: Pair, chosen: list[Student], predictors: dict[str, Predictor], images: list[np.ndarray],
               names: list[str], template: str, prompt: str = "", notes: list[list[str]] | None = None,
-              latency: bool = True) -> list[ClassificationComparison]:
+              latency: bool = True, prompts: Path | None = None) -> list[ClassificationComparison]:
     """Every model once over the images (one batch per input shape), against each side's text features.
 
     Args:
@@ -144,6 +144,7 @@ def zero_shot(pair: Pair, chosen: list[Student], predictors: dict[str, Predictor
         prompt: a learned prompt's name (it applies to the student it was learned for; the others run zero-shot).
         notes: notes on each image to carry.
         latency: report each image tower's warm latency (measured once per input shape, then cached).
+        prompts: the user's prompt folder (``weights.prompt_store.user_folder``); default this machine's own.
 
     Returns:
         One :class:`ClassificationComparison` per image, with the patch tokens of each tower (for similarity maps).
@@ -158,7 +159,7 @@ def zero_shot(pair: Pair, chosen: list[Student], predictors: dict[str, Predictor
         if name == "teacher":
             text, used[name] = p.text_features([template.format(n) for n in names]), f"zero-shot '{template}'"
         else:
-            text, used[name] = _student_text(p, name, names, template, (prompt or "").strip(), pair)
+            text, used[name] = _student_text(p, name, names, template, (prompt or "").strip(), pair, prompts)
         prepared = [p.prepare(image) for image in images]
         probs[name], patches[name] = [None] * len(images), [None] * len(images)
         seconds = 0.0
@@ -266,7 +267,7 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
                  method: str = "cascade", name: str = "my-prompt", files: list | None = None, per_class: int = 4,
                  steps: int = 100, progress=None, template: str = "",
                  cancel: threading.Event | Callable[[], bool] | None = None,
-                 student: str = "") -> tuple[str, dict]:
+                 student: str = "", prompts: Path | None = None) -> tuple[str, dict]:
     """Learn a prompt for one student of a CLIP pair and save it in the user's prompt folder.
 
     Args:
@@ -284,6 +285,8 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
             raised.
         template: the zero-shot template the context starts from (empty: ``a {}``).
         student: the student the prompt is for (empty: the pair's first); it applies to that student only.
+        prompts: the user's prompt folder it is saved in (``weights.prompt_store.user_folder``); default this
+            machine's own.
 
     Returns:
         ``(name, figures)``: the saved name and ``{method, student, before, after, measured_on, ...}``: the
@@ -301,7 +304,7 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
         raise InputError(f"A prompt is learned for one student at a time; name one (got {len(chosen)}: "
                          f"{', '.join(s.name for s in chosen)}).")
     student_name = chosen[0].name
-    stem = check_name_free(name) if (name or "").strip() else unique_prompt_name(spec.name, method)
+    stem = check_name_free(name, prompts) if (name or "").strip() else unique_prompt_name(spec.name, method)
     template = check_template(template)
     steps = number(steps, "steps", 1, MAX_TUNE_STEPS, integer=True)
     per_class = number(per_class, "per_class", 1, 16, integer=True)
@@ -369,7 +372,7 @@ def tune_prompts(pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 3
                 "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     if stopped():  # stopped while the figures were measured: nothing is saved either
         raise Cancelled(f"Prompt tuning stopped after its {steps} steps, before saving; nothing was saved.")
-    saved = save_prompt(stem, tensors, metadata)
+    saved = save_prompt(stem, tensors, metadata, prompts)
     return saved, figures
 
 

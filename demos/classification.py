@@ -27,20 +27,29 @@ from compare.zero_shot import tune_prompts as tune_for_student
 from demos.jobs import on_gpu
 from demos.widgets import notes_markdown, ranking_markdown
 from methods.prompts import METHODS
-from weights.prompt_store import list_prompts
+from weights.prompt_store import list_prompts, user_folder
 from weights.registry import get_pair
 
 
+def user_of(key: str | None, request=None) -> str | None:
+    """Whose prompts a call sees and saves: the page's key kept in the browser (one per browser, across reloads),
+    else the caller's session (a ``gradio_client`` client); None for scripts (this machine's own folder)."""
+    return key or getattr(request, "session_hash", None)
+
+
 def run_classification(image, pair: str = DEFAULT_PAIR, class_names: str = PRESETS["Shapes: 5 shapes"],
-                       prompt: str = "", template: str = "", students: str | list[str] | None = None) -> tuple:
+                       prompt: str = "", template: str = "", students: str | list[str] | None = None,
+                       user: str | None = None, request=None) -> tuple:
     """The Classify button: :func:`classify`'s outputs and the patch-to-top-class similarity maps ((h, w) in
     [0, 1], or None) of the teacher and the first chosen student, all from one forward of each image tower; the
-    page draws the maps afterwards (:func:`similarity_overlays`), outside the GPU queue."""
+    page draws the maps afterwards (:func:`similarity_overlays`), outside the GPU queue. ``prompt`` is looked up among
+    the shipped prompts and the user's own (:func:`user_of`)."""
     spec, chosen, predictors = compare.load(pair, students, "classification")
     names, notes = parse_classes(class_names)
     template = check_template(template)
     array, image_notes = compare.read_image(image)
-    [result] = zero_shot(spec, chosen, predictors, [array], names, template, prompt, [notes + image_notes])
+    [result] = zero_shot(spec, chosen, predictors, [array], names, template, prompt, [notes + image_notes],
+                         prompts=user_folder(user_of(user, request)))
     report = result.to_json()
     top = max(report["teacher"]["probs"], key=report["teacher"]["probs"].get)
     maps = []
@@ -145,18 +154,33 @@ def shipped_prompt_markdown(pair: str, students) -> str:
     return "\n\n".join(lines)
 
 
-def prompt_choices():
-    """The saved-prompt menu's current entries (read when the tab is opened and after each tuning)."""
+def prompt_choices(user: str | None = None, request=None):
+    """The saved-prompt menu's current entries, the shipped prompts and this user's (read when the tab is opened and
+    after each tuning)."""
     import gradio as gr
 
-    return gr.update(choices=["", *[p["name"] for p in list_prompts()]])
+    return gr.update(choices=["", *[p["name"] for p in list_prompts(user_folder(user_of(user, request)))]])
 
 
-def prompts() -> list[dict]:
-    """Saved prompts, the shipped ones first: ``[{name, pair, student, method, builtin, n_classes, n_context,
-    figures, created}]`` (``method``: ``coop``, ``caspl`` for CasPL's boosting prompt, ``cascade``)."""
+def prompts(request=None, user: str | None = None) -> list[dict]:
+    """Saved prompts, the shipped ones first, then the caller's own (another user's are never listed): ``[{name,
+    pair, student, method, builtin, n_classes, n_context, figures, created}]`` (``method``: ``coop``, ``caspl`` for
+    CasPL's boosting prompt, ``cascade``)."""
     keys = ("name", "pair", "student", "method", "builtin", "n_classes", "n_context", "figures", "created")
-    return [{k: p.get(k) for k in keys} for p in list_prompts()]
+    return [{k: p.get(k) for k in keys} for p in list_prompts(user_folder(user_of(user, request)))]
+
+
+def new_user(key: str | None) -> tuple[str, str]:
+    """This browser's prompt key: the one it keeps, or a fresh random one (stored in the browser from then on)."""
+    import uuid
+
+    key = key or uuid.uuid4().hex
+    return key, key
+
+
+def saved_prompts(request) -> list[dict]:
+    """``/prompts``: the shipped prompts and the caller's own (:func:`prompts`)."""
+    return prompts(request)
 
 
 def build_classification_tab() -> None:
@@ -178,8 +202,10 @@ def build_classification_tab() -> None:
                 preset = gr.Dropdown(list(PRESETS), value="Shapes: 5 shapes", label="Class preset")
                 classes = gr.Textbox(value=PRESETS["Shapes: 5 shapes"], label="Class names (comma-separated)",
                                      lines=2, max_length=200_000)
-                prompt = gr.Dropdown(["", *[p["name"] for p in list_prompts()]], value="", allow_custom_value=True,
-                                     label="Student prompt (empty: zero-shot)")
+                prompt = gr.Dropdown(["", *[p["name"] for p in list_prompts() if p["builtin"]]], value="",
+                                     allow_custom_value=True, label="Student prompt (empty: zero-shot)")
+                kept = gr.BrowserState(None, storage_key="distill-lens-user")  # this browser's prompt key, kept
+                user = gr.State(None)  # the key, for this page's events (a state: no input of the API)
                 template = gr.Textbox(value=DEFAULT_TEMPLATE, label="Zero-shot template")
                 run = gr.Button("Classify", variant="primary", elem_id="classification-run")
             with gr.Column(scale=2):
@@ -208,8 +234,9 @@ def build_classification_tab() -> None:
             figures = gr.JSON(label="Before / after")
             saved_list = gr.JSON(label="Saved prompts", open=False)
         preset.change(lambda p: PRESETS[p], preset, classes, api_visibility="private")
-        event = run.click(user_errors(run_classification), [image, pair, classes, prompt, template, students],
-                          [plot, report, similarity], api_name="classify", **GPU_QUEUE)
+        event = run.click(user_errors(takes_request(run_classification)),
+                          [image, pair, classes, prompt, template, students, user], [plot, report, similarity],
+                          api_name="classify", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
         event.failure(lambda: (None, None, "", None, None), None, [plot, report, summary, *maps],
                       api_visibility="private")
@@ -217,20 +244,21 @@ def build_classification_tab() -> None:
         event.then(similarity_overlays, [image, similarity], maps, api_visibility="private")
 
         @takes_request
-        def run_tuning(pair, classes, method, name, files, per_class, steps, template, student, request,
+        def run_tuning(pair, classes, method, name, files, per_class, steps, template, student, user, request,
                        progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
             return tune_prompts(pair, classes, method, name, files, per_class, steps, progress, template,
-                                cancel=stop_flag(session_of(request), "prompts"), student=student)
+                                cancel=stop_flag(session_of(request), "prompts"), student=student,
+                                prompts=user_folder(user_of(user, request)))
 
         tuning = tune_button.click(user_errors(run_tuning),
-                                   [pair, classes, method, name, files, per_class, steps, template, students],
+                                   [pair, classes, method, name, files, per_class, steps, template, students, user],
                                    [saved, figures], api_name="tune_prompts", **GPU_QUEUE)
         for trigger in (pair.change, students.change):
             trigger(shipped_prompt_markdown, [pair, students], shipped, api_visibility="private", queue=False)
         stop.click(stop_button("prompts"), None, None, api_visibility="private")
-        tuning.then(prompt_choices, None, prompt, api_visibility="private")
-        tab.select(prompt_choices, None, prompt, api_visibility="private", queue=False)
-        refreshed = tuning.then(prompts, None, saved_list, api_name="refresh_prompt_list", api_visibility="private")
-        refreshed.then(lambda: gr.Dropdown(choices=["", *[p["name"] for p in list_prompts()]]), None, prompt,
-                       api_visibility="private")
-        gr.api(prompts, api_name="prompts")
+        tab.select(new_user, kept, [kept, user], api_visibility="private", queue=False).then(
+            takes_request(prompt_choices), user, prompt, api_visibility="private", queue=False)
+        tuning.then(takes_request(prompt_choices), user, prompt, api_visibility="private")
+        tuning.then(takes_request(lambda user, request: prompts(request, user)), user, saved_list,
+                    api_visibility="private")
+        gr.api(takes_request(saved_prompts), api_name="prompts")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def dataset_report(archive, pair: str = "shapes-detection", students: str | list
     Returns:
         ``(summary_markdown, per_class_figure, gallery, files)``: ``gallery`` holds (image, caption) overlays of the
         images of largest disagreement; ``files`` are ``results.jsonl``, ``summary.json``, ``timing.json`` and
-        ``report.html`` (only ``results.jsonl`` when stopped early).
+        ``report.html``. The unpacked images are deleted when the run ends (finished, stopped or failed); the
+        report's folder stays among the served files, bounded with them in entries and bytes.
     """
     from compare.jobs import Cancelled
     from demos.served import output_path
@@ -37,18 +39,22 @@ def dataset_report(archive, pair: str = "shapes-detection", students: str | list
         raise InputError("The label file is larger than 20 MB.")
     threshold = number(threshold, "threshold", 0.0, 1.0)
     work = output_path("dataset", "")
-    notes = extract_zip(archive_path, work / "images")
-    images = list_images(work / "images", MAX_ZIP_IMAGES)
-    out = work / "report"
-    summary = run_dataset(images, pair, out, students, labels_path, threshold=threshold, classes=classes,
-                          progress=progress, cancel=cancel)
-    if summary is None:
-        done = len(read_records(out / "results.jsonl"))
-        raise Cancelled(f"Stopped after {done} of {len(images)} images; nothing was summarised. Run again to "
-                        "finish (the command line's --resume keeps finished images).")
-    spec, chosen, predictors = compare.load(pair, students)
-    pictures = gallery_pictures(summary["largest_disagreement"][:6], read_records(out / "results.jsonl"), images,
-                                spec, chosen, predictors, out / "gallery")
+    try:
+        notes = extract_zip(archive_path, work / "images")
+        images = list_images(work / "images", MAX_ZIP_IMAGES)
+        out = work / "report"
+        summary = run_dataset(images, pair, out, students, labels_path, threshold=threshold, classes=classes,
+                              progress=progress, cancel=cancel)
+        if summary is None:
+            done = len(read_records(out / "results.jsonl"))
+            raise Cancelled(f"Stopped after {done} of {len(images)} images; nothing was summarised. Run again to "
+                            "finish (the command line's --resume keeps finished images).")
+        spec, chosen, predictors = compare.load(pair, students)
+        pictures = gallery_pictures(summary["largest_disagreement"][:6], read_records(out / "results.jsonl"),
+                                    images, spec, chosen, predictors, out / "gallery")
+    finally:  # the unpacked images are the run's input, not its output: they go when it ends, however it ends
+        shutil.rmtree(work / "images", ignore_errors=True)
+        shutil.rmtree(work / "report" / "gallery", ignore_errors=True)
     gallery = [(picture, f"{item['image']} · {label} · disagreement {item['disagreement']:.3f}")
                for item, drawn in pictures for label, picture in drawn]
     files = [str(out / name) for name in ("report.html", "results.jsonl", "summary.json", "timing.json")]

@@ -4,6 +4,7 @@ for people, and ZeroGPU support."""
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import threading
@@ -111,6 +112,43 @@ def stop_button(job: str) -> Callable:
     return takes_request(stop)
 
 
+_CALLS = itertools.count(1)
+TRIM_EVERY = 10  # events between two returns of freed heap memory to the system
+
+
+@functools.cache
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+def release_memory() -> None:
+    """Every :data:`TRIM_EVERY` events, give the heap memory that freed tensors left behind back to the system
+    (glibc's ``malloc_trim``): many threads allocating and freeing image-sized buffers otherwise leave the server's
+    resident memory creeping up wave after wave."""
+    if next(_CALLS) % TRIM_EVERY == 0 and _libc() is not None:
+        _libc().malloc_trim(0)
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether an error (or its cause) is a full disk: ``ENOSPC`` from Python, or a library's own error carrying the
+    OS's "no space left" (safetensors writes through Rust: ``StorageFull``, ``code: 28``)."""
+    import errno
+
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        text = str(error)
+        if "No space left" in text or "StorageFull" in text or "code: 28" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn our user-facing errors into ``gr.Error`` (which reaches gradio_client callers too)
     and any other failure into a short message, so the app keeps serving. Images in the result are served from
@@ -130,9 +168,15 @@ def user_errors(fn: Callable) -> Callable:
             torch.cuda.empty_cache()
             raise gr.Error("The GPU ran out of memory; try a smaller image or a builtin pair.") from error
         except Exception as error:
+            if out_of_space(error):
+                log.error("out of disk space in %s: %s", fn.__name__, error)
+                raise gr.Error("The server is out of disk space, so nothing could be written; nothing was kept. "
+                               "Please try again later.", print_exception=False) from error
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(f"Something went wrong ({type(error).__name__}). The app is still running; "
                            f"please try another input.") from error
+        finally:
+            release_memory()
 
     return wrapper
 

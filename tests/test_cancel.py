@@ -22,7 +22,7 @@ def server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
     try:
         yield lambda: Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:
@@ -125,3 +125,24 @@ def test_each_stop_button_stops_its_own_job_only():
     assert not generation.is_set() and not prompts.is_set()
     request_stop("session", "prompts")
     assert prompts.is_set() and not generation.is_set()
+
+
+def test_two_clients_prompts_are_kept_apart(server, monkeypatch, tmp_path):
+    """Each caller sees, saves and is limited to its own prompts: no one can evict or overwrite another's."""
+    from weights import prompt_store
+
+    monkeypatch.setattr(prompt_store, "PROMPT_DIR", tmp_path)
+    monkeypatch.setattr(prompt_store, "MAX_PROMPTS_PER_PAIR", 1)
+    alice, bob = server(), server()
+    args = ("shapes-clip", "red circle, blue square", "coop", "mine", None, 1, 1, "", "")
+    assert alice.predict(*args, api_name="/tune_prompts")[0] == "mine"
+    assert bob.predict(*args, api_name="/tune_prompts")[0] == "mine"  # the same name, in bob's own folder
+    bob.predict(*args[:3], "bobs-second", *args[4:], api_name="/tune_prompts")  # bob's limit evicts bob's only
+    own = {name: [p["name"] for p in client.predict(api_name="/prompts") if not p["builtin"]]
+           for name, client in (("alice", alice), ("bob", bob))}
+    assert own == {"alice": ["mine"], "bob": ["bobs-second"]}
+    from gradio_client import handle_file
+
+    image = handle_file(str(prompt_store.BUILTIN_PROMPT_DIR.parent.parent / "demos/examples/single_0.png"))
+    *_, report = alice.predict(image, "shapes-clip", "red circle, blue square", "mine", "", "", api_name="/classify")
+    assert "learned prompt 'mine'" in report["students"]["clip-kd"]["prompt"]

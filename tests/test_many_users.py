@@ -95,7 +95,7 @@ def test_the_output_folder_keeps_its_bound_with_dataset_folders_in_it(tmp_path, 
     on a folder, which broke every later call once the folder was full."""
     from demos import served as common
 
-    monkeypatch.setattr(common, "OUTPUT_DIR", tmp_path)
+    monkeypatch.setattr(common, "_folder", tmp_path)
     monkeypatch.setattr(common, "MAX_OUTPUT_FILES", 3)
     monkeypatch.setattr(common, "_written", iter(range(0, 1000, 100)))  # prune on every call
     old_run, running = common.output_path("dataset", ""), common.output_path("dataset", "")
@@ -113,6 +113,28 @@ def test_the_output_folder_keeps_its_bound_with_dataset_folders_in_it(tmp_path, 
     common.output_path("image", ".png")
     assert not old_run.exists() and not images[0].exists() and running.exists() and images[-1].exists()
     assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_the_output_folder_is_private_bounded_in_bytes_and_never_follows_links(tmp_path, monkeypatch):
+    import stat
+
+    from demos import served
+
+    monkeypatch.setattr(served, "_folder", None)
+    monkeypatch.delenv("DISTILL_LENS_OUTPUT_DIR", raising=False)
+    assert stat.S_IMODE(served.output_dir().stat().st_mode) == 0o700  # mkdtemp: this user's alone
+    folder, outside = tmp_path / "out", tmp_path / "precious"
+    folder.mkdir()
+    outside.mkdir()
+    (outside / "keep.txt").write_bytes(b"x" * 10)
+    (folder / "a-link").symlink_to(outside, target_is_directory=True)  # planted by someone else
+    for i, size in enumerate((400, 400, 400)):
+        (folder / f"image-{i}.png").write_bytes(b"x" * size)
+        os.utime(folder / f"image-{i}.png", (1000 + i, 1000 + i))
+    os.utime(folder / "a-link", (500, 500), follow_symlinks=False)
+    served.prune(folder, max_entries=100, max_bytes=900)
+    assert (outside / "keep.txt").exists() and not (folder / "a-link").exists()  # the link went, not its target
+    assert sorted(p.name for p in folder.iterdir()) == ["image-1.png", "image-2.png"]  # 800 bytes of 900
 
 
 def test_stop_ends_prompt_tuning_within_a_step_and_saves_nothing(tmp_path, monkeypatch):

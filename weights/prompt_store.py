@@ -1,9 +1,9 @@
 """Learned prompts on disk: safetensors tensors plus JSON metadata.
 
 Prompts users learn live in a data folder outside the source tree (``$DISTILL_LENS_DATA/prompts``, by default
-``~/.cache/distill_lens/prompts``); prompts shipped with Distill Lens live in ``weights/prompts/``, are marked
-``builtin`` and are never overwritten or deleted. Each pair keeps at most ``MAX_PROMPTS_PER_PAIR`` user prompts (the
-oldest goes first), so one busy user cannot fill the store for everyone.
+``~/.cache/distill_lens/prompts``), one folder per user (:func:`user_folder`); prompts shipped with Distill Lens live
+in ``weights/prompts/``, are marked ``builtin`` and are never overwritten or deleted. Each user keeps at most
+``MAX_PROMPTS_PER_PAIR`` prompts of a pair (their oldest goes first), so no user can evict another's.
 
 Names come from users, so they are sanitised to ``[A-Za-z0-9_-]`` and looked up only among the files listed here;
 a name is never joined into a path before it has passed that check.
@@ -23,8 +23,30 @@ from safetensors.torch import save_file
 BUILTIN_PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 PROMPT_DIR = Path(os.environ.get("DISTILL_LENS_DATA", Path.home() / ".cache" / "distill_lens")) / "prompts"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-MAX_PROMPTS = 200  # user prompts in all
-MAX_PROMPTS_PER_PAIR = 50
+MAX_PROMPTS = 200  # one user's prompts in all
+MAX_PROMPTS_PER_PAIR = 50  # one user's prompts of one pair
+MAX_USERS = 1000  # users' folders kept; the least recently written go first
+
+
+def user_folder(owner: str | None) -> Path:
+    """The folder of one user's prompts: a hash of ``owner`` (the app passes a key kept in the browser, or the API
+    client's session) under :data:`PROMPT_DIR`, so one user can neither see, evict nor overwrite another's prompts;
+    ``None`` (scripts, the command line) is this machine's own folder."""
+    import hashlib
+
+    if owner is None:
+        return PROMPT_DIR
+    return PROMPT_DIR / ("u-" + hashlib.sha256(str(owner).encode()).hexdigest()[:24])
+
+
+def _prune_users(root: Path) -> None:
+    """Keep at most :data:`MAX_USERS` users' folders: the least recently written are removed."""
+    import shutil
+
+    folders = sorted((p for p in root.glob("u-*") if p.is_dir() and not p.is_symlink()),
+                     key=lambda p: p.stat().st_mtime)
+    for old in folders[: max(0, len(folders) - MAX_USERS)]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class PromptError(ValueError):
@@ -104,6 +126,8 @@ def save_prompt(name: str, tensors: dict[str, torch.Tensor], metadata: dict, dir
     for old in same_pair[MAX_PROMPTS_PER_PAIR:] + user[MAX_PROMPTS:]:
         if old["name"] != stem:
             old["_path"].unlink(missing_ok=True)
+    if directory.parent == PROMPT_DIR:
+        _prune_users(PROMPT_DIR)
     return stem
 
 
