@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,6 +117,50 @@ def analyse_image(path: Path, spec: Pair, chosen: list[Student], predictors: dic
     return record, timing, maps
 
 
+OUTPUTS = ("results*.jsonl", "timing*.jsonl", "summary.json", "timing.json", "report.html", "run.json")
+
+
+def run_settings(spec: Pair, students: list[Student], threshold: float, classes: str, labels: Path | None) -> dict:
+    """What a run's results depend on, recorded in ``run.json``: the pair, its students and their weights, the
+    threshold, the classes (CLIP), the label file's content hash."""
+    import hashlib
+
+    def model(source) -> str:
+        return f"{source.display_name}@{source.revision}" if source.revision else source.display_name
+
+    return {"pair": spec.name, "students": [s.name for s in students],
+            "models": [model(spec.teacher)] + [model(s.source) for s in students], "threshold": threshold,
+            "classes": classes if spec.task == "classification" else None,
+            "labels": hashlib.sha256(Path(labels).read_bytes()).hexdigest()[:16] if labels else None}
+
+
+def start_folder(out: Path, settings: dict, resume: bool, overwrite: bool, check_only: bool = False) -> None:
+    """Prepare ``out`` for a run: a resume must have the recorded settings; a fresh run needs an empty folder (or
+    ``overwrite``, which clears the old run's files first, so an old summary never sits beside new results).
+
+    Raises:
+        InputError: a resume with other settings (each difference named), or a run already in ``out``.
+    """
+    recorded = out / "run.json"
+    held = [p for pattern in OUTPUTS for p in out.glob(pattern)]
+    if resume and recorded.exists():
+        before = json.loads(recorded.read_text())
+        changed = [f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items() if before.get(k) != v]
+        if changed:
+            raise InputError(f"{out} holds a run with other settings ({'; '.join(changed)}): resume with the same "
+                             "settings, or start a new run with --overwrite or another --out.")
+    elif held and not resume and not overwrite:
+        raise InputError(f"{out} holds a run already: --resume to finish it, --overwrite to replace it, or give "
+                         "another --out.")
+    if check_only:
+        return
+    if not resume:
+        for old in held:
+            old.unlink()
+        shutil.rmtree(out / "gallery", ignore_errors=True)
+    _rewrite(recorded, [settings])
+
+
 def read_records(path: Path) -> list[dict]:
     """The complete JSON lines of a results file (a last line cut short by a crash is left out)."""
     if not path.exists():
@@ -147,7 +192,7 @@ def run_dataset(images: list[Path], pair: str, out: Path, students: str | list[s
                 labels: Path | None = None, resume: bool = False, threshold: float = DEFAULT_THRESHOLD,
                 classes: str = DEFAULT_CLASSES, gallery: int = GALLERY, rank: int = 0, world: int = 1,
                 progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-                barrier: Callable[[], None] | None = None) -> dict | None:
+                barrier: Callable[[], None] | None = None, overwrite: bool = False) -> dict | None:
     """Run a pair over images, writing ``out`` as the module docstring says; returns the summary (rank 0) or None.
 
     Args:
@@ -155,7 +200,9 @@ def run_dataset(images: list[Path], pair: str, out: Path, students: str | list[s
         pair, students: the pair and one or two of its students (default its first).
         out: the output folder (created).
         labels: a COCO-style label file, or None.
-        resume: keep finished images of an earlier run in ``out``; without it, earlier results are replaced.
+        resume: keep finished images of an earlier run in ``out`` (refused when its settings differ: ``run.json``
+            records them); without it, a folder holding a run is refused unless ``overwrite``.
+        overwrite: replace a run already in ``out``.
         progress: ``progress(done, total)`` after each image of this rank.
         cancel: checked before each image, as is whether the caller has gone (an API cancel, a closed page); then
             the run stops (what is finished stays for ``--resume``).
@@ -172,14 +219,15 @@ def run_dataset(images: list[Path], pair: str, out: Path, students: str | list[s
     out.mkdir(parents=True, exist_ok=True)
     shard = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
     timing_file = out / ("timing.jsonl" if world == 1 else f"timing.rank{rank}.jsonl")
-    if rank == 0 and not resume:
-        for old in [*out.glob("results*.jsonl"), *out.glob("timing*.jsonl")]:
-            old.unlink()
+    settings = run_settings(spec, students_chosen, threshold, classes, labels)
+    if rank == 0:
+        start_folder(out, settings, resume, overwrite)
     if barrier:
         barrier()
     finished = {r["image"] for f in out.glob("results*.jsonl") for r in read_records(f)} if resume else set()
-    if resume:  # drop a partial last line before appending after it
+    if resume:  # drop a partial last line (a crash while writing it) before appending after it
         _rewrite(shard, read_records(shard))
+        _rewrite(timing_file, read_records(timing_file))
     shard_images = images[rank::world]
     store = GalleryStore(out / "gallery", gallery if spec.task == "segmentation" else 0, chosen[0],
                          [r for f in out.glob("results*.jsonl") for r in read_records(f)] if resume else [],
@@ -268,6 +316,9 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
             raise InputError(f"--labels {args.labels} is not a file.")
         Labels.read(args.labels)
     images = list_images(args.images)
+    if args.out.is_dir():  # every process checks, before any waits for the others
+        start_folder(args.out, run_settings(spec, chosen, args.threshold, args.classes, args.labels), args.resume,
+                     args.overwrite, check_only=True)
     predictors_for(spec, students=chosen)  # offline and uncached, a Hub pair says so here, not after a traceback
     return images
 
@@ -279,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--students", default="", help="one or two student names, comma-separated")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--labels", type=Path)
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="finish a run in --out (with the same settings)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="detection score threshold")
     parser.add_argument("--classes", default=DEFAULT_CLASSES, help="classification: comma-separated class names")
     parser.add_argument("--gallery", type=int, default=GALLERY)
@@ -304,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
         summary = run_dataset(images, args.pair, args.out, args.students, args.labels, args.resume, args.threshold,
                               args.classes, args.gallery, rank, world,
                               progress=lambda done, total: print(f"[rank {rank}] {done}/{total}", flush=True)
-                              if done % 25 == 0 or done == total else None, barrier=barrier)
+                              if done % 25 == 0 or done == total else None, barrier=barrier,
+                              overwrite=args.overwrite)
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
     finally:

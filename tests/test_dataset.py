@@ -182,3 +182,27 @@ def test_a_run_killed_halfway_then_resumed_gives_the_same_files(folder, uninterr
     resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert outputs(tmp_path) == outputs(uninterrupted[0])
+
+
+def test_a_resume_with_other_settings_is_refused_naming_the_difference(folder, tmp_path):
+    images = [p for p in list_images(folder / "images") if p.name != "broken.png"][:3]
+    run_dataset(images, "shapes-detection", tmp_path, gallery=0)
+    with pytest.raises(InputError, match=r"threshold: 0.3 then, 0.5 now"):
+        run_dataset(images, "shapes-detection", tmp_path, resume=True, threshold=0.5)
+    with pytest.raises(InputError, match=r"students: \['feature-kd'\] then, \['adm-consensus'\] now"):
+        run_dataset(images, "shapes-detection", tmp_path, "adm-consensus", resume=True)
+    with pytest.raises(InputError, match="holds a run already: --resume"):
+        run_dataset(images, "shapes-detection", tmp_path, threshold=0.5)  # a fresh run over an old one
+    run_dataset(images[:2], "shapes-detection", tmp_path, threshold=0.5, overwrite=True, gallery=0)
+    assert json.loads((tmp_path / "summary.json").read_text())["images"] == 2  # the old summary is gone
+    assert json.loads((tmp_path / "run.json").read_text())["threshold"] == 0.5
+
+
+def test_timings_resume_like_results(folder, tmp_path):
+    images = list_images(folder / "images")
+    run_dataset(images[:4], "shapes-detection", tmp_path, gallery=0)
+    (tmp_path / "timing.jsonl").write_text((tmp_path / "timing.jsonl").read_text() + '{"image": "cut sh')
+    (tmp_path / "summary.json").unlink()  # the crash came before the end
+    run_dataset(images, "shapes-detection", tmp_path, resume=True, gallery=0)
+    timings = read_records(tmp_path / "timing.jsonl")
+    assert len(timings) == len(images) - 1  # every readable image, none lost behind the cut line

@@ -259,3 +259,46 @@ def test_the_lcm_lora_student_loads_with_peft_and_generates(tmp_path, tiny_hub_p
         assert report["student"]["steps"] == 2 and not np.array_equal(teacher_image, student_image)
     finally:
         unregister_pair(pair.name)
+
+
+def test_an_inline_image_is_sized_before_any_decoding(tmp_path, monkeypatch):
+    """A data: URL of a few hundred bytes claiming 20,000 x 20,000 pixels is refused from its header; one longer
+    than the upload cap is refused from its length."""
+    import base64
+
+    import gradio as gr
+    import pytest
+    from gradio.data_classes import ImageData
+
+    from benchmarks.abuse import huge_png_header
+    from compare.inputs import InputError, read_image
+    from demos import components, served
+
+    monkeypatch.setattr(served, "_folder", tmp_path)
+    url = "data:image/png;base64," + base64.b64encode(huge_png_header()).decode()
+    path = components.UserImage(type="filepath").preprocess(ImageData(url=url))
+    assert os.path.getsize(path) < 1000
+    with pytest.raises(InputError, match="too large"):
+        read_image(path)
+    monkeypatch.setattr(components, "MAX_UPLOAD_BYTES", 10)
+    with pytest.raises(gr.Error, match="more than 0 MB"):
+        components.UserImage(type="filepath").preprocess(ImageData(url=url))
+
+
+def test_a_full_disk_is_said_to_be_one():
+    import errno
+
+    import gradio as gr
+    import pytest
+
+    from demos.jobs import out_of_space, user_errors
+
+    def write():
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as error:
+            raise RuntimeError("SafetensorError: Error while serializing") from error
+
+    assert out_of_space(RuntimeError("IoError(Os { code: 28, kind: StorageFull })"))
+    with pytest.raises(gr.Error, match="out of disk space"):
+        user_errors(write)()
