@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from methods.checks import in_range
+
 
 def soft_label_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
                   ) -> torch.Tensor:
@@ -26,7 +28,7 @@ def soft_label_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
         student_logits, teacher_logits: (B, K) or (B, K, H, W) logits; classes on dim 1.
         temperature: the softening temperature T.
     """
-    t = temperature
+    t = in_range(temperature, "temperature", 0.0, 1e4, open_low=True)
     locations = student_logits[0, 0].numel()
     return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1),
                     reduction="batchmean") * t * t / locations

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from methods.checks import in_range
+
 
 @dataclass
 class HiResController:
@@ -155,6 +157,8 @@ def high_resolution(unet, num_steps: int, raunet: bool = True, msw_msa: bool = T
     """
     if len(unet.up_blocks) != len(unet.down_blocks):
         raise ValueError("high_resolution needs a UNet with as many up blocks as down blocks")
+    num_steps = in_range(num_steps, "num_steps", 1, 10_000, integer=True)
+    in_range(switch_fraction, "switch_fraction", 0.0, 1.0)
     controller = HiResController(num_steps, raunet, msw_msa, switch_fraction, generator)
     replaced: list[tuple[torch.nn.ModuleList, int, torch.nn.Module]] = []
     level_hooks, handles = [], []

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from methods.checks import in_range
+
 PLACEHOLDER = "X"
 
 
@@ -176,6 +178,11 @@ def tune(student, teacher, class_names: list[str], method: str, labelled: tuple[
         ``{"boost": (M, width)}`` (CasPL), ``{"adapt": (M, width)}`` (CoOp) or both (the cascade).
     """
     method = method_name(method)
+    steps = in_range(steps, "steps", 1, 100_000, integer=True)
+    in_range(temperature, "temperature", 0.0, 1e4, open_low=True)
+    n_context = in_range(n_context, "n_context", 1, 64, integer=True)
+    if len(class_names) < 2 or not all(isinstance(n, str) and n.strip() for n in class_names):
+        raise ValueError("class_names must be two or more non-empty names")
     model, tokenizer = student.model, student.tokenizer
     check_text_tower(model)
     init = initial_context(model, tokenizer, template, n_context)

@@ -241,3 +241,18 @@ def test_zips_of_every_kind_get_a_message(tmp_path):
     lying.write_bytes(bytes(raw))
     notes = extract_zip(lying, tmp_path / "out6")
     assert any("a.png" in n and "corrupt" in n for n in notes)
+
+
+def test_the_methods_check_their_own_arguments():
+    from methods.distill import soft_label_kd
+    from methods.hires import high_resolution
+    from weights.loaders import load_generation_pair
+    from weights.registry import get_pair
+
+    with pytest.raises(ValueError, match="temperature must be a number in \\(0, 10000\\]"):
+        soft_label_kd(torch.zeros(2, 3), torch.zeros(2, 3), temperature=0.0)
+    unet = load_generation_pair(get_pair("shapes-diffusion"))["teacher"].unet
+    for kwargs, name in (({"num_steps": 0}, "num_steps"), ({"num_steps": 10, "switch_fraction": float("nan")},
+                                                          "switch_fraction")):
+        with pytest.raises(ValueError, match=name), high_resolution(unet, **kwargs):
+            pass
