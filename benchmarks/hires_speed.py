@@ -73,27 +73,30 @@ def steps_per_second(unet, side: int, steps: int, device, dtype, channels_last: 
 
 
 def cost_per_run(config: dict, width_scale: float, side: int, steps: int, raunet: bool, msw_msa: bool,
-                 ) -> tuple[float, list[int]]:
+                 variant: str = "paper") -> tuple[float, list[int]]:
     """FLOPs of a whole denoising loop as ``torch.utils.flop_counter`` counts them, and the aten ops one step
     dispatches in each phase (what the host must launch per step), on the meta device (shapes only, no arithmetic).
     A step's cost depends only on which modules are in place, not on the timestep or the window shift, so one step
-    is counted per phase (RAU-Net active, then after the switch) and multiplied by the number of steps in that
-    phase."""
+    is counted per phase (the paper variant's extra stage at 4x, RAU-Net, then after the switch) and multiplied by the
+    number of steps in that phase."""
     with torch.device("meta"):
         unet = build(config, width_scale).eval()
     latents, text = _inputs(unet, side, torch.device("meta"), torch.float32)
     total, ops = 0, []
-    with torch.no_grad(), high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa) as controller:
-        switch = controller.switch_step if raunet else 0
-        for first, count in ((0, switch), (switch, steps - switch)):
-            if count == 0:
-                continue
-            if first:  # move the run to this phase (puts the original modules back at the switch)
+    with torch.no_grad(), high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa, variant=variant) as controller:
+        first, done = 0, 0
+        while first < steps:
+            if first:  # move the run to this phase (the extra stage ends, then RAU-Net's modules go at the switch)
                 controller.callback_on_step_end(None, first - 1, None, {})
             with FlopCounterMode(display=False) as counter, DispatchCounter() as dispatched:
                 unet(latents, torch.tensor(999 - first, device="meta"), encoder_hidden_states=text)
+            # the phase boundaries are known once the first call has set the schedule from the latent size
+            bounds = sorted({b for b in (controller.extra_step, controller.switch_step if raunet else 0, steps)
+                             if b > first})
+            count = bounds[0] - first
             total += count * counter.get_total_flops()
             ops.append(dispatched.ops)
+            first, done = bounds[0], done + count
     return total, ops
 
 

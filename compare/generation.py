@@ -20,7 +20,7 @@ from compare.checks import number
 from compare.drawing import heat_overlay
 from compare.inputs import InputError
 from compare.jobs import Cancelled, exclusive, stop_check
-from methods.hires import high_resolution
+from methods.hires import VARIANTS, high_resolution
 from weights.loaders import assemble_pipeline, default_device, load_generation_pair
 from weights.registry import get_pair
 
@@ -140,7 +140,8 @@ def with_fresh_scheduler(pipe):
 def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 64, height: int = 64,
              steps: int = 25, guidance: float = 4.0, raunet: bool = False, msw_msa: bool = False,
              progress=None, insight: dict | None = None, insight_step: int | None = None,
-             cancel: threading.Event | Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+             cancel: threading.Event | Callable[[], bool] | None = None, variant: str = "paper",
+             ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Teacher and student images for one prompt, from the same seed and initial latent.
 
     Args:
@@ -151,6 +152,8 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
         steps, guidance: the teacher's denoising steps and guidance (pairs with ``student_steps`` /
             ``student_guidance``, e.g. LCM-LoRA, use those for the student).
         raunet, msw_msa: apply RAU-Net and MSW-MSA (both models alike).
+        variant: ``"paper"`` (HiDiffusion's official algorithm, its 4x schedule included) or ``"fast"`` (ours: the
+            mirror upsampler convolves at half size; see :mod:`methods.hires`).
         progress: ``progress(fraction, desc)`` per denoising step, or None.
         insight: a dict to fill with UNet feature consensus overlays per up block and cross-attention overlays
             per prompt word, recorded at ``insight_step`` (default: the middle step) during the same runs.
@@ -162,6 +165,9 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
         guidance}, student: {...}, settings: {prompt, seed, width, height, raunet, msw_msa}, notes}``.
     """
     stopped = stop_check(cancel)
+    if variant not in VARIANTS:
+        raise InputError(f"variant must be one of {', '.join(VARIANTS)} (paper: HiDiffusion's own algorithm; fast: "
+                         f"ours), got {str(variant)[:20]!r}.")
     spec = get_pair(pair, "generation")
     prompt, width, height, steps, guidance, notes = check_settings(spec, prompt, width, height, steps, guidance)
     seed = number(seed, "seed", -(2**63), 2**63 - 1, integer=True) % 2**32
@@ -182,7 +188,8 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
         generator = torch.Generator().manual_seed(seed)
 
         with (exclusive(pipe.unet, pipe.text_encoder, pipe.vae),  # shared modules (and tokenizer), this call only
-              high_resolution(pipe.unet, n, raunet=raunet, msw_msa=msw_msa, generator=generator) as hires):
+              high_resolution(pipe.unet, n, raunet=raunet, msw_msa=msw_msa, generator=generator,
+                              variant=variant) as hires):
             def on_step(pipeline, i, t, kwargs, role=role, n=n, hires=hires):
                 if stopped():
                     raise Cancelled(f"Generation stopped at the {role}'s step {i + 1}/{n}.")
@@ -201,7 +208,8 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
         report[role] = {"seconds": round(watch.seconds, 3), "peak_mem_mb": peak.mb, "steps": n,
                         "guidance": g}
     report["settings"] = {"prompt": prompt, "seed": seed, "width": width, "height": height, "raunet": bool(raunet),
-                          "msw_msa": bool(msw_msa), "device": device.type}
+                          "msw_msa": bool(msw_msa), "variant": variant if raunet or msw_msa else None,
+                          "device": device.type}
     report["notes"] = notes + (["Peak memory on the CPU is the whole process's peak resident set size."]
                                if device.type == "cpu" else [])
     if insight is not None:
@@ -211,7 +219,7 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
 
 
 def compare_techniques(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 64, height: int = 64,
-                       steps: int = 25, guidance: float = 4.0, progress=None, cancel=None,
+                       steps: int = 25, guidance: float = 4.0, progress=None, cancel=None, variant: str = "paper",
                        ) -> tuple[list[tuple[np.ndarray, str]], dict]:
     """Teacher and student with neither technique, then with RAU-Net and MSW-MSA, from the same seed and latent.
 
@@ -226,7 +234,8 @@ def compare_techniques(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, wid
             if progress is not None:
                 progress((fraction + (key == "with")) / 2, desc=f"{key} RAU-Net/MSW-MSA: {desc}")
 
-        runs[key] = generate(prompt, pair, seed, width, height, steps, guidance, on, on, part, cancel=cancel)
+        runs[key] = generate(prompt, pair, seed, width, height, steps, guidance, on, on, part, cancel=cancel,
+                             variant=variant)
     images = [(runs[key][i], f"{role}, {key} RAU-Net and MSW-MSA ({runs[key][2][role]['seconds']:.2f} s)")
               for key in ("without", "with") for i, role in enumerate(ROLES)]
     report = {"pair": runs["with"][2]["pair"], "without": runs["without"][2], "with": runs["with"][2],

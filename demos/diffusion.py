@@ -30,6 +30,8 @@ def summary_markdown(report: dict | None) -> str:
                       f"{report[role]['steps']} | {report[role]['guidance']} |" for role in ROLES)
     settings = report.get("settings", {})
     techniques = [name for name, key in (("RAU-Net", "raunet"), ("MSW-MSA", "msw_msa")) if settings.get(key)]
+    if techniques and settings.get("variant"):
+        techniques[-1] += f" ({settings['variant']} variant)"
     speed = report["teacher"]["seconds"] / max(report["student"]["seconds"], 1e-9)
     return (notes_markdown(report.get("notes", []))
             + f"**{settings.get('width')}×{settings.get('height')}**, "
@@ -77,6 +79,9 @@ def build_diffusion_tab() -> None:
                 with gr.Row():
                     raunet = gr.Checkbox(label="RAU-Net", value=False)
                     msw_msa = gr.Checkbox(label="MSW-MSA", value=False)
+                variant = gr.Radio(["paper", "fast"], value="paper", label="Variant",
+                                   info="paper: HiDiffusion's own algorithm (its 4× schedule included); fast: ours, "
+                                        "the mirror upsampler at half size (fewer FLOPs, more duplicates: README)")
                 insight_step = CheckedSlider(0, MAX_STEPS - 1, value=12, step=1, label="Analyse at step")
                 compare = gr.Checkbox(label="Also compare with and without RAU-Net and MSW-MSA (both models, "
                                             "twice the time)", value=False)
@@ -97,21 +102,22 @@ def build_diffusion_tab() -> None:
                 comparison = gr.Gallery(label="Without | with RAU-Net and MSW-MSA", columns=4, height=260,
                                         visible=False)
                 report = gr.JSON(label="Report", open=False)
-        inputs = [prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa]
+        inputs = [prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, variant]
 
         @takes_request
-        def run_for_ui(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, step, request,
+        def run_for_ui(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, variant, step, request,
                        progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
             found: dict = {}
             t, s, r = generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress,
                                insight=found, insight_step=int(step),
-                               cancel=stop_flag(session_of(request), "generation"))
+                               cancel=stop_flag(session_of(request), "generation"), variant=variant)
             return (t, s, r, (t, s), summary_markdown(r), found.get("consensus", []),
                     *(found.get("attention", {}).get(role, []) for role in ROLES))
 
-        def run_for_api(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa,
+        def run_for_api(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, variant="paper",
                         progress=gr.Progress()):  # noqa: B008
-            return generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress)
+            return generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress,
+                            variant=variant)
 
         running = run.click(user_errors(run_for_ui), [*inputs, insight_step],
                             [*outputs, report, slider, summary, consensus, *attention], api_visibility="private",
@@ -119,15 +125,16 @@ def build_diffusion_tab() -> None:
         pair.change(size_limits, pair, [width, height], api_visibility="private", queue=False)
 
         @takes_request
-        def run_comparison(wanted, prompt, pair, seed, width, height, steps, guidance, request,
+        def run_comparison(wanted, prompt, pair, seed, width, height, steps, guidance, variant, request,
                            progress=gr.Progress()):  # noqa: B008
             if not wanted:
                 return gr.update(visible=False), ""
             images, result = compare_techniques(prompt, pair, seed, width, height, steps, guidance, progress,
-                                                cancel=stop_flag(session_of(request), "generation"))
+                                                cancel=stop_flag(session_of(request), "generation"),
+                                                variant=variant)
             return gr.update(value=images, visible=True), comparison_markdown(result)
 
-        running.then(user_errors(run_comparison), [compare, *inputs[:7]], [comparison, comparison_summary],
+        running.then(user_errors(run_comparison), [compare, *inputs[:7], variant], [comparison, comparison_summary],
                      api_visibility="private", show_progress_on=[comparison], **GPU_QUEUE)
         stop.click(stop_button("generation"), None, None, cancels=[running], api_visibility="private")
         api_run.click(user_errors(run_for_api), inputs, [*outputs, report], api_name="generate",

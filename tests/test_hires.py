@@ -81,7 +81,8 @@ def test_shifts_come_from_the_generator():
     sample = torch.randn(1, 4, 24, 24)
     sequences = []
     for seed in (7, 8):
-        with high_resolution(unet, num_steps=6, raunet=False, generator=torch.Generator().manual_seed(seed)) as c:
+        with high_resolution(unet, num_steps=6, raunet=False, generator=torch.Generator().manual_seed(seed),
+                             variant="fast") as c:
             sequences.append([(run(unet, sample), c.shift)[1] for _ in range(6)])
     assert sequences[0] != sequences[1]
     assert all(0 <= dy < 12 and 0 <= dx < 12 for seq in sequences for dy, dx in seq)
@@ -89,7 +90,7 @@ def test_shifts_come_from_the_generator():
 
 def test_raunet_shrinks_the_deep_feature_maps():
     unet = tiny_unet()
-    with high_resolution(unet, num_steps=10, msw_msa=True) as controller:
+    with high_resolution(unet, num_steps=10, msw_msa=True, variant="fast") as controller:
         run(unet, torch.randn(1, 4, 32, 48))
         assert controller.level_sizes == {0: (32, 48), 1: (8, 12), 2: (4, 6)}  # /4 after the first block
         for step in range(4):
@@ -131,15 +132,16 @@ def test_the_stride_4_dilated_convolution_is_the_stride_2_one_on_every_other_pix
         assert torch.allclose(RAUDownsample(downsampler)(x), dilated, atol=1e-5)
 
 
-def test_the_mirror_upsampler_convolves_at_its_usual_size():
-    """Under RAU-Net the mirror upsampler goes from 1/4 to full size; its convolution runs at 1/2 size."""
+def test_the_fast_mirror_upsampler_convolves_at_its_usual_size():
+    """Under RAU-Net (fast variant) the mirror upsampler goes from 1/4 to full size; its convolution runs at 1/2
+    size."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from methods.hires import HiResController, SizeMatchedUpsample
 
     unet = tiny_unet()
     upsampler = unet.up_blocks[1].upsamplers[0]  # the mirror of down level 0
-    controller = HiResController(10, True, False, 0.4, None, level_sizes={0: (32, 48)})
+    controller = HiResController(10, True, False, 0.4, None, "fast", level_sizes={0: (32, 48)})
     x = torch.randn(1, upsampler.channels, 8, 12)
     with torch.no_grad(), FlopCounterMode(display=False) as ours:
         out = SizeMatchedUpsample(upsampler, controller, level=0)(x)
@@ -157,7 +159,7 @@ def test_windows_confine_attention():
 
     torch.manual_seed(0)
     attn = Attention(query_dim=8, heads=2, dim_head=4)
-    controller = HiResController(1, False, True, 0.4, None, level_sizes={0: (6, 8)}, shift=(0, 0))
+    controller = HiResController(1, False, True, 0.4, None, "fast", level_sizes={0: (6, 8)}, shift=(0, 0))
     windowed = WindowedSelfAttention(AttnProcessor2_0(), controller)
     x = torch.randn(1, 48, 8)
     y = x.clone()
@@ -166,7 +168,7 @@ def test_windows_confine_attention():
     grid_a, grid_b = a.reshape(6, 8, 8), b.reshape(6, 8, 8)
     assert not torch.allclose(grid_a[:3, :4], grid_b[:3, :4])
     assert torch.allclose(grid_a[3:], grid_b[3:]) and torch.allclose(grid_a[:3, 4:], grid_b[:3, 4:])
-    whole = HiResController(1, False, False, 0.4, None, level_sizes={0: (6, 8)})  # off: plain attention
+    whole = HiResController(1, False, False, 0.4, None, "fast", level_sizes={0: (6, 8)})  # off: plain attention
     assert torch.allclose(WindowedSelfAttention(AttnProcessor2_0(), whole)(attn, x), AttnProcessor2_0()(attn, x))
 
 
