@@ -61,6 +61,14 @@ def dataset_report(archive, pair: str = "shapes-detection", students: str | list
     return summary_markdown(summary, notes), per_class_figure(summary), gallery, files
 
 
+def figures_text(figures: dict) -> str:
+    """``top1 0.812, top5 0.950``; an undefined figure as – with its note."""
+    def shown(value) -> str:
+        return f"– ({figures.get('note', 'undefined')})" if value is None else f"{value:.3f}"
+
+    return ", ".join(f"{k} {shown(v)}" for k, v in figures.items() if k != "note")
+
+
 def summary_markdown(summary: dict, notes: list[str] = ()) -> str:
     lines = [f"**{summary['images']} images** through `{summary['pair']}`"
              + (f"; {len(summary['unreadable'])} unreadable (listed in summary.json)." if summary["unreadable"]
@@ -73,7 +81,7 @@ def summary_markdown(summary: dict, notes: list[str] = ()) -> str:
                                                  else "") + ".")
     if "accuracy" in summary:
         lines.append("**Against the labels:** " + "; ".join(
-            f"{model} {', '.join(f'{k} {v:.3f}' for k, v in figures.items())}"
+            f"{model} {figures_text(figures)}"
             for model, figures in summary["accuracy"].items()) + ".")
     if "misses" in summary:
         m = summary["misses"]

@@ -107,9 +107,13 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels) ->
         from torchmetrics.detection import MeanAveragePrecision
 
         names = sorted({label for r in records for label, _ in labels.boxes.get(r["image"], [])}
-                       | {d["label"] for r in records for d in r["teacher"]["detections"]})
-        index = {n: i for i, n in enumerate(names)}
+                       | {d["label"] for r in records for d in r["teacher"]["detections"]}
+                       | {d["label"] for r in records for s in students for d in r["students"][s]["detections"]})
+        index = {n: i for i, n in enumerate(names)}  # every class any model or label names: none is unknown
         out = {}
+        if not any(labels.boxes.get(r["image"]) for r in records):  # torchmetrics would give its -1 sentinel
+            note = "undefined: no labelled object in the images that were read"
+            return {model: {"map_50": None, "note": note} for model in models}
         for model in models:
             metric = MeanAveragePrecision(iou_thresholds=[0.5], sync_on_compute=False)  # rank 0 alone
             for r in records:

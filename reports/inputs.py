@@ -180,6 +180,12 @@ class Labels:
                                  f"({str(error)[:40]}).") from None
             except (TypeError, ValueError, AttributeError) as error:
                 raise InputError(f"The labels {name}: {where} is not COCO-style ({str(error)[:80]}).") from None
+        for original in set(files.values()):  # an uploaded zip's images are unpacked under sanitised names
+            safe = safe_name(original)
+            if safe != original:
+                for table in (labels.boxes, labels.polygons, labels.rle, labels.classes):
+                    if original in table:
+                        table.setdefault(safe, table[original])
         return labels
 
     def mask(self, image: str, size: tuple[int, int], classes: list[str]) -> np.ndarray:

@@ -206,3 +206,22 @@ def test_timings_resume_like_results(folder, tmp_path):
     run_dataset(images, "shapes-detection", tmp_path, resume=True, gallery=0)
     timings = read_records(tmp_path / "timing.jsonl")
     assert len(timings) == len(images) - 1  # every readable image, none lost behind the cut line
+
+
+def test_labels_follow_sanitised_names_and_no_labelled_object_is_null_not_minus_one(folder, tmp_path):
+    """A zip's odd file names are sanitised on extraction; their labels still apply. A label file with no object
+    gives mAP null with a note, not torchmetrics' -1 sentinel; a class only a student finds breaks nothing."""
+    from reports.aggregate import _accuracy
+    from weights.registry import get_pair
+
+    coco = json.loads((folder / "labels.json").read_text())
+    coco["images"][0]["file_name"] = "my scene (1)'s.png"
+    (tmp_path / "odd.json").write_text(json.dumps(coco))
+    labels = Labels.read(tmp_path / "odd.json")
+    assert labels.boxes[safe_name("my scene (1)'s.png")] == labels.boxes["my scene (1)'s.png"]
+    record = {"image": "a.png", "teacher": {"detections": []},
+              "students": {"s": {"detections": [{"box": [0, 0, 5, 5], "label": "unicorn", "score": 0.9}]}}}
+    empty = _accuracy([record], get_pair("shapes-detection"), ["s"], Labels())
+    assert empty["teacher"]["map_50"] is None and "no labelled object" in empty["teacher"]["note"]
+    truth = Labels(boxes={"a.png": [("circle", [1.0, 1.0, 9.0, 9.0])]})
+    assert _accuracy([record], get_pair("shapes-detection"), ["s"], truth)["s"]["map_50"] == 0.0
