@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
 import tempfile
-import time
 import zipfile
 import zlib
 from pathlib import Path
 
 from PIL import Image
 
-from benchmarks.load import free_port, rss_mb
+from benchmarks.load import rss_mb, start_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,21 +46,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="abuse-"))
     outputs, data = work / "outputs", work / "data"
-    port = free_port()
-    env = {**os.environ, "DISTILL_LENS_OUTPUT_DIR": str(outputs), "DISTILL_LENS_DATA": str(data),
-           "DISTILL_LENS_OUTPUT_MB": "200"}
-    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, client = start_app({"DISTILL_LENS_OUTPUT_DIR": str(outputs), "DISTILL_LENS_DATA": str(data),
+                                "DISTILL_LENS_OUTPUT_MB": "200"})
+    url_of = client.src
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-                break
-            except Exception as error:
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("the app did not start") from error
-                time.sleep(1)
         client.predict(handle_file(str(ROOT / "demos/examples/shapes_0.png")), "shapes-detection", 0.3,
                        api_name="/detect")  # models loaded: what follows is the cases' own cost
         print("| case | refused with a message | server RSS before → after (MB) | disk before → after (MB) |")
@@ -94,8 +79,7 @@ def main() -> None:
              lambda: client.predict(handle_file(str(archive)), "shapes-detection", "", None, "circle", 0.3,
                                     api_name="/dataset") and "no (ran; its unpacked images removed)")
 
-        alice, bob = Client(f"http://127.0.0.1:{port}/", verbose=False), Client(f"http://127.0.0.1:{port}/",
-                                                                                 verbose=False)
+        alice, bob = Client(url_of, verbose=False), Client(url_of, verbose=False)
         args = ("shapes-clip", "red circle, blue square", "coop", "", None, 1, 1, "", "")
         kept = alice.predict(*args[:3], "alices", *args[4:], api_name="/tune_prompts")[0]
 

@@ -94,27 +94,38 @@ def first_difference(a, b, path: str = "") -> str:
     return f"{path or '/'}: {shown[0]} != {shown[1]}"
 
 
+def start_app(env: dict | None = None) -> tuple[subprocess.Popen, object]:
+    """``python app.py`` on a free port (with ``env`` added to the environment), and a ``gradio_client`` on it once
+    it answers (at most two minutes)."""
+    import os
+
+    from gradio_client import Client
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env={**os.environ,
+                                                                                          **(env or {})},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while True:
+        try:
+            return server, Client(f"http://127.0.0.1:{port}/", verbose=False)
+        except Exception as error:
+            if time.time() > deadline or server.poll() is not None:
+                server.terminate()
+                raise SystemExit("the app did not start") from error
+            time.sleep(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--waves", type=int, default=20)
     parser.add_argument("--idle", type=float, default=60)
     args = parser.parse_args()
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, client = start_app()
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-                break
-            except Exception as error:
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("the app did not start") from error
-                time.sleep(1)
 
         def call(request: tuple[str, tuple]) -> tuple[object, float]:
             name, arguments = request
@@ -126,7 +137,7 @@ def main() -> None:
         mix = mixed_calls()
         reference = {i: call(request)[0] for i, request in enumerate(mix)}  # one at a time (warms the models too)
         memory = [("before the waves", rss_mb(server.pid))]
-        print(f"App on port {port}; {len(mix)} distinct calls; {args.calls} at once per wave\n")
+        print(f"App at {client.src}; {len(mix)} distinct calls; {args.calls} at once per wave\n")
         mismatches: list[str] = []
         print("| wave | calls | failures | results equal to one-at-a-time | p50 (s) | p95 (s) "
               "| server RSS after (MB) |")

@@ -38,15 +38,20 @@ class Forwarded:
     seconds: float
 
 
-def forward_batched(predictor: Predictor, prepared: list[tuple[dict, Geometry]], with_stages: bool,
-                    ) -> list[Forwarded]:
-    """Run ``predictor`` once over every prepared image, one batch per input shape."""
+def batches(prepared: list[tuple[dict, Geometry]]) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Prepared images grouped into one batch per input shape: ``[(image indices, {"pixel_values": (b, ...)})]``."""
     groups: dict[tuple, list[int]] = {}
     for i, (inputs, _) in enumerate(prepared):
         groups.setdefault(tuple(inputs["pixel_values"].shape[1:]), []).append(i)
+    return [(indices, {"pixel_values": torch.cat([prepared[i][0]["pixel_values"] for i in indices])})
+            for indices in groups.values()]
+
+
+def forward_batched(predictor: Predictor, prepared: list[tuple[dict, Geometry]], with_stages: bool,
+                    ) -> list[Forwarded]:
+    """Run ``predictor`` once over every prepared image, one batch per input shape."""
     done = []
-    for indices in groups.values():
-        batch = {"pixel_values": torch.cat([prepared[i][0]["pixel_values"] for i in indices])}
+    for indices, batch in batches(prepared):
         geometries = [prepared[i][1] for i in indices]
         with Stopwatch(predictor.device) as watch:
             if with_stages:

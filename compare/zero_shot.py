@@ -188,13 +188,10 @@ def similarity_map(predictor: Predictor, patches: torch.Tensor | None, text: str
 def _encode_batched(predictor: Predictor, prepared: list) -> list[tuple]:
     """``[(features (b, D), patch tokens (b, h, w, D) or None, image indices, seconds)]``, one batch per shape."""
     from analysis.profiling import Stopwatch
+    from compare.vision import batches
 
-    groups: dict[tuple, list[int]] = {}
-    for i, (inputs, _) in enumerate(prepared):
-        groups.setdefault(tuple(inputs["pixel_values"].shape[1:]), []).append(i)
     done = []
-    for indices in groups.values():
-        batch = {"pixel_values": torch.cat([prepared[i][0]["pixel_values"] for i in indices])}
+    for indices, batch in batches(prepared):
         with Stopwatch(predictor.device) as watch:
             features, tokens = predictor.encode(batch)
         done.append((features, tokens, indices, watch.seconds))
