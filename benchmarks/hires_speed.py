@@ -86,7 +86,9 @@ def cost_per_run(config: dict, width_scale: float, side: int, steps: int, raunet
         unet = build(config, width_scale).eval()
     latents, text = _inputs(unet, side, torch.device("meta"), torch.float32)
     total, ops = 0, []
-    with torch.no_grad(), high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa, variant=variant) as controller:
+    generator = torch.Generator().manual_seed(0)  # the window shifts (a roll or none) fixed: counts repeat exactly
+    with torch.no_grad(), high_resolution(unet, steps, raunet=raunet, msw_msa=msw_msa, generator=generator,
+                                          variant=variant) as controller:
         first, done = 0, 0
         while first < steps:
             if first:  # move the run to this phase (the extra stage ends, then RAU-Net's modules go at the switch)
