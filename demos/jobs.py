@@ -81,9 +81,13 @@ def gradio_event_cancelled() -> bool:
         return any(task.get_name().endswith(f"<gradio-sep>{event_id}") and not task.cancelling()
                    for task in asyncio.all_tasks())
 
+    import concurrent.futures
+
     try:
         return not asyncio.run_coroutine_threadsafe(running(), token.native_token).result(timeout=5)
-    except Exception:  # the loop is closing: the app is stopping, and so should the job
+    except concurrent.futures.TimeoutError:  # a loop too busy to answer: no sign the caller has gone
+        return False
+    except RuntimeError:  # the loop is closed: the app is stopping, and so should the job
         return True
 
 
