@@ -36,7 +36,8 @@ def summary_markdown(report: dict | None) -> str:
     return (notes_markdown(report.get("notes", []))
             + f"**{settings.get('width')}×{settings.get('height')}**, "
             + (" and ".join(techniques) if techniques else "no high-resolution technique")
-            + f" on {settings.get('device')}: the student took {speed:.2f}× less time than the teacher.\n\n"
+            + f" on {settings.get('device')}: the student took {1 / speed:.2f}× the teacher's time ("
+            + (f"{speed:.2f}× faster" if speed >= 1 else f"{1 / speed:.2f}× slower") + ").\n\n"
             "| model | seconds | peak memory (MB) | steps | guidance |\n|---|---|---|---|---|\n" + rows)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from weights.loaders import stored_bytes, stored_parameters, weights_at_hand
 from weights.registry import list_pairs
 
-COLUMNS = ("licence", "name", "task", "status", "teacher", "students", "size")
+COLUMNS = ("name", "task", "status", "students", "teacher", "size", "licence")  # the licence last: long
 
 
 def pairs() -> list[dict]:

@@ -24,10 +24,13 @@ def ranking_markdown(report: dict) -> str:
         return "–" if value is None else f"{value / scale:{spec}}{unit}"
 
     def latency(block: dict) -> str:
-        spread = block.get("latency_iqr_ms")
-        runs = block.get("runs")
-        return number(block.get("latency_ms"), ".1f") + (f" ± {spread / 2:.1f} ({runs} runs)" if spread is not None
-                                                          and runs else "")
+        median, spread, runs = block.get("latency_ms"), block.get("latency_iqr_ms"), block.get("runs")
+        text = number(median, ".1f")
+        if spread is not None and runs:
+            text += f" ± {spread / 2:.1f} ({runs} {'run' if runs == 1 else 'runs'})"
+            if median is not None and spread / 2 > median:
+                text += " ⚠ spread wider than the median: unreliable"
+        return text
 
     def row(label: str, figure: str, block: dict) -> str:
         return (f"| {label} | {figure} | {latency(block)} | "
@@ -36,10 +39,16 @@ def ranking_markdown(report: dict) -> str:
     rows = [row("teacher", "–", report["teacher"])]
     rows += [row(f"{r['rank']}. {r['name']}", number(r[key], ".3f"), report["students"][r["name"]])
              for r in report.get("ranking", [])]
-    direction = "↓" if key == "kl" else "↑"
-    return (f"| model | {key.replace('_', ' ')} vs teacher {direction} | ms (median ± ½ IQR) | params "
-            "| GFLOPs |\n"
+    return (f"| model | {FIGURE_NAMES.get(key, key.replace('_', ' '))} | latency, ms (median ± half the spread) "
+            "| parameters | GFLOPs |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+# The ranking figure of each tab, in words (and its direction)
+FIGURE_NAMES = {"f1": "box agreement with the teacher, F1 (higher: closer)",
+                "miou": "mask agreement with the teacher, mIoU (higher: closer)",
+                "kl": "KL divergence from the teacher (lower: closer)",
+                "consensus_mean": "mean consensus with the teacher (higher: closer)"}
 
 def student_picker(task: str, pair: str):
     """The "Students" menu: up to two students of the pair, empty meaning its first; refreshed when the pair changes
