@@ -204,6 +204,12 @@ class ConsensusResult:
                 "cka": first["cka"], "students": block["students"], "ranking": block["ranking"],
                 "ranked_by": block["ranked_by"], "notes": list(self.notes)}
 
+    def deepest_consensus(self) -> np.ndarray:
+        """The first student's consensus overlay (H, W, 3) uint8 at the deepest stride it shares with the teacher:
+        the one the detection and segmentation tabs show beside their boxes and masks."""
+        per_student = len(self.overlays) // len(self.students)
+        return self.overlays[per_student - 2][0]
+
     def summary(self) -> dict[str, dict]:
         """Per student: mean consensus over the stages, on the teacher's foreground and on the background."""
         out = {}

@@ -125,14 +125,14 @@ def stage_pair(overlays: list | None, stage: int) -> tuple:
     return overlays[2 * index][0], overlays[2 * index + 1][0]
 
 
+@on_gpu
 def consensus_overlay(image, pair: str, enabled: bool, students: str | list[str] | None = None):
     """For the detection and segmentation tabs' toggle, switched on after a run: the consensus overlay at the
     deepest shared stride, for the first chosen student (a request of its own: one forward of each model)."""
     if not enabled or image is None:
         return None
     first = compare.load(pair, students)[1][0].name
-    overlays, _ = consensus(image, pair, students=[first])
-    return overlays[-2][0]
+    return compare.consensus(pair, image, [first]).deepest_consensus()
 
 
 def consensus_toggle():

@@ -35,15 +35,8 @@ def run_detection(image, pair: str = DEFAULT_PAIR, score_threshold: float = DEFA
     result = compare.detect(image, pair, score_threshold, students, consensus=bool(overlay))
     array, _ = compare.read_image(image)
     images = [draw_detections(array, result.detections[name], result.labels) for name in ("teacher", result.names[0])]
-    return images[0], images[1], result.to_json(), deepest_consensus(result.analysis)
-
-
-def deepest_consensus(analysis) -> np.ndarray | None:
-    """The first student's consensus overlay at the deepest stride it shares with the teacher, or None."""
-    if analysis is None:
-        return None
-    per_student = len(analysis.overlays) // len(analysis.students)
-    return analysis.overlays[per_student - 2][0]
+    overlay = result.analysis.deepest_consensus() if result.analysis else None
+    return images[0], images[1], result.to_json(), overlay
 
 
 @on_gpu

@@ -11,7 +11,6 @@ import compare
 from compare.drawing import as_picture, display_canvas, draw_mask, palette, resize_class_map
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
 from demos.components import user_image
-from demos.detection import deepest_consensus
 from demos.jobs import GPU_QUEUE, on_gpu, user_errors
 from demos.served import output_path
 from demos.widgets import (
@@ -46,7 +45,8 @@ def run_segmentation(image, pair: str = DEFAULT_PAIR, students: str | list[str] 
     images = [draw_mask(array, result.class_maps[name], len(classes)) for name in ("teacher", result.names[0])]
     arrays = result.arrays()
     npz = save_class_maps(arrays | {"student": arrays[result.names[0]]})
-    return images[0], images[1], result.to_json(), npz, deepest_consensus(result.analysis)
+    overlay = result.analysis.deepest_consensus() if result.analysis else None
+    return images[0], images[1], result.to_json(), npz, overlay
 
 
 @on_gpu
