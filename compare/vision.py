@@ -148,8 +148,14 @@ def run_vision(request: VisionRequest, predictors: dict[str, Predictor],
     return results
 
 
+def detection_labels(predictors: dict) -> list[str]:
+    """The union of the models' label names, the teacher's first, in first-seen order: the label index of a
+    detection comparison (and of the dataset report's drawings)."""
+    return list(dict.fromkeys(label for p in predictors.values() for label in p.labels))
+
+
 def _detection_result(pair, chosen, predictors, detections, profiles, notes, analysis) -> DetectionComparison:
-    index = {name: i for i, name in enumerate(dict.fromkeys(label for p in predictors.values() for label in p.labels))}
+    index = {name: i for i, name in enumerate(detection_labels(predictors))}
     teacher = _as_tensors(detections["teacher"], index)
     agreement = {s.name: with_f1(detection_agreement(teacher, _as_tensors(detections[s.name], index)))
                  for s in chosen}

@@ -44,7 +44,7 @@ import torch
 from compare.checks import number
 from compare.inputs import InputError, read_image
 from compare.jobs import stop_check
-from compare.vision import VisionRequest, run_vision
+from compare.vision import VisionRequest, detection_labels, run_vision
 from compare.zero_shot import check_template, parse_classes, zero_shot
 from reports.aggregate import _class_pixels, _overlap, summarise, summarise_timing
 from reports.gallery import GalleryStore, kept_maps, overlays
@@ -276,7 +276,7 @@ def gallery_pictures(items: list[dict], records: list[dict], images: list[Path],
     whose maps were not kept (a resumed run that kept fewer) is run again, and only that one."""
     by_name = {p.name: p for p in images}
     by_record = {r["image"]: r for r in records}
-    labels = list(dict.fromkeys(label for p in predictors.values() for label in p.labels))
+    labels = detection_labels(predictors)
     out = []
     for item in items:
         path = by_name.get(item["image"])
