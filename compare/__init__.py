@@ -76,6 +76,13 @@ def read_images(images: Any) -> tuple[list[np.ndarray], list[list[str]]]:
     return [array for array, _ in read], [notes for _, notes in read]
 
 
+def resolve(pair: str | Pair | ModulePair, task: str | None = None) -> Pair:
+    """The pair's spec, loading no model (``task`` narrows the registry's suggestions for an unknown name)."""
+    if isinstance(pair, ModulePair):
+        return pair.as_pair()
+    return pair if isinstance(pair, Pair) else get_pair(pair, task)
+
+
 def load(pair: str | Pair | ModulePair, students: str | Sequence[str] | None = None, task: str | None = None,
          ) -> tuple[Pair, list[Student], dict[str, Predictor]]:
     """The pair, its chosen students and their loaded models (``{"teacher": ..., <name>: ...}``).
@@ -88,11 +95,10 @@ def load(pair: str | Pair | ModulePair, students: str | Sequence[str] | None = N
     Raises:
         UnknownPairError, UnknownStudentError, ModelUnavailableError: with messages naming what to change.
     """
+    spec = resolve(pair, task)
     if isinstance(pair, ModulePair):
-        spec = pair.as_pair()
         chosen = list(spec.students) if students is None else spec.choose_students(students)
         return spec, chosen, pair.predictors(spec, chosen)
-    spec = pair if isinstance(pair, Pair) else get_pair(pair, task)
     if task is not None and spec.task != task:
         raise InputError(f"{spec.name} is a {spec.task} pair, not {task}.")
     chosen = spec.choose_students(students)
@@ -147,8 +153,8 @@ def consensus(pair: str | Pair | ModulePair, image: Any, students: str | Sequenc
               tau: float = DEFAULT_TAU, method: str = "affinity") -> ConsensusResult:
     """The consensus analysis of one image (the Analysis tab's request): one forward of each model."""
     tau = check_analysis_options(tau, method)
+    check_analysis_pair(resolve(pair))
     spec, chosen, predictors = load(pair, students)
-    check_analysis_pair(spec)
     arrays, notes = read_images(image)
     [result] = run_vision(VisionRequest(spec, chosen, arrays[:1], notes[:1], latency=False, consensus=True, tau=tau,
                                         method=method), predictors)
@@ -160,8 +166,7 @@ def attention(pair: str | Pair | ModulePair, image: Any, target: str = "",
     """Teacher and student attention (Grad-CAM, or a DETR query's sampling points) for the same target; one
     forward of each model. ``target``: detection, a rank of the teacher's boxes or a label; segmentation, a class
     name (empty: the teacher's best box, or its largest non-background class). Of several students, the first."""
-    spec = pair.as_pair() if isinstance(pair, ModulePair) else (pair if isinstance(pair, Pair) else get_pair(pair))
-    check_analysis_pair(spec, "Attention maps")
+    check_analysis_pair(resolve(pair), "Attention maps")
     spec, chosen, predictors = load(pair, students)
     student = chosen[0]
     arrays, notes = read_images(image)
