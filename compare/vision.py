@@ -19,6 +19,7 @@ from analysis.features import Stage
 from analysis.profiling import Stopwatch
 from compare.analysis import FOREGROUND_SCORE, ConsensusResult, consensus_of
 from compare.inputs import InputError
+from compare.labels import map_on_teacher, match_labels, probabilities_on_teacher, shared_agreement_inputs
 from compare.latency import profile_of
 from compare.logits import logits_agreement
 from compare.results import DetectionComparison, ImageClassificationComparison, Profile, SegmentationComparison
@@ -166,15 +167,30 @@ def _segmentation_result(pair, chosen, predictors, maps, profiles, notes, analys
     classes = predictors["teacher"].labels
     agreement = {}
     for s in chosen:
-        block = segmentation_agreement(maps["teacher"], maps[s.name].to(maps["teacher"].device), len(classes))
-        block["per_class"] = {classes[i]: v for i, v in block["per_class"].items()}
+        match = match_labels(classes, predictors[s.name].labels)
+        student = map_on_teacher(maps[s.name].to(maps["teacher"].device), match, len(classes))
+        block = segmentation_agreement(maps["teacher"], student, len(classes) + (not match.same))
+        names = [*classes, "(student-only classes)"]
+        block["per_class"] = {names[i]: v for i, v in block["per_class"].items()}
         agreement[s.name] = block
+        _note(notes, match.note(s.name))
     return SegmentationComparison(pair.name, chosen, profiles, notes, analysis, classes, maps, agreement)
+
+
+def _note(notes: list[str], note: str | None) -> None:
+    if note and note not in notes:
+        notes.append(note)
 
 
 def _classification_result(pair, chosen, predictors, probs, profiles, notes, analysis,
                            ) -> ImageClassificationComparison:
-    agreement = {s.name: logits_agreement(probs["teacher"], probs[s.name]) for s in chosen}
+    classes = predictors["teacher"].labels
+    probs, agreement = dict(probs), {}
+    for s in chosen:  # a student with other class names: its probabilities over the teacher's names
+        match = match_labels(classes, predictors[s.name].labels)
+        probs[s.name] = probabilities_on_teacher(probs[s.name], match, len(classes))
+        agreement[s.name] = logits_agreement(*shared_agreement_inputs(probs["teacher"], probs[s.name], match))
+        _note(notes, match.note(s.name))
     return ImageClassificationComparison(pair.name, chosen, profiles, notes, analysis, predictors["teacher"].labels,
                                          probs, {}, agreement, {})
 

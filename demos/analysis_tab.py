@@ -178,7 +178,8 @@ def build_analysis_tab() -> None:
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="analysis-image")
                 examples("analysis", image)
-                pair = pair_dropdown(("detection", "segmentation", "image-classification"), DEFAULT_PAIR)
+                pair = pair_dropdown(("detection", "segmentation", "image-classification"), DEFAULT_PAIR,
+                                     "analysis")
                 students = student_picker("segmentation", DEFAULT_PAIR)
                 tau = CheckedSlider(0.01, 2.0, value=DEFAULT_TAU, step=0.01, label="τ (softmax temperature)")
                 method = gr.Radio(list(METHODS), value="affinity", label="Similarity",

@@ -197,7 +197,7 @@ def build_classification_tab() -> None:
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="classification-image")
                 examples("classification", image)
-                pair = pair_dropdown(("classification",), DEFAULT_PAIR)
+                pair = pair_dropdown(("classification",), DEFAULT_PAIR, "classification")
                 students = student_picker("classification", DEFAULT_PAIR)
                 preset = gr.Dropdown(list(PRESETS), value="Shapes: 5 shapes", label="Class preset")
                 classes = gr.Textbox(value=PRESETS["Shapes: 5 shapes"], label="Class names (comma-separated)",

@@ -118,7 +118,7 @@ def build_dataset_tab() -> None:
                 archive = gr.File(label="Images (.zip)", file_types=[".zip"])
                 labels = gr.File(label="Labels (COCO-style .json, optional)", file_types=[".json"])
                 pair = pair_dropdown(("detection", "segmentation", "classification", "image-classification"),
-                                     "shapes-detection")
+                                     "shapes-detection", "dataset")
                 students = student_picker("detection", "shapes-detection")
                 classes = gr.Textbox(value=DEFAULT_CLASSES, label="Class names (classification pairs)")
                 threshold = CheckedSlider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold "

@@ -155,7 +155,7 @@ def build_detection_tab() -> None:
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="detection-image")
                 examples("detection", image)
-                pair = pair_dropdown(("detection",), DEFAULT_PAIR)
+                pair = pair_dropdown(("detection",), DEFAULT_PAIR, "detection")
                 students = student_picker("detection", DEFAULT_PAIR)
                 threshold = CheckedSlider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold")
                 toggle = consensus_toggle()

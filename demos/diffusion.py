@@ -59,6 +59,7 @@ def build_diffusion_tab() -> None:
 
     from demos.components import CheckedNumber, CheckedSlider
     from demos.jobs import GPU_QUEUE, session_of, stop_button, stop_flag, takes_request, user_errors
+    from demos.own_models import wire_own_models
     from demos.widgets import pair_dropdown
 
     with gr.Tab("Diffusion", id="generation"):
@@ -68,7 +69,7 @@ def build_diffusion_tab() -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(value="a red circle", label="Prompt", max_length=5000)
-                pair = pair_dropdown(("generation",), DEFAULT_PAIR)
+                pair = pair_dropdown(("generation",), DEFAULT_PAIR, "generation")
                 seed = CheckedNumber(value=0, precision=0, label="Seed")
                 with gr.Row():
                     limit = MAX_SCALE * max(get_pair(DEFAULT_PAIR).native["width"],
@@ -124,6 +125,7 @@ def build_diffusion_tab() -> None:
                             [*outputs, report, slider, summary, consensus, *attention], api_visibility="private",
                             show_progress_on=[slider], **GPU_QUEUE)
         pair.change(size_limits, pair, [width, height], api_visibility="private", queue=False)
+        wire_own_models(pair, pair.own_panel)
 
         @takes_request
         def run_comparison(wanted, prompt, pair, seed, width, height, steps, guidance, variant, request,

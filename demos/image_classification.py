@@ -87,7 +87,7 @@ def build_image_classification_tab() -> None:
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="image-classification-image")
                 examples("image-classification", image)
-                pair = pair_dropdown(("image-classification",), DEFAULT_PAIR)
+                pair = pair_dropdown(("image-classification",), DEFAULT_PAIR, "image-classification")
                 students = student_picker("image-classification", DEFAULT_PAIR)
                 run = gr.Button("Classify", variant="primary", elem_id="image-classification-run")
             with gr.Column(scale=2):

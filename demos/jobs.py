@@ -3,6 +3,7 @@ for people, and ZeroGPU support."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -15,6 +16,7 @@ import torch
 from compare.inputs import InputError
 from compare.jobs import CALLER_GONE_PROBES
 from demos.served import served_files
+from weights.custom import OwnModelError
 from weights.loaders import ModelUnavailableError
 from weights.prompt_store import PromptError
 from weights.registry import UnknownPairError, UnknownStudentError
@@ -34,7 +36,7 @@ GPU_QUEUE = {"concurrency_id": "gpu", "concurrency_limit": gpu_concurrency()}
 
 
 # Errors whose message is meant for the user.
-USER_ERRORS = (InputError, UnknownPairError, UnknownStudentError, ModelUnavailableError, PromptError)
+USER_ERRORS = (InputError, UnknownPairError, UnknownStudentError, ModelUnavailableError, PromptError, OwnModelError)
 
 
 # (browser session, job) -> the flag that job checks every step; each Stop button stops its own tab's job only
@@ -153,6 +155,46 @@ def out_of_space(error: BaseException) -> bool:
     return False
 
 
+_DOWNLOADS: dict[str, threading.Lock] = {}  # browser session -> held while its own models download
+
+
+@contextlib.contextmanager
+def download_slot(args: list):
+    """At most one download of own models per user at a time: a run naming an own pair (a spec string) whose weights
+    are not on this machine yet holds its session's slot; a second such run from the same session is refused."""
+    from gradio.context import LocalContext
+
+    from weights.custom import looks_like_spec
+    from weights.loaders import weights_at_hand
+    from weights.registry import get_pair
+
+    spec = next((a for a in args if looks_like_spec(a)), None)
+    request = LocalContext.request.get(None) if spec is not None else None
+    session = getattr(request, "session_hash", None)
+    if session is None:
+        yield
+        return
+    try:
+        pair = get_pair(spec)
+        missing = not all(weights_at_hand(s) for s in [pair.teacher, *(s.source for s in pair.students)])
+    except Exception:  # the run itself reports a bad spec
+        missing = False
+    if not missing:
+        yield
+        return
+    with _STOP_GUARD:
+        lock = _DOWNLOADS.setdefault(session, threading.Lock())
+        while len(_DOWNLOADS) > 10_000:
+            _DOWNLOADS.pop(next(iter(_DOWNLOADS)))
+    if not lock.acquire(blocking=False):
+        raise OwnModelError("Your models are already downloading for another run; wait for it to finish, then run "
+                            "again (one download per user at a time).")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn our user-facing errors into ``gr.Error`` (which reaches gradio_client callers too)
     and any other failure into a short message, so the app keeps serving. Images in the result are served from
@@ -163,7 +205,8 @@ def user_errors(fn: Callable) -> Callable:
         import gradio as gr
 
         try:
-            return served_files(fn(*args, **kwargs))
+            with download_slot([*args, *kwargs.values()]):
+                return served_files(fn(*args, **kwargs))
         except gr.Error:
             raise
         except USER_ERRORS as error:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from demos.jobs import user_errors
+from demos.own_models import inspect_model_api
 from weights.loaders import stored_bytes, stored_parameters, weights_at_hand
 from weights.registry import list_pairs
 
@@ -56,3 +58,4 @@ def build_pairs_tab() -> None:
         gr.Dataframe(value=[[_cell(p, c) for c in COLUMNS] for p in pairs()], headers=list(COLUMNS),
                      interactive=False, wrap=True)
         gr.api(pairs, api_name="pairs")
+        gr.api(user_errors(inspect_model_api), api_name="inspect_model")

@@ -158,7 +158,7 @@ def build_segmentation_tab() -> None:
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="segmentation-image")
                 examples("segmentation", image)
-                pair = pair_dropdown(("segmentation",), DEFAULT_PAIR)
+                pair = pair_dropdown(("segmentation",), DEFAULT_PAIR, "segmentation")
                 students = student_picker("segmentation", DEFAULT_PAIR)
                 toggle = consensus_toggle()
                 run = gr.Button("Segment", variant="primary", elem_id="segmentation-run")

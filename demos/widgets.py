@@ -51,9 +51,10 @@ FIGURE_NAMES = {"f1": "box agreement with the teacher, F1 (higher: closer)",
                 "consensus_mean": "mean consensus with the teacher (higher: closer)"}
 
 def student_picker(task: str, pair: str):
-    """The "Students" menu: up to two students of the pair, empty meaning its first; refreshed when the pair changes
-    (:func:`wire_student_picker`). Its default stays empty so that API callers who leave ``students`` out get the
-    first student of whichever pair they name. Other names reach our own clear error."""
+    """The "Students" menu: up to two students of the pair, empty meaning its first (an own pair's: up to three, empty
+    meaning all); refreshed when the pair changes (:func:`wire_student_picker`). Its default stays empty so that API
+    callers who leave ``students`` out get the first student of whichever pair they name. Other names reach our own
+    clear error."""
     import gradio as gr
 
     from weights.registry import MAX_STUDENTS_AT_ONCE, get_pair
@@ -67,18 +68,25 @@ def _methods_line(students) -> str:
     return " · ".join(f"{s.name}: {s.method}" for s in students)
 
 def wire_student_picker(pair, picker) -> None:
+    """Refresh the students menu when the pair changes, and wire the pair menu's own-models panel."""
     import gradio as gr
 
+    from demos.own_models import OWN, wire_own_models
+    from weights.custom import OwnModelError
     from weights.registry import UnknownPairError, get_pair
 
     def refresh(name: str):
+        if name == OWN:
+            return gr.update(choices=[], value=[])
         try:
-            students = get_pair(name).students
-        except UnknownPairError:
+            spec = get_pair(name)
+        except (UnknownPairError, OwnModelError):
             return gr.update()
-        return gr.update(choices=[s.name for s in students], value=[], info=_methods_line(students))
+        return gr.update(choices=[s.name for s in spec.students], value=[], max_choices=spec.max_students,
+                         info=_methods_line(spec.students))
 
     pair.change(refresh, pair, picker, api_visibility="private", queue=False)
+    wire_own_models(pair, getattr(pair, "own_panel", None), picker)
 
 EXAMPLES_LABEL = ("Examples: Shapes scenes first (the builtin pairs know only the Shapes world: five shapes on "
                   "a noisy background); the photos are for Hub pairs")
@@ -119,15 +127,23 @@ def pair_choice(pair) -> tuple[str, str]:
     return f"{pair.name} · {where}", pair.name
 
 
-def pair_dropdown(tasks: tuple[str, ...], value: str):
-    """The "Pair" menu of a tab: every registered pair of these tasks, marked builtin or Hub (cached or not); other
-    names reach our own clear error."""
+def pair_dropdown(tasks: tuple[str, ...], value: str, key: str):
+    """The "Pair" menu of a tab (``#<key>-pair``): every registered pair of these tasks, marked builtin or Hub (cached
+    or not), and "Your own models…" with its panel beneath (``dropdown.own_panel``, None when the operator turned
+    own models off); other names reach our own clear error."""
     import gradio as gr
 
+    from demos.own_models import OWN, OWN_LABEL, own_panel
+    from weights.custom import Settings
     from weights.registry import list_pairs
 
     choices = [pair_choice(p) for p in list_pairs() if p.task in tasks]
-    return gr.Dropdown(choices, value=value, label="Pair", allow_custom_value=True)
+    own = Settings.from_environment().allow_custom
+    dropdown = gr.Dropdown(choices + ([(OWN_LABEL, OWN)] if own else []), value=value, label="Pair",
+                           allow_custom_value=True, elem_id=f"{key}-pair",
+                           info="or your own models: the last entry" if own else None)
+    dropdown.own_panel = own_panel(tasks, key)  # hidden until "Your own models…" is chosen
+    return dropdown
 
 def api_result_images(task: str) -> list:
     """The teacher's and the first student's drawn results, hidden: the tab shows :func:`annotated_views`, and these

@@ -3,6 +3,12 @@
     python -m reports.dataset --images DIR --pair shapes-detection --out OUT [--students a,b] [--labels coco.json]
                             [--resume] [--gallery 12] [--threads 1]
     torchrun --nproc_per_node 2 -m reports.dataset --images DIR --pair shapes-detection --out OUT   # data-parallel
+    python -m reports.dataset --images DIR --out OUT --task detection --teacher org/teacher --student org/student \
+                              [--student ./my_student ...]                                      # your own models
+
+Your own models are Hub repo ids (``org/name[@revision]``) or local folders (allowed by default here, the CLI runs
+on your machine; ``DISTILL_LENS_ALLOW_LOCAL=0`` refuses them), checked before anything downloads (see
+``weights/custom.py``); ``--pair`` also takes the same as one spec string (``"detection: org/t -> org/s"``).
 
 Every image runs through the same functions as the tabs (``detect``, ``segment``, ``classify`` and, for detection
 and segmentation, ``consensus``), so its agreement figures are the tabs' own. Output, in ``OUT``:
@@ -50,6 +56,7 @@ from reports.aggregate import _class_pixels, _overlap, summarise, summarise_timi
 from reports.gallery import GalleryStore, kept_maps, overlays
 from reports.html import write_report
 from reports.inputs import Labels, list_images
+from weights.custom import OwnModelError
 from weights.loaders import ModelUnavailableError
 from weights.predictors import predictors_for
 from weights.registry import Pair, Student, UnknownPairError, UnknownStudentError, get_pair
@@ -292,6 +299,30 @@ def gallery_pictures(items: list[dict], records: list[dict], images: list[Path],
 
 # Command line ---------------------------------------------------------------------------------------------------
 
+def pair_argument(args: argparse.Namespace) -> str:
+    """``--pair``, or the pair spec of ``--task``, ``--teacher`` and ``--student`` (your own models).
+
+    Raises:
+        InputError: both or neither given, or a part of the own pair missing.
+    """
+    own = [args.task, args.teacher, *args.student]
+    if args.pair and any(own):
+        raise InputError("Give either --pair or your own models (--task, --teacher, --student), not both.")
+    if args.pair:
+        return args.pair
+    if not any(own):
+        raise InputError("Name the models: --pair NAME, or --task T --teacher ID --student ID [--student ID ...].")
+    missing = [flag for flag, value in (("--task", args.task), ("--teacher", args.teacher),
+                                        ("--student", args.student)) if not value]
+    if missing:
+        raise InputError(f"Your own models need {', '.join(missing)} too (e.g. --task detection --teacher "
+                         "org/teacher --student org/student).")
+    if args.students:
+        raise InputError("--students picks among a registered pair's students; with your own models, list them with "
+                         "--student.")
+    return f"{args.task}: {args.teacher} -> {', '.join(args.student)}"
+
+
 def check_arguments(args: argparse.Namespace) -> list[Path]:
     """Every argument checked once, before any work: the pair and students, the numbers, the classes, the output
     folder, the label file, the images, and that the models load here. Returns the images.
@@ -326,8 +357,15 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, required=True, help="a folder of images, or a pattern ('DIR/*.jpg')")
-    parser.add_argument("--pair", required=True)
-    parser.add_argument("--students", default="", help="one or two student names, comma-separated")
+    models = parser.add_argument_group("models", "a registered pair (--pair), or your own (--task, --teacher, "
+                                       "--student)")
+    models.add_argument("--pair", help="a registered pair's name, or a pair spec ('detection: org/t -> org/s')")
+    models.add_argument("--students", default="", help="one or two student names of --pair, comma-separated")
+    models.add_argument("--task", help="your own models' task: detection, segmentation, image-classification or "
+                        "classification")
+    models.add_argument("--teacher", help="your own teacher: a Hub repo id (org/name[@revision]) or a local folder")
+    models.add_argument("--student", action="append", default=[], help="your own student, as --teacher; 1 to 3 "
+                        "times (name=MODEL names it)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--labels", type=Path)
     parser.add_argument("--resume", action="store_true", help="finish a run in --out (with the same settings)")
@@ -337,9 +375,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gallery", type=int, default=GALLERY)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     args = parser.parse_args(argv)
+    os.environ.setdefault("DISTILL_LENS_ALLOW_LOCAL", "1")  # the CLI runs on the user's own machine
     try:
+        args.pair = pair_argument(args)
         images = check_arguments(args)
-    except (InputError, UnknownPairError, UnknownStudentError, ModelUnavailableError) as error:
+    except (InputError, UnknownPairError, UnknownStudentError, ModelUnavailableError, OwnModelError) as error:
         parser.error(str(error))  # one line, exit 2
     torch.set_num_threads(args.threads)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -140,3 +140,41 @@ def test_every_tab_runs_its_default_example_in_a_real_browser(app_url, browser, 
         browser.execute_script("window.scrollTo(0, 0);")
         browser.save_screenshot(str(folder / f"{key}_400.png"))
     assert len(list(folder.glob("*.png"))) >= 2 * len(TABS)
+
+
+def test_an_own_pair_from_local_folders_in_a_real_browser(app_url, browser, tmp_path, monkeypatch):
+    """"Your own models…" in the Detection tab: two tiny RT-DETRs saved to a local folder, checked, then run."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.tiny_hub import save_tiny_rtdetr
+
+    teacher, student = save_tiny_rtdetr(tmp_path / "teacher", 0), save_tiny_rtdetr(tmp_path / "my_student", 1, 16)
+    monkeypatch.setenv("DISTILL_LENS_ALLOW_LOCAL", str(tmp_path))
+    wait = WebDriverWait(browser, 120)
+    browser.set_window_size(1400, 1000)
+    browser.get(app_url)
+    open_tab(browser, "Detection")
+    example = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#detection-examples button, "
+                                                                       "#detection-examples .gallery-item")))
+    click(browser, example)
+    click(browser, browser.find_element(By.CSS_SELECTOR, "#detection-pair input"))
+    option = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "li[role='option'][aria-label^='Your own']")))
+    click(browser, option)
+    field = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#detection-own-teacher textarea, "
+                                                                         "#detection-own-teacher input")))
+    field.send_keys(str(teacher))
+    browser.find_element(By.CSS_SELECTOR, "#detection-own-students textarea").send_keys(str(student))
+    click(browser, browser.find_element(By.ID, "detection-own-check"))
+    wait.until(lambda d: "RTDetrForObjectDetection" in d.find_element(By.ID, "detection-own-found").text)
+    found = browser.find_element(By.ID, "detection-own-found")
+    assert "my_student" in found.text
+    folder = Path(os.environ.get("DISTILL_LENS_SCREENSHOTS", tmp_path))
+    browser.execute_script("arguments[0].scrollIntoView({block: 'end'});", found)
+    browser.save_screenshot(str(folder / "own_models_check_1400.png"))
+    click(browser, browser.find_element(By.ID, "detection-run"))
+    wait.until(lambda d: "F1" in d.find_element(By.ID, "detection-summary").text)
+    assert "my_student" in browser.find_element(By.ID, "detection-summary").text
+    browser.execute_script("window.scrollTo(0, 0);")
+    browser.save_screenshot(str(folder / "own_models_run_1400.png"))

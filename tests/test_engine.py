@@ -254,10 +254,14 @@ def test_a_timm_classifier_loads_from_a_folder_through_its_family(tmp_path):
                         render_scene(3).image)
 
 
-def test_the_readme_python_example_runs():
+def test_the_readme_python_example_runs(monkeypatch):
     import re
+
+    monkeypatch.setenv("DISTILL_LENS_ALLOW_LOCAL", "0")  # the example sets it; restored after the test
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     section = readme[readme.index("## Python"):readme.index("## Adding a model family")]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    exec(compile(code, "README.md (Python)", "exec"), {})
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2  # registered pairs and modules; your own saved checkpoints
+    for code in blocks:
+        exec(compile(code, "README.md (Python)", "exec"), {})

@@ -81,3 +81,53 @@ def save_tiny_diffusion(folder: Path) -> Path:
                             requires_safety_checker=False).save_pretrained(folder, safe_serialization=True)
     student.save_pretrained(folder / "unet_student", safe_serialization=True)
     return folder
+
+
+def save_tiny_vit_classifier(folder: Path, seed: int, labels: list[str], width: int = 16) -> Path:
+    """A tiny transformers ``ViTForImageClassification`` with its image processor (an
+    ``AutoModelForImageClassification`` class)."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=width, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=2 * width, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                       label2id={n: i for i, n in enumerate(labels)})
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_timm(folder: Path, architecture: str, seed: int, labels: list[str], **kwargs) -> Path:
+    """A tiny timm model written as the Hub keeps them (``save_for_hf``: config.json and model.safetensors)."""
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(seed)
+    model = timm.create_model(architecture, num_classes=len(labels), **kwargs)
+    save_for_hf(model, str(folder), model_config={"label_names": labels}, model_args=kwargs, safe_serialization=True)
+    return folder
+
+
+def save_tiny_open_clip_repo(folder: Path, seed: int) -> Path:
+    """A tiny open_clip model as an ``hf-hub:`` repo keeps it: ``open_clip_config.json`` (model_cfg and
+    preprocess_cfg) beside ``open_clip_model.safetensors``."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": TINY_CLIP, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CLIP)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+def save_tiny_unet_student(pipeline: Path, folder: Path) -> Path:
+    """The tiny pipeline's block-removed student UNet on its own, in a folder of its own (config.json at the top)."""
+    from diffusers import UNet2DConditionModel
+
+    UNet2DConditionModel.from_pretrained(pipeline / "unet_student").save_pretrained(folder, safe_serialization=True)
+    return folder

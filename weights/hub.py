@@ -26,6 +26,11 @@ def hub_error_message(source: ModelSource, error: Exception) -> str:
     where = f"{source.location} (revision {source.revision or 'main'})"
     network_types = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError,
                      TimeoutError)
+    missing = (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError, hub_errors.EntryNotFoundError)
+    local_only = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled)  # the Hub was not asked
+    if any(isinstance(e, missing) and not isinstance(e, local_only) for e in chain):  # it answered: no such thing
+        return (f"{where} or one of its files does not exist on the Hugging Face Hub; check the repo id and "
+                f"revision.")
     offline_mode = bool(constants.HF_HUB_OFFLINE) and any(isinstance(e, OSError) for e in chain)
     if offline_mode:
         return (f"{where} is not in this machine's Hugging Face cache ({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE "
@@ -36,10 +41,6 @@ def hub_error_message(source: ModelSource, error: Exception) -> str:
         return (f"Could not download {where} from the Hugging Face Hub: this machine seems to be offline. Download "
                 f"the model once while online (it is then kept in {constants.HF_HUB_CACHE}; HF_HUB_OFFLINE=1 then "
                 f"reads only that cache), or pick a builtin pair.")
-    missing = (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError, hub_errors.EntryNotFoundError)
-    if any(isinstance(e, missing) for e in chain):
-        return (f"{where} or one of its files does not exist on the Hugging Face Hub; check the repo id and "
-                f"revision.")
     detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else "no reason given"
     return f"Could not load {where}: {detail}"
 

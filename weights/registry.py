@@ -99,6 +99,11 @@ class Pair:
     labels: tuple[str, ...] | None = None  # None: read from the model's own config
     preprocessing: dict = field(default_factory=dict)  # builtin pairs: resize policy
     native: dict = field(default_factory=dict)  # generation: width, height, steps, guidance (student_* overrides)
+    own: bool = False  # a user's own models (weights/custom.py): every student runs by default, up to three
+
+    @property
+    def max_students(self) -> int:
+        return 3 if self.own else MAX_STUDENTS_AT_ONCE
 
     def __post_init__(self):
         students = self.students
@@ -121,7 +126,8 @@ class Pair:
         return "hub" if "hub" in kinds else ("package" if "package" in kinds else "builtin")
 
     def choose_students(self, names: str | list[str] | tuple[str, ...] | None = None) -> list[Student]:
-        """The students named (a list, or one comma-separated string), in the order given; default: the first.
+        """The students named (a list, or one comma-separated string), in the order given; default: the first (an
+        own pair's: all).
 
         Raises:
             UnknownStudentError: a name the pair does not hold, or more than ``MAX_STUDENTS_AT_ONCE`` names.
@@ -132,9 +138,9 @@ class Pair:
             raise UnknownStudentError("students must be student names: a list, or one comma-separated string.")
         wanted = list(dict.fromkeys(n.strip() for n in names or [] if n.strip()))
         if not wanted:
-            return [self.students[0]]
-        if len(wanted) > MAX_STUDENTS_AT_ONCE:
-            raise UnknownStudentError(f"Choose at most {MAX_STUDENTS_AT_ONCE} students at once, got {len(wanted)}.")
+            return list(self.students) if self.own else [self.students[0]]
+        if len(wanted) > self.max_students:
+            raise UnknownStudentError(f"Choose at most {self.max_students} students at once, got {len(wanted)}.")
         by_name = {s.name: s for s in self.students}
         unknown = [n for n in wanted if n not in by_name]
         if unknown:
@@ -365,10 +371,24 @@ def list_pairs(task: str | None = None) -> list[Pair]:
 
 
 def get_pair(name: str, task: str | None = None) -> Pair:
-    """Find a pair by name; raises :class:`UnknownPairError` naming the valid choices."""
+    """Find a pair by name, or make one of your own models from a pair spec string (``"detection: org/teacher ->
+    org/student"``, see :mod:`weights.custom`); raises :class:`UnknownPairError` naming the valid choices, and
+    :class:`weights.custom.OwnModelError` for a spec that cannot be used."""
+    from weights.custom import looks_like_spec, own_pair
+
+    if looks_like_spec(name):
+        pair = own_pair(name)
+        if task is not None and pair.task != task:
+            raise UnknownPairError(f"Your pair spec is for {pair.task}; this needs a {task} pair: start the spec with "
+                                   f"'{task}:'.")
+        return pair
     pair = _REGISTRY.get(name) if isinstance(name, str) else None
     if pair is not None and (task is None or pair.task == task):
         return pair
+    if name == "own":  # the pair menus' "Your own models…" entry, chosen but not filled in
+        raise UnknownPairError("Write your teacher and students under \"Your own models…\" and press \"Use these "
+                               "models\" first (from a script: pass a pair spec, e.g. \"detection: org/teacher -> "
+                               "org/student\").")
     choices = ", ".join(p.name for p in list_pairs(task))
     shown = (name[:60] + "…") if isinstance(name, str) and len(name) > 60 else name
     kind = f"{task} pair" if task else "pair"

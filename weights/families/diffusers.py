@@ -47,8 +47,8 @@ class DiffusersFamily(Family):
                     location, safety_checker=None, feature_extractor=None, requires_safety_checker=False, **kwargs)
                 pipe.set_progress_bar_config(disable=True)
                 return pipe
-            return UNet2DConditionModel.from_pretrained(location, subfolder=source.subfolder or "unet",
-                                                        **kwargs).eval()
+            subfolder = "unet" if source.subfolder is None else (source.subfolder or None)  # "": the folder itself
+            return UNet2DConditionModel.from_pretrained(location, subfolder=subfolder, **kwargs).eval()
 
         kwargs = _hub_kwargs(source, dtype)
         try:

@@ -16,6 +16,38 @@ from weights.shapes.checkpoints import BUILTIN_DIR
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 
 
+CONFIG = "open_clip_config.json"
+
+
+def repo_config(source) -> tuple[str, dict]:
+    """An open_clip repo's or folder's ``open_clip_config.json``: its ``model_cfg`` registered with open_clip under a
+    name made from its content (``own-<12 hex>``), and its ``preprocess_cfg`` (mean, std)."""
+    import hashlib
+    import json
+    import tempfile
+
+    import open_clip
+    from huggingface_hub import hf_hub_download
+
+    folder = Path(source.location)
+    try:
+        path = folder / CONFIG if folder.is_dir() else Path(
+            hf_hub_download(source.location, CONFIG, revision=source.revision))
+        config = json.loads(path.read_text())
+        model_cfg = config["model_cfg"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelUnavailableError(f"{source.location} has no readable {CONFIG} with a model_cfg.") from error
+    except Exception as error:  # offline, not cached
+        raise ModelUnavailableError(hub_error_message(source, error)) from error
+    text = json.dumps(model_cfg, sort_keys=True)
+    name = f"own-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    if name not in open_clip.list_models():
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / f"{name}.json").write_text(text)
+            open_clip.add_model_config(Path(tmp) / f"{name}.json")
+    return name, config.get("preprocess_cfg", {})
+
+
 @register_family
 class OpenClipFamily(Family):
     """Image and text towers: ``forward`` gives (B, D) normalised image features, :meth:`text_features` (K, D)
@@ -49,11 +81,14 @@ class OpenClipFamily(Family):
                     hf_hub_download(source.location, OPEN_CLIP_WEIGHTS, revision=source.revision))
             except Exception as error:  # offline, not cached, or no safetensors in the repo
                 raise ModelUnavailableError(hub_error_message(source, error)) from error
-            cfg = open_clip.get_pretrained_cfg(source.architecture.replace("-quickgelu", ""),
-                                               source.pretrained_tag or "")
+            architecture = source.architecture
+            if architecture is None:  # an own repo: its open_clip_config.json names the architecture
+                architecture, cfg = repo_config(source)
+            else:
+                cfg = open_clip.get_pretrained_cfg(architecture.replace("-quickgelu", ""), source.pretrained_tag or "")
             model, _, transform = open_clip.create_model_and_transforms(
-                source.architecture, pretrained=str(weights), image_mean=cfg.get("mean"), image_std=cfg.get("std"))
-        tokenizer = open_clip.get_tokenizer(source.architecture)
+                architecture, pretrained=str(weights), image_mean=cfg.get("mean"), image_std=cfg.get("std"))
+        tokenizer = open_clip.get_tokenizer(architecture if source.kind != "builtin" else source.architecture)
         return model.to(device=device, dtype=dtype).eval(), (transform, tokenizer)
 
     def weights_file(self, source):

@@ -1,9 +1,15 @@
-"""Hugging Face transformers detectors and segmenters (RT-DETR, SegFormer): ``from_pretrained`` of a Hub repo or a
-folder saved with ``save_pretrained``, safetensors only, never remote code; their image processors prepare the
-inputs and post-process the outputs."""
+"""Hugging Face transformers detectors, segmenters and image classifiers (RT-DETR, SegFormer, ViT, ...):
+``from_pretrained`` of a Hub repo or a folder saved with ``save_pretrained``, safetensors only, never remote code;
+their image processors prepare the inputs and post-process the outputs.
+
+The allow-list is transformers' own: the classes of its ``AutoModelForObjectDetection``,
+``AutoModelForSemanticSegmentation`` and ``AutoModelForImageClassification`` mappings, and the image processors of
+``AutoImageProcessor`` (classes the library ships; a config asking for remote code is refused before this)."""
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
 
 import torch
@@ -12,9 +18,36 @@ from analysis.features import transformers_stages
 from weights.families import Family, ModelUnavailableError, register_family
 from weights.hub import hub_error_message, local_or_cached
 
-# The model and processor classes we load, by name; anything else is refused (no remote code).
-MODEL_CLASSES = ("RTDetrForObjectDetection", "SegformerForSemanticSegmentation")
-PROCESSOR_CLASSES = ("RTDetrImageProcessor", "SegformerImageProcessor")
+TASK_MAPPINGS = {"detection": "MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES",
+                 "segmentation": "MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES",
+                 "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"}
+AUTO_CLASSES = {"detection": "AutoModelForObjectDetection", "segmentation": "AutoModelForSemanticSegmentation",
+                "image-classification": "AutoModelForImageClassification"}
+
+
+def _names(values) -> tuple[str, ...]:
+    out = []
+    for value in values:
+        items = value.values() if isinstance(value, dict) else (value if isinstance(value, (tuple, list)) else [value])
+        out += [v for v in items if isinstance(v, str)]
+    return tuple(dict.fromkeys(out))
+
+
+@functools.cache
+def model_classes(task: str | None = None) -> tuple[str, ...]:
+    """The model classes allowed for a task (all three tasks when None), from transformers' Auto mappings."""
+    from transformers.models.auto import modeling_auto
+
+    tasks = [task] if task else list(TASK_MAPPINGS)
+    return _names(v for t in tasks for v in getattr(modeling_auto, TASK_MAPPINGS[t]).values())
+
+
+@functools.cache
+def processor_classes() -> tuple[str, ...]:
+    """The image processor classes allowed: those ``AutoImageProcessor`` maps to."""
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+    return _names(IMAGE_PROCESSOR_MAPPING_NAMES.values())
 
 
 def detr_candidates(outputs: Any, height: int, width: int, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,14 +63,16 @@ def detr_candidates(outputs: Any, height: int, width: int, index: int = 0) -> tu
 @register_family
 class TransformersFamily(Family):
     name = "transformers"
-    classes = MODEL_CLASSES
     explicit_stages = True
 
     def check(self, source):
-        super().check(source)
-        if source.processor_class not in PROCESSOR_CLASSES:
-            raise ModelUnavailableError(f"{source.processor_class!r} is not an allowed image processor; allowed: "
-                                        f"{', '.join(PROCESSOR_CLASSES)}.")
+        if source.model_class not in model_classes():
+            allowed = ", ".join(AUTO_CLASSES.values())
+            raise ModelUnavailableError(f"{source.model_class!r} is not a transformers {allowed} class, so it is not "
+                                        "loaded.")
+        if source.processor_class not in processor_classes():
+            raise ModelUnavailableError(f"{source.processor_class!r} is not an image processor that transformers "
+                                        "ships, so it is not loaded.")
 
     def load(self, source, device, dtype):
         import transformers
@@ -86,6 +121,15 @@ class TransformersFamily(Family):
         maps = predictor.processor.post_process_semantic_segmentation(
             outputs, target_sizes=[(g.height, g.width) for g in geometries])
         return [m.long() for m in maps]
+
+    def token_blocks(self, predictor):
+        """A ViT-style model (one ``patch_size``, token hidden states): its encoder layers, whose (B, N, C) outputs
+        Grad-CAM takes its gradient on; None for models of feature maps (SegFormer, ResNet, RT-DETR)."""
+        config = predictor.model.config
+        is_vit = isinstance(getattr(config, "patch_size", None), int) and not hasattr(config, "hidden_sizes")
+        pattern = r"(.*\.)?(encoder\.layer|encoder\.layers|layers)\.\d+"  # the name differs across versions
+        found = is_vit and any(re.fullmatch(pattern, n) for n, _ in predictor.model.named_modules())
+        return pattern if found else None
 
     def attention_kind(self, predictor):
         return "deformable" if getattr(predictor.model.config, "model_type", "") == "rt_detr" else "grad-cam"
