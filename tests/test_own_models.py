@@ -294,6 +294,22 @@ def test_the_api_takes_spec_strings_and_inspects_models(own, tmp_path):
         assert report["pair"] == spec and list(report["students"]) == ["sf_s"]
         found = client.predict(own.vit_s, "image-classification", api_name="/inspect_model")
         assert found["class"] == "ViTForImageClassification" and found["label_names"] == ["Dog", "cat", "bird"]
+        detect_spec = f"detection: {own.rt_t} -> {own.rt_s}"
+        answers = {}
+
+        def user(name, endpoint, pair):  # two users, each with a client (a session) and an own pair of their own
+            other = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            args = (0.0,) if endpoint == "/detect" else ()
+            answers[name] = other.predict(handle_file(str(path)), pair, *args, api_name=endpoint)[2]
+
+        threads = [threading.Thread(target=user, args=("a", "/detect", detect_spec)),
+                   threading.Thread(target=user, args=("b", "/segment", spec))]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert (answers["a"]["pair"], list(answers["a"]["students"])) == (detect_spec, ["rt_s"])
+        assert (answers["b"]["pair"], answers["b"]["students"]["sf_s"]["agreement"]) == (
+            spec, report["students"]["sf_s"]["agreement"])
+        assert not any("->" in p["name"] for p in client.predict(api_name="/pairs"))
         with pytest.raises(Exception, match="exactly one '->'"):
             client.predict(handle_file(str(path)), f"segmentation: {own.sf_t}", api_name="/segment")
         with pytest.raises(Exception, match="this needs a detection pair"):
@@ -342,3 +358,26 @@ def test_one_download_per_user_at_a_time(own, monkeypatch):
             pass
     finally:
         LocalContext.request.reset(token)
+
+
+@pytest.mark.parametrize(("task", "folder", "role", "family", "model_class", "weights"), [
+    ("image-classification", "timm_s", "student", "timm", "timm test_resnet", ["model.safetensors"]),
+    ("image-classification", "vit_t", "teacher", "transformers", "ViTForImageClassification", ["model.safetensors"]),
+    ("classification", "clip_t", "teacher", "open_clip", "open_clip CLIP", ["open_clip_model.safetensors"]),
+    ("generation", "sd", "teacher", "diffusers", "StableDiffusionPipeline",
+     ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+      "text_encoder/model.safetensors"]),
+    ("generation", "sd", "student", "diffusers", "UNet2DConditionModel", ["unet/diffusion_pytorch_model.safetensors"]),
+    ("generation", "unet_s", "student", "diffusers", "UNet2DConditionModel", ["diffusion_pytorch_model.safetensors"]),
+])
+def test_every_family_is_inspected_from_the_hubs_metadata(own, task, folder, role, family, model_class, weights):
+    """The size counts the safetensors files that family loads, and nothing else (a pipeline: UNet, VAE, text
+    encoder; a student repo with unet/: that UNet only)."""
+    path = Path(getattr(own, folder))
+    hub = FakeHub({"org/model": str(path)})
+    found = inspect_model("org/model", task, role, api=hub)
+    assert (found.family, found.model_class, found.where) == (family, model_class, "Hub")
+    assert found.size_mb == pytest.approx(sum((path / w).stat().st_size for w in weights) / 1e6)
+    assert not any(name.endswith(".safetensors") for name in hub.downloads)
+    if task == "generation" and role == "teacher":
+        assert found.native == {"width": 64, "height": 64, "steps": 25, "guidance": 7.5}
