@@ -21,10 +21,11 @@ from demos.diffusion import build_diffusion_tab
 from demos.image_classification import build_image_classification_tab
 from demos.pairs import build_pairs_tab
 from demos.segmentation import build_segmentation_tab
+from demos.training import build_training_tab
 from demos.widgets import EXAMPLES_DIR
 
 TABS = (build_detection_tab, build_segmentation_tab, build_image_classification_tab, build_classification_tab,
-        build_diffusion_tab, build_analysis_tab, build_dataset_tab, build_pairs_tab)
+        build_diffusion_tab, build_analysis_tab, build_dataset_tab, build_training_tab, build_pairs_tab)
 HEADER = """# Distill Lens
 A teacher and its distilled student, side by side, live: where the student learned, and where it still lags."""
 

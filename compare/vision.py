@@ -106,11 +106,16 @@ class VisionRequest:
     consensus: bool = False
     tau: float = 0.1
     method: str = "affinity"
+    foregrounds: list[torch.Tensor] | None = None  # (H, W) bool per image: ground truth instead of the teacher's
 
 
-def run_vision(request: VisionRequest, predictors: dict[str, Predictor],
+def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_out: dict | None = None,
                ) -> list[DetectionComparison | SegmentationComparison]:
     """Every model of ``predictors`` (``{"teacher": ..., <student name>: ...}``) once over the request's images.
+
+    ``stages_out``, when given (with ``consensus``), receives ``{name: [per image: [Stage (1, C, h, w)]]}``: the
+    stages the analysis used, for callers that measure more from the same forwards (the training monitor's dataset
+    CKA).
 
     Returns:
         One comparison per image, in order: detections (boxes above the threshold, agreement with the teacher's)
@@ -137,6 +142,10 @@ def run_vision(request: VisionRequest, predictors: dict[str, Predictor],
                         foregrounds[i] = predictor.foreground(group.outputs, group.geometries[k], FOREGROUND_SCORE,
                                                               index=k)
         profiles[name] = profile(predictor, prepared, forwarded, request.latency)
+    if request.foregrounds is not None:
+        foregrounds = [f.to(predictors["teacher"].device) for f in request.foregrounds]
+    if stages_out is not None:
+        stages_out.update(stages)
     build: Callable = BUILDERS[pair.task]
     results = []
     for i, image in enumerate(images):

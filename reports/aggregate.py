@@ -24,12 +24,73 @@ def _overlap(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> dic
     return {"intersection": inter.tolist(), "union": union.tolist()}
 
 
-def _stats(values: list[float]) -> dict:
+RESAMPLES = 1000  # bootstrap resamples of the images
+SEED = 0  # a fixed generator: the same records give the same intervals, however the run was split
+
+
+def bootstrap_means(values: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED, chunk: int = 50,
+                    ) -> np.ndarray:
+    """(resamples,) means of ``values`` (n,) resampled with replacement over the images (Efron's bootstrap), drawn in
+    chunks so memory stays at ``chunk × n``."""
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    out = []
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
+        out.append(values[rng.integers(0, n, (rows, n))].mean(1))
+    return np.concatenate(out)
+
+
+def interval(values: list[float] | np.ndarray, level: float = 0.95) -> list[float] | None:
+    """The percentile bootstrap interval of the mean over images, ``[low, high]``; None under two values."""
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if len(values) < 2:
+        return None
+    means = bootstrap_means(values)
+    tail = (1 - level) / 2 * 100
+    return [round(float(np.percentile(means, tail)), 4), round(float(np.percentile(means, 100 - tail)), 4)]
+
+
+def _stats(values: list[float], with_interval: bool = True) -> dict:
     values = [v for v in values if v is not None]
     if not values:
-        return {"mean": None, "median": None, "min": None, "max": None}
-    return {"mean": round(statistics.fmean(values), 4), "median": round(statistics.median(values), 4),
-            "min": round(min(values), 4), "max": round(max(values), 4)}
+        return {"mean": None, "median": None, "min": None, "max": None} | ({"ci95": None} if with_interval else {})
+    out = {"mean": round(statistics.fmean(values), 4), "median": round(statistics.median(values), 4),
+           "min": round(min(values), 4), "max": round(max(values), 4)}
+    return out | ({"ci95": interval(values)} if with_interval else {})
+
+
+# The figure that ranks students, per task, and its direction (the tabs' own).
+RANKED_BY = {"detection": ("f1", True), "segmentation": ("miou", True), "image-classification": ("js", False),
+             "classification": ("js", False)}
+
+
+def ranking(records: list[dict], students: list[str], task: str) -> dict:
+    """The students ranked by their mean agreement with the teacher, and whether the top two differ beyond chance:
+    a paired bootstrap over images of the difference of their per-image figures (95 % interval excluding 0)."""
+    key, higher = RANKED_BY[task]
+    per_image = {n: [r["students"][n]["agreement"].get(key) for r in records] for n in students}
+    means = {n: statistics.fmean(v) if (v := [x for x in per_image[n] if x is not None]) else None for n in students}
+    order = sorted(students, key=lambda n: (means[n] is None, -(means[n] or 0) if higher else (means[n] or 0)))
+    out = {"by": key, "higher_is_better": higher, "order": order, "top_two": None}
+    if len(order) < 2:
+        return out
+    a, b = order[:2]
+    pairs = [(x, y) for x, y in zip(per_image[a], per_image[b], strict=True) if x is not None and y is not None]
+    if len(pairs) < 2:
+        out["top_two"] = {"students": [a, b], "difference": None, "ci95": None,
+                          "verdict": "undefined: fewer than two images with both figures"}
+        return out
+    difference = np.array([x - y for x, y in pairs])
+    low, high = interval(difference)
+    apart = low > 0 or high < 0
+    better = a if (difference.mean() > 0) == higher else b
+    out["top_two"] = {"students": [a, b], "difference": round(float(difference.mean()), 4), "ci95": [low, high],
+                      "verdict": f"{better} agrees more with the teacher ({key}; 95 % paired bootstrap interval of "
+                                 f"the difference {low:+.4f} … {high:+.4f})" if apart else
+                                 f"not distinguishable: the 95 % paired bootstrap interval of the difference in "
+                                 f"{key} ({low:+.4f} … {high:+.4f}) includes 0"}
+    return out
 
 
 def _matches(boxes: list[list[float]], labels: list[str], truth: list[tuple[str, list[float]]]) -> list[bool]:
@@ -68,11 +129,15 @@ def summarise(records: list[dict], pair, students: list[str], labels: Labels | N
                                   for k in ("mean", "foreground", "background")}
         per_student[name] = entry
     summary["per_student"] = per_student
+    summary["ranking"] = ranking(ok, students, pair.task)
     ranked = sorted(ok, key=lambda r: (-r["students"][students[0]]["disagreement"], r["image"]))
     summary["largest_disagreement"] = [
         {"image": r["image"], "disagreement": r["students"][students[0]]["disagreement"]} for r in ranked[:gallery]]
     if labels is not None:
         summary["accuracy"] = _accuracy(ok, pair, students, labels)
+        if pair.task in ("classification", "image-classification"):
+            summary["calibration"] = calibration(ok, students, labels)
+        summary["inherited_errors"] = inherited_errors(ok, students, labels, pair.task)
         if pair.task == "detection":
             summary["misses"] = _miss_ranking(ok, ranked, students[0], labels)
     return summary
@@ -134,7 +199,9 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels) ->
             inter = np.sum([s["vs_labels"]["intersection"] for s in sides], axis=0)
             union = np.sum([s["vs_labels"]["union"] for s in sides], axis=0)
             present = union > 0
-            out[model] = {"miou": round(float((inter[present] / union[present]).mean()), 4)}
+            out[model] = {"miou": round(float((inter[present] / union[present]).mean()), 4),
+                          "ci95": _miou_interval(np.array([s["vs_labels"]["intersection"] for s in sides]),
+                                                 np.array([s["vs_labels"]["union"] for s in sides]))}
         return out
     from torchmetrics.functional.classification import multiclass_accuracy
 
@@ -146,11 +213,124 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels) ->
     for model in models:
         sides = [r["teacher"] if model == "teacher" else r["students"][model] for r in named]
         predicted = torch.tensor([classes.index(side["top1"]) for side in sides])
-        out[model] = {"top1": round(float(multiclass_accuracy(predicted, truth, len(classes), average="micro")), 4)}
+        out[model] = {"top1": round(float(multiclass_accuracy(predicted, truth, len(classes), average="micro")), 4),
+                      "top1_ci95": interval((predicted == truth).double().numpy())}
         if all("top5" in side for side in sides):  # image classifiers: is the label among the model's top five
             hits = [labels.classes[r["image"]] in side["top5"] for r, side in zip(named, sides, strict=True)]
             out[model]["top5"] = round(sum(hits) / len(hits), 4) if hits else None
+            out[model]["top5_ci95"] = interval(np.array(hits, dtype=np.float64))
     return out
+
+
+CALIBRATION_BINS = 10
+
+
+def calibration(records: list[dict], students: list[str], labels: Labels, bins: int = CALIBRATION_BINS) -> dict:
+    """Each classifier's calibration against the labels: expected calibration error of its top-1 confidence (Guo et
+    al. 2017; torchmetrics' top-label ECE, ``bins`` equal-width bins, L1) and the reliability diagram's bins
+    (``count``, mean ``confidence``, ``accuracy``; empty bins left out)."""
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    named = [r for r in records if r["image"] in labels.classes and "confidence" in r["teacher"]]
+    out = {}
+    for model in ["teacher", *students]:
+        sides = [r["teacher"] if model == "teacher" else r["students"][model] for r in named]
+        if not sides:
+            out[model] = {"ece": None, "bins": [], "note": "undefined: no labelled image with a confidence"}
+            continue
+        confidence = torch.tensor([s["confidence"] for s in sides], dtype=torch.float64)
+        correct = torch.tensor([s["top1"] == labels.classes[r["image"]] for r, s in zip(named, sides, strict=True)])
+        ece = binary_calibration_error(confidence, correct.long(), n_bins=bins, norm="l1")
+        which = (confidence * bins).long().clamp(max=bins - 1)
+        table = [{"low": k / bins, "high": (k + 1) / bins, "count": int((which == k).sum()),
+                  "confidence": round(float(confidence[which == k].mean()), 4),
+                  "accuracy": round(float(correct[which == k].double().mean()), 4)}
+                 for k in range(bins) if (which == k).any()]
+        out[model] = {"ece": round(float(ece), 4), "bins": table, "images": len(sides)}
+    return out
+
+
+def object_found(class_map: np.ndarray, mask: np.ndarray, index: int, iou: float = 0.5) -> bool:
+    """Whether a model's (H, W) class map finds one labelled object: IoU >= ``iou`` between the object's mask and the
+    model's pixels of its class inside the object's bounding box (so other objects of the class do not count)."""
+    rows, cols = np.nonzero(mask)
+    if not len(rows):
+        return False
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    predicted, truth = class_map[box] == index, mask[box]
+    inter = int((predicted & truth).sum())
+    return inter / (int(predicted.sum()) + int(truth.sum()) - inter) >= iou
+
+
+OUTCOMES = ("both right", "fixed", "lost", "inherited", "both wrong, differently")
+
+
+def inherited_errors(records: list[dict], students: list[str], labels: Labels, task: str) -> dict:
+    """How each student's errors relate to its teacher's, against the labels, overall and per class: per labelled
+    image (classification, by top-1) or per labelled object (detection: found or missed, as for mAP@0.5; segmentation:
+    IoU >= 0.5 inside the object's box): ``both right``; ``fixed`` (the teacher wrong, the student right); ``lost``
+    (the teacher right, the student wrong); ``inherited`` (both wrong: the same wrong class, or both miss the
+    object); ``both wrong, differently`` (classification: two different wrong classes)."""
+    out = {}
+    for student in students:
+        cases: list[tuple[str, str]] = []  # (class, outcome)
+        for r in records:
+            if task in ("classification", "image-classification"):
+                truth = labels.classes.get(r["image"])
+                if truth is None:
+                    continue
+                t, s = r["teacher"]["top1"], r["students"][student]["top1"]
+                outcome = ("both right" if t == truth == s else "fixed" if s == truth else "lost" if t == truth
+                           else "inherited" if t == s else "both wrong, differently")
+                cases.append((truth, outcome))
+            elif task == "detection":
+                truth = labels.boxes.get(r["image"], [])
+                t_dets, s_dets = r["teacher"]["detections"], r["students"][student]["detections"]
+                t = _matches([d["box"] for d in t_dets], [d["label"] for d in t_dets], truth)
+                s = _matches([d["box"] for d in s_dets], [d["label"] for d in s_dets], truth)
+                cases += [(label, _outcome(a, b)) for (label, _), a, b in zip(truth, t, s, strict=True)]
+            else:
+                objects = r["teacher"].get("objects", [])
+                found = r["students"][student].get("objects_found", [])
+                cases += [(o["label"], _outcome(o["found"], f)) for o, f in zip(objects, found, strict=True)]
+        out[student] = {"overall": _tally(o for _, o in cases),
+                        "per_class": {c: _tally(o for k, o in cases if k == c) for c in sorted({k for k, _ in cases})}}
+    return out
+
+
+def _outcome(teacher_right: bool, student_right: bool) -> str:
+    return ("both right" if teacher_right and student_right else "fixed" if student_right
+            else "lost" if teacher_right else "inherited")
+
+
+def _tally(outcomes) -> dict:
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for outcome in outcomes:
+        counts[outcome] += 1
+    total = sum(counts.values())
+    return {"total": total, **counts,
+            "inherited_share_of_teacher_errors": round(counts["inherited"] / (counts["inherited"] + counts["fixed"]
+                                                                              + counts["both wrong, differently"]), 4)
+            if counts["inherited"] + counts["fixed"] + counts["both wrong, differently"] else None}
+
+
+def _miou_interval(inter: np.ndarray, union: np.ndarray, level: float = 0.95) -> list[float] | None:
+    """Bootstrap interval of a dataset mIoU: images resampled, their (n, K) intersections and unions summed per
+    resample, mIoU over the classes present in that resample."""
+    n = len(inter)
+    if n < 2:
+        return None
+    rng = np.random.default_rng(SEED)
+    values = []
+    for start in range(0, RESAMPLES, 50):
+        rows = min(50, RESAMPLES - start)
+        counts = np.stack([np.bincount(row, minlength=n) for row in rng.integers(0, n, (rows, n))])  # (rows, n)
+        i, u = counts @ inter, counts @ union  # (rows, K)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values.append(np.nanmean(np.where(u > 0, i / u, np.nan), axis=1))
+    means = np.concatenate(values)
+    tail = (1 - level) / 2 * 100
+    return [round(float(np.percentile(means, tail)), 4), round(float(np.percentile(means, 100 - tail)), 4)]
 
 
 def _miss_ranking(records: list[dict], ranked: list[dict], student: str, labels: Labels, top: int = 10) -> dict:
@@ -174,5 +354,77 @@ def _miss_ranking(records: list[dict], ranked: list[dict], student: str, labels:
 
 def summarise_timing(timings: list[dict]) -> dict:
     students = sorted({n for t in timings for n in t["students_ms"]})
-    return {"teacher_ms": _stats([t["teacher_ms"] for t in timings]),
-            "students_ms": {n: _stats([t["students_ms"].get(n) for t in timings]) for n in students}}
+    return {"teacher_ms": _stats([t["teacher_ms"] for t in timings], False),
+            "students_ms": {n: _stats([t["students_ms"].get(n) for t in timings], False) for n in students}}
+
+
+# The deploy gate ---------------------------------------------------------------------------------------------------
+GATE_FIGURES = {
+    "detection": ("agreement", "f1", "mean_iou", "label_agreement", "consensus", "map50"),
+    "segmentation": ("agreement", "miou", "pixel_agreement", "consensus", "label_miou"),
+    "image-classification": ("agreement", "top1_match", "top5_overlap", "consensus", "top1", "top5", "js", "kl"),
+    "classification": ("agreement", "top1_match", "top1", "js", "kl"),
+}
+LOWER_IS_BETTER = ("js", "kl")
+
+
+def parse_gate(text: str | None, task: str, flag: str = "--fail-under") -> dict[str, float]:
+    """``"agreement=0.9,map50=0.8"`` -> ``{"agreement": 0.9, "map50": 0.8}``, names checked against the task's figures
+    (``agreement`` is the figure that ranks students: F1, mIoU or top-1 match).
+
+    Raises:
+        ValueError: a malformed item, an unknown figure (the valid ones named), or a figure whose direction does not
+            fit the flag (``js`` under ``--fail-under``).
+    """
+    if not text:
+        return {}
+    out = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        try:
+            number = float(value) if sep else float("nan")
+        except ValueError:
+            number = float("nan")
+        if not sep or number != number:
+            raise ValueError(f"{flag} takes name=number pairs separated by commas (e.g. agreement=0.9,map50=0.8); "
+                             f"got {item.strip()!r}.")
+        if name not in GATE_FIGURES[task]:
+            raise ValueError(f"{flag}: {name!r} is not a {task} figure; choose from {', '.join(GATE_FIGURES[task])}.")
+        lower = name in LOWER_IS_BETTER
+        if lower != (flag == "--fail-over"):
+            other = "--fail-over" if lower else "--fail-under"
+            raise ValueError(f"{flag}: {name} is {'lower' if lower else 'higher'} when the student is better; use "
+                             f"{other} {name}={value}.")
+        out[name] = number
+    return out
+
+
+def gate_figure(summary: dict, student: str, name: str) -> float | None:
+    """One student's summary figure by its gate name (None where undefined)."""
+    task = summary["task"]
+    block = summary["per_student"][student]
+    if name == "agreement":
+        name = {"detection": "f1", "segmentation": "miou"}.get(task, "top1_match")
+    if name == "consensus":
+        return (block.get("consensus") or {}).get("mean", {}).get("mean")
+    accuracy = (summary.get("accuracy") or {}).get(student, {})
+    if name in ("map50", "label_miou", "top1", "top5"):
+        return accuracy.get({"map50": "map_50", "label_miou": "miou"}.get(name, name))
+    return block["agreement"].get(name, {}).get("mean")
+
+
+def gate_failures(summary: dict, under: dict[str, float], over: dict[str, float]) -> list[str]:
+    """Every (student, figure) that fails the gate, as a line: below its ``under`` floor, above its ``over`` ceiling,
+    or undefined (a figure that cannot be checked fails: e.g. map50 without labels)."""
+    failures = []
+    for student in summary["students"]:
+        for name, limit in [*((n, ("under", v)) for n, v in under.items()),
+                            *((n, ("over", v)) for n, v in over.items())]:
+            side, bound = limit
+            value = gate_figure(summary, student, name)
+            if value is None:
+                failures.append(f"{student}: {name} is undefined (e.g. no labels), required "
+                                f"{'≥' if side == 'under' else '≤'} {bound}")
+            elif (side == "under" and value < bound) or (side == "over" and value > bound):
+                failures.append(f"{student}: {name} {value:.4f} {'<' if side == 'under' else '>'} {bound}")
+    return failures

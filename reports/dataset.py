@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,7 +53,15 @@ from compare.inputs import InputError, read_image
 from compare.jobs import stop_check
 from compare.vision import VisionRequest, detection_labels, run_vision
 from compare.zero_shot import check_template, parse_classes, zero_shot
-from reports.aggregate import _class_pixels, _overlap, summarise, summarise_timing
+from reports.aggregate import (
+    _class_pixels,
+    _overlap,
+    gate_failures,
+    object_found,
+    parse_gate,
+    summarise,
+    summarise_timing,
+)
 from reports.gallery import GalleryStore, kept_maps, overlays
 from reports.html import write_report
 from reports.inputs import Labels, list_images
@@ -89,18 +98,21 @@ def analyse_image(path: Path, spec: Pair, chosen: list[Student], predictors: dic
                              [class_notes + notes], latency=False)
         report = result.to_json()
         top = max(report["teacher"]["probs"], key=report["teacher"]["probs"].get)
-        record["teacher"] = {"top1": top}
+        record["teacher"] = {"top1": top, "confidence": report["teacher"]["probs"][top]}
         record["students"] = {n: {"agreement": b["agreement"], "disagreement": b["agreement"]["js"],
-                                  "top1": max(b["probs"], key=b["probs"].get)} for n, b in report["students"].items()}
+                                  "top1": max(b["probs"], key=b["probs"].get), "confidence": max(b["probs"].values())}
+                              for n, b in report["students"].items()}
     else:
         [result] = run_vision(VisionRequest(spec, chosen, [array], [notes], threshold, latency=False, consensus=True),
                               predictors)
         report = result.to_json()
         if spec.task == "image-classification":
             record["teacher"] = {"top1": report["teacher"]["top5"][0]["label"],
+                                 "confidence": report["teacher"]["top5"][0]["prob"],
                                  "top5": [e["label"] for e in report["teacher"]["top5"]]}
             record["students"] = {n: {"agreement": b["agreement"], "disagreement": b["agreement"]["js"],
-                                      "top1": b["top5"][0]["label"], "top5": [e["label"] for e in b["top5"]]}
+                                      "top1": b["top5"][0]["label"], "confidence": b["top5"][0]["prob"],
+                                      "top5": [e["label"] for e in b["top5"]]}
                                   for n, b in report["students"].items()}
         elif spec.task == "detection":
             record["teacher"] = {"detections": report["teacher"]["detections"]}
@@ -115,8 +127,13 @@ def analyse_image(path: Path, spec: Pair, chosen: list[Student], predictors: dic
             if labels is not None:
                 truth = labels.mask(path.name, maps["teacher"].shape, report["classes"])
                 record["teacher"]["vs_labels"] = _overlap(maps["teacher"], truth, len(report["classes"]))
+                objects = labels.objects(path.name, maps["teacher"].shape, report["classes"])
+                record["teacher"]["objects"] = [{"label": label, "found": object_found(
+                    maps["teacher"], mask, report["classes"].index(label))} for label, mask in objects]
                 for n in record["students"]:
                     record["students"][n]["vs_labels"] = _overlap(maps[n], truth, len(report["classes"]))
+                    record["students"][n]["objects_found"] = [object_found(maps[n], mask, report["classes"].index(
+                        label)) for label, mask in objects]
         for name, figures in result.analysis.summary().items():
             record["students"][name]["consensus"] = figures
     timing = {"image": path.name, "teacher_ms": report["teacher"]["this_run_ms"],
@@ -335,6 +352,11 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
         raise InputError(f"{spec.name} is a generation pair; the dataset report takes detection, segmentation, "
                          "classification or image-classification pairs.")
     chosen = spec.choose_students(args.students)
+    try:
+        args.gate_under = parse_gate(getattr(args, "fail_under", None), spec.task, "--fail-under")
+        args.gate_over = parse_gate(getattr(args, "fail_over", None), spec.task, "--fail-over")
+    except ValueError as error:
+        raise InputError(str(error)) from error
     args.threshold = number(args.threshold, "--threshold", 0.0, 1.0)
     args.gallery = number(args.gallery, "--gallery", 0, 1000, integer=True)
     args.threads = number(args.threads, "--threads", 1, 1024, integer=True)
@@ -374,6 +396,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", default=DEFAULT_CLASSES, help="classification: comma-separated class names")
     parser.add_argument("--gallery", type=int, default=GALLERY)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")
+    gate = parser.add_argument_group("deploy gate", "exit 1 (after writing the report) when any student fails; for CI")
+    gate.add_argument("--fail-under", help="floors, e.g. agreement=0.9,map50=0.8 (figures of summary.json)")
+    gate.add_argument("--fail-over", help="ceilings of lower-is-better figures, e.g. js=0.05")
     args = parser.parse_args(argv)
     os.environ.setdefault("DISTILL_LENS_ALLOW_LOCAL", "1")  # the CLI runs on the user's own machine
     try:
@@ -409,6 +434,12 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({k: summary[k] for k in ("pair", "images", "unreadable")} | {
             "per_student": {n: s["agreement"] for n, s in summary["per_student"].items()}}, indent=1))
         print(f"wrote {args.out / 'results.jsonl'}, summary.json, report.html")
+        failures = gate_failures(summary, args.gate_under, args.gate_over)
+        if failures:
+            print("deploy gate failed:\n" + "\n".join(f"  {line}" for line in failures), file=sys.stderr)
+            raise SystemExit(1)
+        if args.gate_under or args.gate_over:
+            print("deploy gate passed")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reports.aggregate import RESAMPLES
+
 
 def _png(array: np.ndarray) -> str:
     from PIL import Image
@@ -18,6 +20,68 @@ def _png(array: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _with_interval(value, ci) -> str:
+    if value is None:
+        return "undefined"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def figures_table(summary: dict, students: list[str]) -> str:
+    """The report's first table: per model, the agreement figures, consensus and accuracy, each with its interval."""
+    rows = []
+    first = summary["per_student"][students[0]]
+    keys = list(first["agreement"])
+    accuracy = summary.get("accuracy") or {}
+    acc_keys = sorted({k for block in accuracy.values() for k in block if not k.endswith("ci95") and k != "note"})
+    calibration = summary.get("calibration") or {}
+    head = ["model", *(f"{k} vs teacher" for k in keys), "consensus (mean)",
+            *(f"{k} vs labels" for k in acc_keys), *(["ECE"] if calibration else [])]
+    for model in ["teacher", *students]:
+        block = summary["per_student"].get(model)
+        cells = [model]
+        cells += [_with_interval(block["agreement"][k]["mean"], block["agreement"][k]["ci95"]) if block else "–"
+                  for k in keys]
+        consensus = (block or {}).get("consensus", {}).get("mean") if block else None
+        cells.append(_with_interval(consensus["mean"], consensus["ci95"]) if consensus else "–")
+        own = accuracy.get(model, {})
+        for k in acc_keys:
+            ci = own.get(f"{k}_ci95", own.get("ci95") if k in ("miou", "map_50") else None)
+            cells.append(_with_interval(own.get(k), ci) if k in own else "–")
+        if calibration:
+            cells.append(_with_interval(calibration.get(model, {}).get("ece"), None))
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+    return f"<h2>Figures</h2><table>{header}{''.join(rows)}</table>"
+
+
+def errors_table(summary: dict) -> str:
+    """Inherited and corrected errors against the labels: per student, overall then per class."""
+    from reports.aggregate import OUTCOMES
+
+    errors = summary.get("inherited_errors")
+    if not errors:
+        return ""
+    unit = {"detection": "labelled objects", "segmentation": "labelled objects"}.get(summary["task"],
+                                                                                     "labelled images")
+    head = "<tr><th>student</th><th>class</th><th>" + "</th><th>".join(["total", *OUTCOMES]) + "</th></tr>"
+    rows = []
+    for student, block in errors.items():
+        for name, tally in [("all", block["overall"]), *block["per_class"].items()]:
+            cells = [student, name, str(tally["total"])] + [str(tally[o]) for o in OUTCOMES]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return (f"<h2>Inherited and corrected errors ({unit})</h2><p><i>fixed</i>: the teacher wrong, the student "
+            f"right; <i>lost</i>: the teacher right, the student wrong; <i>inherited</i>: both wrong alike (the same "
+            f"wrong class, or both miss the object).</p><table>{head}{''.join(rows)}</table>")
+
+
+def ranking_paragraph(summary: dict) -> str:
+    top = (summary.get("ranking") or {}).get("top_two")
+    if not top:
+        return ""
+    return f"<p><b>Ranking of the students</b> (by {html.escape(summary['ranking']['by'])}): " \
+           f"{html.escape(top['verdict'])}.</p>"
 
 
 def write_report(path: Path, summary: dict, records: list[dict], timings: list[dict],
@@ -54,18 +118,36 @@ def write_report(path: Path, summary: dict, records: list[dict], timings: list[d
                      f'<div class="row">{cells}</div></section>')
     unreadable = "".join(f"<li>{html.escape(u['image'])}: {html.escape(u['reason'])}</li>"
                          for u in summary["unreadable"])
-    accuracy = summary.get("accuracy")
+    calibration = summary.get("calibration")
+    if calibration:
+        fig = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"},
+                                    name="perfectly calibrated")]
+                        + [go.Scatter(x=[b["confidence"] for b in block["bins"]],
+                                      y=[b["accuracy"] for b in block["bins"]], mode="lines+markers",
+                                      name=f"{model} (ECE {block['ece']:.3f})" if block["ece"] is not None else model,
+                                      text=[f"{b['count']} images" for b in block["bins"]])
+                           for model, block in calibration.items()])
+        fig.update_layout(title="Reliability: accuracy against top-1 confidence (10 bins)",
+                          xaxis_title="mean top-1 confidence in the bin", yaxis_title="accuracy against the labels",
+                          height=380, xaxis={"range": [0, 1]}, yaxis={"range": [0, 1]})
+        figures.insert(0, fig)
+    plots = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figures)]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Distill Lens dataset report: {
         html.escape(spec.name)}</title><style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
 .row{{display:flex;gap:8px;flex-wrap:wrap}}figure{{margin:0}}figcaption{{text-align:center}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
 pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style></head><body>
 <h1>Dataset report: {html.escape(spec.name)}</h1>
-<p>{summary['images']} images; students {html.escape(', '.join(students))}; the teacher is the reference.</p>
-{'<h2>Accuracy against the labels</h2><pre>' + html.escape(json.dumps(accuracy, indent=1)) + '</pre>'
- if accuracy else ''}
-<h2>Summary</h2><pre>{html.escape(json.dumps(summary['per_student'], indent=1))}</pre>
+<p>{summary['images']} images; students {html.escape(', '.join(students))}; the teacher is the reference. Means over
+images with their 95 % bootstrap interval ({RESAMPLES} resamples of the images).</p>
+{figures_table(summary, students)}
+{ranking_paragraph(summary)}
+{errors_table(summary)}
 {''.join(plots)}
 <h2>Largest disagreement ({html.escape(students[0])})</h2>{''.join(cards)}
 {'<h2>Unreadable files</h2><ul>' + unreadable + '</ul>' if unreadable else ''}
+<details><summary>The summary as JSON (summary.json)</summary><pre>{
+        html.escape(json.dumps({k: v for k, v in summary.items() if k != 'largest_disagreement'}, indent=1))
+    }</pre></details>
 </body></html>"""
     path.write_text(page)

@@ -121,6 +121,14 @@ def safe_name(name: str) -> str:
     return cleaned or "image"
 
 
+def _decode_rle(rle: dict) -> np.ndarray:
+    """A COCO RLE mask (compressed, or uncompressed ``counts`` list) -> (H, W) uint8, with pycocotools."""
+    from pycocotools import mask as coco_mask
+
+    encoded = coco_mask.frPyObjects(rle, *rle["size"]) if isinstance(rle["counts"], list) else rle
+    return coco_mask.decode(encoded)
+
+
 @dataclass
 class Labels:
     """Ground truth from a COCO-style file, keyed by image file name."""
@@ -188,6 +196,26 @@ class Labels:
                         table.setdefault(safe, table[original])
         return labels
 
+    def objects(self, image: str, size: tuple[int, int], classes: list[str]) -> list[tuple[str, np.ndarray]]:
+        """Each labelled object of the image as ``(class, (H, W) bool mask)``, in the file's order (polygons, then
+        RLE); objects of classes the pair does not have are left out."""
+        from PIL import Image, ImageDraw
+
+        out = []
+        for label, polygons in self.polygons.get(image, []):
+            if label in classes:
+                canvas = Image.new("1", (size[1], size[0]), 0)
+                draw = ImageDraw.Draw(canvas)
+                for polygon in polygons:
+                    draw.polygon([tuple(polygon[i:i + 2]) for i in range(0, len(polygon) - 1, 2)], fill=1)
+                out.append((label, np.array(canvas, dtype=bool)))
+        for label, rle in self.rle.get(image, []):
+            if label in classes:
+                decoded = _decode_rle(rle)
+                if decoded.shape[:2] == tuple(size):
+                    out.append((label, decoded.astype(bool)))
+        return out
+
     def mask(self, image: str, size: tuple[int, int], classes: list[str]) -> np.ndarray:
         """(H, W) class indices painted from the image's polygons and RLE masks (later annotations on top; 0
         elsewhere; RLE decoded with pycocotools)."""
@@ -205,10 +233,7 @@ class Labels:
         for label, rle in self.rle.get(image, []):
             if label not in classes:
                 continue
-            from pycocotools import mask as coco_mask
-
-            encoded = coco_mask.frPyObjects(rle, *rle["size"]) if isinstance(rle["counts"], list) else rle
-            decoded = coco_mask.decode(encoded)
+            decoded = _decode_rle(rle)
             if decoded.shape[:2] == painted.shape:
                 painted[decoded.astype(bool)] = classes.index(label)
         return painted

@@ -67,7 +67,7 @@ def click(driver, element, timeout: float = 30):
 TABS = (("Detection", "detection", True, "F1"), ("Segmentation", "segmentation", True, "mIoU"),
         ("Classification", "image-classification", True, "Grad-CAM"), ("CLIP", "classification", True, "KL"),
         ("Diffusion", "generation", False, "seconds"), ("Analysis", "analysis", True, "consensus"),
-        ("Dataset", "dataset", False, None), ("Pairs", "pairs", False, None))
+        ("Dataset", "dataset", False, None), ("Training", "training", False, None), ("Pairs", "pairs", False, None))
 
 
 def open_tab(driver, label: str) -> None:
@@ -125,6 +125,11 @@ def test_every_tab_runs_its_default_example_in_a_real_browser(app_url, browser, 
                                                                  "arguments[0].naturalWidth > 0", img))
             summary = browser.find_element(By.ID, f"{key}-summary").text
             assert "Teacher:" in summary and "lite0:" in summary  # the real EfficientNet-Lite pair by default
+        if key == "training":  # the four methods' curves from the shipped logs, before any click
+            legend = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#training-curves .legendtext"))
+            assert [item.text for item in legend] == ["output-kd", "feature-kd", "adm-consensus", "online-adm"]
+            assert wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#training-maps .heatmaplayer, "
+                                                                         "#training-maps .hm"))
         if key == "pairs":
             assert "adm-consensus" in browser.find_element(By.TAG_NAME, "body").text
         if key == "analysis":  # gallery captions (stage, teacher and student layer) are shown in full

@@ -225,3 +225,126 @@ def test_labels_follow_sanitised_names_and_no_labelled_object_is_null_not_minus_
     assert empty["teacher"]["map_50"] is None and "no labelled object" in empty["teacher"]["note"]
     truth = Labels(boxes={"a.png": [("circle", [1.0, 1.0, 9.0, 9.0])]})
     assert _accuracy([record], get_pair("shapes-detection"), ["s"], truth)["s"]["map_50"] == 0.0
+
+
+def test_every_aggregate_has_a_bootstrap_interval_and_the_ranking_says_whether_the_top_two_differ(uninterrupted):
+    from reports.aggregate import interval, ranking
+
+    _, summary = uninterrupted
+    block = summary["per_student"]["feature-kd"]
+    for stats in [*block["agreement"].values(), *block["consensus"].values()]:
+        if stats["mean"] is not None:
+            low, high = stats["ci95"]
+            assert low <= stats["mean"] <= high
+    assert summary["ranking"]["by"] == "f1" and summary["ranking"]["top_two"] is None  # one student
+    assert interval([1.0]) is None and interval([0.5, 0.5, 0.5]) == [0.5, 0.5]
+    rng = __import__("numpy").random.default_rng(1)
+    values = rng.normal(0.7, 0.1, 400)
+    low, high = interval(values)
+    assert low < 0.7 < high and high - low == pytest.approx(2 * 1.96 * 0.1 / 20, rel=0.25)  # ≈ the normal theory
+
+    def records(a, b):
+        return [{"students": {"a": {"agreement": {"f1": x}}, "b": {"agreement": {"f1": y}}}}
+                for x, y in zip(a, b, strict=True)]
+
+    same = ranking(records(values, values + rng.normal(0, 0.05, 400)), ["a", "b"], "detection")
+    assert same["top_two"]["verdict"].startswith("not distinguishable")
+    apart = ranking(records(values, values - 0.05), ["a", "b"], "detection")
+    assert apart["order"] == ["a", "b"] and apart["top_two"]["verdict"].startswith("a agrees more")
+
+
+def test_the_deploy_gate_exits_1_naming_each_failing_figure(folder, tmp_path, capsys):
+    from reports.dataset import main
+
+    args = ["--images", str(folder / "images"), "--pair", "shapes-detection", "--labels", str(folder / "labels.json"),
+            "--students", "feature-kd,adm-consensus"]
+    main([*args, "--out", str(tmp_path / "pass"), "--fail-under", "agreement=0.1,map50=0.1"])
+    assert "deploy gate passed" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, "--out", str(tmp_path / "fail"), "--fail-under", "agreement=0.999,consensus=0.1"])
+    assert stopped.value.code == 1 and (tmp_path / "fail" / "report.html").is_file()  # the report is written first
+    err = capsys.readouterr().err
+    assert "feature-kd: agreement" in err and "adm-consensus: agreement" in err and "< 0.999" in err
+    assert "consensus" not in err.split("deploy gate failed:")[1].replace("adm-consensus", "")
+    for bad, says in (("agreement", "name=number"), ("speed=3", "not a detection figure"),
+                      ("js=0.1", "not a detection figure")):
+        with pytest.raises(SystemExit):
+            main([*args, "--out", str(tmp_path / "bad"), "--fail-under", bad])
+        assert says in capsys.readouterr().err
+
+
+def test_calibration_is_the_top_label_ece_of_guo_et_al():
+    from reports.aggregate import calibration
+
+    labels = Labels(classes={f"{i}.png": "cat" for i in range(20)})
+
+    def record(i, conf_t, top_t, conf_s, top_s):
+        return {"image": f"{i}.png", "teacher": {"top1": top_t, "confidence": conf_t},
+                "students": {"s": {"top1": top_s, "confidence": conf_s}}}
+
+    # teacher: 0.9 confident, right on 18 of 20 (calibrated); student: 0.95 confident, right on 10 of 20
+    records = [record(i, 0.9, "cat" if i < 18 else "dog", 0.95, "cat" if i < 10 else "dog") for i in range(20)]
+    out = calibration(records, ["s"], labels)
+    assert out["teacher"]["ece"] == pytest.approx(0.0, abs=1e-6) and out["s"]["ece"] == pytest.approx(0.45)
+    assert out["s"]["bins"] == [{"low": 0.9, "high": 1.0, "count": 20, "confidence": 0.95, "accuracy": 0.5}]
+
+
+def test_inherited_and_corrected_errors_per_labelled_object_and_image(uninterrupted, folder):
+    import numpy as np
+
+    from reports.aggregate import OUTCOMES, inherited_errors, object_found
+
+    out, summary = uninterrupted
+    labels = Labels.read(folder / "labels.json")
+    errors = summary["inherited_errors"]["feature-kd"]
+    objects = sum(len(labels.boxes.get(r["image"], [])) for r in read_records(out / "results.jsonl")
+                  if "error" not in r)
+    assert errors["overall"]["total"] == objects == sum(errors["overall"][o] for o in OUTCOMES)
+    assert sum(t["total"] for t in errors["per_class"].values()) == objects
+    assert "Inherited and corrected errors (labelled objects)" in (out / "report.html").read_text()
+
+    truth = Labels(classes={"a.png": "cat", "b.png": "cat", "c.png": "cat", "d.png": "cat", "e.png": "dog"})
+    tops = {"a.png": ("cat", "cat"), "b.png": ("dog", "cat"), "c.png": ("cat", "dog"), "d.png": ("dog", "dog"),
+            "e.png": ("cat", "bird")}
+    records = [{"image": k, "teacher": {"top1": t}, "students": {"s": {"top1": s}}} for k, (t, s) in tops.items()]
+    tally = inherited_errors(records, ["s"], truth, "classification")["s"]
+    assert {o: tally["overall"][o] for o in OUTCOMES} == {"both right": 1, "fixed": 1, "lost": 1, "inherited": 1,
+                                                         "both wrong, differently": 1}
+    assert tally["overall"]["inherited_share_of_teacher_errors"] == pytest.approx(1 / 3, abs=1e-4)
+    assert tally["per_class"]["dog"]["both wrong, differently"] == 1
+
+    square = np.zeros((20, 20), dtype=bool)
+    square[5:15, 5:15] = True
+    shifted = np.zeros((20, 20), dtype=np.int64)
+    shifted[5:15, 8:18] = 2  # 70 of 100 object pixels, 30 more inside the box: IoU 70/100 within the box
+    assert object_found(shifted, square, 2) and not object_found(shifted, square, 1)
+    shifted[:] = 0
+    shifted[5:15, 11:20] = 2  # 40 pixels inside the object: IoU 0.4
+    assert not object_found(shifted, square, 2)
+
+
+def test_segmentation_objects_from_rle_labels_are_found_or_missed(tmp_path):
+    import numpy as np
+    from pycocotools import mask as coco_mask
+
+    images = tmp_path / "images"
+    images.mkdir()
+    coco = {"images": [], "annotations": [],
+            "categories": [{"id": i, "name": c} for i, c in enumerate(CLASS_NAMES) if i]}
+    count = 0
+    for k in range(3):
+        scene = render_scene(EVAL_SEED_START + 3100 + k)
+        Image.fromarray(scene.image).save(images / f"s{k}.png")
+        coco["images"].append({"id": k, "file_name": f"s{k}.png"})
+        for obj in scene.objects:
+            rle = coco_mask.encode(np.asfortranarray(obj.mask.astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode()
+            coco["annotations"].append({"image_id": k, "category_id": obj.class_id, "segmentation": rle})
+            count += 1
+    (tmp_path / "labels.json").write_text(json.dumps(coco))
+    summary = run_dataset(list_images(images), "shapes-segmentation", tmp_path / "out", "feature-kd,adm-consensus",
+                          tmp_path / "labels.json")
+    for student in ("feature-kd", "adm-consensus"):
+        overall = summary["inherited_errors"][student]["overall"]
+        assert overall["total"] == count and overall["both right"] >= count // 2  # trained nets find most objects
+    assert summary["accuracy"]["teacher"]["ci95"][0] <= summary["accuracy"]["teacher"]["miou"]

@@ -116,6 +116,12 @@ def test_the_dataset_report_gives_top1_and_top5_against_labels(tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps(coco))
     summary = run_dataset(list_images(tmp_path), PAIR, tmp_path / "out", "lite0", tmp_path / "labels.json")
     accuracy = summary["accuracy"]
-    assert set(accuracy) == {"teacher", "lite0"} and all(set(a) == {"top1", "top5"} for a in accuracy.values())
-    assert all(a["top5"] == 1.0 for a in accuracy.values())  # tabby is among each model's top five for Chelsea
+    assert set(accuracy) == {"teacher", "lite0"}
+    assert all(set(a) == {"top1", "top5", "top1_ci95", "top5_ci95"} for a in accuracy.values())
+    assert all(a["top5"] == 1.0 and a["top5_ci95"] == [1.0, 1.0] for a in accuracy.values())  # tabby in each top 5
+    calibration = summary["calibration"]["lite0"]  # two labelled photos: ECE and the reliability diagram's bins
+    assert calibration["images"] == 2 and 0 <= calibration["ece"] <= 1 and sum(b["count"] for b in
+                                                                             calibration["bins"]) == 2
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.index("<h2>Figures</h2>") < page.index("Reliability") < page.index("<details>")  # figures first
     assert summary["per_student"]["lite0"]["consensus"]["foreground"]["mean"] is None

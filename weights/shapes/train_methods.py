@@ -25,15 +25,16 @@ OUT = BUILTIN_DIR / "distill_methods"
 SEEDS = (0, 1, 2)
 
 
-def run(task: str, method: str, seed: int, steps: int, out: Path) -> str:
-    """Train one student (and for ``online-adm`` its teacher) on one CPU thread; returns the student's path."""
+def run(task: str, method: str, seed: int, steps: int, out: Path, monitor=None) -> str:
+    """Train one student (and for ``online-adm`` its teacher) on one CPU thread; returns the student's path.
+    ``monitor``: see :func:`weights.shapes.train_nets.train` (``python -m compare.training_logs`` logs seed 0)."""
     import torch
 
     from weights.shapes.train_nets import train
 
     torch.set_num_threads(1)
     return str(train(task, "student", steps, batch_size=BATCH, pool_size=POOL, seed=seed, method=method, out=out,
-                     half=True, log_every=100))
+                     half=True, log_every=100, monitor=monitor))
 
 
 def main() -> None:

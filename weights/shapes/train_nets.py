@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from analysis.profiling import count_parameters
 from methods.distill import adm_feature_losses, feature_kd, heatmap_kd, soft_label_kd
 from weights.shapes.checkpoints import BUILTIN_CONFIGS, BUILTIN_DIR, checkpoint_path, save_checkpoint
 from weights.shapes.nets import DETECTION_STRIDE, ShapesNet, ShapesNetConfig, normalise
-from weights.shapes.world import TRAIN_SEEDS, render_scene
+from weights.shapes.world import TRAIN_SEEDS, TUNING_SEED_START, render_scene
 
 KD_STAGES = (2, 3)  # encoder stages (strides 8 and 16) matched by feature distillation
 ADM_TAU = 0.1  # softmax temperature of ADM's consensus and divergence weights (the Analysis tab's default)
@@ -162,9 +163,19 @@ def distillation_loss(method: str, out: dict, teacher_out: dict, adapters: nn.Mo
     return loss
 
 
+PROBE_SCENES, PROBE_SIZE = 16, 128  # the training monitor's fixed probe: tuning-range scenes no pool reaches
+
+
+def probe_scenes(task: str) -> tuple[list, list]:
+    """The monitor's probe: ``(images, targets)``, 16 scenes of 128 x 128 from ``TUNING_SEED_START`` on, with their
+    ground-truth boxes (detection) or label masks (segmentation) for ADM's foreground figures."""
+    scenes = [render_scene(TUNING_SEED_START + 50_000 + i, PROBE_SIZE, PROBE_SIZE) for i in range(PROBE_SCENES)]
+    return [s.image for s in scenes], [s.boxes if task == "detection" else s.labels for s in scenes]
+
+
 def train(task: str, role: str, steps: int, batch_size: int = 32, pool_size: int = 12000, lr: float = 2e-3,
           seed: int = 0, log_every: int = 50, method: str = "feature-kd", out: Path | None = None,
-          half: bool = False) -> Path:
+          half: bool = False, monitor: Callable | None = None, timings: dict | None = None) -> Path:
     """Train one builtin model and save it as safetensors; returns the path.
 
     ``role="teacher"`` trains a teacher on ground truth alone. ``role="student"`` trains a student on ground
@@ -172,7 +183,11 @@ def train(task: str, role: str, steps: int, batch_size: int = 32, pool_size: int
     from a teacher trained from scratch beside it, saved too (``..._teacher_online-adm...``).
     ``out``: a folder for the comparison's checkpoints (names carry method and seed); by default the committed
     ``weights/checkpoints/shapes_<task>_<role>[_<method>].safetensors`` (no method suffix for ``feature-kd``, the
-    recipe of the pairs' first students). ``half``: store fp16 (they load as fp32).
+    recipe of the pairs' first students). ``half``: store fp16 (they load as fp32). ``monitor``: for a student,
+    ``monitor(teacher, student)`` makes an object with ``every`` and ``step(step, losses)`` (e.g. a
+    :class:`compare.monitor.DistillMonitor`; ``python -m compare.training_logs`` passes one), called at step 1 and
+    every ``every`` steps with the loss terms. ``timings``: filled with ``loop_seconds``, the training loop's wall
+    time (scene rendering excluded).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -204,17 +219,22 @@ def train(task: str, role: str, steps: int, batch_size: int = 32, pool_size: int
         out.mkdir(parents=True, exist_ok=True)
         path = out / comparison_name(task, role, method, seed)
         teacher_path = out / comparison_name(task, "teacher", method, seed) if online else None
+    monitor = monitor(teacher, model) if monitor is not None and teacher is not None else None
+    loop_start = time.perf_counter()
     for step in range(1, steps + 1):
         batch = pool.batch(rng, batch_size)
         x = photometric_jitter(normalise(batch["images"]), rng)
         result = model(x)
-        loss = task_loss(result, batch)
+        loss = student_task = task_loss(result, batch)
         if teacher is not None:
             with torch.set_grad_enabled(online):
                 teacher_out = teacher(x)
-            loss = loss + distillation_loss(method, result, teacher_out, adapters)
+            distil = distillation_loss(method, result, teacher_out, adapters)
+            loss = loss + distil
             if online:
                 loss = loss + task_loss(teacher_out, batch)
+            if monitor is not None and (step == 1 or step % monitor.every == 0):  # the only host syncs it adds
+                monitor.step(step, {"task": student_task.item(), "distillation": distil.item(), "total": loss.item()})
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 5.0)
@@ -227,6 +247,8 @@ def train(task: str, role: str, steps: int, batch_size: int = 32, pool_size: int
                 if where is not None:
                     save_checkpoint(net.eval(), where, half=half)
                     net.train()
+    if timings is not None:
+        timings["loop_seconds"] = time.perf_counter() - loop_start
     return path
 
 

@@ -1,0 +1,212 @@
+"""Training tab: how students came to agree with their teacher over training, from the training monitor's logs
+(:mod:`compare.monitor`): the shipped runs of the builtin recipe's four distillation methods, or a run of yours."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from compare.inputs import InputError
+from compare.monitor import read_log
+from compare.training_logs import LOGS
+
+MAX_LOG_BYTES = 20_000_000
+METHOD_ORDER = ("output-kd", "feature-kd", "adm-consensus", "online-adm")
+TASKS = ("detection", "segmentation")
+DEFAULT_FIGURES = {"detection": "agreement: f1", "segmentation": "agreement: miou"}
+FIGURE_WORDS = {"agreement: f1": "box agreement with the teacher, F1", "agreement: miou": "mIoU with the teacher",
+                "agreement: pixel_agreement": "pixel agreement with the teacher",
+                "agreement: mean_iou": "mean IoU of matched boxes", "agreement: label_agreement": "same label",
+                "agreement: top1_match": "top-1 match", "agreement: kl": "KL divergence from the teacher",
+                "agreement: js": "JS divergence from the teacher"}
+
+
+def shipped_runs(task: str) -> dict[str, Path]:
+    """``{method: log}`` of the shipped runs of a task, in the recipe's method order."""
+    found = {p.stem: p for p in sorted((LOGS / task).glob("*.jsonl"))}
+    return {m: found[m] for m in sorted(found, key=lambda m: (METHOD_ORDER + (m,)).index(m))}
+
+
+def load_runs(task: str, names: list[str] | None, upload=None) -> dict[str, list[dict]]:
+    """The chosen shipped runs of ``task`` and an uploaded ``monitor.jsonl`` (named after its ``run`` field)."""
+    runs = {name: read_log(path) for name, path in shipped_runs(task).items() if names is None or name in names}
+    if upload is not None:
+        path = Path(upload if isinstance(upload, (str, Path)) else getattr(upload, "name", str(upload)))
+        records = read_log(path, MAX_LOG_BYTES)
+        runs[f"yours: {records[0].get('run') or path.stem}"] = records
+    if not runs:
+        raise InputError("Choose at least one run, or upload a monitor.jsonl.")
+    return runs
+
+
+def figure_names(runs: dict[str, list[dict]]) -> list[str]:
+    """Every figure the runs logged: ``agreement: f1``, ``consensus stride 8: foreground``, ``cka stride 16``,
+    ``losses: distillation``..."""
+    names: dict[str, None] = {}
+    for records in runs.values():
+        record = records[-1]
+        names |= dict.fromkeys(f"agreement: {k}" for k in record.get("agreement", {}))
+        for stride, block in record.get("consensus", {}).items():
+            names |= dict.fromkeys(f"consensus {stride}: {k}" for k in block)
+        names |= dict.fromkeys(f"cka {stride}" for stride in record.get("cka", {}))
+        names |= dict.fromkeys(f"losses: {k}" for k in record.get("losses", {}))
+    return list(names)
+
+
+def value_of(record: dict, figure: str) -> float | None:
+    """One figure of one record (None where it was not defined)."""
+    if figure.startswith("agreement: "):
+        return record.get("agreement", {}).get(figure.removeprefix("agreement: "))
+    if figure.startswith("losses: "):
+        return record.get("losses", {}).get(figure.removeprefix("losses: "))
+    if figure.startswith("cka "):
+        return record.get("cka", {}).get(figure.removeprefix("cka "))
+    stride, _, key = figure.removeprefix("consensus ").partition(": ")
+    return record.get("consensus", {}).get(stride, {}).get(key)
+
+
+def curves_figure(runs: dict[str, list[dict]], figure: str):
+    """Plotly lines of one figure against the training step, one per run (CKA with its permuted-images chance
+    level dotted)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, records in runs.items():
+        fig.add_trace(go.Scatter(x=[r["step"] for r in records], y=[value_of(r, figure) for r in records],
+                                 mode="lines+markers", name=name, marker={"size": 4}))
+        if figure.startswith("cka "):
+            stride = figure.removeprefix("cka ")
+            fig.add_trace(go.Scatter(x=[r["step"] for r in records],
+                                     y=[r.get("cka_baseline", {}).get(stride) for r in records], mode="lines",
+                                     line={"dash": "dot"}, name=f"{name}: other images (chance)"))
+    fig.update_layout(title=FIGURE_WORDS.get(figure, figure), xaxis_title="training step", yaxis_title=figure,
+                      height=380, margin={"l": 50, "r": 10, "t": 40, "b": 40}, legend={"orientation": "h"})
+    return fig
+
+
+def steps_of(runs: dict[str, list[dict]]) -> list[int]:
+    return sorted({r["step"] for records in runs.values() for r in records if r.get("maps")})
+
+
+def maps_figure(runs: dict[str, list[dict]], step: int):
+    """The consensus maps of the probe images at (or just before) ``step``: one row per run, one column per probe
+    image, on one colour scale with numbers."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = []
+    for name, records in runs.items():
+        before = [r for r in records if r["step"] <= step and r.get("maps")] or records[:1]
+        rows.append((name, before[-1]))
+    columns = max(len(r["maps"]["images"]) for _, r in rows)
+    fig = make_subplots(len(rows), columns, horizontal_spacing=0.02, vertical_spacing=0.06,
+                        row_titles=[f"{name} (step {r['step']})" for name, r in rows],
+                        column_titles=[f"probe {i + 1}" for i in range(columns)])
+    for i, (_, record) in enumerate(rows, 1):
+        for j, image in enumerate(record["maps"]["images"], 1):
+            fig.add_trace(go.Heatmap(z=image, zmin=-1, zmax=1, colorscale="Viridis", showscale=i == j == 1,
+                                     colorbar={"title": {"text": "consensus<br>(affinity r)"}, "tickvals":
+                                               [-1, 0, 1], "ticktext": ["−1 opposite", "0 unrelated", "1 same"]}),
+                          i, j)
+            fig.update_yaxes(autorange="reversed", showticklabels=False, row=i, col=j)
+            fig.update_xaxes(showticklabels=False, row=i, col=j)
+    stride = rows[0][1]["maps"]["stride"]
+    fig.update_layout(title=f"Where each student agrees with its teacher, stride {stride}, step {step}",
+                      height=140 + 150 * len(rows), margin={"l": 10, "r": 10, "t": 60, "b": 10})
+    return fig
+
+
+def summary_markdown(runs: dict[str, list[dict]], figure: str) -> str:
+    """One line per run: the figure at the first and the last logged step."""
+    lines = [f"**{FIGURE_WORDS.get(figure, figure)}**, first → last logged step:"]
+    for name, records in runs.items():
+        first, last = value_of(records[0], figure), value_of(records[-1], figure)
+        shown = [("–" if v is None else f"{v:.3f}") for v in (first, last)]
+        lines.append(f"- **{name}**: {shown[0]} (step {records[0]['step']}) → {shown[1]} "
+                     f"(step {records[-1]['step']})")
+    return "\n".join(lines)
+
+
+def view(task: str, names: list[str] | None, upload, figure: str | None, step: int | None):
+    """Everything the tab shows: summary, curves, maps, the figure menu and the step slider."""
+    import gradio as gr
+
+    runs = load_runs(task, names, upload)
+    figures = figure_names(runs)
+    figure = figure if figure in figures else (DEFAULT_FIGURES.get(task) if DEFAULT_FIGURES.get(task) in figures
+                                               else figures[0])
+    steps = steps_of(runs)
+    step = step if step in steps else steps[-1]
+    return (summary_markdown(runs, figure), curves_figure(runs, figure), maps_figure(runs, step),
+            gr.update(choices=figures, value=figure),
+            gr.update(minimum=steps[0], maximum=steps[-1], step=steps[1] - steps[0] if len(steps) > 1 else 1,
+                      value=step))
+
+
+def run_meta(task: str) -> str:
+    """What the shipped runs are, from their ``.meta.json``."""
+    notes = []
+    for method, path in shipped_runs(task).items():
+        meta_path = path.with_suffix(".meta.json")
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            same = {True: "the committed student's weights, bit for bit", False: "a rerun (weights differ from the "
+                    "committed student's)", None: "no committed student to compare"}[meta.get("same_weights_as_"
+                                                                                         "committed")]
+            notes.append(f"{method}: {meta['steps']} steps, logged every {meta['every']}; {same}")
+    return "; ".join(notes)
+
+
+def first_view(task: str) -> dict:
+    """The tab's values before any click: the shipped runs of ``task`` on its default figure, at the last step."""
+    runs = load_runs(task, None)
+    figures = figure_names(runs)
+    figure = DEFAULT_FIGURES[task] if DEFAULT_FIGURES[task] in figures else figures[0]
+    steps = steps_of(runs)
+    return {"summary": summary_markdown(runs, figure), "curves": curves_figure(runs, figure),
+            "maps": maps_figure(runs, steps[-1]), "figures": figures, "figure": figure, "steps": steps}
+
+
+def build_training_tab() -> None:
+    import gradio as gr
+
+    from demos.jobs import user_errors
+
+    task = TASKS[0]
+    runs = list(shipped_runs(task))
+    try:
+        first = first_view(task)
+    except InputError:  # no shipped logs (python -m compare.training_logs writes them): an empty view
+        first = {"summary": "No shipped runs here; upload a monitor.jsonl.", "curves": None, "maps": None,
+                 "figures": [], "figure": None, "steps": [1, 2]}
+    steps = first["steps"]
+    with gr.Tab("Training", id="training"):
+        gr.Markdown("How each student came to agree with its teacher while it trained, logged by the training "
+                    "monitor (`compare.monitor.DistillMonitor`, a few lines in any loop) on a fixed probe of 16 "
+                    "held-out scenes: the builtin recipe's four distillation methods, same budget and seed, or your "
+                    "own run's `monitor.jsonl`. Pick a figure; slide the step to see where they agree.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                task_menu = gr.Radio(list(TASKS), value=task, label="Task")
+                names = gr.Dropdown(runs, value=runs, multiselect=True, label="Shipped runs (the recipe's methods)",
+                                    elem_id="training-runs")
+                upload = gr.File(label="Your run: a monitor.jsonl (at most 20 MB)", file_types=[".jsonl"])
+                figure = gr.Dropdown(first["figures"], value=first["figure"], label="Figure",
+                                     elem_id="training-figure")
+                step = gr.Slider(steps[0], steps[-1], value=steps[-1], step=steps[1] - steps[0] if len(steps) > 1
+                                 else 1, label="Step (consensus maps below)")
+                meta = gr.Markdown(run_meta(task))
+            with gr.Column(scale=2):
+                summary = gr.Markdown(first["summary"], elem_id="training-summary")
+                curves = gr.Plot(first["curves"], label="Over training", elem_id="training-curves")
+                maps = gr.Plot(first["maps"], label="Consensus maps of the probe", elem_id="training-maps")
+        inputs, outputs = [task_menu, names, upload, figure, step], [summary, curves, maps, figure, step]
+        shown = user_errors(view)
+        for trigger in (names.change, upload.change, figure.input, step.release):
+            trigger(shown, inputs, outputs, api_visibility="private")
+
+        def switch(new_task):
+            choices = list(shipped_runs(new_task))
+            return gr.update(choices=choices, value=choices), run_meta(new_task)
+
+        task_menu.change(switch, task_menu, [names, meta], api_visibility="private")
