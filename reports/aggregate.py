@@ -358,6 +358,36 @@ def summarise_timing(timings: list[dict]) -> dict:
             "students_ms": {n: _stats([t["students_ms"].get(n) for t in timings], False) for n in students}}
 
 
+def _ratio(values: np.ndarray, norms: np.ndarray) -> list[list[float | None]]:
+    return [[round(float(v / n), 4) if n > 0 else None for v, n in zip(row, norm_row, strict=True)]
+            for row, norm_row in zip(values, norms, strict=True)]
+
+
+def dataset_cka(terms: list[dict], students: list[str]) -> dict:
+    """Minibatch CKA across the images (Nguyen et al. 2021, unbiased HSIC) from every batch's terms (``cka.jsonl``),
+    teacher stages × student stages, and its chance level (the student's features of other images of the batch).
+
+    Returns ``{student: {teacher_layers, student_layers, matrix, baseline, batches, images}}``; a student with no
+    usable batch (CLIP pairs, or every batch under four readable images) gets ``None`` figures and a note."""
+    out = {}
+    for name in students:
+        blocks = [t["students"][name] for t in terms if name in t.get("students", {})]
+        if not blocks:
+            out[name] = {"matrix": None, "baseline": None, "batches": 0,
+                         "note": "undefined: no batch of four or more readable images with feature maps (CLIP pairs "
+                                 "have none here)"}
+            continue
+        cross = np.sum([b["cross"] for b in blocks], axis=0)
+        shuffled = np.sum([b["cross_shuffled"] for b in blocks], axis=0)
+        norms = np.sqrt(np.clip(np.outer(np.sum([b["self_t"] for b in blocks], axis=0),
+                                         np.sum([b["self_s"] for b in blocks], axis=0)), 0, None))
+
+        out[name] = {"teacher_layers": blocks[0]["teacher_layers"], "student_layers": blocks[0]["student_layers"],
+                     "matrix": _ratio(cross, norms), "baseline": _ratio(shuffled, norms), "batches": len(blocks),
+                     "images": int(sum(b["images"] for b in blocks))}
+    return out
+
+
 # The deploy gate ---------------------------------------------------------------------------------------------------
 GATE_FIGURES = {
     "detection": ("agreement", "f1", "mean_iou", "label_agreement", "consensus", "map50"),

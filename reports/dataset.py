@@ -49,15 +49,13 @@ import numpy as np
 import torch
 
 from compare.checks import number
-from compare.inputs import InputError, read_image
+from compare.inputs import InputError
 from compare.jobs import stop_check
-from compare.vision import VisionRequest, detection_labels, run_vision
-from compare.zero_shot import check_template, parse_classes, zero_shot
+from compare.vision import detection_labels
+from compare.zero_shot import parse_classes
 from reports.aggregate import (
-    _class_pixels,
-    _overlap,
+    dataset_cka,
     gate_failures,
-    object_found,
     parse_gate,
     summarise,
     summarise_timing,
@@ -65,86 +63,23 @@ from reports.aggregate import (
 from reports.gallery import GalleryStore, kept_maps, overlays
 from reports.html import write_report
 from reports.inputs import Labels, list_images
+from reports.measure import analyse_batch
 from weights.custom import OwnModelError
 from weights.loaders import ModelUnavailableError
 from weights.predictors import predictors_for
 from weights.registry import Pair, Student, UnknownPairError, UnknownStudentError, get_pair
 
 GALLERY = 12
+BATCH = 16  # images per batch: one forward of each model per batch (per input shape within it)
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_CLASSES = "circle, square, triangle, star, cross"
 
 
-# One image ------------------------------------------------------------------------------------------------------
-
-def analyse_image(path: Path, spec: Pair, chosen: list[Student], predictors: dict, threshold: float,
-                  classes: str, labels: Labels | None) -> tuple[dict, dict, dict[str, np.ndarray] | None]:
-    """One image through the engine: one forward of each model gives its boxes, masks or probabilities and (all but
-    CLIP pairs) the consensus analysis.
-
-    Returns:
-        ``(record, timing, class maps)``: the ``results.jsonl`` record, the ``timing.jsonl`` record (this image's own
-        forward per model, ms) and, for segmentation, the (H, W) int32 class maps by model (for the gallery).
-
-    Raises:
-        InputError: an unreadable or unusable image.
-    """
-    array, notes = read_image(str(path))
-    record: dict = {"image": path.name}
-    maps = None
-    if spec.task == "classification":
-        names, class_notes = parse_classes(classes)
-        [result] = zero_shot(spec, chosen, predictors, [array], names, check_template(""), "",
-                             [class_notes + notes], latency=False)
-        report = result.to_json()
-        top = max(report["teacher"]["probs"], key=report["teacher"]["probs"].get)
-        record["teacher"] = {"top1": top, "confidence": report["teacher"]["probs"][top]}
-        record["students"] = {n: {"agreement": b["agreement"], "disagreement": b["agreement"]["js"],
-                                  "top1": max(b["probs"], key=b["probs"].get), "confidence": max(b["probs"].values())}
-                              for n, b in report["students"].items()}
-    else:
-        [result] = run_vision(VisionRequest(spec, chosen, [array], [notes], threshold, latency=False, consensus=True),
-                              predictors)
-        report = result.to_json()
-        if spec.task == "image-classification":
-            record["teacher"] = {"top1": report["teacher"]["top5"][0]["label"],
-                                 "confidence": report["teacher"]["top5"][0]["prob"],
-                                 "top5": [e["label"] for e in report["teacher"]["top5"]]}
-            record["students"] = {n: {"agreement": b["agreement"], "disagreement": b["agreement"]["js"],
-                                      "top1": b["top5"][0]["label"], "confidence": b["top5"][0]["prob"],
-                                      "top5": [e["label"] for e in b["top5"]]}
-                                  for n, b in report["students"].items()}
-        elif spec.task == "detection":
-            record["teacher"] = {"detections": report["teacher"]["detections"]}
-            record["students"] = {n: {"agreement": b["agreement"], "disagreement": round(1 - b["agreement"]["f1"], 4),
-                                      "detections": b["detections"]} for n, b in report["students"].items()}
-        else:
-            maps = result.arrays()
-            record["teacher"] = {"pixels": _class_pixels(maps["teacher"], report["classes"])}
-            record["students"] = {n: {"agreement": b["agreement"],
-                                      "disagreement": round(1 - b["agreement"]["miou"], 4)}
-                                  for n, b in report["students"].items()}
-            if labels is not None:
-                truth = labels.mask(path.name, maps["teacher"].shape, report["classes"])
-                record["teacher"]["vs_labels"] = _overlap(maps["teacher"], truth, len(report["classes"]))
-                objects = labels.objects(path.name, maps["teacher"].shape, report["classes"])
-                record["teacher"]["objects"] = [{"label": label, "found": object_found(
-                    maps["teacher"], mask, report["classes"].index(label))} for label, mask in objects]
-                for n in record["students"]:
-                    record["students"][n]["vs_labels"] = _overlap(maps[n], truth, len(report["classes"]))
-                    record["students"][n]["objects_found"] = [object_found(maps[n], mask, report["classes"].index(
-                        label)) for label, mask in objects]
-        for name, figures in result.analysis.summary().items():
-            record["students"][name]["consensus"] = figures
-    timing = {"image": path.name, "teacher_ms": report["teacher"]["this_run_ms"],
-              "students_ms": {n: b["this_run_ms"] for n, b in report["students"].items()}}
-    return record, timing, maps
+OUTPUTS = ("results*.jsonl", "timing*.jsonl", "cka*.jsonl", "summary.json", "timing.json", "report.html", "run.json")
 
 
-OUTPUTS = ("results*.jsonl", "timing*.jsonl", "summary.json", "timing.json", "report.html", "run.json")
-
-
-def run_settings(spec: Pair, students: list[Student], threshold: float, classes: str, labels: Path | None) -> dict:
+def run_settings(spec: Pair, students: list[Student], threshold: float, classes: str, labels: Path | None,
+                 batch: int = BATCH) -> dict:
     """What a run's results depend on, recorded in ``run.json``: the pair, its students and their weights, the
     threshold, the classes (CLIP), the label file's content hash."""
     import hashlib
@@ -155,7 +90,8 @@ def run_settings(spec: Pair, students: list[Student], threshold: float, classes:
     return {"pair": spec.name, "students": [s.name for s in students],
             "models": [model(spec.teacher)] + [model(s.source) for s in students], "threshold": threshold,
             "classes": classes if spec.task == "classification" else None,
-            "labels": hashlib.sha256(Path(labels).read_bytes()).hexdigest()[:16] if labels else None}
+            "labels": hashlib.sha256(Path(labels).read_bytes()).hexdigest()[:16] if labels else None,
+            "batch": batch}
 
 
 def start_folder(out: Path, settings: dict, resume: bool, overwrite: bool, check_only: bool = False) -> None:
@@ -198,9 +134,12 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
-def _append(path: Path, record: dict) -> None:
+def _append(path: Path, records: list[dict]) -> None:
+    """Append records to a JSON-lines file, one flush and fsync for all of them (a batch's)."""
+    if not records:
+        return
     with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         f.flush()
         os.fsync(f.fileno())
 
@@ -212,27 +151,30 @@ def _rewrite(path: Path, records: list[dict]) -> None:
     os.replace(partial, path)
 
 
-def run_dataset(images: list[Path], pair: str, out: Path, students: str | list[str] | None = None,
+def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str | list[str] | None = None,
                 labels: Path | None = None, resume: bool = False, threshold: float = DEFAULT_THRESHOLD,
                 classes: str = DEFAULT_CLASSES, gallery: int = GALLERY, rank: int = 0, world: int = 1,
                 progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-                barrier: Callable[[], None] | None = None, overwrite: bool = False) -> dict | None:
+                barrier: Callable[[], None] | None = None, overwrite: bool = False, batch: int = BATCH,
+                ) -> dict | None:
     """Run a pair over images, writing ``out`` as the module docstring says; returns the summary (rank 0) or None.
 
     Args:
-        images: the image files, sorted; rank ``r`` of ``world`` takes ``images[r::world]``.
+        images: the image files, sorted, any number; they run in batches of ``batch`` consecutive images (batch
+            ``k`` is ``images[k*batch:(k+1)*batch]`` however the run is split), and rank ``r`` of ``world`` takes
+            batches ``r, r + world, ...``.
         pair, students: the pair and one or two of its students (default its first).
         out: the output folder (created).
         labels: a COCO-style label file, or None.
         resume: keep finished images of an earlier run in ``out`` (refused when its settings differ: ``run.json``
             records them); without it, a folder holding a run is refused unless ``overwrite``.
         overwrite: replace a run already in ``out``.
-        progress: ``progress(done, total)`` after each image of this rank.
-        cancel: checked before each image, as is whether the caller has gone (an API cancel, a closed page); then
+        progress: ``progress(done, total)`` after each batch of this rank (images done, of this rank's images).
+        cancel: checked before each batch, as is whether the caller has gone (an API cancel, a closed page); then
             the run stops (what is finished stays for ``--resume``).
         barrier: waits for every rank (torch.distributed's barrier); None in one process.
     """
-    spec = get_pair(pair)
+    spec = pair if isinstance(pair, Pair) else get_pair(pair)
     if spec.task == "generation":
         raise InputError(f"{spec.name} is a generation pair; the dataset report takes detection, segmentation or "
                          "classification pairs.")
@@ -243,35 +185,41 @@ def run_dataset(images: list[Path], pair: str, out: Path, students: str | list[s
     out.mkdir(parents=True, exist_ok=True)
     shard = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
     timing_file = out / ("timing.jsonl" if world == 1 else f"timing.rank{rank}.jsonl")
-    settings = run_settings(spec, students_chosen, threshold, classes, labels)
+    settings = run_settings(spec, students_chosen, threshold, classes, labels, batch)
     if rank == 0:
         start_folder(out, settings, resume, overwrite)
     if barrier:
         barrier()
+    cka_file = out / ("cka.jsonl" if world == 1 else f"cka.rank{rank}.jsonl")
     finished = {r["image"] for f in out.glob("results*.jsonl") for r in read_records(f)} if resume else set()
+    cka_done = {c["batch"] for f in out.glob("cka*.jsonl") for c in read_records(f)} if resume else set()
     if resume:  # drop a partial last line (a crash while writing it) before appending after it
-        _rewrite(shard, read_records(shard))
-        _rewrite(timing_file, read_records(timing_file))
-    shard_images = images[rank::world]
+        for file in (shard, timing_file, cka_file):
+            _rewrite(file, read_records(file))
+    batches = [(k, images[start:start + batch]) for k, start in enumerate(range(0, len(images), batch))][rank::world]
     store = GalleryStore(out / "gallery", gallery if spec.task == "segmentation" else 0, chosen[0],
                          [r for f in out.glob("results*.jsonl") for r in read_records(f)] if resume else [],
-                         {p.name for p in shard_images})
-    mine = [p for p in shard_images if p.name not in finished]
+                         {p.name for _, paths in batches for p in paths})
+    todo = [(k, paths) for k, paths in batches if any(p.name not in finished for p in paths)]
+    total, done = sum(len(paths) for _, paths in todo), 0
     cancel = stop_check(cancel)
-    for done, path in enumerate(mine, start=1):
+    for k, paths in todo:
         if cancel():
             break
-        try:
-            record, timing, maps = analyse_image(path, spec, students_chosen, predictors, threshold, classes, truth)
-        except InputError as error:  # unreadable or unusable file: listed, never fatal
-            record, timing, maps = {"image": path.name, "error": str(error)}, None, None
-        if maps is not None:
-            store.offer(record, maps)
-        _append(shard, record)
-        if timing is not None:
-            _append(timing_file, timing)
+        # a batch cut short by a crash runs again whole (the same images, the same numbers); only its missing
+        # images are written
+        analysed, cka = analyse_batch(paths, spec, students_chosen, predictors, threshold, classes, truth, k)
+        fresh = [a for a in analysed if a.record["image"] not in finished]
+        for a in fresh:
+            if a.maps is not None:
+                store.offer(a.record, a.maps)
+        if cka is not None and k not in cka_done:  # before the records: a batch with all its records has its terms
+            _append(cka_file, [{"batch": k, "students": cka}])
+        _append(shard, [a.record for a in fresh])
+        _append(timing_file, [a.timing for a in fresh if a.timing is not None])
+        done += len(paths)
         if progress is not None:
-            progress(done, len(mine))
+            progress(done, total)
     stopped = cancel()
     if barrier:
         barrier()
@@ -281,11 +229,15 @@ def run_dataset(images: list[Path], pair: str, out: Path, students: str | list[s
                      key=lambda r: r["image"])
     timings = sorted({t["image"]: t for f in sorted(out.glob("timing*.jsonl")) for t in read_records(f)}.values(),
                      key=lambda t: t["image"])
-    for extra in [*out.glob("results.rank*.jsonl"), *out.glob("timing.rank*.jsonl")]:
+    terms = sorted({c["batch"]: c for f in sorted(out.glob("cka*.jsonl")) for c in read_records(f)}.values(),
+                   key=lambda c: c["batch"])
+    for extra in [*out.glob("results.rank*.jsonl"), *out.glob("timing.rank*.jsonl"), *out.glob("cka.rank*.jsonl")]:
         extra.unlink()
     _rewrite(out / "results.jsonl", records)
     _rewrite(out / "timing.jsonl", timings)
+    _rewrite(out / "cka.jsonl", terms)
     summary = summarise(records, spec, chosen, truth, gallery)
+    summary["dataset_cka"] = dataset_cka(terms, chosen)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     (out / "timing.json").write_text(json.dumps(summarise_timing(timings), indent=1, sort_keys=True) + "\n")
     pictures = gallery_pictures(summary["largest_disagreement"], records, images, spec, students_chosen, predictors,
@@ -308,7 +260,7 @@ def gallery_pictures(items: list[dict], records: list[dict], images: list[Path],
             continue
         maps = kept_maps(kept, item["image"]) if spec.task == "segmentation" else None
         if spec.task == "segmentation" and maps is None:
-            maps = analyse_image(path, spec, chosen, predictors, 0.0, "", None)[2]
+            maps = analyse_batch([path], spec, chosen, predictors, 0.0, "", None)[0][0].maps
         out.append((item, overlays(path, by_record[item["image"]], spec.task, [s.name for s in chosen], labels,
                                    list(predictors["teacher"].labels), maps)))
     return out
@@ -360,6 +312,7 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
     args.threshold = number(args.threshold, "--threshold", 0.0, 1.0)
     args.gallery = number(args.gallery, "--gallery", 0, 1000, integer=True)
     args.threads = number(args.threads, "--threads", 1, 1024, integer=True)
+    args.batch = number(args.batch, "--batch", 1, 4096, integer=True)
     if spec.task == "classification":
         parse_classes(args.classes)
     if args.out.exists() and not args.out.is_dir():
@@ -370,7 +323,8 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
         Labels.read(args.labels)
     images = list_images(args.images)
     if args.out.is_dir():  # every process checks, before any waits for the others
-        start_folder(args.out, run_settings(spec, chosen, args.threshold, args.classes, args.labels), args.resume,
+        start_folder(args.out, run_settings(spec, chosen, args.threshold, args.classes, args.labels, args.batch),
+                     args.resume,
                      args.overwrite, check_only=True)
     predictors_for(spec, students=chosen)  # offline and uncached, a Hub pair says so here, not after a traceback
     return images
@@ -396,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", default=DEFAULT_CLASSES, help="classification: comma-separated class names")
     parser.add_argument("--gallery", type=int, default=GALLERY)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")
+    parser.add_argument("--batch", type=int, default=BATCH, help="images per batch (one forward per model per batch)")
     gate = parser.add_argument_group("deploy gate", "exit 1 (after writing the report) when any student fails; for CI")
     gate.add_argument("--fail-under", help="floors, e.g. agreement=0.9,map50=0.8 (figures of summary.json)")
     gate.add_argument("--fail-over", help="ceilings of lower-is-better figures, e.g. js=0.05")
@@ -422,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
                               args.classes, args.gallery, rank, world,
                               progress=lambda done, total: print(f"[rank {rank}] {done}/{total}", flush=True)
                               if done % 25 == 0 or done == total else None, barrier=barrier,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, batch=args.batch)
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
     finally:

@@ -76,6 +76,60 @@ def errors_table(summary: dict) -> str:
             f"wrong class, or both miss the object).</p><table>{head}{''.join(rows)}</table>")
 
 
+def cka_section(summary: dict) -> str:
+    """Dataset CKA, teacher stage × student stage, each value beside its chance level."""
+    blocks = summary.get("dataset_cka") or {}
+    parts = []
+    for student, block in blocks.items():
+        if not block.get("matrix"):
+            parts.append(f"<p>{html.escape(student)}: {html.escape(block.get('note', 'undefined'))}</p>")
+            continue
+        head = "<tr><th>teacher \\ student</th>" + "".join(f"<th>{html.escape(n)}</th>"
+                                                           for n in block["student_layers"]) + "</tr>"
+        rows = []
+        for name, values, chance in zip(block["teacher_layers"], block["matrix"], block["baseline"], strict=True):
+            cells = "".join(f"<td>{'undefined' if v is None else f'{v:.3f}'} "
+                            f"<small>(other images: {'–' if c is None else f'{c:+.3f}'})</small></td>"
+                            for v, c in zip(values, chance, strict=True))
+            rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
+        parts.append(f"<h3>{html.escape(student)}</h3><table>{head}{''.join(rows)}</table><p>{block['images']} images "
+                     f"in {block['batches']} batches.</p>")
+    if not parts:
+        return ""
+    return ("<h2>Representations across the dataset: CKA</h2><p>Linear CKA over the images (each stage pooled to 8×8 "
+            "per image; minibatch CKA with the unbiased HSIC estimator, Nguyen et al. 2021): 1 is the same "
+            "representation up to rotation and scale, 0 unrelated. Beside each value, the same figure against the "
+            "student's features of <i>other</i> images of the batch: the level that means nothing.</p>"
+            + "".join(parts))
+
+
+def embedding_figure(records: list[dict], students: list[str]):
+    """Each model's image embeddings projected to 2-D (PCA, numpy's SVD), coloured by the first student's
+    disagreement with the teacher; hover names the image. One panel per model: their feature spaces differ."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    ok = [r for r in records if "error" not in r and "embedding" in r.get("teacher", {})]
+    if len(ok) < 3:
+        return None
+    models = ["teacher", *students]
+    fig = make_subplots(1, len(models), subplot_titles=[f"{m}'s embeddings (PCA)" for m in models])
+    colour = [r["students"][students[0]]["disagreement"] for r in ok]
+    for k, model in enumerate(models, 1):
+        x = np.array([(r["teacher"] if model == "teacher" else r["students"][model])["embedding"] for r in ok])
+        x = x - x.mean(0)
+        u, sv, _ = np.linalg.svd(x, full_matrices=False)
+        xy = u[:, :2] * sv[:2]
+        fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", text=[r["image"] for r in ok],
+                                 marker={"color": colour, "colorscale": "Viridis", "showscale": k == 1,
+                                         "colorbar": {"title": {"text": f"disagreement<br>({students[0]})"}}},
+                                 hovertemplate="%{text}<br>disagreement %{marker.color:.3f}<extra></extra>",
+                                 showlegend=False), 1, k)
+    fig.update_layout(title="Where disagreement lies in each model's image space (deepest stage, averaged over "
+                            "locations)", height=420)
+    return fig
+
+
 def ranking_paragraph(summary: dict) -> str:
     top = (summary.get("ranking") or {}).get("top_two")
     if not top:
@@ -118,6 +172,9 @@ def write_report(path: Path, summary: dict, records: list[dict], timings: list[d
                      f'<div class="row">{cells}</div></section>')
     unreadable = "".join(f"<li>{html.escape(u['image'])}: {html.escape(u['reason'])}</li>"
                          for u in summary["unreadable"])
+    embeddings = embedding_figure(records, students)
+    if embeddings is not None:
+        figures.append(embeddings)
     calibration = summary.get("calibration")
     if calibration:
         fig = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"},
@@ -143,6 +200,7 @@ images with their 95 % bootstrap interval ({RESAMPLES} resamples of the images).
 {figures_table(summary, students)}
 {ranking_paragraph(summary)}
 {errors_table(summary)}
+{cka_section(summary)}
 {''.join(plots)}
 <h2>Largest disagreement ({html.escape(students[0])})</h2>{''.join(cards)}
 {'<h2>Unreadable files</h2><ul>' + unreadable + '</ul>' if unreadable else ''}

@@ -12,13 +12,13 @@ import numpy as np
 from compare.inputs import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-MAX_IMAGES = 5000  # per run (the CLI); the tab takes MAX_ZIP_IMAGES
 MAX_ZIP_IMAGES = 500
 MAX_ZIP_BYTES = 200 * 2**20  # the uploaded archive
 MAX_ZIP_UNPACKED = 1024 * 2**20  # what it may expand to (zip bombs)
-def list_images(folder: Path, limit: int = MAX_IMAGES) -> list[Path]:
-    """Image files directly in ``folder`` (by suffix), sorted by name; at most ``limit``. ``folder`` may also be a
-    glob pattern of files (``demos/examples/photo_*.jpg``)."""
+def list_images(folder: Path, limit: int | None = None) -> list[Path]:
+    """Image files directly in ``folder`` (by suffix), sorted by name; any number unless ``limit`` (the tab's zips).
+    ``folder`` may also be a glob pattern of files (``demos/examples/photo_*.jpg``). The folder is scanned once and
+    only the paths are kept (an image is read when its batch runs)."""
     folder = Path(folder)
     if any(c in str(folder.name) for c in "*?[") and folder.parent.is_dir():
         candidates = folder.parent.glob(folder.name)
@@ -29,7 +29,7 @@ def list_images(folder: Path, limit: int = MAX_IMAGES) -> list[Path]:
     files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder}.")
-    if len(files) > limit:
+    if limit is not None and len(files) > limit:
         raise InputError(f"{len(files)} images in {folder}; one run takes at most {limit}.")
     return files
 

@@ -19,6 +19,7 @@ from weights.shapes.world import CLASS_NAMES, EVAL_SEED_START, render_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = range(EVAL_SEED_START + 3000, EVAL_SEED_START + 3008)  # held out from training
+BATCH = 2  # small batches, so that stops, kills and shards fall between them
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def folder(tmp_path_factory):
 
 
 def outputs(out: Path) -> dict[str, str]:
-    return {name: (out / name).read_text() for name in ("results.jsonl", "summary.json")}
+    return {name: (out / name).read_text() for name in ("results.jsonl", "summary.json", "cka.jsonl")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,7 +60,7 @@ def one_thread():
 def uninterrupted(folder, tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("full")
     summary = run_dataset(list_images(folder / "images"), "shapes-detection", out, labels=folder / "labels.json",
-                          gallery=2)
+                          gallery=2, batch=BATCH)
     return out, summary
 
 
@@ -87,11 +88,12 @@ def test_a_stopped_or_crashed_run_resumes_to_the_same_files(folder, uninterrupte
     images = list_images(folder / "images")
     calls = []
     stopped = run_dataset(images, "shapes-detection", tmp_path, labels=folder / "labels.json", gallery=2,
-                          cancel=lambda: (calls.append(1), len(calls) > 4)[1])
-    assert stopped is None and len(read_records(tmp_path / "results.jsonl")) == 4
+                          cancel=lambda: (calls.append(1), len(calls) > 2)[1], batch=BATCH)
+    assert stopped is None and len(read_records(tmp_path / "results.jsonl")) == 4  # two batches of two
     with open(tmp_path / "results.jsonl", "a") as f:
         f.write('{"image": "scene_05.png", "stud')  # a crash in the middle of a line
-    run_dataset(images, "shapes-detection", tmp_path, labels=folder / "labels.json", gallery=2, resume=True)
+    run_dataset(images, "shapes-detection", tmp_path, labels=folder / "labels.json", gallery=2, resume=True,
+                batch=BATCH)
     assert outputs(tmp_path) == outputs(uninterrupted[0])
 
 
@@ -100,7 +102,8 @@ def test_two_processes_give_exactly_what_one_gives(folder, uninterrupted, tmp_pa
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "reports.dataset", "--images", str(folder / "images"), "--pair", "shapes-detection",
-               "--out", str(tmp_path), "--labels", str(folder / "labels.json"), "--gallery", "2"]
+               "--out", str(tmp_path), "--labels", str(folder / "labels.json"), "--gallery", "2", "--batch",
+               str(BATCH)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert outputs(tmp_path) == outputs(uninterrupted[0])
@@ -170,7 +173,8 @@ def test_a_run_killed_halfway_then_resumed_gives_the_same_files(folder, uninterr
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "reports.dataset", "--images", str(folder / "images"), "--pair",
-               "shapes-detection", "--out", str(tmp_path), "--labels", str(folder / "labels.json"), "--gallery", "2"]
+               "shapes-detection", "--out", str(tmp_path), "--labels", str(folder / "labels.json"), "--gallery", "2",
+               "--batch", str(BATCH)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(read_records(tmp_path / "results.jsonl")) < 3 and time.monotonic() < deadline:
@@ -348,3 +352,23 @@ def test_segmentation_objects_from_rle_labels_are_found_or_missed(tmp_path):
         overall = summary["inherited_errors"][student]["overall"]
         assert overall["total"] == count and overall["both right"] >= count // 2  # trained nets find most objects
     assert summary["accuracy"]["teacher"]["ci95"][0] <= summary["accuracy"]["teacher"]["miou"]
+
+
+def test_dataset_cka_of_a_model_against_itself_is_one_beside_its_chance_level(folder, tmp_path):
+    from weights.registry import Pair, Student, get_pair
+
+    base = get_pair("shapes-detection")
+    itself = Pair("shapes-detection-itself", "detection", base.teacher, (Student("itself", base.teacher),),
+                  base.licence, labels=base.labels, preprocessing=base.preprocessing)
+    images = [p for p in list_images(folder / "images") if p.name != "broken.png"]
+    summary = run_dataset(images, itself, tmp_path, gallery=0, batch=8)
+    block = summary["dataset_cka"]["itself"]
+    assert block["batches"] == 1 and block["images"] == 8
+    diagonal = [block["matrix"][i][i] for i in range(len(block["matrix"]))]
+    assert diagonal == pytest.approx([1.0] * len(diagonal), abs=1e-4)
+    assert all(block["baseline"][i][i] < 0.9 for i in range(len(diagonal)))  # other images: far from 1
+    page = (tmp_path / "report.html").read_text()
+    assert "Representations across the dataset: CKA" in page and "other images:" in page
+    assert "embeddings (PCA)" in page
+    records = read_records(tmp_path / "results.jsonl")
+    assert len(records[0]["teacher"]["embedding"]) == 32

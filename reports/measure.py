@@ -1,0 +1,170 @@
+"""One batch of the dataset report: images through the engine (one forward of each model per image, images of one
+shape as one batch), each image's record, and what the batch adds to the dataset's figures across images (CKA's
+HSIC terms, embeddings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from analysis.cka import MIN_SAMPLES, MinibatchCKA
+from analysis.features import match_stages
+from compare.inputs import InputError, read_image
+from compare.vision import VisionRequest, run_vision
+from compare.zero_shot import check_template, parse_classes, zero_shot
+from reports.aggregate import _class_pixels, _overlap, object_found
+from reports.inputs import Labels
+from weights.registry import Pair, Student
+
+CKA_GRID = (8, 8)  # every stage pooled to this grid per image, so images of any size share one representation
+EMBEDDING_DIMS = 32  # the deepest stage's pooled features, projected to this many numbers per image
+
+
+@dataclass
+class Analysed:
+    """One image of a batch: its ``results.jsonl`` record, its ``timing.jsonl`` record (None if unreadable) and, for
+    segmentation, its class maps by model (for the gallery)."""
+
+    record: dict
+    timing: dict | None = None
+    maps: dict[str, np.ndarray] | None = None
+
+
+def analyse_batch(paths: list[Path], spec: Pair, chosen: list[Student], predictors: dict, threshold: float,
+                  classes: str, labels: Labels | None, batch_index: int = 0) -> tuple[list[Analysed], dict | None]:
+    """A batch of images through the engine; unreadable files get an error record and never stop the batch.
+
+    Returns:
+        ``(per image, cka)``: an :class:`Analysed` per path, in order; and the batch's CKA terms (see
+        :func:`cka_terms`; None for CLIP pairs or under four readable images).
+    """
+    arrays, notes, readable = [], [], []
+    out: list[Analysed | None] = [None] * len(paths)
+    for i, path in enumerate(paths):
+        try:
+            array, image_notes = read_image(str(path))
+        except InputError as error:  # unreadable or unusable file: listed, never fatal
+            out[i] = Analysed({"image": path.name, "error": str(error)})
+            continue
+        arrays.append(array)
+        notes.append(image_notes)
+        readable.append(i)
+    cka = None
+    if arrays and spec.task == "classification":
+        names, class_notes = parse_classes(classes)
+        results = zero_shot(spec, chosen, predictors, arrays, names, check_template(""), "",
+                            [class_notes + n for n in notes], latency=False)
+        for i, result in zip(readable, results, strict=True):
+            out[i] = Analysed(*clip_record(paths[i].name, result.to_json()))
+    elif arrays:
+        stages: dict = {}
+        results = run_vision(VisionRequest(spec, chosen, arrays, notes, threshold, latency=False, consensus=True),
+                             predictors, stages)
+        for k, (i, result) in enumerate(zip(readable, results, strict=True)):
+            record, timing, maps = vision_record(paths[i], result, spec, labels)
+            for name in ["teacher", *(s.name for s in chosen)]:
+                block = record["teacher"] if name == "teacher" else record["students"][name]
+                block["embedding"] = embedding(stages[name][k])
+            out[i] = Analysed(record, timing, maps)
+        if len(arrays) >= MIN_SAMPLES:
+            cka = cka_terms(stages, [s.name for s in chosen], batch_index)
+    return out, cka
+
+
+def clip_record(name: str, report: dict) -> tuple[dict, dict]:
+    top = max(report["teacher"]["probs"], key=report["teacher"]["probs"].get)
+    record = {"image": name, "teacher": {"top1": top, "confidence": report["teacher"]["probs"][top]},
+              "students": {n: {"agreement": b["agreement"], "disagreement": b["agreement"]["js"],
+                               "top1": max(b["probs"], key=b["probs"].get), "confidence": max(b["probs"].values())}
+                           for n, b in report["students"].items()}}
+    return record, timing_of(name, report)
+
+
+def timing_of(name: str, report: dict) -> dict:
+    return {"image": name, "teacher_ms": report["teacher"]["this_run_ms"],
+            "students_ms": {n: b["this_run_ms"] for n, b in report["students"].items()}}
+
+
+def vision_record(path: Path, result, spec: Pair, labels: Labels | None,
+                  ) -> tuple[dict, dict, dict[str, np.ndarray] | None]:
+    """The record of one detection, segmentation or image-classification comparison (with its labels' figures)."""
+    report = result.to_json()
+    record: dict = {"image": path.name}
+    maps = None
+    if spec.task == "image-classification":
+        record["teacher"] = {"top1": report["teacher"]["top5"][0]["label"],
+                             "confidence": report["teacher"]["top5"][0]["prob"],
+                             "top5": [e["label"] for e in report["teacher"]["top5"]]}
+        record["students"] = {n: {"agreement": b["agreement"], "disagreement": b["agreement"]["js"],
+                                  "top1": b["top5"][0]["label"], "confidence": b["top5"][0]["prob"],
+                                  "top5": [e["label"] for e in b["top5"]]}
+                              for n, b in report["students"].items()}
+    elif spec.task == "detection":
+        record["teacher"] = {"detections": report["teacher"]["detections"]}
+        record["students"] = {n: {"agreement": b["agreement"], "disagreement": round(1 - b["agreement"]["f1"], 4),
+                                  "detections": b["detections"]} for n, b in report["students"].items()}
+    else:
+        maps = result.arrays()
+        classes = report["classes"]
+        record["teacher"] = {"pixels": _class_pixels(maps["teacher"], classes)}
+        record["students"] = {n: {"agreement": b["agreement"], "disagreement": round(1 - b["agreement"]["miou"], 4)}
+                              for n, b in report["students"].items()}
+        if labels is not None:
+            truth = labels.mask(path.name, maps["teacher"].shape, classes)
+            objects = labels.objects(path.name, maps["teacher"].shape, classes)
+            for name in ["teacher", *record["students"]]:
+                block = record["teacher"] if name == "teacher" else record["students"][name]
+                block["vs_labels"] = _overlap(maps[name], truth, len(classes))
+                found = [object_found(maps[name], mask, classes.index(label)) for label, mask in objects]
+                if name == "teacher":
+                    block["objects"] = [{"label": label, "found": f} for (label, _), f in zip(objects, found,
+                                                                                             strict=True)]
+                else:
+                    block["objects_found"] = found
+    for name, figures in result.analysis.summary().items():
+        record["students"][name]["consensus"] = figures
+    return record, timing_of(path.name, report), maps
+
+
+def _pooled(features: torch.Tensor, grid: tuple[int, int] = CKA_GRID) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(features.float(), grid)
+
+
+def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: int) -> dict:
+    """The batch's unbiased HSIC terms between the teacher's and each student's matched stages (each stage pooled to
+    :data:`CKA_GRID` per image), and against the student's features of other images of the batch (a permutation
+    seeded by the batch's index, so any split of the run gives the same terms). Summed over batches they give
+    minibatch CKA (:class:`analysis.cka.MinibatchCKA`)."""
+    out = {}
+    for name in students:
+        pairs = match_stages(stages["teacher"][0], stages[name][0])
+        teacher = [torch.cat([_pooled(next(s.features for s in image if s.name == t.name))
+                              for image in stages["teacher"]]) for t, _ in pairs]
+        student = [torch.cat([_pooled(next(s.features for s in image if s.name == st.name))
+                              for image in stages[name]]) for _, st in pairs]
+        cka = MinibatchCKA(torch.Generator().manual_seed(batch_index))
+        cka.update(teacher, student)
+        terms = torch.stack([cka.cross.flatten(), cka.cross_shuffled.flatten()]).cpu()  # the one read-back
+        selves = torch.cat([cka.self_t, cka.self_s]).cpu()
+        out[name] = {"teacher_layers": [f"{t.name} (/{t.stride})" for t, _ in pairs],
+                     "student_layers": [f"{s.name} (/{s.stride})" for _, s in pairs],
+                     "cross": terms[0].reshape(len(pairs), len(pairs)).tolist(),
+                     "cross_shuffled": terms[1].reshape(len(pairs), len(pairs)).tolist(),
+                     "self_t": selves[: len(pairs)].tolist(), "self_s": selves[len(pairs):].tolist(),
+                     "images": len(stages["teacher"])}
+    return out
+
+
+def embedding(stages: list) -> list[float]:
+    """An image's embedding for the report's map: the deepest stage's features averaged over locations, projected to
+    :data:`EMBEDDING_DIMS` numbers by a fixed Gaussian projection (Johnson-Lindenstrauss; seeded by the width, so the
+    same model always projects alike)."""
+    deepest = stages[-1].features.float().mean((-2, -1))[0]  # (C,)
+    width = deepest.shape[0]
+    projection = torch.randn(width, EMBEDDING_DIMS, generator=torch.Generator().manual_seed(width)) / \
+        EMBEDDING_DIMS ** 0.5
+    return [round(v, 4) for v in (deepest.cpu() @ projection).tolist()]
