@@ -300,7 +300,7 @@ class ConsensusAnalysis:
     similarity: list[torch.Tensor]
     weights: torch.Tensor
     figures: torch.Tensor
-    cka: torch.Tensor
+    cka: torch.Tensor | None
 
 
 def _stacked_figures(similarity: torch.Tensor, energy_teacher: torch.Tensor, energy_student: torch.Tensor,
@@ -332,7 +332,7 @@ def _scaled_weights(similarity: torch.Tensor, tau: float, size: tuple[int, int])
 
 def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list[str], foreground: torch.Tensor,
                    tau: float, size: tuple[int, int], teacher_all: list[torch.Tensor],
-                   student_all: list[torch.Tensor]) -> ConsensusAnalysis:
+                   student_all: list[torch.Tensor], with_cka: bool = True) -> ConsensusAnalysis:
     """Consensus, divergence, ADM's figures and CKA for matched stages, batched and without host syncs.
 
     Args:
@@ -342,6 +342,8 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
         tau: softmax temperature of the weights, > 0.
         size: (H, W) of the returned weight maps (e.g. the displayed image's).
         teacher_all, student_all: every stage of each side, for the CKA matrix.
+        with_cka: compute the CKA matrix over the batch's locations (False: ``cka`` is None; a batch of several
+            images would mix their locations).
 
     Returns:
         A :class:`ConsensusAnalysis`; nothing is read back to the host.
@@ -387,4 +389,4 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
             similarity[k], figures[k] = sim[i * b:(i + 1) * b], found[i * b:(i + 1) * b]
             weights[k] = scaled[:, i * b:(i + 1) * b]
     return ConsensusAnalysis(similarity, torch.stack(weights).clamp(0, 1), torch.stack(figures),
-                             cka_matrix(teacher_all, student_all))
+                             cka_matrix(teacher_all, student_all) if with_cka else None)

@@ -1,12 +1,18 @@
-"""Images per second of the dataset report, in one process and data-parallel, and whether its ranking means anything.
+"""Images per second of the dataset report against its forward-only limit, in one process and data-parallel; its
+memory over a long run; and whether its ranking means anything.
 
-    python -m benchmarks.dataset_speed [--scenes 200] [--procs 1 2] [--pair shapes-detection]
+    python -m benchmarks.dataset_speed [--scenes 2000] [--procs 1 2] [--batch 16] [--pair shapes-detection]
+    python -m benchmarks.dataset_speed --rss-scenes 10000      # memory over a long run, one process
 
 Writes ``--scenes`` held-out Shapes scenes and their COCO-style box labels to a temporary folder, then runs
 ``python -m reports.dataset`` on them once per process count (``torchrun --standalone --nproc_per_node N`` beyond one;
-one CPU thread per process; on CUDA, as many processes as asked on the one GPU). Prints wall-clock seconds of each
-whole command (start-up and model loading included) and images per second, whether every run's ``results.jsonl`` and
-``summary.json`` equal the one-process run's, and the ranking check: the share of images where the student misses a
+one CPU thread per process; on CUDA, as many processes as asked on the one GPU). Printed per run: the report loop's
+images per second (rank 0's loop: reading, the models, the consensus analysis, CKA terms, writing; start-up, model
+loading and the final summary excluded), the whole command's wall-clock, and whether ``results.jsonl``,
+``summary.json`` and ``cka.jsonl`` equal the one-process run's. The **forward-only limit** is measured in the same
+run: the teacher's and students' forwards alone on batches of ``--batch`` scenes (one thread), images per second;
+N processes have N times it. ``--rss-scenes`` runs one process over that many scenes and prints its resident memory
+as the images go by (sampled from ``/proc``). Last, the ranking check: the share of images where the student misses a
 labelled object that its teacher finds, in the whole folder and among the 10 images of largest disagreement.
 """
 
@@ -21,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from weights.shapes.world import CLASS_NAMES, EVAL_SEED_START, render_scene
@@ -47,43 +54,117 @@ def write_scenes(folder: Path, count: int) -> Path:
     return labels
 
 
-def run(procs: int, folder: Path, labels: Path, out: Path, pair: str, students: str) -> float:
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, MB (Linux ``/proc``)."""
+    total = 0
+    for proc in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{proc}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return kids + [g for k in kids for g in _children(k)]
+
+
+def run(procs: int, folder: Path, labels: Path, out: Path, pair: str, students: str, batch: int,
+        watch: bool = False) -> tuple[float, list[tuple[int, float]]]:
+    """One report command: its wall-clock seconds and, when ``watch``, (images done, RSS MB) samples."""
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)] if procs > 1 else []
     command = [sys.executable, *launcher, "-m", "reports.dataset", "--images", str(folder / "images"), "--pair", pair,
-               "--out", str(out), "--labels", str(labels), "--students", students, "--threads", "1"]
+               "--out", str(out), "--labels", str(labels), "--students", students, "--threads", "1",
+               "--batch", str(batch)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    samples = []
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as process:
+        while watch and process.poll() is None:
+            results = out / "results.jsonl"
+            done = sum(1 for _ in open(results)) if results.exists() else 0
+            samples.append((done, rss_mb(process.pid)))
+            time.sleep(2)
+        _, err = process.communicate()
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-3000:])
-    return seconds
+    if process.returncode != 0:
+        raise SystemExit(err[-3000:])
+    return seconds, samples
+
+
+def forward_limit(pair: str, students: str, folder: Path, batch: int, repeats: int = 5) -> float:
+    """Images per second of the models' forwards alone (teacher and students, no analysis), one thread, batches of
+    ``batch`` scenes: the median of ``repeats`` timed passes after a warm-up."""
+    import statistics
+
+    import torch
+
+    import compare
+
+    torch.set_num_threads(1)
+    _, _, predictors = compare.load(pair, students or None)
+    images = sorted((folder / "images").glob("*.png"))[:batch]
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in images]
+    prepared = {name: {"pixel_values": torch.cat([p.prepare(a)[0]["pixel_values"] for a in arrays])}
+                for name, p in predictors.items()}
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for name, predictor in predictors.items():
+            predictor.forward(prepared[name])
+        times.append(time.perf_counter() - start)
+    return len(arrays) / statistics.median(times[1:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenes", type=int, default=200)
+    parser.add_argument("--scenes", type=int, default=2000)
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--pair", default="shapes-detection")
     parser.add_argument("--students", default="")
+    parser.add_argument("--rss-scenes", type=int, default=0, help="instead: memory over this many scenes, 1 process")
     args = parser.parse_args()
     import torch
 
     device = f"CUDA ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        if args.rss_scenes:
+            labels = write_scenes(folder, args.rss_scenes)
+            seconds, samples = run(1, folder, labels, folder / "out", args.pair, args.students, args.batch, True)
+            print(f"Resident memory of one report process over {args.rss_scenes} scenes ({args.pair}, batch "
+                  f"{args.batch}, {device}; {seconds:.0f} s):\n")
+            print("| images done | RSS (MB) |\n|---|---|")
+            shown = [s for s in samples if s[0] > 0]
+            marks = {round(f * args.rss_scenes) for f in (0.05, 0.25, 0.5, 0.75, 1.0)}
+            for mark in sorted(marks):
+                done, rss = min(shown, key=lambda s: abs(s[0] - mark))
+                print(f"| {done} | {rss:.0f} |")
+            return
         labels = write_scenes(folder, args.scenes)
-        print(f"Dataset report over {args.scenes} held-out Shapes scenes, {args.pair}, on {device}\n")
-        print("| processes | wall-clock (s) | images / s | speed-up | results and summary equal to 1 process |")
+        limit = forward_limit(args.pair, args.students, folder, args.batch)
+        print(f"Dataset report over {args.scenes} held-out Shapes scenes, {args.pair}, batch {args.batch}, on "
+              f"{device}; forward-only limit {limit:.1f} images/s per process (teacher and students, one thread)\n")
+        print("| processes | report loop, images / s | share of the forward-only limit | whole command (s) | "
+              "results, summary and CKA equal to 1 process |")
         print("|---|---|---|---|---|")
-        reference, base = None, None
+        reference = None
         for procs in args.procs:
             out = folder / f"out{procs}"
-            seconds = run(procs, folder, labels, out, args.pair, args.students)
-            files = {n: (out / n).read_text() for n in ("results.jsonl", "summary.json")}
+            seconds, _ = run(procs, folder, labels, out, args.pair, args.students, args.batch)
+            files = {n: (out / n).read_text() for n in ("results.jsonl", "summary.json", "cka.jsonl")}
             reference = reference or files
-            base = base or seconds
-            print(f"| {procs} | {seconds:.1f} | {args.scenes / seconds:.2f} | {base / seconds:.2f}× | "
+            timing = json.loads((out / "timing.json").read_text())
+            rate = timing["images_rank0"] / timing["loop_seconds_rank0"] * procs
+            print(f"| {procs} | {rate:.1f} | {rate / (limit * procs):.0%} | {seconds:.1f} | "
                   f"{'yes' if files == reference else 'NO'} |", flush=True)
         summary = json.loads(reference["summary.json"])
         if "misses" in summary:

@@ -267,6 +267,61 @@ def consensus_of(pair: Pair, chosen: list[Student], stages: dict[str, list[Stage
     return ConsensusResult(pair.name, method, tau, chosen, overlays, per_student, notes)
 
 
+FIGURES_GRID = (8, 8)  # the (unused) weight maps of the figures-only path are this small
+
+
+def consensus_figures(pair: Pair, chosen: list[Student], stages: dict[str, list[list[Stage]]],
+                      foregrounds: list[torch.Tensor | None], tau: float = DEFAULT_TAU, method: str = "affinity",
+                      ) -> list[ConsensusResult]:
+    """ADM's figures per matched stage for many images at once, without overlays or per-image CKA (the dataset
+    report's path): images whose stages and foregrounds have one shape run as one batch through
+    :func:`analysis.consensus.analyse_stages`, with one read-back per batch and student. The figures are the
+    Analysis tab's (:func:`consensus_of`) for each image.
+
+    Args:
+        stages: ``{name: [per image: [Stage (1, C, h, w)]]}`` as the forwards gave them (cropped to each image).
+        foregrounds: per image, the (H, W) bool foreground; None for a classifier (foreground figures undefined).
+    """
+    count = len(foregrounds)
+    per_image: list[dict[str, dict]] = [{} for _ in range(count)]
+    notes: list[list[str]] = [[] for _ in range(count)]
+    for student in chosen:
+        groups: dict[tuple, list[int]] = {}
+        for i in range(count):
+            shapes = tuple(tuple(s.features.shape) for s in stages["teacher"][i] + stages[student.name][i])
+            fg = None if foregrounds[i] is None else tuple(foregrounds[i].shape)
+            groups.setdefault((shapes, fg), []).append(i)
+        adm = adm_training(student, tau, method)
+        for (_, fg_shape), members in groups.items():
+            t_all = [Stage(s.name, s.stride, torch.cat([stages["teacher"][i][k].features for i in members]))
+                     for k, s in enumerate(stages["teacher"][members[0]])]
+            s_all = [Stage(s.name, s.stride, torch.cat([stages[student.name][i][k].features for i in members]))
+                     for k, s in enumerate(stages[student.name][members[0]])]
+            pairs = match_stages(t_all, s_all)
+            if not pairs:
+                raise InputError(f"{pair.name}: Teacher and student share no feature stride to compare.")
+            device = t_all[0].features.device
+            methods = [method if method != "projection" or projection_is_determined(t.features, s.features)
+                       else "affinity" for t, s in pairs]
+            foreground = (torch.stack([foregrounds[i].to(device) for i in members]) if fg_shape is not None
+                          else torch.zeros((len(members), 1, 1), dtype=torch.bool, device=device))
+            result = analyse_stages([(t.features, s.features.to(device)) for t, s in pairs], methods, foreground, tau,
+                                    FIGURES_GRID, [], [], with_cka=False)
+            host = result.figures.float().cpu().numpy()  # (P, B, 6): the one read-back of this batch
+            for b, i in enumerate(members):
+                rows = [{"teacher_layer": t.name, "student_layer": s.name, "stride": t.stride, "method": m,
+                         **{k: (None if fg_shape is None and k != "consensus_mean" else _number(v))
+                            for k, v in zip(FIGURES, host[p, b], strict=True)}}
+                        for p, ((t, s), m) in enumerate(zip(pairs, methods, strict=True))]
+                means = [r["consensus_mean"] for r in rows if r["consensus_mean"] is not None]
+                per_image[i][student.name] = {"stages": rows, "cka": None, "adm_training": adm, "agreement": {
+                    "consensus_mean": round(sum(means) / len(means), 4) if means else None}}
+                if fg_shape is None and not notes[i]:
+                    notes[i].append("An image classifier has no foreground (no boxes or mask): ADM's foreground and "
+                                    "background figures are not defined.")
+    return [ConsensusResult(pair.name, method, tau, chosen, [], per_image[i], notes[i]) for i in range(count)]
+
+
 ANALYSED_TASKS = ("detection", "segmentation", "image-classification")
 
 

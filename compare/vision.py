@@ -17,7 +17,7 @@ import torch
 from analysis.agreement import detection_agreement, segmentation_agreement
 from analysis.features import Stage
 from analysis.profiling import Stopwatch
-from compare.analysis import FOREGROUND_SCORE, ConsensusResult, consensus_of
+from compare.analysis import FOREGROUND_SCORE, ConsensusResult, consensus_figures, consensus_of
 from compare.inputs import InputError
 from compare.labels import map_on_teacher, match_labels, probabilities_on_teacher, shared_agreement_inputs
 from compare.latency import profile_of
@@ -107,6 +107,7 @@ class VisionRequest:
     tau: float = 0.1
     method: str = "affinity"
     foregrounds: list[torch.Tensor] | None = None  # (H, W) bool per image: ground truth instead of the teacher's
+    overlays: bool = True  # False: the consensus figures only, images batched (no pictures, no per-image CKA)
 
 
 def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_out: dict | None = None,
@@ -147,10 +148,14 @@ def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_
     if stages_out is not None:
         stages_out.update(stages)
     build: Callable = BUILDERS[pair.task]
+    figures = consensus_figures(pair, chosen, stages, foregrounds, request.tau, request.method) \
+        if request.consensus and not request.overlays else None
     results = []
     for i, image in enumerate(images):
         analysis: ConsensusResult | None = None
-        if request.consensus:
+        if figures is not None:
+            analysis = figures[i]
+        elif request.consensus:
             analysis = consensus_of(pair, chosen, {n: stages[n][i] for n in predictors}, foregrounds[i], image,
                                     request.tau, request.method, notes[i])
         results.append(build(pair, chosen, predictors, {n: outputs[n][i] for n in predictors}, profiles,

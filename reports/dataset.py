@@ -42,6 +42,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,6 +204,7 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
     todo = [(k, paths) for k, paths in batches if any(p.name not in finished for p in paths)]
     total, done = sum(len(paths) for _, paths in todo), 0
     cancel = stop_check(cancel)
+    loop_start = time.perf_counter()
     for k, paths in todo:
         if cancel():
             break
@@ -220,6 +222,7 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
         done += len(paths)
         if progress is not None:
             progress(done, total)
+    loop_seconds = time.perf_counter() - loop_start
     stopped = cancel()
     if barrier:
         barrier()
@@ -239,7 +242,8 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
     summary = summarise(records, spec, chosen, truth, gallery)
     summary["dataset_cka"] = dataset_cka(terms, chosen)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    (out / "timing.json").write_text(json.dumps(summarise_timing(timings), indent=1, sort_keys=True) + "\n")
+    (out / "timing.json").write_text(json.dumps(summarise_timing(timings) | {
+        "loop_seconds_rank0": round(loop_seconds, 3), "images_rank0": done}, indent=1, sort_keys=True) + "\n")
     pictures = gallery_pictures(summary["largest_disagreement"], records, images, spec, students_chosen, predictors,
                                 out / "gallery")
     write_report(out / "report.html", summary, records, timings, pictures, spec, chosen)

@@ -62,8 +62,8 @@ def analyse_batch(paths: list[Path], spec: Pair, chosen: list[Student], predicto
             out[i] = Analysed(*clip_record(paths[i].name, result.to_json()))
     elif arrays:
         stages: dict = {}
-        results = run_vision(VisionRequest(spec, chosen, arrays, notes, threshold, latency=False, consensus=True),
-                             predictors, stages)
+        results = run_vision(VisionRequest(spec, chosen, arrays, notes, threshold, latency=False, consensus=True,
+                                           overlays=False), predictors, stages)
         for k, (i, result) in enumerate(zip(readable, results, strict=True)):
             record, timing, maps = vision_record(paths[i], result, spec, labels)
             for name in ["teacher", *(s.name for s in chosen)]:

@@ -265,3 +265,23 @@ def test_the_readme_python_example_runs(monkeypatch):
     assert len(blocks) == 2  # registered pairs and modules; your own saved checkpoints
     for code in blocks:
         exec(compile(code, "README.md (Python)", "exec"), {})
+
+
+@pytest.mark.parametrize(("pair", "students"), [("shapes-detection", "feature-kd,adm-consensus"),
+                                                ("shapes-segmentation", "feature-kd"),
+                                                ("efficientnet-lite2-to-lite0", "lite0")])
+def test_the_batched_figures_only_consensus_gives_the_analysis_tabs_figures(pair, students):
+    """The dataset report's path (images batched, no pictures, no per-image CKA) gives, image by image, exactly the
+    figures the Analysis tab computes one image at a time."""
+    from compare.vision import VisionRequest, run_vision
+
+    images = [render_scene(10_000_600 + i).image for i in range(3)] + [render_scene(10_000_700, 128, 160).image]
+    spec, chosen, predictors = compare.load(pair, students)
+    one_by_one = run_vision(VisionRequest(spec, chosen, images, latency=False, consensus=True), predictors)
+    batched = run_vision(VisionRequest(spec, chosen, images, latency=False, consensus=True, overlays=False),
+                         predictors)
+    for a, b in zip(one_by_one, batched, strict=True):
+        assert b.analysis.overlays == []
+        for name in a.analysis.per_student:
+            assert a.analysis.per_student[name]["stages"] == b.analysis.per_student[name]["stages"]
+        assert a.analysis.summary() == b.analysis.summary()
