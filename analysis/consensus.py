@@ -170,17 +170,11 @@ def _spatial_softmax(scores: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Linear CKA of two representations of the same N samples: (N, C1), (N, C2) -> scalar in [0, 1]; NaN when a
-    side is constant over the samples or N < :data:`MIN_CKA_LOCATIONS`."""
-    x = x.float() - x.float().mean(0, keepdim=True)
-    y = y.float() - y.float().mean(0, keepdim=True)
-    x = x / x.abs().max().clamp_min(torch.finfo(torch.float32).tiny)  # scale-free; no float32 overflow
-    y = y / y.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
-    cross = (y.transpose(0, 1) @ x).square().sum()
-    norms = (x.transpose(0, 1) @ x).norm() * (y.transpose(0, 1) @ y).norm()
-    if x.shape[0] < MIN_CKA_LOCATIONS or not float(norms) > eps:
-        return torch.tensor(float("nan"), device=x.device)
-    return cross / norms
+    """Linear CKA of two representations of the same N samples with the unbiased HSIC estimator (Song et al. 2012;
+    Nguyen et al. 2021): (N, C1), (N, C2) -> scalar, 1 for the same representation up to rotation and scale, ~0 for
+    unrelated ones (it can come out slightly negative); NaN when a side is constant over the samples or
+    N < :data:`MIN_CKA_LOCATIONS`."""
+    return cka_matrix([x.T[None, :, :, None]], [y.T[None, :, :, None]], max_locations=x.shape[0], eps=eps)[0, 0]
 
 
 MAX_CKA_LOCATIONS = 1024  # the shared grid of the CKA matrix holds at most this many cells per image
@@ -222,16 +216,37 @@ def centred_grams(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tens
     return grams
 
 
-MIN_CKA_LOCATIONS = 3  # with two locations (or one) the centred features are collinear: CKA is 1 (or 0/0) whatever
+MIN_CKA_LOCATIONS = 4  # unbiased HSIC divides by N (N - 3)
+READABLE_LOCATIONS = 256  # under this many locations (16 x 16), one image's CKA and consensus read high by chance
 
 
-def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor],
-               max_locations: int = MAX_CKA_LOCATIONS, eps: float = 1e-12) -> torch.Tensor:
-    """Linear CKA (Kornblith et al., 2019) between every teacher stage and every student stage, over the batch's
-    locations.
+def _hsic_parts(grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(K, N, N) Gram matrices -> their zero-diagonal forms flattened (K, N²), row sums (K, N) and totals (K,): what
+    every pairwise unbiased HSIC needs."""
+    n = grams.shape[-1]
+    zeroed = grams.masked_fill(torch.eye(n, dtype=torch.bool, device=grams.device), 0)
+    rows = zeroed.sum(-1)
+    return zeroed.flatten(1), rows, rows.sum(-1)
 
-    All maps are pooled once to one shared grid (the coarsest of them); then the whole matrix comes from stacked
-    centred Gram matrices in one product: ``CKA(i, j) = <K_i, L_j> / (|K_i| |L_j|)``.
+
+def _hsic_pairs(a: tuple, b: tuple, n: int) -> torch.Tensor:
+    """(A, B) unbiased HSIC (Song et al. 2012, eq. 5) of every pair of Gram matrices from :func:`_hsic_parts`, as
+    three matrix products (no (A, B, N, N) tensor)."""
+    flat_a, rows_a, sums_a = a
+    flat_b, rows_b, sums_b = b
+    trace = flat_a @ flat_b.T  # tr(K̃ L̃) for symmetric matrices
+    return (trace + sums_a[:, None] * sums_b[None] / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (rows_a @ rows_b.T)) \
+        / (n * (n - 3))
+
+
+def cka_matrices(teacher: list[torch.Tensor], student: list[torch.Tensor], max_locations: int = MAX_CKA_LOCATIONS,
+                 eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear CKA (Kornblith et al. 2019) with the unbiased HSIC estimator between every teacher stage and every
+    student stage, over the batch's locations, and its chance level: the same with the student's locations in a
+    fixed random order (unrelated representations of these widths on this grid).
+
+    All maps are pooled once to one shared grid (the coarsest of them); the whole matrix comes from stacked Gram
+    matrices in three products: ``CKA(i, j) = HSIC₁(K_i, L_j) / sqrt(HSIC₁(K_i, K_i) HSIC₁(L_j, L_j))``.
 
     Args:
         teacher: T maps (B, C_i, h_i, w_i).
@@ -239,19 +254,36 @@ def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor],
         max_locations: most cells per image of the shared grid.
 
     Returns:
-        (T, S) matrix in [0, 1] on the teacher maps' device; NaN (undefined) where a side's features are constant
-        over the locations, and everywhere when the grid has fewer than :data:`MIN_CKA_LOCATIONS` locations.
+        ``(matrix, chance)``, (T, S) each on the teacher maps' device: 1 for the same representation up to rotation
+        and scale, ~0 unrelated (slightly negative can happen); NaN where a side's features are constant over the
+        locations, and everywhere when the grid has fewer than :data:`MIN_CKA_LOCATIONS` locations.
     """
     grid = shared_grid(teacher + student, max_locations)
-    grams = centred_grams(teacher + [s.to(teacher[0].device) for s in student], grid).flatten(1)  # (T+S, N*N)
-    norms = grams.norm(dim=1, keepdim=True)
-    grams = grams / norms.clamp_min(eps)
-    matrix = grams[: len(teacher)] @ grams[len(teacher):].T
-    constant = norms[:, 0] <= eps
-    undefined = constant[: len(teacher), None] | constant[None, len(teacher):]
-    if teacher[0].shape[0] * grid[0] * grid[1] < MIN_CKA_LOCATIONS:
-        undefined = torch.ones_like(undefined)
-    return matrix.masked_fill(undefined, float("nan"))
+    grams = centred_grams(teacher + [s.to(teacher[0].device) for s in student], grid)  # (T+S, N, N)
+    n, t = grams.shape[-1], len(teacher)
+    if n < MIN_CKA_LOCATIONS:
+        nan = torch.full((t, len(student)), float("nan"), device=grams.device)
+        return nan, nan.clone()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(grams.device)
+    parts_t, parts_s = _hsic_parts(grams[:t]), _hsic_parts(grams[t:])
+    shuffled = _hsic_parts(grams[t:][:, order][:, :, order])
+    self_t = (parts_t[0].square().sum(1) + parts_t[2].square() / ((n - 1) * (n - 2))
+              - 2.0 / (n - 2) * parts_t[1].square().sum(1)) / (n * (n - 3))
+    self_s = (parts_s[0].square().sum(1) + parts_s[2].square() / ((n - 1) * (n - 2))
+              - 2.0 / (n - 2) * parts_s[1].square().sum(1)) / (n * (n - 3))
+    norms = (self_t[:, None] * self_s[None]).clamp_min(0).sqrt()
+    undefined = norms <= eps
+
+    def ratio(cross: torch.Tensor) -> torch.Tensor:
+        return (cross / norms.clamp_min(eps)).masked_fill(undefined, float("nan"))
+
+    return ratio(_hsic_pairs(parts_t, parts_s, n)), ratio(_hsic_pairs(parts_t, shuffled, n))
+
+
+def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor],
+               max_locations: int = MAX_CKA_LOCATIONS, eps: float = 1e-12) -> torch.Tensor:
+    """The (T, S) matrix of :func:`cka_matrices` (unbiased linear CKA over the batch's locations)."""
+    return cka_matrices(teacher, student, max_locations, eps)[0]
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -301,6 +333,8 @@ class ConsensusAnalysis:
     weights: torch.Tensor
     figures: torch.Tensor
     cka: torch.Tensor | None
+    consensus_chance: torch.Tensor | None = None  # (P, B): mean consensus with the student's locations shuffled
+    cka_chance: torch.Tensor | None = None  # (T, S): CKA with the student's locations shuffled
 
 
 def _stacked_figures(similarity: torch.Tensor, energy_teacher: torch.Tensor, energy_student: torch.Tensor,
@@ -330,6 +364,13 @@ def _scaled_weights(similarity: torch.Tensor, tau: float, size: tuple[int, int])
     return F.interpolate(scaled, size=size, mode="bilinear", align_corners=False).reshape(2, b, *size)
 
 
+def _shuffled_locations(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) with its h·w locations in a fixed random order (the same order for every map of that grid)."""
+    b, c, h, w = features.shape
+    order = torch.randperm(h * w, generator=torch.Generator().manual_seed(0)).to(features.device)
+    return features.flatten(2)[:, :, order].reshape(b, c, h, w)
+
+
 def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list[str], foreground: torch.Tensor,
                    tau: float, size: tuple[int, int], teacher_all: list[torch.Tensor],
                    student_all: list[torch.Tensor], with_cka: bool = True) -> ConsensusAnalysis:
@@ -342,8 +383,9 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
         tau: softmax temperature of the weights, > 0.
         size: (H, W) of the returned weight maps (e.g. the displayed image's).
         teacher_all, student_all: every stage of each side, for the CKA matrix.
-        with_cka: compute the CKA matrix over the batch's locations (False: ``cka`` is None; a batch of several
-            images would mix their locations).
+        with_cka: compute the CKA matrix over the batch's locations and the chance levels of CKA and of each
+            pair's mean consensus (the student's locations shuffled); False: all three are None (a batch of several
+            images would mix their locations in the CKA).
 
     Returns:
         A :class:`ConsensusAnalysis`; nothing is read back to the host.
@@ -365,20 +407,31 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
     def cat(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
         return torch.cat(tensors, dim) if len(tensors) > 1 else tensors[0]
 
+    chance: list[torch.Tensor | None] = [None] * len(pairs)
     for (_, method), by_shape in groups.items():
-        order, sims, energy_t, energy_s = [], [], [], []
+        order, sims, shuffled, energy_t, energy_s = [], [], [], [], []
         for members in by_shape.values():
             t, s = cat([fitted[k][0] for k in members]), cat([fitted[k][1] for k in members])
             order += members
             sims.append(_affinity_terms(t, s) if method == "affinity" else SIMILARITY[method](t, s))
+            if with_cka:  # the chance level: the student's locations in a fixed random order
+                other = _shuffled_locations(s)
+                shuffled.append(_affinity_terms(t, other) if method == "affinity" else SIMILARITY[method](t, other))
             energy_t.append(t.square().sum(1))
             energy_s.append(s.square().sum(1))
         h, w = energy_t[0].shape[-2:]
         if method == "affinity":  # the five sums of every shape, stacked along the batch
             sim = _affinity_from_terms(tuple(cat(list(terms)) for terms in zip(*sims, strict=True)), h * w)
             sim = sim.reshape(-1, h, w)
+            other = _affinity_from_terms(tuple(cat(list(terms)) for terms in zip(*shuffled, strict=True)), h * w) \
+                if with_cka else None
         else:
             sim = cat(sims)
+            other = cat(shuffled) if with_cka else None
+        if other is not None:
+            means = other.reshape(other.shape[0], -1).nanmean(-1)
+            for i, k in enumerate(order):
+                chance[k] = means[i * b:(i + 1) * b]
         grid = (h, w)
         if grid not in masks:
             masks[grid] = resize_mask(foreground, grid).float()
@@ -388,5 +441,6 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
         for i, k in enumerate(order):
             similarity[k], figures[k] = sim[i * b:(i + 1) * b], found[i * b:(i + 1) * b]
             weights[k] = scaled[:, i * b:(i + 1) * b]
-    return ConsensusAnalysis(similarity, torch.stack(weights).clamp(0, 1), torch.stack(figures),
-                             cka_matrix(teacher_all, student_all) if with_cka else None)
+    cka, cka_chance = cka_matrices(teacher_all, student_all) if with_cka else (None, None)
+    return ConsensusAnalysis(similarity, torch.stack(weights).clamp(0, 1), torch.stack(figures), cka,
+                             torch.stack(chance) if with_cka else None, cka_chance)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from analysis.attention import capture_deformable_sampling, grad_cam, sampling_point_map
-from analysis.consensus import FIGURES, SIMILARITY, analyse_stages, projection_is_determined
+from analysis.consensus import FIGURES, READABLE_LOCATIONS, SIMILARITY, analyse_stages, projection_is_determined
 from analysis.features import Stage, match_stages
 from analysis.graphs import GraphCache
 from analysis.readback import Layout, pack, unpack
@@ -100,7 +100,8 @@ def analyse_pair(t_all: list[Stage], s_all: list[Stage], foreground: torch.Tenso
         result = analyse_stages([(t_maps[i], s_maps[j]) for i, j in index], methods, fg, tau, size,
                                 list(t_maps), list(s_maps))
         overlays = heat_overlays(canvas, result.weights.flatten(0, 2))  # (P * 2, H, W, 3): consensus, divergence
-        return pack({"overlays": overlays, "figures": result.figures[:, 0], "cka": result.cka})
+        return pack({"overlays": overlays, "figures": result.figures[:, 0], "cka": result.cka,
+                     "chance": result.consensus_chance[:, 0], "cka_chance": result.cka_chance})
 
     inputs = ([t.features for t in t_all] + [s.features.to(device) for s in s_all]
               + [foreground.to(device)[None], canvas])
@@ -116,9 +117,16 @@ def analyse_pair(t_all: list[Stage], s_all: list[Stage], foreground: torch.Tenso
     captions = [f"{kind} · stride {t.stride} · {t.name} ↔ {s.name}" for t, s in pairs
                 for kind in ("consensus", "divergence")]
     stages = [{"teacher_layer": t.name, "student_layer": s.name, "stride": t.stride, "method": m,
-               **{k: _number(v) for k, v in zip(FIGURES, row, strict=True)}}
-              for (t, s), m, row in zip(pairs, methods, host["figures"], strict=True)]
+               **{k: _number(v) for k, v in zip(FIGURES, row, strict=True)}, "consensus_chance": _number(chance),
+               "locations": int(t.features.shape[-2] * t.features.shape[-1])}
+              for (t, s), m, row, chance in zip(pairs, methods, host["figures"], host["chance"], strict=True)]
     matrix = [[_number(v) for v in row] for row in host["cka"].astype(np.float64)]
+    chance_matrix = [[_number(v) for v in row] for row in host["cka_chance"].astype(np.float64)]
+    few = [f"/{s['stride']} ({s['locations']})" for s in stages if s["locations"] < READABLE_LOCATIONS]
+    if few:
+        notes.append(f"Few locations at {', '.join(few)}: on one image, CKA and consensus there sit close to their "
+                     "chance levels (the student's locations shuffled, shown beside each figure); read them against "
+                     "those, or over a whole dataset (the Dataset tab's CKA).")
     undefined = [f"/{t.stride} {t.name} ↔ {s.name}" for (t, s), row in zip(pairs, stages, strict=True)
                  if row["consensus_mean"] is None]
     if undefined:
@@ -126,11 +134,12 @@ def analyse_pair(t_all: list[Stage], s_all: list[Stage], foreground: torch.Tenso
                      "there (or the grid has one location), so no location is more alike than another; shown as –.")
     if any(v is None for row in matrix for v in row):
         notes.append("CKA is undefined (–) for stages whose features are constant over the image, and for grids of "
-                     "fewer than 3 locations.")
+                     "fewer than 4 locations.")
     report = {"method": method, "tau": tau, "stages": stages,
               "cka": {"teacher_layers": [f"{s.name} (/{s.stride})" for s in t_all],
                       "student_layers": [f"{s.name} (/{s.stride})" for s in s_all],
-                      "matrix": matrix},
+                      "matrix": matrix, "chance": chance_matrix,
+                      "estimator": "linear CKA over the image's locations, unbiased HSIC (Song et al. 2012)"},
               "notes": notes}
     bars = [with_colour_bar(o, *(("agree less", "agree more") if i % 2 == 0 else ("disagree less", "disagree more")))
             for i, o in enumerate(host["overlays"])]

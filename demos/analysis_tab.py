@@ -64,16 +64,24 @@ def attention(image, pair: str = DEFAULT_PAIR, target: str = "", students: str |
 
 
 def cka_figure(report: dict | None):
-    """Plotly heat map of the teacher-by-student linear CKA matrix."""
+    """Plotly heat map of the teacher-by-student linear CKA matrix (unbiased estimator), each cell with its chance
+    level (the student's locations shuffled)."""
     import plotly.graph_objects as go
 
     if not report:
         return None
     cka = report["cka"]
+    chance = cka.get("chance") or [[None] * len(row) for row in cka["matrix"]]
+    text = [["–" if v is None else f"{v:.2f}" + ("" if c is None else f"<br>(chance {c:+.2f})")
+             for v, c in zip(row, chance_row, strict=True)] for row, chance_row in zip(cka["matrix"], chance,
+                                                                                      strict=True)]
     fig = go.Figure(go.Heatmap(z=cka["matrix"], x=cka["student_layers"], y=cka["teacher_layers"], zmin=0, zmax=1,
-                               colorscale="Viridis", text=cka["matrix"], texttemplate="%{text:.2f}"))
-    fig.update_layout(title="Linear CKA, teacher stages × student stages", xaxis_title="student",
-                      yaxis_title="teacher", height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+                               colorscale="Viridis", text=text, texttemplate="%{text}",
+                               colorbar={"title": {"text": "CKA"}, "tickvals": [0, 0.5, 1],
+                                         "ticktext": ["0 unrelated", "0.5", "1 same up to rotation"]}))
+    fig.update_layout(title="Linear CKA over this image's locations (unbiased), teacher × student stages",
+                      xaxis_title="student", yaxis_title="teacher", height=380,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
 
@@ -87,7 +95,8 @@ def figures_markdown(report: dict | None) -> str:
     tables = []
     for name, block in report.get("students", {"student": report}).items():
         rows = "\n".join(
-            f"| /{s['stride']} {s['teacher_layer']} ↔ {s['student_layer']} | {fmt(s['consensus_mean'])} | "
+            f"| /{s['stride']} {s['teacher_layer']} ↔ {s['student_layer']} ({s.get('locations', '–')} locations) | "
+            f"{fmt(s['consensus_mean'])} (chance {fmt(s.get('consensus_chance'))}) | "
             f"{fmt(s['consensus_foreground'])} | {fmt(s['consensus_background'])} | "
             f"{fmt(s['energy_foreground_teacher'])} | {fmt(s['energy_foreground_student'])} | "
             f"{fmt(s['foreground_area'])} |" for s in block["stages"])

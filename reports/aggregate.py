@@ -190,7 +190,8 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels) ->
                       "labels": torch.tensor([index[d["label"]] for d in side["detections"]], dtype=torch.long)}],
                     [{"boxes": torch.tensor([b for _, b in truth]).reshape(-1, 4),
                       "labels": torch.tensor([index[label] for label, _ in truth], dtype=torch.long)}])
-            out[model] = {"map_50": round(float(metric.compute()["map_50"]), 4)}
+            out[model] = {"map_50": round(float(metric.compute()["map_50"]), 4),
+                          "ci95": map50_interval(records, model, labels)}
         return out
     if pair.task == "segmentation":
         out = {}
@@ -312,6 +313,92 @@ def _tally(outcomes) -> dict:
             "inherited_share_of_teacher_errors": round(counts["inherited"] / (counts["inherited"] + counts["fixed"]
                                                                               + counts["both wrong, differently"]), 4)
             if counts["inherited"] + counts["fixed"] + counts["both wrong, differently"] else None}
+
+
+RECALL_POINTS = np.linspace(0, 1, 101)  # COCO's 101 recall thresholds, as torchmetrics' mAP uses them
+
+
+def _detections_matched(records: list[dict], model: str, labels: Labels) -> dict[str, dict]:
+    """Per class: every detection's (image index, score, true positive) and every image's labelled-object count,
+    matched as COCO does at IoU 0.5 (by score, each labelled object once, the best unmatched IoU, at most 100
+    detections per image)."""
+    from torchvision.ops import box_iou
+
+    classes: dict[str, dict] = {}
+    for i, r in enumerate(records):
+        side = r["teacher"] if model == "teacher" else r["students"][model]
+        dets = sorted(side["detections"], key=lambda d: -d["score"])[:100]
+        truth = labels.boxes.get(r["image"], [])
+        for label in {d["label"] for d in dets} | {t for t, _ in truth}:
+            mine = [d for d in dets if d["label"] == label]
+            gt = [b for t, b in truth if t == label]
+            entry = classes.setdefault(label, {"image": [], "score": [], "tp": [],
+                                               "positives": np.zeros(len(records))})
+            entry["positives"][i] = len(gt)
+            used = [False] * len(gt)
+            iou = box_iou(torch.tensor([d["box"] for d in mine]).reshape(-1, 4),
+                          torch.tensor(gt).reshape(-1, 4)) if mine and gt else None
+            for k, d in enumerate(mine):
+                best, best_iou = -1, 0.5
+                for j in range(len(gt)):
+                    if not used[j] and iou is not None and float(iou[k, j]) >= best_iou:
+                        best, best_iou = j, float(iou[k, j])
+                if best >= 0:
+                    used[best] = True
+                entry["image"].append(i)
+                entry["score"].append(d["score"])
+                entry["tp"].append(best >= 0)
+    return classes
+
+
+def weighted_map50(classes: dict[str, dict], weights: np.ndarray) -> np.ndarray:
+    """(R,) mAP@0.5 for R weightings of the images (bootstrap counts; ones give the plain mAP): per class, the
+    101-point interpolated AP of its detections, each counted as often as its image; classes without a labelled
+    object in a weighting are left out of its mean."""
+    per_class = []
+    for entry in classes.values():
+        positives = weights @ entry["positives"]  # (R,)
+        if not entry["score"]:
+            per_class.append(np.where(positives > 0, 0.0, np.nan))
+            continue
+        order = np.argsort(-np.asarray(entry["score"]), kind="stable")
+        image = np.asarray(entry["image"])[order]
+        tp = np.asarray(entry["tp"], dtype=np.float64)[order]
+        w = weights[:, image]  # (R, D)
+        tp_sum, fp_sum = np.cumsum(w * tp, 1), np.cumsum(w * (1 - tp), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = tp_sum / positives[:, None]
+            precision = np.where(tp_sum + fp_sum > 0, tp_sum / (tp_sum + fp_sum), 0.0)
+        envelope = np.maximum.accumulate(precision[:, ::-1], 1)[:, ::-1]
+        ap = np.full(len(weights), np.nan)
+        for r in range(len(weights)):
+            if positives[r] > 0:
+                index = np.searchsorted(recall[r], RECALL_POINTS, side="left")
+                ap[r] = np.where(index < len(recall[r]), envelope[r][np.minimum(index, len(recall[r]) - 1)], 0).mean()
+        per_class.append(ap)
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(np.stack(per_class), 0) if per_class else np.full(len(weights), np.nan)
+
+
+def map50_interval(records: list[dict], model: str, labels: Labels, level: float = 0.95) -> list[float] | None:
+    """Bootstrap interval of mAP@0.5: images resampled, detections re-weighted by how often their image was drawn
+    (:func:`weighted_map50`; its value at unit weights is torchmetrics' mAP@0.5, a test checks)."""
+    n = len(records)
+    if n < 2:
+        return None
+    classes = _detections_matched(records, model, labels)
+    rng = np.random.default_rng(SEED)
+    values = []
+    for start in range(0, RESAMPLES, 50):
+        rows = min(50, RESAMPLES - start)
+        counts = np.stack([np.bincount(row, minlength=n) for row in rng.integers(0, n, (rows, n))]).astype(float)
+        values.append(weighted_map50(classes, counts))
+    means = np.concatenate(values)
+    means = means[~np.isnan(means)]
+    if not len(means):
+        return None
+    tail = (1 - level) / 2 * 100
+    return [round(float(np.percentile(means, tail)), 4), round(float(np.percentile(means, 100 - tail)), 4)]
 
 
 def _miou_interval(inter: np.ndarray, union: np.ndarray, level: float = 0.95) -> list[float] | None:

@@ -292,3 +292,24 @@ def test_open_clip_models_give_their_patch_maps(tmp_path):
     model = open_clip.create_model("tiny-clip-test").eval()
     stages = capture_stages(model, torch.randn(2, 3, 32, 32))
     assert [(s.stride, tuple(s.features.shape)) for s in stages] == [(8, (2, 32, 4, 4))] * 2
+
+
+def test_per_image_figures_come_with_their_chance_levels():
+    """Unbiased CKA over one image's locations: 1 for the same features, ~0 with the student's locations shuffled;
+    the report puts a chance level beside every consensus and CKA figure and names stages with few locations."""
+    import numpy as np
+
+    import compare
+    from analysis.consensus import cka_matrices
+    from weights.shapes.world import render_scene
+
+    torch.manual_seed(0)
+    features = torch.randn(1, 32, 16, 16)
+    matrix, chance = cka_matrices([features], [features.clone() * 3])
+    assert float(matrix[0, 0]) == pytest.approx(1.0, abs=1e-5) and abs(float(chance[0, 0])) < 0.1
+    report = compare.consensus("shapes-detection", render_scene(10_000_555, 64, 64).image).to_json()
+    assert all(s["consensus_chance"] is not None and s["consensus_mean"] > s["consensus_chance"]
+               for s in report["stages"])
+    assert [s["locations"] for s in report["stages"]] == [4096, 1024, 256, 64]  # the input is 128 x 128
+    assert np.asarray(report["cka"]["chance"], dtype=float).shape == np.asarray(report["cka"]["matrix"]).shape
+    assert any("Few locations at /16 (64)" in note for note in report["notes"])

@@ -372,3 +372,25 @@ def test_dataset_cka_of_a_model_against_itself_is_one_beside_its_chance_level(fo
     assert "embeddings (PCA)" in page
     records = read_records(tmp_path / "results.jsonl")
     assert len(records[0]["teacher"]["embedding"]) == 32
+
+
+def test_the_bootstrap_map_at_unit_weights_is_torchmetrics_map50(uninterrupted, folder):
+    import numpy as np
+
+    from reports.aggregate import _detections_matched, weighted_map50
+
+    out, summary = uninterrupted
+    labels = Labels.read(folder / "labels.json")
+    records = [r for r in read_records(out / "results.jsonl") if "error" not in r]
+    for model in ("teacher", "feature-kd"):
+        classes = _detections_matched(records, model, labels)
+        ours = float(weighted_map50(classes, np.ones((1, len(records))))[0])
+        assert ours == pytest.approx(summary["accuracy"][model]["map_50"], abs=1e-4)
+        low, high = summary["accuracy"][model]["ci95"]
+        assert low <= summary["accuracy"][model]["map_50"] + 1e-9 and high <= 1.0
+    # a class with missed objects: recall stops short, AP falls with it
+    truth = Labels(boxes={"a.png": [("circle", [0, 0, 10, 10]), ("circle", [20, 20, 30, 30])]})
+    one = [{"image": "a.png", "teacher": {"detections": [{"label": "circle", "score": 0.9, "box": [0, 0, 10, 10]}]},
+            "students": {}}]
+    assert float(weighted_map50(_detections_matched(one, "teacher", truth), np.ones((1, 1)))[0]) == pytest.approx(
+        51 / 101)

@@ -19,12 +19,18 @@ from weights.registry import get_pair
 from weights.shapes.world import render_scene
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ADDED = {"latency_cached", "this_run_ms", "gflops"}  # figures the engine adds (/classify had no FLOPs before)
+ADDED = {"latency_cached", "this_run_ms", "gflops",  # figures the engine adds (/classify had no FLOPs before)
+         "chance", "estimator", "consensus_chance", "locations"}  # chance levels beside per-image figures (#30)
+# Deliberate changes since the reference: per-image CKA uses the unbiased HSIC estimator (#30, session 9), whose
+# values differ from the biased estimator's; everything else must be equal.
+CHANGED = ("/cka/matrix",)
 
 
 def same_or_added(old, new, path: str = "") -> list[str]:
     """Where ``new`` departs from ``old``: every value equal, except keys the engine adds and figures that were
     undefined (None) before and are measured now."""
+    if path.endswith(CHANGED):
+        return []
     if isinstance(old, dict):
         problems = [f"{path}/{k}: missing" for k in old if k not in new]
         problems += [f"{path}/{k}: new key" for k in new if k not in old and k not in ADDED]
@@ -282,6 +288,8 @@ def test_the_batched_figures_only_consensus_gives_the_analysis_tabs_figures(pair
                          predictors)
     for a, b in zip(one_by_one, batched, strict=True):
         assert b.analysis.overlays == []
-        for name in a.analysis.per_student:
-            assert a.analysis.per_student[name]["stages"] == b.analysis.per_student[name]["stages"]
+        for name in a.analysis.per_student:  # every figure of the batched path (it adds no chance levels)
+            batched_rows = b.analysis.per_student[name]["stages"]
+            assert [{k: row[k] for k in other} for row, other in zip(a.analysis.per_student[name]["stages"],
+                                                                      batched_rows, strict=True)] == batched_rows
         assert a.analysis.summary() == b.analysis.summary()
