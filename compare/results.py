@@ -95,6 +95,9 @@ class DetectionComparison(Comparison):
     labels: list[str] = field(default_factory=list)
     detections: dict[str, list[Detection]] = field(default_factory=dict)
     agreement: dict[str, dict] = field(default_factory=dict)
+    # when the request asked for them (``accuracy_threshold``): every model's boxes down to that lower score, from
+    # the same forward, for accuracy against labels (the dataset report's mAP)
+    all_detections: dict[str, list[Detection]] | None = None
 
     def to_json(self) -> dict:
         per_student = {n: {"detections": [d.to_dict() for d in self.detections[n]], **self.profiles[n].to_json(),

@@ -108,6 +108,7 @@ class VisionRequest:
     method: str = "affinity"
     foregrounds: list[torch.Tensor] | None = None  # (H, W) bool per image: ground truth instead of the teacher's
     overlays: bool = True  # False: the consensus figures only, images batched (no pictures, no per-image CKA)
+    accuracy_threshold: float | None = None  # detection: also keep every box down to this score (all_detections)
 
 
 def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_out: dict | None = None,
@@ -126,6 +127,7 @@ def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_
     pair, chosen, images = request.pair, request.students, request.images
     notes = request.notes or [[] for _ in images]
     outputs: dict[str, list] = {}
+    everything: dict[str, list] = {}
     stages: dict[str, list] = {}
     foregrounds: list[torch.Tensor | None] = [None] * len(images)
     profiles: dict[str, Profile] = {}
@@ -133,10 +135,15 @@ def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_
         prepared = [predictor.prepare(image) for image in images]
         forwarded = forward_batched(predictor, prepared, request.consensus)
         outputs[name], stages[name] = [None] * len(images), [None] * len(images)
+        low = request.threshold if request.accuracy_threshold is None or pair.task != "detection" \
+            else min(request.threshold, request.accuracy_threshold)
         for group in forwarded:
-            read = READERS[pair.task](predictor, group, request.threshold)
+            read = READERS[pair.task](predictor, group, low)
             for k, i in enumerate(group.indices):
                 outputs[name][i] = read[k]
+                if low != request.threshold:  # the boxes down to the lower score, then the request's own
+                    everything.setdefault(name, [None] * len(images))[i] = read[k]
+                    outputs[name][i] = [d for d in read[k] if d.score >= request.threshold]
                 if group.stages is not None:
                     stages[name][i] = group.stages[k]
                     if name == "teacher" and pair.task != "image-classification":  # a classifier has none
@@ -160,6 +167,8 @@ def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_
                                     request.tau, request.method, notes[i])
         results.append(build(pair, chosen, predictors, {n: outputs[n][i] for n in predictors}, profiles,
                              list(notes[i]), analysis))
+        if everything:
+            results[-1].all_detections = {n: everything[n][i] for n in predictors}
     return results
 
 

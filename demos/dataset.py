@@ -62,11 +62,18 @@ def dataset_report(archive, pair: str = "shapes-detection", students: str | list
 
 
 def figures_text(figures: dict) -> str:
-    """``top1 0.812, top5 0.950``; an undefined figure as – with its note."""
-    def shown(value) -> str:
-        return f"– ({figures.get('note', 'undefined')})" if value is None else f"{value:.3f}"
+    """``top1 0.812 [0.790, 0.833], top5 0.950``: each figure with its 95 % interval; an undefined figure as – with
+    its note; mAP with the score threshold it counts boxes from."""
+    def shown(key: str, value) -> str:
+        if value is None:
+            return f"– ({figures.get('note', 'undefined')})"
+        ci = figures.get(f"{key}_ci95", figures.get("ci95") if key in ("map_50", "miou") else None)
+        return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
-    return ", ".join(f"{k} {shown(v)}" for k, v in figures.items() if k != "note")
+    text = ", ".join(f"{k} {shown(k, v)}" for k, v in figures.items()
+                     if k not in ("note", "score_threshold") and not k.endswith("ci95"))
+    threshold = figures.get("score_threshold")
+    return text + (f" (boxes scoring {threshold:g} or more)" if threshold is not None else "")
 
 
 def summary_markdown(summary: dict, notes: list[str] = ()) -> str:

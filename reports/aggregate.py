@@ -111,8 +111,10 @@ def _matches(boxes: list[list[float]], labels: list[str], truth: list[tuple[str,
     return found
 
 
-def summarise(records: list[dict], pair, students: list[str], labels: Labels | None, gallery: int) -> dict:
-    """Aggregates of a run, a pure function of its records (so any split of the work gives the same summary)."""
+def summarise(records: list[dict], pair, students: list[str], labels: Labels | None, gallery: int,
+              score_threshold: float | None = None) -> dict:
+    """Aggregates of a run, a pure function of its records (so any split of the work gives the same summary);
+    ``score_threshold``: the one the detection accuracy was computed at."""
     ok = [r for r in records if "error" not in r]
     summary: dict = {"pair": pair.name, "task": pair.task, "students": students, "images": len(ok),
                      "unreadable": [{"image": r["image"], "reason": r["error"]} for r in records if "error" in r]}
@@ -134,7 +136,7 @@ def summarise(records: list[dict], pair, students: list[str], labels: Labels | N
     summary["largest_disagreement"] = [
         {"image": r["image"], "disagreement": r["students"][students[0]]["disagreement"]} for r in ranked[:gallery]]
     if labels is not None:
-        summary["accuracy"] = _accuracy(ok, pair, students, labels)
+        summary["accuracy"] = _accuracy(ok, pair, students, labels, score_threshold)
         if pair.task in ("classification", "image-classification"):
             summary["calibration"] = calibration(ok, students, labels)
         summary["inherited_errors"] = inherited_errors(ok, students, labels, pair.task)
@@ -165,15 +167,18 @@ def _per_class(records: list[dict], name: str, task: str) -> dict[str, float]:
     return {label: round(statistics.fmean(v), 4) for label, v in sorted(hits.items())}
 
 
-def _accuracy(records: list[dict], pair, students: list[str], labels: Labels) -> dict:
-    """Each model's own accuracy against the labels (torchmetrics)."""
+def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, score_threshold: float | None = None,
+              ) -> dict:
+    """Each model's own accuracy against the labels (torchmetrics); detection: mAP@0.5 over the boxes scoring
+    ``score_threshold`` or more (the run's accuracy threshold; named in each entry)."""
     models = ["teacher", *students]
     if pair.task == "detection":
         from torchmetrics.detection import MeanAveragePrecision
 
         names = sorted({label for r in records for label, _ in labels.boxes.get(r["image"], [])}
-                       | {d["label"] for r in records for d in r["teacher"]["detections"]}
-                       | {d["label"] for r in records for s in students for d in r["students"][s]["detections"]})
+                       | {d["label"] for r in records for d in accuracy_detections(r["teacher"])}
+                       | {d["label"] for r in records for s in students
+                          for d in accuracy_detections(r["students"][s])})
         index = {n: i for i, n in enumerate(names)}  # every class any model or label names: none is unknown
         out = {}
         if not any(labels.boxes.get(r["image"]) for r in records):  # torchmetrics would give its -1 sentinel
@@ -182,16 +187,17 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels) ->
         for model in models:
             metric = MeanAveragePrecision(iou_thresholds=[0.5], sync_on_compute=False)  # rank 0 alone
             for r in records:
-                side = r["teacher"] if model == "teacher" else r["students"][model]
+                found = accuracy_detections(r["teacher"] if model == "teacher" else r["students"][model])
                 truth = labels.boxes.get(r["image"], [])
                 metric.update(
-                    [{"boxes": torch.tensor([d["box"] for d in side["detections"]]).reshape(-1, 4),
-                      "scores": torch.tensor([d["score"] for d in side["detections"]]),
-                      "labels": torch.tensor([index[d["label"]] for d in side["detections"]], dtype=torch.long)}],
+                    [{"boxes": torch.tensor([d["box"] for d in found]).reshape(-1, 4),
+                      "scores": torch.tensor([d["score"] for d in found]),
+                      "labels": torch.tensor([index[d["label"]] for d in found], dtype=torch.long)}],
                     [{"boxes": torch.tensor([b for _, b in truth]).reshape(-1, 4),
                       "labels": torch.tensor([index[label] for label, _ in truth], dtype=torch.long)}])
             out[model] = {"map_50": round(float(metric.compute()["map_50"]), 4),
-                          "ci95": map50_interval(records, model, labels)}
+                          "ci95": map50_interval(records, model, labels),
+                          "score_threshold": score_threshold}
         return out
     if pair.task == "segmentation":
         out = {}
@@ -315,6 +321,12 @@ def _tally(outcomes) -> dict:
             if counts["inherited"] + counts["fixed"] + counts["both wrong, differently"] else None}
 
 
+def accuracy_detections(side: dict) -> list[dict]:
+    """A model's boxes for accuracy against labels: every box down to the accuracy threshold when the run kept
+    them, else the boxes above the run's threshold."""
+    return side.get("detections_for_accuracy", side["detections"])
+
+
 RECALL_POINTS = np.linspace(0, 1, 101)  # COCO's 101 recall thresholds, as torchmetrics' mAP uses them
 
 
@@ -327,7 +339,7 @@ def _detections_matched(records: list[dict], model: str, labels: Labels) -> dict
     classes: dict[str, dict] = {}
     for i, r in enumerate(records):
         side = r["teacher"] if model == "teacher" else r["students"][model]
-        dets = sorted(side["detections"], key=lambda d: -d["score"])[:100]
+        dets = sorted(accuracy_detections(side), key=lambda d: -d["score"])[:100]
         truth = labels.boxes.get(r["image"], [])
         for label in {d["label"] for d in dets} | {t for t, _ in truth}:
             mine = [d for d in dets if d["label"] == label]

@@ -71,6 +71,7 @@ from weights.predictors import predictors_for
 from weights.registry import Pair, Student, UnknownPairError, UnknownStudentError, get_pair
 
 GALLERY = 12
+ACCURACY_THRESHOLD = 0.01  # detection accuracy (mAP@0.5) counts every box scoring this or more, as the benchmarks do
 BATCH = 16  # images per batch: one forward of each model per batch (per input shape within it)
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_CLASSES = "circle, square, triangle, star, cross"
@@ -80,7 +81,7 @@ OUTPUTS = ("results*.jsonl", "timing*.jsonl", "cka*.jsonl", "summary.json", "tim
 
 
 def run_settings(spec: Pair, students: list[Student], threshold: float, classes: str, labels: Path | None,
-                 batch: int = BATCH) -> dict:
+                 batch: int = BATCH, accuracy_threshold: float = ACCURACY_THRESHOLD) -> dict:
     """What a run's results depend on, recorded in ``run.json``: the pair, its students and their weights, the
     threshold, the classes (CLIP), the label file's content hash."""
     import hashlib
@@ -92,7 +93,7 @@ def run_settings(spec: Pair, students: list[Student], threshold: float, classes:
             "models": [model(spec.teacher)] + [model(s.source) for s in students], "threshold": threshold,
             "classes": classes if spec.task == "classification" else None,
             "labels": hashlib.sha256(Path(labels).read_bytes()).hexdigest()[:16] if labels else None,
-            "batch": batch}
+            "batch": batch, "accuracy_threshold": accuracy_threshold if labels and spec.task == "detection" else None}
 
 
 def start_folder(out: Path, settings: dict, resume: bool, overwrite: bool, check_only: bool = False) -> None:
@@ -157,7 +158,7 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
                 classes: str = DEFAULT_CLASSES, gallery: int = GALLERY, rank: int = 0, world: int = 1,
                 progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
                 barrier: Callable[[], None] | None = None, overwrite: bool = False, batch: int = BATCH,
-                ) -> dict | None:
+                accuracy_threshold: float = ACCURACY_THRESHOLD) -> dict | None:
     """Run a pair over images, writing ``out`` as the module docstring says; returns the summary (rank 0) or None.
 
     Args:
@@ -186,7 +187,7 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
     out.mkdir(parents=True, exist_ok=True)
     shard = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
     timing_file = out / ("timing.jsonl" if world == 1 else f"timing.rank{rank}.jsonl")
-    settings = run_settings(spec, students_chosen, threshold, classes, labels, batch)
+    settings = run_settings(spec, students_chosen, threshold, classes, labels, batch, accuracy_threshold)
     if rank == 0:
         start_folder(out, settings, resume, overwrite)
     if barrier:
@@ -210,7 +211,8 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
             break
         # a batch cut short by a crash runs again whole (the same images, the same numbers); only its missing
         # images are written
-        analysed, cka = analyse_batch(paths, spec, students_chosen, predictors, threshold, classes, truth, k)
+        analysed, cka = analyse_batch(paths, spec, students_chosen, predictors, threshold, classes, truth, k,
+                                      accuracy_threshold)
         fresh = [a for a in analysed if a.record["image"] not in finished]
         for a in fresh:
             if a.maps is not None:
@@ -239,7 +241,7 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
     _rewrite(out / "results.jsonl", records)
     _rewrite(out / "timing.jsonl", timings)
     _rewrite(out / "cka.jsonl", terms)
-    summary = summarise(records, spec, chosen, truth, gallery)
+    summary = summarise(records, spec, chosen, truth, gallery, min(threshold, accuracy_threshold))
     summary["dataset_cka"] = dataset_cka(terms, chosen)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     (out / "timing.json").write_text(json.dumps(summarise_timing(timings) | {
@@ -317,6 +319,7 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
     args.gallery = number(args.gallery, "--gallery", 0, 1000, integer=True)
     args.threads = number(args.threads, "--threads", 1, 1024, integer=True)
     args.batch = number(args.batch, "--batch", 1, 4096, integer=True)
+    args.accuracy_threshold = number(args.accuracy_threshold, "--accuracy-threshold", 0.0, 1.0)
     if spec.task == "classification":
         parse_classes(args.classes)
     if args.out.exists() and not args.out.is_dir():
@@ -327,8 +330,8 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
         Labels.read(args.labels)
     images = list_images(args.images)
     if args.out.is_dir():  # every process checks, before any waits for the others
-        start_folder(args.out, run_settings(spec, chosen, args.threshold, args.classes, args.labels, args.batch),
-                     args.resume,
+        start_folder(args.out, run_settings(spec, chosen, args.threshold, args.classes, args.labels, args.batch,
+                                            args.accuracy_threshold), args.resume,
                      args.overwrite, check_only=True)
     predictors_for(spec, students=chosen)  # offline and uncached, a Hub pair says so here, not after a traceback
     return images
@@ -355,6 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gallery", type=int, default=GALLERY)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     parser.add_argument("--batch", type=int, default=BATCH, help="images per batch (one forward per model per batch)")
+    parser.add_argument("--accuracy-threshold", type=float, default=ACCURACY_THRESHOLD,
+                        help="detection with labels: mAP@0.5 counts every box scoring this or more (the agreement "
+                             "keeps --threshold)")
     gate = parser.add_argument_group("deploy gate", "exit 1 (after writing the report) when any student fails; for CI")
     gate.add_argument("--fail-under", help="floors, e.g. agreement=0.9,map50=0.8 (figures of summary.json)")
     gate.add_argument("--fail-over", help="ceilings of lower-is-better figures, e.g. js=0.05")
@@ -381,7 +387,8 @@ def main(argv: list[str] | None = None) -> None:
                               args.classes, args.gallery, rank, world,
                               progress=lambda done, total: print(f"[rank {rank}] {done}/{total}", flush=True)
                               if done % 25 == 0 or done == total else None, barrier=barrier,
-                              overwrite=args.overwrite, batch=args.batch)
+                              overwrite=args.overwrite, batch=args.batch,
+                              accuracy_threshold=args.accuracy_threshold)
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
     finally:

@@ -35,7 +35,8 @@ class Analysed:
 
 
 def analyse_batch(paths: list[Path], spec: Pair, chosen: list[Student], predictors: dict, threshold: float,
-                  classes: str, labels: Labels | None, batch_index: int = 0) -> tuple[list[Analysed], dict | None]:
+                  classes: str, labels: Labels | None, batch_index: int = 0, accuracy_threshold: float | None = None,
+                  ) -> tuple[list[Analysed], dict | None]:
     """A batch of images through the engine; unreadable files get an error record and never stop the batch.
 
     Returns:
@@ -63,7 +64,8 @@ def analyse_batch(paths: list[Path], spec: Pair, chosen: list[Student], predicto
     elif arrays:
         stages: dict = {}
         results = run_vision(VisionRequest(spec, chosen, arrays, notes, threshold, latency=False, consensus=True,
-                                           overlays=False), predictors, stages)
+                                           overlays=False, accuracy_threshold=accuracy_threshold if labels else None),
+                             predictors, stages)
         for k, (i, result) in enumerate(zip(readable, results, strict=True)):
             record, timing, maps = vision_record(paths[i], result, spec, labels)
             for name in ["teacher", *(s.name for s in chosen)]:
@@ -107,6 +109,10 @@ def vision_record(path: Path, result, spec: Pair, labels: Labels | None,
         record["teacher"] = {"detections": report["teacher"]["detections"]}
         record["students"] = {n: {"agreement": b["agreement"], "disagreement": round(1 - b["agreement"]["f1"], 4),
                                   "detections": b["detections"]} for n, b in report["students"].items()}
+        if result.all_detections is not None:  # with labels: every box down to the accuracy threshold, for mAP
+            for name, found in result.all_detections.items():
+                block = record["teacher"] if name == "teacher" else record["students"][name]
+                block["detections_for_accuracy"] = [d.to_dict() for d in found]
     else:
         maps = result.arrays()
         classes = report["classes"]

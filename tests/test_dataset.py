@@ -394,3 +394,23 @@ def test_the_bootstrap_map_at_unit_weights_is_torchmetrics_map50(uninterrupted, 
             "students": {}}]
     assert float(weighted_map50(_detections_matched(one, "teacher", truth), np.ones((1, 1)))[0]) == pytest.approx(
         51 / 101)
+
+
+def test_map_counts_every_box_down_to_the_accuracy_threshold_and_says_so(uninterrupted, folder, tmp_path):
+    """mAP@0.5 uses the benchmarks' boxes (scores down to 0.01) while the agreement keeps the run's threshold; the
+    summary names the threshold, and a run asking for the agreement's threshold gets its (lower) mAP."""
+    from demos.dataset import figures_text
+
+    out, summary = uninterrupted
+    records = read_records(out / "results.jsonl")
+    kept = [r for r in records if "error" not in r]
+    assert all(d["score"] >= 0.3 for r in kept for d in r["teacher"]["detections"])
+    assert any(d["score"] < 0.3 for r in kept for d in r["teacher"]["detections_for_accuracy"])
+    assert summary["accuracy"]["teacher"]["score_threshold"] == 0.01
+    images = [p for p in list_images(folder / "images") if p.name != "broken.png"]
+    strict = run_dataset(images, "shapes-detection", tmp_path, labels=folder / "labels.json", gallery=0,
+                         batch=BATCH, accuracy_threshold=0.3)
+    assert strict["accuracy"]["teacher"]["score_threshold"] == 0.3
+    assert strict["accuracy"]["teacher"]["map_50"] <= summary["accuracy"]["teacher"]["map_50"]
+    assert strict["per_student"] == summary["per_student"]  # the agreement does not move
+    assert "(boxes scoring 0.01 or more)" in figures_text(summary["accuracy"]["teacher"])
