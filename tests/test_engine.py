@@ -24,6 +24,7 @@ ADDED = {"latency_cached", "this_run_ms", "gflops",  # figures the engine adds (
 # Deliberate changes since the reference: per-image CKA uses the unbiased HSIC estimator (#30, session 9), whose
 # values differ from the biased estimator's; everything else must be equal.
 CHANGED = ("/cka/matrix",)
+ADDED_NOTES = ("Few locations at", "feature-kd: Few locations at", "adm-consensus: Few locations at")  # (#30)
 
 
 def same_or_added(old, new, path: str = "") -> list[str]:
@@ -31,6 +32,9 @@ def same_or_added(old, new, path: str = "") -> list[str]:
     undefined (None) before and are measured now."""
     if path.endswith(CHANGED):
         return []
+    if path.endswith("/notes") and isinstance(old, list) and isinstance(new, list):
+        return [f"{path}: {n!r} missing" for n in old if n not in new] + [
+            f"{path}: {n!r} new" for n in new if n not in old and not n.startswith(ADDED_NOTES)]
     if isinstance(old, dict):
         problems = [f"{path}/{k}: missing" for k in old if k not in new]
         problems += [f"{path}/{k}: new key" for k in new if k not in old and k not in ADDED]
