@@ -192,7 +192,7 @@ class DistillMonitor:
         """The figures on the probe from one forward of each model (see the module); no logging."""
         stages: dict = {}
         request = VisionRequest(self.pair, list(self.pair.students), self.images, latency=False, consensus=True,
-                                tau=self.tau, foregrounds=self.foregrounds)
+                                tau=self.tau, foregrounds=self.foregrounds, overlays=False)  # figures, batched
         results = run_vision(request, self.predictors, stages)
         agreement = {key: _mean([r.agreement[self.name].get(key) for r in results])
                      for key in AGREEMENT_KEYS[self.task]}

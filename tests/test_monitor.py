@@ -206,3 +206,22 @@ def test_a_monitored_recipe_trains_the_same_weights_bit_for_bit(tmp_path):
         weights.append(load_file(str(path)))
     assert weights[0].keys() == weights[1].keys() and all(weights[0][k].equal(weights[1][k]) for k in weights[0])
     assert [r["step"] for r in read_log(tmp_path / "True" / "log" / "monitor.jsonl")] == [1, 5, 10]
+
+
+def test_tensorboard_gets_the_same_scalars_and_the_snapshots(probe, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    images, masks = probe
+    monitor = DistillMonitor(TinySegmenter(8), TinySegmenter(4), images, "segmentation", every=1, log_dir=tmp_path,
+                             adapter=compare.TaskAdapter("segmentation", LABELS), targets=masks)
+    records = [monitor.step(step, {"kd": 0.5 * step}) for step in (1, 2)]
+    monitor.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    assert {"agreement/miou", "losses/kd", "cka/stride 4", "consensus/stride 4/foreground"} <= set(tags["scalars"])
+    assert [e.value for e in events.Scalars("losses/kd")] == [0.5, 1.0]
+    assert [e.value for e in events.Scalars("agreement/miou")] == pytest.approx(
+        [r["agreement"]["miou"] for r in records], abs=1e-6)
+    assert {f"consensus_map/probe_{i}" for i in range(4)} <= set(tags["images"])
