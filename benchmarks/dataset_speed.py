@@ -99,7 +99,7 @@ def run(procs: int, folder: Path, labels: Path, out: Path, pair: str, students: 
     return seconds, samples
 
 
-def forward_limit(pair: str, students: str, folder: Path, batch: int, repeats: int = 5) -> float:
+def forward_limit(pair: str, students: str, folder: Path, batch: int, repeats: int = 20) -> float:
     """Images per second of the models' forwards alone (teacher and students, no analysis), one thread, batches of
     ``batch`` scenes: the median of ``repeats`` timed passes after a warm-up."""
     import statistics

@@ -118,11 +118,11 @@ class Predictor:
         host = read_back({key: torch.cat([r[key][o].to(dtype) for r, o in zip(found, orders, strict=True)])
                           for key, dtype in (("boxes", torch.float32), ("scores", torch.float32),
                                              ("labels", torch.int64))}) if found else {}
+        boxes, scores, labels = (host[key].tolist() for key in ("boxes", "scores", "labels")) if found else ([],) * 3
         result, start = [], 0
-        for n in counts:
-            result.append([Detection(self.labels[int(label)], float(score), box.tolist()) for box, score, label in
-                           zip(host["boxes"][start:start + n], host["scores"][start:start + n],
-                               host["labels"][start:start + n], strict=True)])
+        for n in counts:  # Python lists, converted once: a tensor row per box would cost ~10 µs each
+            result.append([Detection(self.labels[label], score, box) for box, score, label in
+                           zip(boxes[start:start + n], scores[start:start + n], labels[start:start + n], strict=True)])
             start += n
         return result
 
