@@ -101,6 +101,22 @@ def _affinity_terms(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8) -> tupl
             (torch.bmm(v, torch.bmm(vt, v)) * v).sum(-1))
 
 
+def _shuffled_affinity_terms(t: torch.Tensor, s: torch.Tensor, terms: tuple[torch.Tensor, ...], order: torch.Tensor,
+                             eps: float = 1e-8) -> tuple[torch.Tensor, ...]:
+    """:func:`_affinity_terms` of ``t`` against ``s`` with its locations in ``order``, reusing the unshuffled
+    ``terms``: a student's affinities among its own locations do not change when they are reordered, so its row means
+    and sums of squares are the unshuffled ones reordered, and only the cross sums are new (one product)."""
+    row_mean_t, row_mean_s, _, square_t, square_s = terms
+    n = t.shape[-2] * t.shape[-1]
+    u, v = _unit_locations(t, eps), _unit_locations(s, eps)[:, order]  # (B, N, Ct), (B, N, Cs) reordered
+    if n * n * (u.shape[-1] + v.shape[-1]) < 2 * n * (u.shape[-1] * v.shape[-1] + u.shape[-1] ** 2
+                                                      + v.shape[-1] ** 2) and n <= 2048:
+        cross = (torch.bmm(u, u.transpose(1, 2)) * torch.bmm(v, v.transpose(1, 2))).sum(-1)
+    else:
+        cross = (torch.bmm(u, torch.bmm(u.transpose(1, 2), v)) * v).sum(-1)
+    return row_mean_t, row_mean_s[:, order], cross, square_t, square_s[:, order]
+
+
 CONSTANT_ROW = 1e-6  # an affinity row whose variance (per location) is below this is constant: no correlation
 
 
@@ -364,11 +380,15 @@ def _scaled_weights(similarity: torch.Tensor, tau: float, size: tuple[int, int])
     return F.interpolate(scaled, size=size, mode="bilinear", align_corners=False).reshape(2, b, *size)
 
 
+def _location_order(n: int, device: torch.device) -> torch.Tensor:
+    """The fixed random order of ``n`` locations the chance levels use (the same for every map of that grid)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(device)
+
+
 def _shuffled_locations(features: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) with its h·w locations in a fixed random order (the same order for every map of that grid)."""
+    """(B, C, h, w) with its h·w locations in :func:`_location_order`."""
     b, c, h, w = features.shape
-    order = torch.randperm(h * w, generator=torch.Generator().manual_seed(0)).to(features.device)
-    return features.flatten(2)[:, :, order].reshape(b, c, h, w)
+    return features.flatten(2)[:, :, _location_order(h * w, features.device)].reshape(b, c, h, w)
 
 
 def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list[str], foreground: torch.Tensor,
@@ -415,8 +435,9 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
             order += members
             sims.append(_affinity_terms(t, s) if method == "affinity" else SIMILARITY[method](t, s))
             if with_cka:  # the chance level: the student's locations in a fixed random order
-                other = _shuffled_locations(s)
-                shuffled.append(_affinity_terms(t, other) if method == "affinity" else SIMILARITY[method](t, other))
+                locations = _location_order(t.shape[-2] * t.shape[-1], t.device)
+                shuffled.append(_shuffled_affinity_terms(t, s, sims[-1], locations) if method == "affinity"
+                                else SIMILARITY[method](t, _shuffled_locations(s)))
             energy_t.append(t.square().sum(1))
             energy_s.append(s.square().sum(1))
         h, w = energy_t[0].shape[-2:]

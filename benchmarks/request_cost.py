@@ -89,14 +89,14 @@ def _dataset_call(pair: str, image: str, students: list[str]):
     from weights.registry import get_pair
 
     spec = get_pair(pair)
-    try:  # the engine's report
-        from reports.dataset import analyse_image
+    try:  # the engine's report, in batches since session 9: here a batch of this one image
+        from reports.measure import analyse_batch
         from weights.predictors import predictors_for
 
         chosen = spec.choose_students(students)
         predictors = predictors_for(spec, students=chosen)
-        return lambda: analyse_image(Path(image), spec, chosen, predictors, 0.3, CLASSES, None)
-    except ImportError:  # the code before it: the tabs' functions per image
+        return lambda: analyse_batch([Path(image)], spec, chosen, predictors, 0.3, CLASSES, None)
+    except ImportError:  # the code before the engine: the tabs' functions per image
         from demos.dataset import analyse_image
 
         return lambda: analyse_image(Path(image), spec, students, 0.3, CLASSES, None)
