@@ -9,7 +9,7 @@ import numpy as np
 import compare
 from compare.analysis import DEFAULT_TAU, METHODS
 from demos.jobs import on_gpu
-from demos.widgets import examples, notes_markdown
+from demos.widgets import clear_on_start, examples, notes_markdown, report_panel
 
 DEFAULT_PAIR = "shapes-segmentation"
 
@@ -203,16 +203,17 @@ def build_analysis_tab() -> None:
                 with gr.Row():
                     chosen = [gr.Image(label=f"{k.capitalize()} (chosen stage)", interactive=False)
                               for k in ("consensus", "divergence")]
-                gallery = gr.Gallery(label="All stages", columns=4, height=260)
+                gallery = gr.Gallery(label="All stages", columns=4, height=260, interactive=False)
                 figures = gr.Markdown(elem_id="analysis-summary")
                 cka = gr.Plot(label="CKA")
-                report = gr.JSON(label="Report", open=False)
+                report = report_panel("Report")
                 with gr.Row():
                     attention_images = [gr.Image(label=label, interactive=False)
                                         for label in ("Teacher attention", "Student attention", "|difference|")]
-                attention_report = gr.JSON(label="Attention report", open=False)
+                attention_report = report_panel("Attention report")
         event = run.click(user_errors(consensus), [image, pair, tau, method, students], [gallery, report],
                           api_name="consensus", **GPU_QUEUE)
+        clear_on_start(run, [gallery, report, figures, cka, *chosen])
         event.failure(lambda: (None, None, "", None, None, None), None, [gallery, report, figures, cka, *chosen],
                       api_visibility="private")
         wire_student_picker(pair, students)

@@ -25,7 +25,7 @@ from compare.zero_shot import (  # noqa: F401 (the CLIP tab's constants and chec
 )
 from compare.zero_shot import tune_prompts as tune_for_student
 from demos.jobs import on_gpu
-from demos.widgets import notes_markdown, ranking_markdown
+from demos.widgets import clear_on_start, notes_markdown, ranking_markdown, report_panel
 from methods.prompts import METHODS
 from weights.prompt_store import list_prompts, user_folder
 from weights.registry import get_pair
@@ -214,7 +214,7 @@ def build_classification_tab() -> None:
                 with gr.Row():
                     maps = [gr.Image(label=f"{role.capitalize()}: patches vs top class", interactive=False)
                             for role in ROLES]
-                report = gr.JSON(label="Report", open=False)
+                report = report_panel("Report")
                 similarity = gr.State(None)
         with gr.Accordion("Tune a prompt for one student (choose one above; empty: the first)", open=False):
             shipped = gr.Markdown(shipped_prompt_markdown(DEFAULT_PAIR, None), elem_id="classification-shipped")
@@ -238,6 +238,7 @@ def build_classification_tab() -> None:
                           [image, pair, classes, prompt, template, students, user], [plot, report, similarity],
                           api_name="classify", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
+        clear_on_start(run, [plot, report, summary, *maps])
         event.failure(lambda: (None, None, "", None, None), None, [plot, report, summary, *maps],
                       api_visibility="private")
         wire_student_picker(pair, students)

@@ -136,8 +136,10 @@ def build_dataset_tab() -> None:
             with gr.Column(scale=2):
                 summary = gr.Markdown(elem_id="dataset-summary")
                 plot = gr.Plot(label="Per-class agreement")
-                gallery = gr.Gallery(label="Largest disagreement (teacher and students)", columns=3, height=360)
-                files = gr.File(label="report.html, results.jsonl, summary.json, timing.json", file_count="multiple")
+                gallery = gr.Gallery(label="Largest disagreement (teacher and students)", columns=3, height=360,
+                                     interactive=False)
+                files = gr.File(label="report.html, results.jsonl, summary.json, timing.json", file_count="multiple",
+                                interactive=False)
 
         @takes_request
         def run_report(archive, pair, students, labels, classes, threshold, request,

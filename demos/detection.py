@@ -15,10 +15,12 @@ from demos.widgets import (
     annotated_views,
     annotated_views_update,
     api_result_images,
+    clear_on_start,
     examples,
     notes_markdown,
     pair_dropdown,
     ranking_markdown,
+    report_panel,
     student_picker,
     wire_student_picker,
 )
@@ -169,7 +171,7 @@ def build_detection_tab() -> None:
                                         "matched (green)", interactive=False, format="png",
                                         elem_id="detection-disagreement", height=300)
                 overlay = consensus_overlay_image("detection")
-                report = gr.JSON(label="Report", open=False)
+                report = report_panel("Report")
         event = run.click(user_errors(run_detection), [image, pair, threshold, students, toggle[1]],
                           [*outputs, report, overlay[1]], api_name="detect", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
@@ -177,6 +179,7 @@ def build_detection_tab() -> None:
             image, report, lambda array, position: detection_annotations(array, report, position)), [image, report],
             views, api_visibility="private")
         event.then(user_errors(disagreement_image), [image, report], disagreement, api_visibility="private")
+        clear_on_start(run, [*outputs, *views, disagreement, overlay[0], report, summary])
         event.failure(lambda: (None,) * 8 + ("",), None, [*outputs, *views, disagreement, overlay[0], report, summary],
                       api_visibility="private")
         wire_student_picker(pair, students)

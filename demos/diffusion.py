@@ -6,7 +6,7 @@ from __future__ import annotations
 from compare import generation
 from compare.generation import DEFAULT_PAIR, MAX_SCALE, MAX_STEPS, ROLES
 from demos.jobs import on_gpu
-from demos.widgets import notes_markdown
+from demos.widgets import notes_markdown, report_panel
 from weights.registry import get_pair
 
 generate = on_gpu(generation.generate)
@@ -93,17 +93,17 @@ def build_diffusion_tab() -> None:
                 api_run = gr.Button(visible=False)
             with gr.Column(scale=2):
                 summary = gr.Markdown(elem_id="generation-summary")
-                slider = gr.ImageSlider(label="Teacher | student", type="numpy")
+                slider = gr.ImageSlider(label="Teacher | student", type="numpy", interactive=False)
                 with gr.Row():
                     outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png") for role in ROLES]
                 consensus = gr.Gallery(label="UNet feature consensus, teacher ↔ student (per up block)", columns=4,
-                                       height=220)
+                                       height=220, interactive=False)
                 attention = [gr.Gallery(label=f"{role.capitalize()}: cross-attention per word", columns=6,
-                                        height=200) for role in ROLES]
+                                        height=200, interactive=False) for role in ROLES]
                 comparison_summary = gr.Markdown(elem_id="generation-comparison")
                 comparison = gr.Gallery(label="Without | with RAU-Net and MSW-MSA", columns=4, height=260,
-                                        visible=False)
-                report = gr.JSON(label="Report", open=False)
+                                        visible=False, interactive=False)
+                report = report_panel("Report")
         inputs = [prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, variant]
 
         @takes_request

@@ -7,7 +7,7 @@ import html
 
 import compare
 from demos.jobs import on_gpu
-from demos.widgets import examples, notes_markdown, ranking_markdown
+from demos.widgets import clear_on_start, examples, notes_markdown, ranking_markdown, report_panel
 
 DEFAULT_PAIR = "efficientnet-lite2-to-lite0"
 TOP_K = 5
@@ -99,10 +99,11 @@ def build_image_classification_tab() -> None:
                             for key, label in (("teacher", "Teacher: Grad-CAM of its top class"),
                                                ("student", "First student: Grad-CAM of the teacher's class"),
                                                ("difference", "|difference|"))]
-                report = gr.JSON(label="Report", open=False)
+                report = report_panel("Report")
         event = run.click(user_errors(classify_image), [image, pair, students], [plot, report, *cams],
                           api_name="classify_image", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
+        clear_on_start(run, [plot, report, *cams, summary])
         event.failure(lambda: (None, None, None, None, None, ""), None, [plot, report, *cams, summary],
                       api_visibility="private")
         wire_student_picker(pair, students)

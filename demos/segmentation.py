@@ -17,10 +17,12 @@ from demos.widgets import (
     annotated_views,
     annotated_views_update,
     api_result_images,
+    clear_on_start,
     examples,
     notes_markdown,
     pair_dropdown,
     ranking_markdown,
+    report_panel,
     student_picker,
     wire_student_picker,
 )
@@ -173,14 +175,15 @@ def build_segmentation_tab() -> None:
                 overlay = consensus_overlay_image("segmentation")
                 plot = gr.Plot(label="Per-class agreement")
                 with gr.Row():
-                    report = gr.JSON(label="Report", open=False)
-                    npz = gr.File(label="Class maps (.npz)")
+                    report = report_panel("Report")
+                    npz = gr.File(label="Class maps (.npz)", interactive=False)
         event = run.click(user_errors(run_segmentation), [image, pair, students, toggle[1]],
                           [*outputs, report, npz, overlay[1]], api_name="segment", **GPU_QUEUE)
         event.then(lambda image, report, npz: annotated_views_update(
             image, report, lambda array, position: segmentation_annotations(array, report, npz, position)),
             [image, report, npz], views, api_visibility="private")
         event.then(user_errors(disagreement_image), [image, report, npz], disagreement, api_visibility="private")
+        clear_on_start(run, [*outputs, *views, disagreement, overlay[0], report, npz, summary])
         event.failure(lambda: (None,) * 9 + ("",), None,
                       [*outputs, *views, disagreement, overlay[0], report, npz, summary],
                       api_visibility="private")

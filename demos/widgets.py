@@ -190,3 +190,23 @@ def annotated_views_update(image, report: dict | None, value_of: Callable[[np.nd
 
 def notes_markdown(notes: list[str]) -> str:
     return "".join(f"> **Note:** {note}\n\n" for note in notes)
+
+
+def report_panel(label: str = "Report"):
+    """The tab's JSON report (what its API endpoint returns), in a closed accordion under the figures: there for
+    whoever wants every number, out of the way of the summary and pictures."""
+    import gradio as gr
+
+    with gr.Accordion(f"{label} (JSON, as the API returns it)", open=False):
+        return gr.JSON(label=label, open=True)
+
+
+def clear_on_start(button, outputs: list) -> None:
+    """Empty a tab's results the moment its run button is pressed (before the queued run starts), so a new run never
+    sits under the last one's pictures and figures, and a failed run leaves no stale result behind."""
+    import gradio as gr
+
+    def cleared():
+        return tuple("" if isinstance(c, gr.Markdown) else None for c in outputs)
+
+    button.click(cleared, None, outputs, queue=False, api_visibility="private")

@@ -183,3 +183,12 @@ def test_an_own_pair_from_local_folders_in_a_real_browser(app_url, browser, tmp_
     assert "my_student" in browser.find_element(By.ID, "detection-summary").text
     browser.execute_script("window.scrollTo(0, 0);")
     browser.save_screenshot(str(folder / "own_models_run_1400.png"))
+    # a failed run after a successful one leaves no stale result: "Your own models…" chosen but not filled in
+    click(browser, browser.find_element(By.CSS_SELECTOR, "#detection-pair input"))
+    click(browser, wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR,
+                                                          "li[role='option'][aria-label^='Your own']"))))
+    click(browser, browser.find_element(By.ID, "detection-run"))
+    wait.until(lambda d: any("models\" first" in t.text for t in d.find_elements(
+        By.CSS_SELECTOR, ".toast-body, [data-testid='toast-body']")))  # the error says what to do
+    wait.until(lambda d: d.find_element(By.ID, "detection-summary").text.strip() == "")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#detection-teacher-view img")
