@@ -57,6 +57,12 @@ def _mean(values: list) -> float | None:
     return round(sum(numbers) / len(numbers), 5) if numbers else None
 
 
+def _loss(value) -> float | None:
+    """A loss for the log: rounded, or None (JSON null) when it is NaN or infinite (a diverged step)."""
+    value = float(value)
+    return round(value, 6) if math.isfinite(value) else None
+
+
 def _number(value: float) -> float | None:
     """A figure for the log: rounded, or None (JSON null) where it is undefined (NaN: constant features)."""
     return None if math.isnan(value) else round(value, 5)
@@ -180,8 +186,8 @@ class DistillMonitor:
         finally:
             _restore(self.teacher, modes["teacher"])
             _restore(self.student, modes["student"])
-        record = {"step": int(step), "run": self.run, **record,
-                  "losses": {k: round(float(v), 6) for k, v in (losses or {}).items()}}
+        record = {"step": int(step), "run": self.run, "task": self.task, **record,
+                  "losses": {k: _loss(v) for k, v in (losses or {}).items()}}
         self.seconds += time.perf_counter() - start
         record["monitor_seconds"] = round(time.perf_counter() - start, 4)
         self.records.append(record)

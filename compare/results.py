@@ -162,8 +162,10 @@ class ImageClassificationComparison(ClassificationComparison):
     def side(self, name: str) -> dict:
         probs = self.probs[name]
         values, indices = probs.topk(min(5, probs.numel()))
+        # a student with other class names has exactly 0 on the teacher's classes it lacks: not its predictions
         return {"top5": [{"label": self.classes[i], "prob": round(float(v), 5)}
-                         for v, i in zip(values.tolist(), indices.tolist(), strict=True)],
+                         for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+                         if name == "teacher" or v > 0],
                 **self.profiles[name].to_json()}
 
     def to_json(self) -> dict:

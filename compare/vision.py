@@ -179,7 +179,18 @@ def detection_labels(predictors: dict) -> list[str]:
 
 
 def _detection_result(pair, chosen, predictors, detections, profiles, notes, analysis) -> DetectionComparison:
-    index = {name: i for i, name in enumerate(detection_labels(predictors))}
+    detections = dict(detections)
+    teacher_labels = predictors["teacher"].labels
+    for s in chosen:  # a student's class names matched to the teacher's by name: its boxes carry the teacher's
+        match = match_labels(teacher_labels, predictors[s.name].labels)
+        if not match.same:
+            spelled = {name: teacher_labels[i] for name, i in zip(predictors[s.name].labels, match.index.tolist(),
+                                                                   strict=True) if i >= 0}
+            detections[s.name] = [Detection(spelled.get(d.label, d.label), d.score, d.box)
+                                  for d in detections[s.name]]
+            _note(notes, match.note(s.name))
+    index = {name: i for i, name in enumerate(dict.fromkeys(
+        [*teacher_labels, *(d.label for name in detections for d in detections[name])]))}
     teacher = _as_tensors(detections["teacher"], index)
     agreement = {s.name: with_f1(detection_agreement(teacher, _as_tensors(detections[s.name], index)))
                  for s in chosen}
@@ -212,7 +223,12 @@ def _classification_result(pair, chosen, predictors, probs, profiles, notes, ana
     for s in chosen:  # a student with other class names: its probabilities over the teacher's names
         match = match_labels(classes, predictors[s.name].labels)
         probs[s.name] = probabilities_on_teacher(probs[s.name], match, len(classes))
-        agreement[s.name] = logits_agreement(*shared_agreement_inputs(probs["teacher"], probs[s.name], match))
+        if match.shared < MIN_SHARED_CLASSES:  # one shared class: every figure would read "identical"
+            agreement[s.name] = dict.fromkeys(logits_agreement(probs["teacher"], probs["teacher"]), None)
+            _note(notes, f"{s.name} shares {match.shared} class name{'s' if match.shared != 1 else ''} with the "
+                         f"teacher: too few to compare their predictions, so its agreement is undefined (–).")
+        else:
+            agreement[s.name] = logits_agreement(*shared_agreement_inputs(probs["teacher"], probs[s.name], match))
         _note(notes, match.note(s.name))
     return ImageClassificationComparison(pair.name, chosen, profiles, notes, analysis, predictors["teacher"].labels,
                                          probs, {}, agreement, {})
@@ -224,6 +240,9 @@ def _probabilities(predictor: Predictor, group: Forwarded, _threshold: float) ->
         raise InputError(f"{predictor.source.display_name if predictor.source else 'a model'} gives "
                          f"{logits.shape[-1]} logits for {len(predictor.labels)} class names.")
     return list(logits.softmax(-1).cpu())
+
+
+MIN_SHARED_CLASSES = 2  # a classifier student compared on fewer shared classes has no agreement to speak of
 
 
 READERS: dict[str, Callable] = {

@@ -59,7 +59,10 @@ def summary_markdown(report: dict | None) -> str:
     teacher = report["teacher"]["top5"][0]
     lines = [f"**Teacher:** {html.escape(teacher['label'])} ({teacher['prob']:.0%})."]
     for name, block in report["students"].items():
-        a, top = block["agreement"], block["top5"][0]
+        a, top = block["agreement"], (block["top5"] or [{"label": "–", "prob": 0.0}])[0]
+        if a.get("top1_match") is None:  # too few shared class names to compare (the notes say why)
+            lines.append(f"**{html.escape(name)}:** {html.escape(top['label'])}; agreement undefined.")
+            continue
         lines.append(f"**{html.escape(name)}:** {html.escape(top['label'])} ({top['prob']:.0%}); top-1 "
                      f"{'matches' if a['top1_match'] else 'differs'}, {a['top5_overlap']:.0%} of the top five shared, "
                      f"KL {a['kl']:.3f}, JS {a['js']:.3f}, Spearman {a['spearman']:.2f}.")

@@ -38,6 +38,11 @@ def inspect_model_api(model: str, task: str) -> dict:
     Raises:
         OwnModelError: as :func:`weights.custom.inspect_model` (the message says what to change).
     """
+    from weights.custom import looks_like_spec
+
+    if looks_like_spec(model) and "->" in str(model):
+        raise OwnModelError("Give one model here (a Hub repo id or a folder), not a pair spec; inspect the teacher "
+                            "and each student in turn.")
     return inspect_model(model, task).to_json()
 
 

@@ -28,11 +28,23 @@ def shipped_runs(task: str) -> dict[str, Path]:
 
 
 def load_runs(task: str, names: list[str] | None, upload=None) -> dict[str, list[dict]]:
-    """The chosen shipped runs of ``task`` and an uploaded ``monitor.jsonl`` (named after its ``run`` field)."""
+    """The chosen shipped runs of ``task`` and an uploaded ``monitor.jsonl`` (named after its ``run`` field).
+
+    Raises:
+        InputError: a task the tab has no runs of, a missing or unreadable log, a log of another task, no run.
+    """
+    if task not in TASKS:
+        raise InputError(f"The Training tab shows {' and '.join(TASKS)} runs; {str(task)[:40]!r} is not one.")
     runs = {name: read_log(path) for name, path in shipped_runs(task).items() if names is None or name in names}
     if upload is not None:
         path = Path(upload if isinstance(upload, (str, Path)) else getattr(upload, "name", str(upload)))
+        if not path.is_file():
+            raise InputError(f"{path.name} is not a file; upload a run's monitor.jsonl.")
         records = read_log(path, MAX_LOG_BYTES)
+        logged_task = records[0].get("task")
+        if logged_task is not None and logged_task != task:
+            raise InputError(f"{path.name} logs a {logged_task} run; choose the {logged_task} task to see it (the "
+                             f"{task} runs measure other figures).")
         runs[f"yours: {records[0].get('run') or path.stem}"] = records
     if not runs:
         raise InputError("Choose at least one run, or upload a monitor.jsonl.")
@@ -41,7 +53,11 @@ def load_runs(task: str, names: list[str] | None, upload=None) -> dict[str, list
 
 def figure_names(runs: dict[str, list[dict]]) -> list[str]:
     """Every figure the runs logged: ``agreement: f1``, ``consensus stride 8: foreground``, ``cka stride 16``,
-    ``losses: distillation``..."""
+    ``losses: distillation``...
+
+    Raises:
+        InputError: the runs logged no figure at all (records with a step and nothing else).
+    """
     names: dict[str, None] = {}
     for records in runs.values():
         record = records[-1]
@@ -50,6 +66,9 @@ def figure_names(runs: dict[str, list[dict]]) -> list[str]:
             names |= dict.fromkeys(f"consensus {stride}: {k}" for k in block)
         names |= dict.fromkeys(f"cka {stride}" for stride in record.get("cka", {}))
         names |= dict.fromkeys(f"losses: {k}" for k in record.get("losses", {}))
+    if not names:
+        raise InputError("These logs hold steps but no figures (agreement, consensus, cka or losses); log them with "
+                         "compare.monitor.DistillMonitor.")
     return list(names)
 
 
@@ -86,22 +105,41 @@ def curves_figure(runs: dict[str, list[dict]], figure: str):
 
 
 def steps_of(runs: dict[str, list[dict]]) -> list[int]:
-    return sorted({r["step"] for records in runs.values() for r in records if r.get("maps")})
+    """Every logged step of the runs (the slider snaps to the one at or before its value)."""
+    return sorted({r["step"] for records in runs.values() for r in records})
+
+
+def snapped(steps: list[int], value) -> int:
+    """The logged step at or just before ``value`` (the first one below it all; the last when none is asked)."""
+    try:
+        value = int(round(float(value)))
+    except (TypeError, ValueError):
+        return steps[-1]
+    return max([s for s in steps if s <= value] or steps[:1])
+
+
+def _has_maps(record: dict) -> bool:
+    return bool((record.get("maps") or {}).get("images"))
 
 
 def maps_figure(runs: dict[str, list[dict]], step: int):
-    """The consensus maps of the probe images at (or just before) ``step``: one row per run, one column per probe
-    image, on one colour scale with numbers."""
+    """The consensus maps of the probe images at (or just before) ``step``: one row per run that logged maps, one
+    column per probe image, on one colour scale with numbers; None when no run logged any."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     rows = []
     for name, records in runs.items():
-        before = [r for r in records if r["step"] <= step and r.get("maps")] or records[:1]
-        rows.append((name, before[-1]))
+        logged = [r for r in records if _has_maps(r)]
+        if logged:
+            before = [r for r in logged if r["step"] <= step] or logged[:1]
+            rows.append((name, before[-1]))
+    if not rows:
+        return None
     columns = max(len(r["maps"]["images"]) for _, r in rows)
     fig = make_subplots(len(rows), columns, horizontal_spacing=0.02, vertical_spacing=0.06,
-                        row_titles=[f"{name} (step {r['step']})" for name, r in rows],
+                        row_titles=[f"{name} (step {r['step']}, stride {r['maps'].get('stride', '?')})"
+                                    for name, r in rows],
                         column_titles=[f"probe {i + 1}" for i in range(columns)])
     for i, (_, record) in enumerate(rows, 1):
         for j, image in enumerate(record["maps"]["images"], 1):
@@ -111,8 +149,7 @@ def maps_figure(runs: dict[str, list[dict]], step: int):
                           i, j)
             fig.update_yaxes(autorange="reversed", showticklabels=False, row=i, col=j)
             fig.update_xaxes(showticklabels=False, row=i, col=j)
-    stride = rows[0][1]["maps"]["stride"]
-    fig.update_layout(title=f"Where each student agrees with its teacher, stride {stride}, step {step}",
+    fig.update_layout(title=f"Where each student agrees with its teacher, at step {step} (or the last logged before)",
                       height=140 + 150 * len(rows), margin={"l": 10, "r": 10, "t": 60, "b": 10})
     return fig
 
@@ -141,11 +178,10 @@ def view(task: str, names: list[str] | None, upload, figure: str | None, step: i
     figure = figure if figure in figures else (DEFAULT_FIGURES.get(task) if DEFAULT_FIGURES.get(task) in figures
                                                else figures[0])
     steps = steps_of(runs)
-    step = step if step in steps else steps[-1]
+    step = snapped(steps, step)
     return (summary_markdown(runs, figure), curves_figure(runs, figure), maps_figure(runs, step),
             gr.update(choices=figures, value=figure),
-            gr.update(minimum=steps[0], maximum=steps[-1], step=steps[1] - steps[0] if len(steps) > 1 else 1,
-                      value=step))
+            gr.update(minimum=steps[0], maximum=max(steps[-1], steps[0] + 1), step=1, value=step))
 
 
 def run_meta(task: str) -> str:

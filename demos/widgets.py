@@ -82,8 +82,9 @@ def wire_student_picker(pair, picker) -> None:
             spec = get_pair(name)
         except (UnknownPairError, OwnModelError):
             return gr.update()
+        label = "Students (up to three; empty: all of them)" if spec.own else "Students (one or two; empty: the first)"
         return gr.update(choices=[s.name for s in spec.students], value=[], max_choices=spec.max_students,
-                         info=_methods_line(spec.students))
+                         info=_methods_line(spec.students), label=label)
 
     pair.change(refresh, pair, picker, api_visibility="private", queue=False)
     wire_own_models(pair, getattr(pair, "own_panel", None), picker)

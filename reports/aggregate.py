@@ -7,6 +7,7 @@ import statistics
 import numpy as np
 import torch
 
+from reports.gallery import rank_key
 from reports.inputs import Labels
 
 
@@ -132,9 +133,10 @@ def summarise(records: list[dict], pair, students: list[str], labels: Labels | N
         per_student[name] = entry
     summary["per_student"] = per_student
     summary["ranking"] = ranking(ok, students, pair.task)
-    ranked = sorted(ok, key=lambda r: (-r["students"][students[0]]["disagreement"], r["image"]))
+    ranked = sorted(ok, key=lambda r: rank_key(r, students[0]))
     summary["largest_disagreement"] = [
-        {"image": r["image"], "disagreement": r["students"][students[0]]["disagreement"]} for r in ranked[:gallery]]
+        {"image": r["image"], "disagreement": r["students"][students[0]]["disagreement"]} for r in ranked[:gallery]
+        if r["students"][students[0]]["disagreement"] is not None]
     if labels is not None:
         summary["accuracy"] = _accuracy(ok, pair, students, labels, score_threshold)
         if pair.task in ("classification", "image-classification"):

@@ -3,11 +3,12 @@
     python -m reports.dataset --images DIR --pair shapes-detection --out OUT [--students a,b] [--labels coco.json]
                             [--resume] [--gallery 12] [--threads 1]
     torchrun --nproc_per_node 2 -m reports.dataset --images DIR --pair shapes-detection --out OUT   # data-parallel
-    python -m reports.dataset --images DIR --out OUT --task detection --teacher org/teacher --student org/student \
-                              [--student ./my_student ...]                                      # your own models
+    python -m reports.dataset --images DIR --out OUT --task detection --teacher org/teacher \
+        --student org/student [--student ./my_student ...]                       # your own models
 
-Your own models are Hub repo ids (``org/name[@revision]``) or local folders (allowed by default here, the CLI runs
-on your machine; ``DISTILL_LENS_ALLOW_LOCAL=0`` refuses them), checked before anything downloads (see
+Your own models are Hub repo ids (``org/name[@revision]``) or local folders (any folder by default: the CLI runs on
+your machine; ``DISTILL_LENS_ALLOW_LOCAL`` set to folders limits them, ``0`` refuses them), checked before anything
+downloads (see
 ``weights/custom.py``); ``--pair`` also takes the same as one spec string (``"detection: org/t -> org/s"``).
 
 Every image runs through the same functions as the tabs (``detect``, ``segment``, ``classify`` and, for detection
@@ -292,6 +293,9 @@ def pair_argument(args: argparse.Namespace) -> str:
     if missing:
         raise InputError(f"Your own models need {', '.join(missing)} too (e.g. --task detection --teacher "
                          "org/teacher --student org/student).")
+    tasks = ("detection", "segmentation", "image-classification", "classification")
+    if args.task not in tasks:
+        raise InputError(f"--task {args.task[:40]!r} is not one the report takes; choose one of {', '.join(tasks)}.")
     if args.students:
         raise InputError("--students picks among a registered pair's students; with your own models, list them with "
                          "--student.")
@@ -321,7 +325,14 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
     args.batch = number(args.batch, "--batch", 1, 4096, integer=True)
     args.accuracy_threshold = number(args.accuracy_threshold, "--accuracy-threshold", 0.0, 1.0)
     if spec.task == "classification":
+        if args.classes is None:
+            if spec.source != "builtin":
+                raise InputError(f"{spec.name[:80]} is a CLIP pair: give the class names to classify into with "
+                                 "--classes 'cat, dog, cup'.")
+            args.classes = DEFAULT_CLASSES
         parse_classes(args.classes)
+    elif args.classes is None:
+        args.classes = DEFAULT_CLASSES
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file: give a folder (it is created if missing).")
     if args.labels is not None:
@@ -354,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="finish a run in --out (with the same settings)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="detection score threshold")
-    parser.add_argument("--classes", default=DEFAULT_CLASSES, help="classification: comma-separated class names")
+    parser.add_argument("--classes", default=None, help="CLIP pairs: comma-separated class names (required for "
+                        f"your own CLIP models; builtin pairs default to {DEFAULT_CLASSES!r})")
     parser.add_argument("--gallery", type=int, default=GALLERY)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     parser.add_argument("--batch", type=int, default=BATCH, help="images per batch (one forward per model per batch)")
@@ -365,7 +377,17 @@ def main(argv: list[str] | None = None) -> None:
     gate.add_argument("--fail-under", help="floors, e.g. agreement=0.9,map50=0.8 (figures of summary.json)")
     gate.add_argument("--fail-over", help="ceilings of lower-is-better figures, e.g. js=0.05")
     args = parser.parse_args(argv)
-    os.environ.setdefault("DISTILL_LENS_ALLOW_LOCAL", "1")  # the CLI runs on the user's own machine
+    added = "DISTILL_LENS_ALLOW_LOCAL" not in os.environ
+    if added:  # the CLI runs on the user's own machine: any local folder, for this command only
+        os.environ["DISTILL_LENS_ALLOW_LOCAL"] = os.sep
+    try:
+        _run(parser, args)
+    finally:
+        if added:
+            os.environ.pop("DISTILL_LENS_ALLOW_LOCAL", None)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     try:
         args.pair = pair_argument(args)
         images = check_arguments(args)

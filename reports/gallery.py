@@ -13,9 +13,10 @@ from compare.inputs import InputError, read_image
 from weights.predictors import Detection
 
 
-def rank_key(record: dict, student: str) -> tuple[float, str]:
+def rank_key(record: dict, student: str) -> tuple[bool, float, str]:
     """The summary's order of largest disagreement: highest first, then by image name."""
-    return (-record["students"][student]["disagreement"], record["image"])
+    value = record["students"][student]["disagreement"]
+    return (value is None, -(value or 0.0), record["image"])  # an undefined disagreement ranks last
 
 
 class GalleryStore:

@@ -225,3 +225,30 @@ def test_tensorboard_gets_the_same_scalars_and_the_snapshots(probe, tmp_path):
     assert [e.value for e in events.Scalars("agreement/miou")] == pytest.approx(
         [r["agreement"]["miou"] for r in records], abs=1e-6)
     assert {f"consensus_map/probe_{i}" for i in range(4)} <= set(tags["images"])
+
+
+def test_the_training_view_snaps_to_logged_steps_and_takes_thin_logs(probe, tmp_path):
+    """The step slider shows the logged step at or before its value; a log without maps, with a diverged loss, or of
+    another task is shown or refused with a clear message, never a crash."""
+    from demos.training import view
+
+    *_, maps, _, slider = view("detection", ["output-kd"], None, None, 49)
+    assert slider["value"] == 25 and any("step 25," in a.text for a in maps.layout.annotations)
+    torch.manual_seed(0)
+    images, _ = probe
+    monitor = DistillMonitor(TinySegmenter(8), TinySegmenter(4), images, "segmentation", every=1, log_dir=tmp_path,
+                             adapter=compare.TaskAdapter("segmentation", LABELS), snapshots=0, tensorboard=False)
+    monitor.step(1, {"kd": float("nan")})
+    monitor.step(2, {"kd": float("inf")})
+    text = (tmp_path / "monitor.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text and json.loads(text.splitlines()[0])["losses"]["kd"] is None
+    summary, curves, maps, *_ = view("segmentation", [], str(tmp_path / "monitor.jsonl"), "losses: kd", 2)
+    assert maps is None and "– (step 1) → – (step 2)" in summary
+    with pytest.raises(InputError, match="logs a segmentation run; choose the segmentation task"):
+        view("detection", [], str(tmp_path / "monitor.jsonl"), None, None)
+    thin = tmp_path / "thin.jsonl"
+    thin.write_text('{"step": 1}\n')
+    with pytest.raises(InputError, match="no figures"):
+        view("segmentation", [], str(thin), None, None)
+    with pytest.raises(InputError, match="is not one"):
+        view("generation", None, None, None, None)

@@ -142,7 +142,7 @@ def test_a_hub_model_is_described_from_its_metadata_and_configs_only(own):
 
 def test_a_too_large_repo_is_refused_before_its_weights_download(own):
     hub = FakeHub({"org/huge": own.rt_t}, sizes={"model.safetensors": 3_000_000_000})
-    with pytest.raises(OwnModelError, match="3,000 MB of weights, over this server's limit of 2,000 MB"):
+    with pytest.raises(OwnModelError, match="3,000 MB of weights, over the limit here of 2,000 MB"):
         inspect_model("org/huge", "detection", api=hub)
     assert not any(name.endswith(".safetensors") for name in hub.downloads)
     limit = Settings(local_roots=(), max_model_mb=5000)
@@ -177,10 +177,10 @@ def test_pickled_weights_a_class_outside_the_allow_list_and_remote_code_are_refu
 
 def test_local_folders_only_where_the_operator_allows(own, monkeypatch, tmp_path):
     monkeypatch.setenv("DISTILL_LENS_ALLOW_LOCAL", "0")
-    with pytest.raises(OwnModelError, match="Local folders are not allowed on this server"):
+    with pytest.raises(OwnModelError, match="Local folders are not allowed here"):
         inspect_model(own.rt_t, "detection")
     monkeypatch.setenv("DISTILL_LENS_ALLOW_LOCAL", str(tmp_path))
-    with pytest.raises(OwnModelError, match="outside the folders this server allows"):
+    with pytest.raises(OwnModelError, match="outside the folders allowed here"):
         inspect_model(own.rt_t, "detection")
     with pytest.raises(OwnModelError, match="outside the folders"):  # no way out through ..
         inspect_model(str(tmp_path / ".." / Path(own.rt_t).parent.name / "rt_t"), "detection")
@@ -381,3 +381,47 @@ def test_every_family_is_inspected_from_the_hubs_metadata(own, task, folder, rol
     assert not any(name.endswith(".safetensors") for name in hub.downloads)
     if task == "generation" and role == "teacher":
         assert found.native == {"width": 64, "height": 64, "steps": 25, "guidance": 7.5}
+
+
+def test_students_with_other_spellings_or_too_few_shared_classes(own, scene, tmp_path, monkeypatch):
+    """Detection boxes are matched by name case-insensitively (with a note); a classifier sharing one class name
+    with its teacher has no agreement (undefined, with a note), and no invented zero-probability classes."""
+    from tests.tiny_hub import save_tiny_rtdetr, save_tiny_vit_classifier
+
+    monkeypatch.setenv("DISTILL_LENS_ALLOW_LOCAL", f"{own.root}{__import__('os').pathsep}{tmp_path}")
+    renamed = save_tiny_rtdetr(tmp_path / "renamed", seed=0)  # the teacher's weights, other spellings
+    config = json.loads((renamed / "config.json").read_text())
+    config["id2label"] = {"0": "Person", "1": "dog", "2": "cup"}
+    (renamed / "config.json").write_text(json.dumps(config))
+    result = compare.detect(scene, f"detection: {own.rt_t} -> {renamed}", 0.0)
+    assert {d.label for d in result.detections["renamed"]} <= {"person", "dog", "cup"}
+    assert result.notes == ["renamed's classes are matched to the teacher's by name: 2 shared; teacher only: cat; "
+                            "student only: dog."]
+    lonely = save_tiny_vit_classifier(tmp_path / "lonely", 1, ["Cat", "bird", "cup_mug"], width=8)
+    result, _ = compare.classify_image(scene, f"image-classification: {own.vit_t} -> {lonely}", explain_top=False)
+    assert set(result.agreement["lonely"].values()) == {None}
+    assert any("shares 1 class name" in n for n in result.notes)
+    assert [e["label"] for e in result.to_json()["students"]["lonely"]["top5"]] == ["cat"]
+
+
+def test_clear_messages_for_the_cli_and_the_inspection(own, tmp_path, capsys):
+    from demos.own_models import inspect_model_api
+    from reports.dataset import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(images / "a.png")
+    for args, says in ((["--task", "classification", "--teacher", own.clip_t, "--student", own.clip_s],
+                        "--classes 'cat, dog, cup'"),
+                       (["--task", "detecton", "--teacher", own.rt_t, "--student", own.rt_s], "--task 'detecton'")):
+        with pytest.raises(SystemExit):
+            main(["--images", str(images), "--out", str(tmp_path / "out"), *args])
+        assert says in capsys.readouterr().err
+    with pytest.raises(OwnModelError, match="not a pair spec"):
+        inspect_model_api(f"detection: {own.rt_t} -> b={own.rt_s}", "detection")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text((Path(own.rt_t) / "config.json").read_text())
+    (empty / "preprocessor_config.json").write_text((Path(own.rt_t) / "preprocessor_config.json").read_text())
+    with pytest.raises(OwnModelError, match="safe_serialization=True"):
+        inspect_model(str(empty), "detection", settings=Settings(local_roots=(tmp_path,)))

@@ -184,8 +184,9 @@ def parse_spec(text: str) -> PairSpec:
     head, sep, rest = text.partition(":")
     task = head.strip().lower()
     if not sep or task not in TASKS:
+        shown = f"; got {head.strip()[:40]!r}" if sep and "/" not in head and "->" not in head else ""
         raise OwnModelError(f"The pair spec must start with its task and a colon, one of {', '.join(TASKS)} "
-                            f"(e.g. {SPEC_EXAMPLE!r}); got {head.strip()[:40]!r}.")
+                            f"(e.g. {SPEC_EXAMPLE!r}){shown}.")
     if rest.count("->") != 1:
         raise OwnModelError("The pair spec needs exactly one '->' between the teacher and its students, e.g. "
                             f"{SPEC_EXAMPLE!r}.")
@@ -223,11 +224,11 @@ class Files:
 
 def _check_local(location: str, settings: Settings) -> Path:
     if not settings.local_roots:
-        raise OwnModelError(f"Local folders are not allowed on this server ({location[:80]!r}). Use a Hub repo id, or "
+        raise OwnModelError(f"Local folders are not allowed here ({location[:80]!r}). Use a Hub repo id, or "
                             "run the app on your own machine with DISTILL_LENS_ALLOW_LOCAL=1 (python app.py sets it).")
     folder = Path(location).expanduser().resolve()
     if not any(folder == root or root in folder.parents for root in settings.local_roots):
-        raise OwnModelError(f"{folder} is outside the folders this server allows "
+        raise OwnModelError(f"{folder} is outside the folders allowed here "
                             f"({', '.join(map(str, settings.local_roots))}); move the model there, or name its "
                             "folder in DISTILL_LENS_ALLOW_LOCAL.")
     if not folder.is_dir():
@@ -372,7 +373,9 @@ def _weights(files: Files, prefixes: Iterable[str], what: str, only: tuple[str, 
             raise OwnModelError(f"{what} has only pickled weights ({', '.join(pickled[:3])}), which can run code when "
                                 "read; Distill Lens reads safetensors only. Save it with safe_serialization=True, or "
                                 "use a revision that has .safetensors files.")
-        raise OwnModelError(f"{what} has no safetensors weights in {where}.")
+        raise OwnModelError(f"{what} has no safetensors weights in {where}: save the model with "
+                            "save_pretrained(folder, safe_serialization=True) (timm: save_for_hf(..., "
+                            "safe_serialization=True)), or pick a repo revision that has .safetensors files.")
     if any(files.sizes[n] is None for n in chosen):
         raise OwnModelError(f"{what}: the Hub did not say the size of its weights, so it is not downloaded; try "
                             "again later.")
@@ -475,7 +478,7 @@ def inspect_model(model: str | ModelRef, task: str, role: str = "model", api=Non
     """
     settings = settings or Settings.from_environment()
     if not settings.allow_custom:
-        raise OwnModelError("Own models are turned off on this server (DISTILL_LENS_ALLOW_CUSTOM=0); pick one of "
+        raise OwnModelError("Own models are turned off here (DISTILL_LENS_ALLOW_CUSTOM=0); pick one of "
                             "its pairs.")
     if task not in TASKS:
         raise OwnModelError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
@@ -507,7 +510,7 @@ def inspect_model(model: str | ModelRef, task: str, role: str = "model", api=Non
         prefixes = tuple(f"{p}/" if p else "" for p in parts)
     size_mb = _weights(files, prefixes, what, only)
     if size_mb > settings.max_model_mb:
-        raise OwnModelError(f"{what} is {size_mb:,.0f} MB of weights, over this server's limit of "
+        raise OwnModelError(f"{what} is {size_mb:,.0f} MB of weights, over the limit here of "
                             f"{settings.max_model_mb:,.0f} MB for one model (DISTILL_LENS_MAX_MODEL_MB); pick a "
                             "smaller model.")
     parameters = files.parameters
@@ -545,8 +548,9 @@ def _local_parameters(folder: Path, prefixes: tuple[str, ...], only: tuple[str, 
             if VARIANT.search(path.name) or (only and path.name not in only):
                 continue
             try:
-                with safe_open(str(path), framework="pt") as f:
-                    total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+                with safe_open(str(path), framework="pt") as f:  # batch-norm statistics are not parameters
+                    total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()
+                                 if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
             except Exception:
                 return None
     return total or None
