@@ -211,9 +211,9 @@ def build_analysis_tab() -> None:
                     attention_images = [gr.Image(label=label, interactive=False)
                                         for label in ("Teacher attention", "Student attention", "|difference|")]
                 attention_report = report_panel("Attention report")
-        event = run.click(user_errors(consensus), [image, pair, tau, method, students], [gallery, report],
+        started = clear_on_start(run, [gallery, report, figures, cka, *chosen])
+        event = started.then(user_errors(consensus), [image, pair, tau, method, students], [gallery, report],
                           api_name="consensus", **GPU_QUEUE)
-        clear_on_start(run, [gallery, report, figures, cka, *chosen])
         event.failure(lambda: (None, None, "", None, None, None), None, [gallery, report, figures, cka, *chosen],
                       api_visibility="private")
         wire_student_picker(pair, students)

@@ -234,11 +234,11 @@ def build_classification_tab() -> None:
             figures = gr.JSON(label="Before / after")
             saved_list = gr.JSON(label="Saved prompts", open=False)
         preset.change(lambda p: PRESETS[p], preset, classes, api_visibility="private")
-        event = run.click(user_errors(takes_request(run_classification)),
+        started = clear_on_start(run, [plot, report, summary, *maps])
+        event = started.then(user_errors(takes_request(run_classification)),
                           [image, pair, classes, prompt, template, students, user], [plot, report, similarity],
                           api_name="classify", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
-        clear_on_start(run, [plot, report, summary, *maps])
         event.failure(lambda: (None, None, "", None, None), None, [plot, report, summary, *maps],
                       api_visibility="private")
         wire_student_picker(pair, students)

@@ -172,14 +172,14 @@ def build_detection_tab() -> None:
                                         elem_id="detection-disagreement", height=300)
                 overlay = consensus_overlay_image("detection")
                 report = report_panel("Report")
-        event = run.click(user_errors(run_detection), [image, pair, threshold, students, toggle[1]],
+        started = clear_on_start(run, [*outputs, *views, disagreement, overlay[0], report, summary])
+        event = started.then(user_errors(run_detection), [image, pair, threshold, students, toggle[1]],
                           [*outputs, report, overlay[1]], api_name="detect", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
         event.then(lambda image, report: annotated_views_update(
             image, report, lambda array, position: detection_annotations(array, report, position)), [image, report],
             views, api_visibility="private")
         event.then(user_errors(disagreement_image), [image, report], disagreement, api_visibility="private")
-        clear_on_start(run, [*outputs, *views, disagreement, overlay[0], report, summary])
         event.failure(lambda: (None,) * 8 + ("",), None, [*outputs, *views, disagreement, overlay[0], report, summary],
                       api_visibility="private")
         wire_student_picker(pair, students)

@@ -103,10 +103,10 @@ def build_image_classification_tab() -> None:
                                                ("student", "First student: Grad-CAM of the teacher's class"),
                                                ("difference", "|difference|"))]
                 report = report_panel("Report")
-        event = run.click(user_errors(classify_image), [image, pair, students], [plot, report, *cams],
+        started = clear_on_start(run, [plot, report, *cams, summary])
+        event = started.then(user_errors(classify_image), [image, pair, students], [plot, report, *cams],
                           api_name="classify_image", **GPU_QUEUE)
         event.then(summary_markdown, report, summary, api_visibility="private")
-        clear_on_start(run, [plot, report, *cams, summary])
         event.failure(lambda: (None, None, None, None, None, ""), None, [plot, report, *cams, summary],
                       api_visibility="private")
         wire_student_picker(pair, students)

@@ -177,13 +177,13 @@ def build_segmentation_tab() -> None:
                 with gr.Row():
                     report = report_panel("Report")
                     npz = gr.File(label="Class maps (.npz)", interactive=False)
-        event = run.click(user_errors(run_segmentation), [image, pair, students, toggle[1]],
+        started = clear_on_start(run, [*outputs, *views, disagreement, overlay[0], report, npz, summary])
+        event = started.then(user_errors(run_segmentation), [image, pair, students, toggle[1]],
                           [*outputs, report, npz, overlay[1]], api_name="segment", **GPU_QUEUE)
         event.then(lambda image, report, npz: annotated_views_update(
             image, report, lambda array, position: segmentation_annotations(array, report, npz, position)),
             [image, report, npz], views, api_visibility="private")
         event.then(user_errors(disagreement_image), [image, report, npz], disagreement, api_visibility="private")
-        clear_on_start(run, [*outputs, *views, disagreement, overlay[0], report, npz, summary])
         event.failure(lambda: (None,) * 9 + ("",), None,
                       [*outputs, *views, disagreement, overlay[0], report, npz, summary],
                       api_visibility="private")

@@ -202,12 +202,13 @@ def report_panel(label: str = "Report"):
         return gr.JSON(label=label, open=True)
 
 
-def clear_on_start(button, outputs: list) -> None:
-    """Empty a tab's results the moment its run button is pressed (before the queued run starts), so a new run never
-    sits under the last one's pictures and figures, and a failed run leaves no stale result behind."""
+def clear_on_start(button, outputs: list):
+    """Empty a tab's results the moment its run button is pressed, so a new run never sits under the last one's
+    pictures and figures, and a failed run leaves no stale result behind. Returns the event: chain the run with
+    ``.then(...)`` so that it always comes after the clearing."""
     import gradio as gr
 
     def cleared():
         return tuple("" if isinstance(c, gr.Markdown) else None for c in outputs)
 
-    button.click(cleared, None, outputs, queue=False, api_visibility="private")
+    return button.click(cleared, None, outputs, queue=False, api_visibility="private")
