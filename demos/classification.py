@@ -187,7 +187,15 @@ def build_classification_tab() -> None:
     import gradio as gr
 
     from demos.components import CheckedSlider, user_image
-    from demos.jobs import GPU_QUEUE, session_of, stop_button, stop_flag, takes_request, user_errors
+    from demos.jobs import (
+        GPU_QUEUE,
+        session_of,
+        stop_button,
+        stop_flag,
+        stopped_as_outcome,
+        takes_request,
+        user_errors,
+    )
     from demos.widgets import examples, pair_dropdown, student_picker, wire_student_picker
 
     with gr.Tab("CLIP", id="classification") as tab:
@@ -251,7 +259,7 @@ def build_classification_tab() -> None:
                                 cancel=stop_flag(session_of(request), "prompts"), student=student,
                                 prompts=user_folder(user_of(user, request)))
 
-        tuning = tune_button.click(user_errors(run_tuning),
+        tuning = tune_button.click(user_errors(stopped_as_outcome(run_tuning, 2)),
                                    [pair, classes, method, name, files, per_class, steps, template, students, user],
                                    [saved, figures], api_name="tune_prompts", **GPU_QUEUE)
         for trigger in (pair.change, students.change):

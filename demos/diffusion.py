@@ -58,7 +58,15 @@ def build_diffusion_tab() -> None:
     import gradio as gr
 
     from demos.components import CheckedNumber, CheckedSlider
-    from demos.jobs import GPU_QUEUE, session_of, stop_button, stop_flag, takes_request, user_errors
+    from demos.jobs import (
+        GPU_QUEUE,
+        session_of,
+        stop_button,
+        stop_flag,
+        stopped_as_outcome,
+        takes_request,
+        user_errors,
+    )
     from demos.own_models import wire_own_models
     from demos.widgets import pair_dropdown
 
@@ -121,7 +129,7 @@ def build_diffusion_tab() -> None:
             return generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress,
                             variant=variant)
 
-        running = run.click(user_errors(run_for_ui), [*inputs, insight_step],
+        running = run.click(user_errors(stopped_as_outcome(run_for_ui, 8, message_at=4)), [*inputs, insight_step],
                             [*outputs, report, slider, summary, consensus, *attention], api_visibility="private",
                             show_progress_on=[slider], **GPU_QUEUE)
         pair.change(size_limits, pair, [width, height], api_visibility="private", queue=False)

@@ -195,6 +195,28 @@ def download_slot(args: list):
         lock.release()
 
 
+def stopped_as_outcome(fn: Callable, outputs: int, message_at: int | None = None) -> Callable:
+    """A page handler for which Stop is an outcome, not an error: when the job stops (:class:`compare.jobs.Cancelled`),
+    a neutral notice says where it stopped, every output is emptied, and ``message_at`` (a Markdown output) holds the
+    same words; wrap it in :func:`user_errors` as usual."""
+    from compare.jobs import Cancelled
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import gradio as gr
+
+        try:
+            return fn(*args, **kwargs)
+        except Cancelled as stopped:
+            gr.Info(str(stopped))
+            values = [None] * outputs
+            if message_at is not None:
+                values[message_at] = f"**Stopped.** {stopped}"
+            return tuple(values)
+
+    return wrapper
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn our user-facing errors into ``gr.Error`` (which reaches gradio_client callers too)
     and any other failure into a short message, so the app keeps serving. Images in the result are served from

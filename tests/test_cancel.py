@@ -146,3 +146,25 @@ def test_two_clients_prompts_are_kept_apart(server, monkeypatch, tmp_path):
     image = handle_file(str(prompt_store.BUILTIN_PROMPT_DIR.parent.parent / "demos/examples/single_0.png"))
     *_, report = alice.predict(image, "shapes-clip", "red circle, blue square", "mine", "", "", api_name="/classify")
     assert "learned prompt 'mine'" in report["students"]["clip-kd"]["prompt"]
+
+
+def test_stop_is_an_outcome_on_the_page_not_an_error():
+    """A stopped job empties its tab's outputs and says where it stopped, in words and a neutral notice; other
+    errors still reach the page as errors."""
+    from compare.inputs import InputError
+    from compare.jobs import Cancelled
+    from demos.jobs import stopped_as_outcome, user_errors
+
+    def stopped():
+        raise Cancelled("Generation stopped at the teacher's step 3/25.")
+
+    def failed():
+        raise InputError("Give a prompt.")
+
+    assert user_errors(stopped_as_outcome(stopped, 3, message_at=1))() == (
+        None, "**Stopped.** Generation stopped at the teacher's step 3/25.", None)
+    assert stopped_as_outcome(lambda: ("a", "b"), 2)() == ("a", "b")
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="Give a prompt"):
+        user_errors(stopped_as_outcome(failed, 2))()
