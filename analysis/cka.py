@@ -46,6 +46,15 @@ def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:  # noqa: E7
     return (trace + sums - 2.0 / (n - 2) * cross) / (n * (n - 3))
 
 
+def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n,) int64: a random order of ``n`` items in which none keeps its place and each appears once (one random
+    n-cycle), for pairing every image with another image's features."""
+    cycle = torch.randperm(n, generator=generator)
+    order = torch.empty_like(cycle)
+    order[cycle] = cycle.roll(-1)
+    return order
+
+
 class MinibatchCKA:
     """Linear CKA between every teacher stage and every student stage over all the images seen, batch by batch
     (Nguyen et al. 2021), and the same against the student's features of *other* images (the batch permuted): the
@@ -68,8 +77,7 @@ class MinibatchCKA:
         device = teacher[0].device
         kt = torch.stack([gram(t) for t in teacher])  # (T, n, n)
         ks = torch.stack([gram(s.to(device)) for s in student])  # (S, n, n)
-        order = torch.randperm(n, generator=self.generator).to(device)
-        order = torch.where(order == torch.arange(n, device=device), order.roll(1), order)  # no image with itself
+        order = derangement(n, self.generator).to(device)
         shuffled = ks[:, order][:, :, order]
         cross = hsic_unbiased(kt[:, None], ks[None])  # (T, S)
         cross_shuffled = hsic_unbiased(kt[:, None], shuffled[None])

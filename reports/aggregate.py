@@ -42,10 +42,14 @@ def bootstrap_means(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 
     return np.concatenate(out)
 
 
+MIN_IMAGES = 5  # under this many images a bootstrap interval is only the spread of the few values: undefined
+
+
 def interval(values: list[float] | np.ndarray, level: float = 0.95) -> list[float] | None:
-    """The percentile bootstrap interval of the mean over images, ``[low, high]``; None under two values."""
+    """The percentile bootstrap interval of the mean over images, ``[low, high]``; None under :data:`MIN_IMAGES`
+    values."""
     values = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if len(values) < 2:
+    if len(values) < MIN_IMAGES:
         return None
     means = bootstrap_means(values)
     tail = (1 - level) / 2 * 100
@@ -78,9 +82,9 @@ def ranking(records: list[dict], students: list[str], task: str) -> dict:
         return out
     a, b = order[:2]
     pairs = [(x, y) for x, y in zip(per_image[a], per_image[b], strict=True) if x is not None and y is not None]
-    if len(pairs) < 2:
+    if len(pairs) < MIN_IMAGES:
         out["top_two"] = {"students": [a, b], "difference": None, "ci95": None,
-                          "verdict": "undefined: fewer than two images with both figures"}
+                          "verdict": f"undefined: fewer than {MIN_IMAGES} images with both figures"}
         return out
     difference = np.array([x - y for x, y in pairs])
     low, high = interval(difference)
@@ -398,7 +402,7 @@ def map50_interval(records: list[dict], model: str, labels: Labels, level: float
     """Bootstrap interval of mAP@0.5: images resampled, detections re-weighted by how often their image was drawn
     (:func:`weighted_map50`; its value at unit weights is torchmetrics' mAP@0.5, a test checks)."""
     n = len(records)
-    if n < 2:
+    if n < MIN_IMAGES:
         return None
     classes = _detections_matched(records, model, labels)
     rng = np.random.default_rng(SEED)
@@ -419,7 +423,7 @@ def _miou_interval(inter: np.ndarray, union: np.ndarray, level: float = 0.95) ->
     """Bootstrap interval of a dataset mIoU: images resampled, their (n, K) intersections and unions summed per
     resample, mIoU over the classes present in that resample."""
     n = len(inter)
-    if n < 2:
+    if n < MIN_IMAGES:
         return None
     rng = np.random.default_rng(SEED)
     values = []
@@ -445,6 +449,9 @@ def _miss_ranking(records: list[dict], ranked: list[dict], student: str, labels:
         s = _matches([d["box"] for d in s_dets], [d["label"] for d in s_dets], truth)
         return any(a and not b for a, b in zip(t, s, strict=True))
 
+    if not any(labels.boxes.get(r["image"]) for r in records):
+        return {"student": student, "folder_share": None, "top": 0, "top_share": None, "images": [],
+                "note": "undefined: no labelled object in the images that were read"}
     flags = {r["image"]: misses(r) for r in records}
     share = sum(flags.values()) / max(1, len(flags))
     head = [flags[r["image"]] for r in ranked[:top]]
@@ -521,6 +528,8 @@ def parse_gate(text: str | None, task: str, flag: str = "--fail-under") -> dict[
                              f"got {item.strip()!r}.")
         if name not in GATE_FIGURES[task]:
             raise ValueError(f"{flag}: {name!r} is not a {task} figure; choose from {', '.join(GATE_FIGURES[task])}.")
+        if name in out:
+            raise ValueError(f"{flag} names {name} twice; give each figure once.")
         lower = name in LOWER_IS_BETTER
         if lower != (flag == "--fail-over"):
             other = "--fail-over" if lower else "--fail-under"

@@ -81,10 +81,23 @@ DEFAULT_CLASSES = "circle, square, triangle, star, cross"
 OUTPUTS = ("results*.jsonl", "timing*.jsonl", "cka*.jsonl", "summary.json", "timing.json", "report.html", "run.json")
 
 
+def image_identity(images: list[Path]) -> str:
+    """The images a run covers, as one hash of every file's name, size and modification time (a resume over another
+    folder, or over files replaced in place, is refused)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in images:
+        stat = path.stat()
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return f"{len(images)} images, {digest.hexdigest()[:16]}"
+
+
 def run_settings(spec: Pair, students: list[Student], threshold: float, classes: str, labels: Path | None,
-                 batch: int = BATCH, accuracy_threshold: float = ACCURACY_THRESHOLD) -> dict:
+                 batch: int = BATCH, accuracy_threshold: float = ACCURACY_THRESHOLD,
+                 images: list[Path] | None = None) -> dict:
     """What a run's results depend on, recorded in ``run.json``: the pair, its students and their weights, the
-    threshold, the classes (CLIP), the label file's content hash."""
+    threshold, the classes (CLIP), the label file's content hash, the images (:func:`image_identity`)."""
     import hashlib
 
     def model(source) -> str:
@@ -94,7 +107,8 @@ def run_settings(spec: Pair, students: list[Student], threshold: float, classes:
             "models": [model(spec.teacher)] + [model(s.source) for s in students], "threshold": threshold,
             "classes": classes if spec.task == "classification" else None,
             "labels": hashlib.sha256(Path(labels).read_bytes()).hexdigest()[:16] if labels else None,
-            "batch": batch, "accuracy_threshold": accuracy_threshold if labels and spec.task == "detection" else None}
+            "batch": batch, "accuracy_threshold": accuracy_threshold if labels and spec.task == "detection" else None,
+            "images": image_identity(images) if images is not None else None}
 
 
 def start_folder(out: Path, settings: dict, resume: bool, overwrite: bool, check_only: bool = False) -> None:
@@ -188,7 +202,7 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
     out.mkdir(parents=True, exist_ok=True)
     shard = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
     timing_file = out / ("timing.jsonl" if world == 1 else f"timing.rank{rank}.jsonl")
-    settings = run_settings(spec, students_chosen, threshold, classes, labels, batch, accuracy_threshold)
+    settings = run_settings(spec, students_chosen, threshold, classes, labels, batch, accuracy_threshold, images)
     if rank == 0:
         start_folder(out, settings, resume, overwrite)
     if barrier:
@@ -335,17 +349,47 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
         args.classes = DEFAULT_CLASSES
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file: give a folder (it is created if missing).")
+    truth = None
     if args.labels is not None:
         if not args.labels.is_file():
             raise InputError(f"--labels {args.labels} is not a file.")
-        Labels.read(args.labels)
+        truth = Labels.read(args.labels)
+    elif any(name in LABEL_FIGURES for name in [*args.gate_under, *args.gate_over]):
+        raise InputError(f"--fail-under/--fail-over name a figure against labels "
+                         f"({', '.join(n for n in [*args.gate_under, *args.gate_over] if n in LABEL_FIGURES)}): give "
+                         "--labels too.")
     images = list_images(args.images)
     if args.out.is_dir():  # every process checks, before any waits for the others
         start_folder(args.out, run_settings(spec, chosen, args.threshold, args.classes, args.labels, args.batch,
-                                            args.accuracy_threshold), args.resume,
+                                            args.accuracy_threshold, images), args.resume,
                      args.overwrite, check_only=True)
-    predictors_for(spec, students=chosen)  # offline and uncached, a Hub pair says so here, not after a traceback
+    predictors = predictors_for(spec, students=chosen)  # offline and uncached, a Hub pair says so here
+    if truth is not None:
+        check_labels_fit(truth, images, spec.task, predictors["teacher"].labels, args.labels.name)
     return images
+
+
+LABEL_FIGURES = ("map50", "label_miou", "top1", "top5")
+
+
+def check_labels_fit(truth: Labels, images: list[Path], task: str, classes: list[str], name: str) -> None:
+    """Refuse a label file that cannot measure anything here: none of its images among ``images``, or (detection,
+    segmentation) none of its classes among the pair's.
+
+    Raises:
+        InputError: naming what does not fit.
+    """
+    labelled = set(truth.boxes) | set(truth.polygons) | set(truth.rle) | set(truth.classes)
+    if labelled and not labelled & {p.name for p in images}:
+        raise InputError(f"None of the images {name} labels is among --images (e.g. {sorted(labelled)[0]!r}); give "
+                         "the folder those labels are for.")
+    if task in ("detection", "segmentation"):
+        named = {label for table in (truth.boxes, truth.polygons, truth.rle) for items in table.values()
+                 for label, _ in items}
+        if named and not named & set(classes):
+            raise InputError(f"None of the classes in {name} ({', '.join(sorted(named)[:6])}) is one of the pair's "
+                             f"({', '.join(classes[:8])}{', …' if len(classes) > 8 else ''}); name the categories as "
+                             "the models do.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -418,6 +462,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+    if summary is not None and summary["images"] == 0:
+        raise SystemExit(f"error: no image of --images could be read ({len(summary['unreadable'])} unreadable, each "
+                         f"with its reason in {args.out / 'summary.json'}); nothing was measured.")
     if summary is not None:
         print(json.dumps({k: summary[k] for k in ("pair", "images", "unreadable")} | {
             "per_student": {n: s["agreement"] for n, s in summary["per_student"].items()}}, indent=1))

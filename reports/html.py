@@ -34,7 +34,8 @@ def figures_table(summary: dict, students: list[str]) -> str:
     first = summary["per_student"][students[0]]
     keys = list(first["agreement"])
     accuracy = summary.get("accuracy") or {}
-    acc_keys = sorted({k for block in accuracy.values() for k in block if not k.endswith("ci95") and k != "note"})
+    acc_keys = sorted({k for block in accuracy.values() for k in block
+                       if not k.endswith("ci95") and k not in ("note", "score_threshold")})
     calibration = summary.get("calibration") or {}
     head = ["model", *(f"{k} vs teacher" for k in keys), "consensus (mean)",
             *(f"{k} vs labels" for k in acc_keys), *(["ECE"] if calibration else [])]
@@ -53,7 +54,9 @@ def figures_table(summary: dict, students: list[str]) -> str:
             cells.append(_with_interval(calibration.get(model, {}).get("ece"), None))
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-    return f"<h2>Figures</h2><table>{header}{''.join(rows)}</table>"
+    thresholds = {block.get("score_threshold") for block in accuracy.values()} - {None}
+    caption = (f"<p>mAP@0.5 counts every box scoring {min(thresholds):g} or more.</p>" if thresholds else "")
+    return f"<h2>Figures</h2><table>{header}{''.join(rows)}</table>{caption}"
 
 
 def errors_table(summary: dict) -> str:
@@ -92,8 +95,12 @@ def cka_section(summary: dict) -> str:
                             f"<small>(other images: {'–' if c is None else f'{c:+.3f}'})</small></td>"
                             for v, c in zip(values, chance, strict=True))
             rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
+        batches = block["batches"]
+        warning = (" With so few images per batch the chance level rests on few pairs of images and moves a lot; "
+                   "unbiased estimates can even leave [−1, 1].") if block["images"] / batches < 16 else ""
         parts.append(f"<h3>{html.escape(student)}</h3><table>{head}{''.join(rows)}</table><p>{block['images']} images "
-                     f"in {block['batches']} batches.</p>")
+                     f"in {batches} batch{'es' if batches != 1 else ''} (images of a last batch under four are left "
+                     f"out).{warning}</p>")
     if not parts:
         return ""
     return ("<h2>Representations across the dataset: CKA</h2><p>Linear CKA over the images (each stage pooled to 8×8 "

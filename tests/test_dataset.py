@@ -204,10 +204,12 @@ def test_a_resume_with_other_settings_is_refused_naming_the_difference(folder, t
 
 def test_timings_resume_like_results(folder, tmp_path):
     images = list_images(folder / "images")
-    run_dataset(images[:4], "shapes-detection", tmp_path, gallery=0)
+    calls = []
+    run_dataset(images, "shapes-detection", tmp_path, gallery=0, batch=BATCH,
+                cancel=lambda: (calls.append(1), len(calls) > 2)[1])  # two batches, then stopped
     (tmp_path / "timing.jsonl").write_text((tmp_path / "timing.jsonl").read_text() + '{"image": "cut sh')
-    (tmp_path / "summary.json").unlink()  # the crash came before the end
-    run_dataset(images, "shapes-detection", tmp_path, resume=True, gallery=0)
+    (tmp_path / "summary.json").unlink(missing_ok=True)  # the crash came before the end
+    run_dataset(images, "shapes-detection", tmp_path, resume=True, gallery=0, batch=BATCH)
     timings = read_records(tmp_path / "timing.jsonl")
     assert len(timings) == len(images) - 1  # every readable image, none lost behind the cut line
 
@@ -241,7 +243,7 @@ def test_every_aggregate_has_a_bootstrap_interval_and_the_ranking_says_whether_t
             low, high = stats["ci95"]
             assert low <= stats["mean"] <= high
     assert summary["ranking"]["by"] == "f1" and summary["ranking"]["top_two"] is None  # one student
-    assert interval([1.0]) is None and interval([0.5, 0.5, 0.5]) == [0.5, 0.5]
+    assert interval([1.0, 0.5, 0.7, 0.9]) is None and interval([0.5] * 5) == [0.5, 0.5]  # under 5 images: none
     rng = __import__("numpy").random.default_rng(1)
     values = rng.normal(0.7, 0.1, 400)
     low, high = interval(values)
@@ -351,7 +353,7 @@ def test_segmentation_objects_from_rle_labels_are_found_or_missed(tmp_path):
     for student in ("feature-kd", "adm-consensus"):
         overall = summary["inherited_errors"][student]["overall"]
         assert overall["total"] == count and overall["both right"] >= count // 2  # trained nets find most objects
-    assert summary["accuracy"]["teacher"]["ci95"][0] <= summary["accuracy"]["teacher"]["miou"]
+    assert summary["accuracy"]["teacher"]["ci95"] is None  # three images: too few for an interval
 
 
 def test_dataset_cka_of_a_model_against_itself_is_one_beside_its_chance_level(folder, tmp_path):
@@ -414,3 +416,53 @@ def test_map_counts_every_box_down_to_the_accuracy_threshold_and_says_so(uninter
     assert strict["accuracy"]["teacher"]["map_50"] <= summary["accuracy"]["teacher"]["map_50"]
     assert strict["per_student"] == summary["per_student"]  # the agreement does not move
     assert "(boxes scoring 0.01 or more)" in figures_text(summary["accuracy"]["teacher"])
+
+
+def test_what_cannot_be_measured_is_refused_or_said(folder, tmp_path, capsys):
+    """A resume over other images, labels of other classes or other files, a gate naming a label figure without
+    labels, a figure named twice, and a folder of unreadable files: each stops with a message naming it."""
+    from reports.dataset import main
+
+    images = folder / "images"
+    args = ["--pair", "shapes-detection", "--out", str(tmp_path / "run")]
+    main(["--images", str(images), *args, "--batch", "4"])
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for p in sorted(images.iterdir())[:3]:
+        (subset / p.name).write_bytes(p.read_bytes())
+    cases = [
+        (["--images", str(subset), *args, "--batch", "4", "--resume"], "images: '9 images"),
+        (["--images", str(images), "--pair", "shapes-detection", "--out", str(tmp_path / "a"), "--fail-under",
+          "map50=0.5"], "give --labels too"),
+        (["--images", str(images), "--pair", "shapes-detection", "--out", str(tmp_path / "b"), "--fail-under",
+          "agreement=0.9,agreement=0.1"], "names agreement twice"),
+    ]
+    coco = json.loads((folder / "labels.json").read_text())
+    other = dict(coco, categories=[{"id": c["id"], "name": f"dog{c['id']}"} for c in coco["categories"]])
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    cases.append((["--images", str(images), "--pair", "shapes-detection", "--out", str(tmp_path / "c"),
+                   "--labels", str(tmp_path / "other.json")], "is one of the pair's"))
+    elsewhere = dict(coco, images=[dict(i, file_name=f"x_{i['file_name']}") for i in coco["images"]])
+    (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
+    cases.append((["--images", str(images), "--pair", "shapes-detection", "--out", str(tmp_path / "d"),
+                   "--labels", str(tmp_path / "elsewhere.json")], "is among --images"))
+    for argv, says in cases:
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2 and says in capsys.readouterr().err, says
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"not an image")
+    with pytest.raises(SystemExit, match="no image of --images could be read"):
+        main(["--images", str(broken), "--pair", "shapes-detection", "--out", str(tmp_path / "e")])
+
+
+def test_the_chance_level_pairs_every_image_with_another_once():
+    import torch
+
+    from analysis.cka import derangement
+
+    for n in (2, 4, 5, 16, 17):
+        for seed in range(20):
+            order = derangement(n, torch.Generator().manual_seed(seed))
+            assert sorted(order.tolist()) == list(range(n)) and not (order == torch.arange(n)).any()
