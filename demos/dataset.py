@@ -112,7 +112,15 @@ def build_dataset_tab() -> None:
     import gradio as gr
 
     from demos.components import CheckedSlider
-    from demos.jobs import GPU_QUEUE, session_of, stop_button, stop_flag, takes_request, user_errors
+    from demos.jobs import (
+        GPU_QUEUE,
+        session_of,
+        stop_button,
+        stop_flag,
+        stopped_as_outcome,
+        takes_request,
+        user_errors,
+    )
     from demos.widgets import pair_dropdown, student_picker, wire_student_picker
 
     with gr.Tab("Dataset", id="dataset"):
@@ -149,7 +157,8 @@ def build_dataset_tab() -> None:
                                   progress=lambda done, total: progress(done / total, desc=f"{done}/{total} images"),
                                   cancel=flag.is_set)
 
-        run.click(user_errors(run_report), [archive, pair, students, labels, classes, threshold],
-                          [summary, plot, gallery, files], api_name="dataset", **GPU_QUEUE)
+        run.click(user_errors(stopped_as_outcome(run_report, 4, message_at=0)),
+                  [archive, pair, students, labels, classes, threshold],
+                  [summary, plot, gallery, files], api_name="dataset", **GPU_QUEUE)
         stop.click(stop_button("dataset"), None, None, api_visibility="private")
         wire_student_picker(pair, students)
