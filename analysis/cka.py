@@ -55,6 +55,33 @@ def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
     return order
 
 
+def hsic_parts(grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(K, n, n) Gram matrices -> their zero-diagonal forms flattened (K, n²), row sums (K, n) and totals (K,): what
+    every pairwise unbiased HSIC needs (:func:`hsic_pairs`, :func:`hsic_self`)."""
+    n = grams.shape[-1]
+    zeroed = grams.masked_fill(torch.eye(n, dtype=torch.bool, device=grams.device), 0)
+    rows = zeroed.sum(-1)
+    return zeroed.flatten(1), rows, rows.sum(-1)
+
+
+def hsic_pairs(a: tuple, b: tuple, n: int) -> torch.Tensor:
+    """(A, B) :func:`hsic_unbiased` of every pair of Gram matrices, from :func:`hsic_parts`, as three matrix products
+    (no (A, B, n, n) tensor)."""
+    flat_a, rows_a, sums_a = a
+    flat_b, rows_b, sums_b = b
+    trace = flat_a @ flat_b.T  # tr(K̃ L̃) for symmetric matrices
+    return (trace + sums_a[:, None] * sums_b[None] / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (rows_a @ rows_b.T)) \
+        / (n * (n - 3))
+
+
+def hsic_self(parts: tuple, n: int) -> torch.Tensor:
+    """(K,) :func:`hsic_unbiased` of each Gram matrix with itself, from :func:`hsic_parts` (the diagonal of
+    :func:`hsic_pairs` without the other pairs)."""
+    flat, rows, sums = parts
+    return (flat.square().sum(1) + sums.square() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * rows.square().sum(1)) \
+        / (n * (n - 3))
+
+
 class MinibatchCKA:
     """Linear CKA between every teacher stage and every student stage over all the images seen, batch by batch
     (Nguyen et al. 2021), and the same against the student's features of *other* images (the batch permuted): the
@@ -79,9 +106,10 @@ class MinibatchCKA:
         ks = torch.stack([gram(s.to(device)) for s in student])  # (S, n, n)
         order = derangement(n, self.generator).to(device)
         shuffled = ks[:, order][:, :, order]
-        cross = hsic_unbiased(kt[:, None], ks[None])  # (T, S)
-        cross_shuffled = hsic_unbiased(kt[:, None], shuffled[None])
-        self_t, self_s = hsic_unbiased(kt, kt), hsic_unbiased(ks, ks)
+        parts_t, parts_s = hsic_parts(kt), hsic_parts(ks)
+        cross = hsic_pairs(parts_t, parts_s, n)  # (T, S)
+        cross_shuffled = hsic_pairs(parts_t, hsic_parts(shuffled), n)
+        self_t, self_s = hsic_self(parts_t, n), hsic_self(parts_s, n)
         if self.batches == 0:
             self.cross, self.cross_shuffled, self.self_t, self.self_s = cross, cross_shuffled, self_t, self_s
         else:

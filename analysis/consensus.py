@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from analysis.cka import hsic_pairs, hsic_parts, hsic_self
+
 MAX_LOCATIONS = 4096  # larger maps are average-pooled to at most this many locations (64 x 64)
 
 
@@ -82,6 +84,12 @@ def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float 
     return _affinity_from_terms(_affinity_terms(t, s, eps), h * w, eps).reshape(b, h, w)
 
 
+def _affinities_cheaper(n: int, ct: int, cs: int) -> bool:
+    """Whether forming the (N, N) affinities costs less than the per-location path through C x C Grams (few
+    locations, wide channels: a ResNet's last stages)."""
+    return n * n * (ct + cs) < 2 * n * (ct * cs + ct * ct + cs * cs) and n <= 2048
+
+
 def _affinity_terms(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, ...]:
     """Five (B, N) tensors: per location, the sums behind the affinity correlation (teacher and student row means,
     the cross sum and the two sums of squares) of maps already on one grid. They sum over the N locations whatever
@@ -90,7 +98,7 @@ def _affinity_terms(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8) -> tupl
     u, v = _unit_locations(t, eps), _unit_locations(s, eps)  # (B, N, Ct), (B, N, Cs)
     ct, cs = u.shape[-1], v.shape[-1]
     ut, vt = u.transpose(1, 2), v.transpose(1, 2)
-    if n * n * (ct + cs) < 2 * n * (ct * cs + ct * ct + cs * cs) and n <= 2048:
+    if _affinities_cheaper(n, ct, cs):
         # few locations, wide channels (a ResNet's last stages): the (N, N) affinities themselves are cheaper
         a, b_ = torch.bmm(u, ut), torch.bmm(v, vt)
         return a.mean(-1), b_.mean(-1), (a * b_).sum(-1), a.square().sum(-1), b_.square().sum(-1)
@@ -109,8 +117,7 @@ def _shuffled_affinity_terms(t: torch.Tensor, s: torch.Tensor, terms: tuple[torc
     row_mean_t, row_mean_s, _, square_t, square_s = terms
     n = t.shape[-2] * t.shape[-1]
     u, v = _unit_locations(t, eps), _unit_locations(s, eps)[:, order]  # (B, N, Ct), (B, N, Cs) reordered
-    if n * n * (u.shape[-1] + v.shape[-1]) < 2 * n * (u.shape[-1] * v.shape[-1] + u.shape[-1] ** 2
-                                                      + v.shape[-1] ** 2) and n <= 2048:
+    if _affinities_cheaper(n, u.shape[-1], v.shape[-1]):
         cross = (torch.bmm(u, u.transpose(1, 2)) * torch.bmm(v, v.transpose(1, 2))).sum(-1)
     else:
         cross = (torch.bmm(u, torch.bmm(u.transpose(1, 2), v)) * v).sum(-1)
@@ -236,25 +243,6 @@ MIN_CKA_LOCATIONS = 4  # unbiased HSIC divides by N (N - 3)
 READABLE_LOCATIONS = 256  # under this many locations (16 x 16), one image's CKA and consensus read high by chance
 
 
-def _hsic_parts(grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(K, N, N) Gram matrices -> their zero-diagonal forms flattened (K, N²), row sums (K, N) and totals (K,): what
-    every pairwise unbiased HSIC needs."""
-    n = grams.shape[-1]
-    zeroed = grams.masked_fill(torch.eye(n, dtype=torch.bool, device=grams.device), 0)
-    rows = zeroed.sum(-1)
-    return zeroed.flatten(1), rows, rows.sum(-1)
-
-
-def _hsic_pairs(a: tuple, b: tuple, n: int) -> torch.Tensor:
-    """(A, B) unbiased HSIC (Song et al. 2012, eq. 5) of every pair of Gram matrices from :func:`_hsic_parts`, as
-    three matrix products (no (A, B, N, N) tensor)."""
-    flat_a, rows_a, sums_a = a
-    flat_b, rows_b, sums_b = b
-    trace = flat_a @ flat_b.T  # tr(K̃ L̃) for symmetric matrices
-    return (trace + sums_a[:, None] * sums_b[None] / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (rows_a @ rows_b.T)) \
-        / (n * (n - 3))
-
-
 def cka_matrices(teacher: list[torch.Tensor], student: list[torch.Tensor], max_locations: int = MAX_CKA_LOCATIONS,
                  eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear CKA (Kornblith et al. 2019) with the unbiased HSIC estimator between every teacher stage and every
@@ -281,19 +269,16 @@ def cka_matrices(teacher: list[torch.Tensor], student: list[torch.Tensor], max_l
         nan = torch.full((t, len(student)), float("nan"), device=grams.device)
         return nan, nan.clone()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(grams.device)
-    parts_t, parts_s = _hsic_parts(grams[:t]), _hsic_parts(grams[t:])
-    shuffled = _hsic_parts(grams[t:][:, order][:, :, order])
-    self_t = (parts_t[0].square().sum(1) + parts_t[2].square() / ((n - 1) * (n - 2))
-              - 2.0 / (n - 2) * parts_t[1].square().sum(1)) / (n * (n - 3))
-    self_s = (parts_s[0].square().sum(1) + parts_s[2].square() / ((n - 1) * (n - 2))
-              - 2.0 / (n - 2) * parts_s[1].square().sum(1)) / (n * (n - 3))
+    parts_t, parts_s = hsic_parts(grams[:t]), hsic_parts(grams[t:])
+    shuffled = hsic_parts(grams[t:][:, order][:, :, order])
+    self_t, self_s = hsic_self(parts_t, n), hsic_self(parts_s, n)
     norms = (self_t[:, None] * self_s[None]).clamp_min(0).sqrt()
     undefined = norms <= eps
 
     def ratio(cross: torch.Tensor) -> torch.Tensor:
         return (cross / norms.clamp_min(eps)).masked_fill(undefined, float("nan"))
 
-    return ratio(_hsic_pairs(parts_t, parts_s, n)), ratio(_hsic_pairs(parts_t, shuffled, n))
+    return ratio(hsic_pairs(parts_t, parts_s, n)), ratio(hsic_pairs(parts_t, shuffled, n))
 
 
 def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor],

@@ -71,6 +71,16 @@ def log_run(task: str, method: str, steps: int, out: Path) -> Path:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def shipped_logs(task: str, out: Path = LOGS) -> dict[str, Path]:
+    """``{method: log}`` of the runs of a task in ``out``, in the recipe's order of methods (others after, by
+    name)."""
+    from weights.shapes.train_nets import METHODS
+
+    found = {p.stem: p for p in sorted((out / task).glob("*.jsonl"))}
+    order = list(METHODS)
+    return {m: found[m] for m in sorted(found, key=lambda m: (order.index(m) if m in order else len(order), m))}
+
+
 TABLE_STEPS = (1, 100, 800)
 TABLE_FIGURES = {"detection": ("agreement", "f1"), "segmentation": ("agreement", "miou")}
 
@@ -85,8 +95,7 @@ def table(out: Path = LOGS, strides: tuple[str, ...] = ("stride 8", "stride 16")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for task in ("detection", "segmentation"):
         group, key = TABLE_FIGURES[task]
-        for path in sorted((out / task).glob("*.jsonl"), key=lambda p: METHOD_ORDER.index(p.stem)
-                           if p.stem in METHOD_ORDER else 99):
+        for path in shipped_logs(task, out).values():
             records = {r["step"]: r for r in read_log(path)}
             for step in TABLE_STEPS:
                 r = records.get(step)
@@ -100,8 +109,6 @@ def table(out: Path = LOGS, strides: tuple[str, ...] = ("stride 8", "stride 16")
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
-
-METHOD_ORDER = ("output-kd", "feature-kd", "adm-consensus", "online-adm")
 
 
 def main(argv: list[str] | None = None) -> None:

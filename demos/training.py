@@ -8,10 +8,9 @@ from pathlib import Path
 
 from compare.inputs import InputError
 from compare.monitor import read_log
-from compare.training_logs import LOGS
+from compare.training_logs import LOGS, shipped_logs
 
 MAX_LOG_BYTES = 20_000_000
-METHOD_ORDER = ("output-kd", "feature-kd", "adm-consensus", "online-adm")
 TASKS = ("detection", "segmentation")
 DEFAULT_FIGURES = {"detection": "agreement: f1", "segmentation": "agreement: miou"}
 FIGURE_WORDS = {"agreement: f1": "box agreement with the teacher, F1", "agreement: miou": "mIoU with the teacher",
@@ -23,8 +22,7 @@ FIGURE_WORDS = {"agreement: f1": "box agreement with the teacher, F1", "agreemen
 
 def shipped_runs(task: str) -> dict[str, Path]:
     """``{method: log}`` of the shipped runs of a task, in the recipe's method order."""
-    found = {p.stem: p for p in sorted((LOGS / task).glob("*.jsonl"))}
-    return {m: found[m] for m in sorted(found, key=lambda m: (METHOD_ORDER + (m,)).index(m))}
+    return shipped_logs(task, LOGS)
 
 
 def load_runs(task: str, names: list[str] | None, upload=None) -> dict[str, list[dict]]:
@@ -169,19 +167,31 @@ def summary_markdown(runs: dict[str, list[dict]], figure: str) -> str:
     return "\n".join(lines)
 
 
-def view(task: str, names: list[str] | None, upload, figure: str | None, step: int | None):
-    """Everything the tab shows: summary, curves, maps, the figure menu and the step slider."""
-    import gradio as gr
-
+def shown(task: str, names: list[str] | None, upload, figure: str | None, step) -> dict:
+    """What the tab shows for these runs: ``summary``, ``curves``, ``maps``, the ``figures`` menu and its ``figure``
+    (the asked one if logged, else the task's default), the logged ``steps`` and the ``step`` snapped to them."""
     runs = load_runs(task, names, upload)
     figures = figure_names(runs)
-    figure = figure if figure in figures else (DEFAULT_FIGURES.get(task) if DEFAULT_FIGURES.get(task) in figures
-                                               else figures[0])
+    default = DEFAULT_FIGURES.get(task)
+    figure = figure if figure in figures else (default if default in figures else figures[0])
     steps = steps_of(runs)
     step = snapped(steps, step)
-    return (summary_markdown(runs, figure), curves_figure(runs, figure), maps_figure(runs, step),
-            gr.update(choices=figures, value=figure),
-            gr.update(minimum=steps[0], maximum=max(steps[-1], steps[0] + 1), step=1, value=step))
+    return {"summary": summary_markdown(runs, figure), "curves": curves_figure(runs, figure),
+            "maps": maps_figure(runs, step), "figures": figures, "figure": figure, "steps": steps, "step": step}
+
+
+def slider_range(steps: list[int]) -> dict:
+    """The step slider over the logged steps: every whole step, snapped to the logged one at or before it."""
+    return {"minimum": steps[0], "maximum": max(steps[-1], steps[0] + 1), "step": 1}
+
+
+def view(task: str, names: list[str] | None, upload, figure: str | None, step: int | None):
+    """Everything the tab shows, as its outputs: summary, curves, maps, the figure menu and the step slider."""
+    import gradio as gr
+
+    out = shown(task, names, upload, figure, step)
+    return (out["summary"], out["curves"], out["maps"], gr.update(choices=out["figures"], value=out["figure"]),
+            gr.update(**slider_range(out["steps"]), value=out["step"]))
 
 
 def run_meta(task: str) -> str:
@@ -200,12 +210,7 @@ def run_meta(task: str) -> str:
 
 def first_view(task: str) -> dict:
     """The tab's values before any click: the shipped runs of ``task`` on its default figure, at the last step."""
-    runs = load_runs(task, None)
-    figures = figure_names(runs)
-    figure = DEFAULT_FIGURES[task] if DEFAULT_FIGURES[task] in figures else figures[0]
-    steps = steps_of(runs)
-    return {"summary": summary_markdown(runs, figure), "curves": curves_figure(runs, figure),
-            "maps": maps_figure(runs, steps[-1]), "figures": figures, "figure": figure, "steps": steps}
+    return shown(task, None, None, None, None)
 
 
 def build_training_tab() -> None:
@@ -219,8 +224,7 @@ def build_training_tab() -> None:
         first = first_view(task)
     except InputError:  # no shipped logs (python -m compare.training_logs writes them): an empty view
         first = {"summary": "No shipped runs here; upload a monitor.jsonl.", "curves": None, "maps": None,
-                 "figures": [], "figure": None, "steps": [1, 2]}
-    steps = first["steps"]
+                 "figures": [], "figure": None, "steps": [1, 2], "step": 2}
     with gr.Tab("Training", id="training"):
         gr.Markdown("How each student came to agree with its teacher while it trained, logged by the training "
                     "monitor (`compare.monitor.DistillMonitor`, a few lines in any loop) on a fixed probe of 16 "
@@ -234,8 +238,8 @@ def build_training_tab() -> None:
                 upload = gr.File(label="Your run: a monitor.jsonl (at most 20 MB)", file_types=[".jsonl"])
                 figure = gr.Dropdown(first["figures"], value=first["figure"], label="Figure",
                                      elem_id="training-figure")
-                step = gr.Slider(steps[0], steps[-1], value=steps[-1], step=steps[1] - steps[0] if len(steps) > 1
-                                 else 1, label="Step (consensus maps below)")
+                step = gr.Slider(**slider_range(first["steps"]), value=first["step"],
+                                 label="Step (consensus maps below)")
                 meta = gr.Markdown(run_meta(task))
             with gr.Column(scale=2):
                 summary = gr.Markdown(first["summary"], elem_id="training-summary")

@@ -29,17 +29,34 @@ RESAMPLES = 1000  # bootstrap resamples of the images
 SEED = 0  # a fixed generator: the same records give the same intervals, however the run was split
 
 
-def bootstrap_means(values: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED, chunk: int = 50,
-                    ) -> np.ndarray:
-    """(resamples,) means of ``values`` (n,) resampled with replacement over the images (Efron's bootstrap), drawn in
-    chunks so memory stays at ``chunk × n``."""
+def resamples_of(n: int, resamples: int = RESAMPLES, seed: int = SEED, chunk: int = 50):
+    """Efron's bootstrap over ``n`` images: (rows, n) arrays of image indices drawn with replacement, ``resamples``
+    rows in all, in chunks so memory stays at ``chunk × n``; the fixed ``seed`` makes every interval a function of
+    the records alone."""
     rng = np.random.default_rng(seed)
-    n = len(values)
-    out = []
     for start in range(0, resamples, chunk):
-        rows = min(chunk, resamples - start)
-        out.append(values[rng.integers(0, n, (rows, n))].mean(1))
-    return np.concatenate(out)
+        yield rng.integers(0, n, (min(chunk, resamples - start), n))
+
+
+def resampled_counts(n: int):
+    """The same resamples as how often each image was drawn: (rows, n) float counts."""
+    for indices in resamples_of(n):
+        yield np.stack([np.bincount(row, minlength=n) for row in indices]).astype(float)
+
+
+def percentile_interval(draws: np.ndarray, level: float = 0.95) -> list[float] | None:
+    """``[low, high]``, the percentile interval of bootstrap draws (undefined ones left out); None if none is
+    defined."""
+    draws = draws[~np.isnan(draws)]
+    if not len(draws):
+        return None
+    tail = (1 - level) / 2 * 100
+    return [round(float(np.percentile(draws, tail)), 4), round(float(np.percentile(draws, 100 - tail)), 4)]
+
+
+def bootstrap_means(values: np.ndarray) -> np.ndarray:
+    """(RESAMPLES,) means of ``values`` (n,) over :func:`resamples_of` the images."""
+    return np.concatenate([values[indices].mean(1) for indices in resamples_of(len(values))])
 
 
 MIN_IMAGES = 5  # under this many images a bootstrap interval is only the spread of the few values: undefined
@@ -51,9 +68,7 @@ def interval(values: list[float] | np.ndarray, level: float = 0.95) -> list[floa
     values = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if len(values) < MIN_IMAGES:
         return None
-    means = bootstrap_means(values)
-    tail = (1 - level) / 2 * 100
-    return [round(float(np.percentile(means, tail)), 4), round(float(np.percentile(means, 100 - tail)), 4)]
+    return percentile_interval(bootstrap_means(values), level)
 
 
 def _stats(values: list[float], with_interval: bool = True) -> dict:
@@ -405,18 +420,8 @@ def map50_interval(records: list[dict], model: str, labels: Labels, level: float
     if n < MIN_IMAGES:
         return None
     classes = _detections_matched(records, model, labels)
-    rng = np.random.default_rng(SEED)
-    values = []
-    for start in range(0, RESAMPLES, 50):
-        rows = min(50, RESAMPLES - start)
-        counts = np.stack([np.bincount(row, minlength=n) for row in rng.integers(0, n, (rows, n))]).astype(float)
-        values.append(weighted_map50(classes, counts))
-    means = np.concatenate(values)
-    means = means[~np.isnan(means)]
-    if not len(means):
-        return None
-    tail = (1 - level) / 2 * 100
-    return [round(float(np.percentile(means, tail)), 4), round(float(np.percentile(means, 100 - tail)), 4)]
+    return percentile_interval(np.concatenate([weighted_map50(classes, counts) for counts in resampled_counts(n)]),
+                               level)
 
 
 def _miou_interval(inter: np.ndarray, union: np.ndarray, level: float = 0.95) -> list[float] | None:
@@ -425,17 +430,12 @@ def _miou_interval(inter: np.ndarray, union: np.ndarray, level: float = 0.95) ->
     n = len(inter)
     if n < MIN_IMAGES:
         return None
-    rng = np.random.default_rng(SEED)
     values = []
-    for start in range(0, RESAMPLES, 50):
-        rows = min(50, RESAMPLES - start)
-        counts = np.stack([np.bincount(row, minlength=n) for row in rng.integers(0, n, (rows, n))])  # (rows, n)
+    for counts in resampled_counts(n):
         i, u = counts @ inter, counts @ union  # (rows, K)
         with np.errstate(invalid="ignore", divide="ignore"):
             values.append(np.nanmean(np.where(u > 0, i / u, np.nan), axis=1))
-    means = np.concatenate(values)
-    tail = (1 - level) / 2 * 100
-    return [round(float(np.percentile(means, tail)), 4), round(float(np.percentile(means, 100 - tail)), 4)]
+    return percentile_interval(np.concatenate(values), level)
 
 
 def _miss_ranking(records: list[dict], ranked: list[dict], student: str, labels: Labels, top: int = 10) -> dict:

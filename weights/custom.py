@@ -538,9 +538,7 @@ def _fingerprint(files: Files, prefixes: tuple[str, ...]) -> str:
 
 def _local_parameters(folder: Path, prefixes: tuple[str, ...], only: tuple[str, ...]) -> int | None:
     """Parameters of a local folder's safetensors files, from their headers (no tensor is read)."""
-    import math
-
-    from safetensors import safe_open
+    from weights.loaders import safetensors_parameters
 
     total = 0
     for prefix in prefixes:
@@ -548,9 +546,7 @@ def _local_parameters(folder: Path, prefixes: tuple[str, ...], only: tuple[str, 
             if VARIANT.search(path.name) or (only and path.name not in only):
                 continue
             try:
-                with safe_open(str(path), framework="pt") as f:  # batch-norm statistics are not parameters
-                    total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()
-                                 if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+                total += safetensors_parameters(path)
             except Exception:
                 return None
     return total or None

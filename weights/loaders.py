@@ -142,18 +142,27 @@ def stored_bytes(source: ModelSource) -> int | None:
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # batch-norm state, not parameters
 
 
+def safetensors_parameters(path: Path) -> int:
+    """Parameters in a safetensors file, from its header (shapes only; no tensor is read), batch-norm state left out.
+
+    Raises:
+        Exception: whatever safetensors raises for an unreadable file.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith(BUFFERS))
+
+
 def stored_parameters(source: ModelSource) -> int | None:
     """Parameter count from a safetensors header (shapes only; nothing is loaded or downloaded), or None when the
     weights are not on this machine. For a pipeline, its UNet; for a LoRA, the adapter's own parameters."""
-    from safetensors import safe_open
-
     path = _weights_file(source)
     if path is None or not path.is_file():
         return None
     if path.suffix != ".safetensors":  # a package's own file: its family counts the architecture's parameters
         return family_of(source).parameters(source)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith(BUFFERS))
+        return safetensors_parameters(path)
     except Exception:  # an unreadable file is reported by the loader when the model is used
         return None
