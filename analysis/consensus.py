@@ -55,10 +55,14 @@ def _locations(features: torch.Tensor) -> torch.Tensor:
     return features.flatten(2).transpose(1, 2)
 
 
-def _unit_locations(features: torch.Tensor, eps: float) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h*w, C) with every location's feature vector scaled to unit length."""
-    x = _locations(features)
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+def _unit_channels(features: torch.Tensor, eps: float, energy: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, h*w) with every location's feature vector scaled to unit length; ``energy``, the
+    (B, h, w) squared norms, when the caller has them. Channels first, as the maps come, so the sums and products
+    below read memory in order; and a sum of squares, not ``norm``, which over this axis costs ~30x more on the
+    CPU."""
+    x = features.flatten(2)
+    energy = x.square().sum(1) if energy is None else energy.flatten(1)
+    return x / energy[:, None].sqrt().clamp_min(eps)
 
 
 def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -90,23 +94,26 @@ def _affinities_cheaper(n: int, ct: int, cs: int) -> bool:
     return n * n * (ct + cs) < 2 * n * (ct * cs + ct * ct + cs * cs) and n <= 2048
 
 
-def _affinity_terms(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, ...]:
+def _affinity_terms(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8,
+                    energies: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
     """Five (B, N) tensors: per location, the sums behind the affinity correlation (teacher and student row means,
     the cross sum and the two sums of squares) of maps already on one grid. They sum over the N locations whatever
-    the channels, so pairs of different widths on one grid stack along B."""
+    the channels, so pairs of different widths on one grid stack along B. ``energies``: both maps' (B, h, w)
+    squared norms, when the caller has them."""
     n = t.shape[-2] * t.shape[-1]
-    u, v = _unit_locations(t, eps), _unit_locations(s, eps)  # (B, N, Ct), (B, N, Cs)
-    ct, cs = u.shape[-1], v.shape[-1]
-    ut, vt = u.transpose(1, 2), v.transpose(1, 2)
-    if _affinities_cheaper(n, ct, cs):
+    energy_t, energy_s = energies or (None, None)
+    u, v = _unit_channels(t, eps, energy_t), _unit_channels(s, eps, energy_s)  # (B, Ct, N), (B, Cs, N)
+    ut, vt = u.transpose(1, 2), v.transpose(1, 2)  # (B, N, C) views
+    if _affinities_cheaper(n, u.shape[1], v.shape[1]):
         # few locations, wide channels (a ResNet's last stages): the (N, N) affinities themselves are cheaper
-        a, b_ = torch.bmm(u, ut), torch.bmm(v, vt)
+        a, b_ = torch.bmm(ut, u), torch.bmm(vt, v)
         return a.mean(-1), b_.mean(-1), (a * b_).sum(-1), a.square().sum(-1), b_.square().sum(-1)
-    return ((u * u.mean(1, keepdim=True)).sum(-1),  # (B, N): mean of each teacher affinity row
-            (v * v.mean(1, keepdim=True)).sum(-1),
-            (torch.bmm(u, torch.bmm(ut, v)) * v).sum(-1),
-            (torch.bmm(u, torch.bmm(ut, u)) * u).sum(-1),
-            (torch.bmm(v, torch.bmm(vt, v)) * v).sum(-1))
+    # per location i: the row mean u_i . mean_j u_j, and u_i^T (U^T V) v_i, u_i^T (U^T U) u_i, v_i^T (V^T V) v_i,
+    # each through its C x C Gram; the cross term on the student's (narrower) side
+    return (torch.bmm(u.mean(2)[:, None], u)[:, 0], torch.bmm(v.mean(2)[:, None], v)[:, 0],
+            (v * torch.bmm(torch.bmm(v, ut), u)).sum(1),
+            (u * torch.bmm(torch.bmm(u, ut), u)).sum(1),
+            (v * torch.bmm(torch.bmm(v, vt), v)).sum(1))
 
 
 def _shuffled_affinity_terms(t: torch.Tensor, s: torch.Tensor, terms: tuple[torch.Tensor, ...], order: torch.Tensor,
@@ -116,11 +123,11 @@ def _shuffled_affinity_terms(t: torch.Tensor, s: torch.Tensor, terms: tuple[torc
     and sums of squares are the unshuffled ones reordered, and only the cross sums are new (one product)."""
     row_mean_t, row_mean_s, _, square_t, square_s = terms
     n = t.shape[-2] * t.shape[-1]
-    u, v = _unit_locations(t, eps), _unit_locations(s, eps)[:, order]  # (B, N, Ct), (B, N, Cs) reordered
-    if _affinities_cheaper(n, u.shape[-1], v.shape[-1]):
-        cross = (torch.bmm(u, u.transpose(1, 2)) * torch.bmm(v, v.transpose(1, 2))).sum(-1)
+    u, v = _unit_channels(t, eps), _unit_channels(s, eps)[:, :, order]  # (B, Ct, N), (B, Cs, N) reordered
+    if _affinities_cheaper(n, u.shape[1], v.shape[1]):
+        cross = (torch.bmm(u.transpose(1, 2), u) * torch.bmm(v.transpose(1, 2), v)).sum(-1)
     else:
-        cross = (torch.bmm(u, torch.bmm(u.transpose(1, 2), v)) * v).sum(-1)
+        cross = (u * torch.bmm(torch.bmm(u, v.transpose(1, 2)), v)).sum(1)
     return row_mean_t, row_mean_s[:, order], cross, square_t, square_s[:, order]
 
 
@@ -326,12 +333,12 @@ class ConsensusAnalysis:
     """Everything the Analysis tab shows for a batch, as tensors on the features' device.
 
     ``similarity``: P maps (B, h_p, w_p), one per matched stage pair; ``weights``: (P, 2, B, H, W) consensus and
-    divergence weights, each map scaled to [0, 1] and resized to ``size``; ``figures``: (P, B, 6) in the order of
-    :data:`FIGURES`; ``cka``: (T, S).
+    divergence weights, each map scaled to [0, 1] and resized to ``size`` (None when no size was asked);
+    ``figures``: (P, B, 6) in the order of :data:`FIGURES`; ``cka``: (T, S).
     """
 
     similarity: list[torch.Tensor]
-    weights: torch.Tensor
+    weights: torch.Tensor | None
     figures: torch.Tensor
     cka: torch.Tensor | None
     consensus_chance: torch.Tensor | None = None  # (P, B): mean consensus with the student's locations shuffled
@@ -377,7 +384,7 @@ def _shuffled_locations(features: torch.Tensor) -> torch.Tensor:
 
 
 def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list[str], foreground: torch.Tensor,
-                   tau: float, size: tuple[int, int], teacher_all: list[torch.Tensor],
+                   tau: float, size: tuple[int, int] | None, teacher_all: list[torch.Tensor],
                    student_all: list[torch.Tensor], with_cka: bool = True) -> ConsensusAnalysis:
     """Consensus, divergence, ADM's figures and CKA for matched stages, batched and without host syncs.
 
@@ -386,7 +393,7 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
         methods: the similarity of each pair, a key of :data:`SIMILARITY`.
         foreground: (B, H, W) bool foreground; resized once per distinct grid.
         tau: softmax temperature of the weights, > 0.
-        size: (H, W) of the returned weight maps (e.g. the displayed image's).
+        size: (H, W) of the returned weight maps (e.g. the displayed image's); None: no weight maps (figures only).
         teacher_all, student_all: every stage of each side, for the CKA matrix.
         with_cka: compute the CKA matrix over the batch's locations and the chance levels of CKA and of each
             pair's mean consensus (the student's locations shuffled); False: all three are None (a batch of several
@@ -418,13 +425,14 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
         for members in by_shape.values():
             t, s = cat([fitted[k][0] for k in members]), cat([fitted[k][1] for k in members])
             order += members
-            sims.append(_affinity_terms(t, s) if method == "affinity" else SIMILARITY[method](t, s))
+            energy_t.append(t.square().sum(1))
+            energy_s.append(s.square().sum(1))
+            sims.append(_affinity_terms(t, s, energies=(energy_t[-1], energy_s[-1])) if method == "affinity"
+                        else SIMILARITY[method](t, s))
             if with_cka:  # the chance level: the student's locations in a fixed random order
                 locations = _location_order(t.shape[-2] * t.shape[-1], t.device)
                 shuffled.append(_shuffled_affinity_terms(t, s, sims[-1], locations) if method == "affinity"
                                 else SIMILARITY[method](t, _shuffled_locations(s)))
-            energy_t.append(t.square().sum(1))
-            energy_s.append(s.square().sum(1))
         h, w = energy_t[0].shape[-2:]
         if method == "affinity":  # the five sums of every shape, stacked along the batch
             sim = _affinity_from_terms(tuple(cat(list(terms)) for terms in zip(*sims, strict=True)), h * w)
@@ -443,10 +451,11 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
             masks[grid] = resize_mask(foreground, grid).float()
         fg = masks[grid].repeat(len(order), 1, 1) if len(order) > 1 else masks[grid]
         found = _stacked_figures(sim, cat(energy_t), cat(energy_s), fg)
-        scaled = _scaled_weights(sim, tau, size)
+        scaled = _scaled_weights(sim, tau, size) if size is not None else None
         for i, k in enumerate(order):
             similarity[k], figures[k] = sim[i * b:(i + 1) * b], found[i * b:(i + 1) * b]
-            weights[k] = scaled[:, i * b:(i + 1) * b]
+            weights[k] = scaled[:, i * b:(i + 1) * b] if scaled is not None else None
     cka, cka_chance = cka_matrices(teacher_all, student_all) if with_cka else (None, None)
-    return ConsensusAnalysis(similarity, torch.stack(weights).clamp(0, 1), torch.stack(figures), cka,
+    return ConsensusAnalysis(similarity, torch.stack(weights).clamp(0, 1) if size is not None else None,
+                             torch.stack(figures), cka,
                              torch.stack(chance) if with_cka else None, cka_chance)

@@ -276,9 +276,6 @@ def consensus_of(pair: Pair, chosen: list[Student], stages: dict[str, list[Stage
     return ConsensusResult(pair.name, method, tau, chosen, overlays, per_student, notes)
 
 
-FIGURES_GRID = (8, 8)  # the (unused) weight maps of the figures-only path are this small
-
-
 def consensus_figures(pair: Pair, chosen: list[Student], stages: dict[str, list[list[Stage]]],
                       foregrounds: list[torch.Tensor | None], tau: float = DEFAULT_TAU, method: str = "affinity",
                       ) -> list[ConsensusResult]:
@@ -315,7 +312,7 @@ def consensus_figures(pair: Pair, chosen: list[Student], stages: dict[str, list[
             foreground = (torch.stack([foregrounds[i].to(device) for i in members]) if fg_shape is not None
                           else torch.zeros((len(members), 1, 1), dtype=torch.bool, device=device))
             result = analyse_stages([(t.features, s.features.to(device)) for t, s in pairs], methods, foreground, tau,
-                                    FIGURES_GRID, [], [], with_cka=False)
+                                    None, [], [], with_cka=False)
             host = result.figures.float().cpu().numpy()  # (P, B, 6): the one read-back of this batch
             for b, i in enumerate(members):
                 rows = [{"teacher_layer": t.name, "student_layer": s.name, "stride": t.stride, "method": m,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from weights.predictors import Detection
+from weights.predictors import BoxArrays, Detection
 from weights.registry import Student
 
 
@@ -97,7 +97,7 @@ class DetectionComparison(Comparison):
     agreement: dict[str, dict] = field(default_factory=dict)
     # when the request asked for them (``accuracy_threshold``): every model's boxes down to that lower score, from
     # the same forward, for accuracy against labels (the dataset report's mAP)
-    all_detections: dict[str, list[Detection]] | None = None
+    all_detections: dict[str, BoxArrays] | None = None
 
     def to_json(self) -> dict:
         per_student = {n: {"detections": [d.to_dict() for d in self.detections[n]], **self.profiles[n].to_json(),

@@ -131,24 +131,36 @@ def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_
     stages: dict[str, list] = {}
     foregrounds: list[torch.Tensor | None] = [None] * len(images)
     profiles: dict[str, Profile] = {}
+    preparations: dict = {}  # models whose family prepares alike share each image's preparation
     for name, predictor in predictors.items():
-        prepared = [predictor.prepare(image) for image in images]
+        key = predictor.family.prepare_key(predictor)
+        prepared = preparations.get(key) if key is not None else None
+        if prepared is None:
+            prepared = [predictor.prepare(image) for image in images]
+            if key is not None:
+                preparations[key] = prepared
         forwarded = forward_batched(predictor, prepared, request.consensus)
         outputs[name], stages[name] = [None] * len(images), [None] * len(images)
         low = request.threshold if request.accuracy_threshold is None or pair.task != "detection" \
             else min(request.threshold, request.accuracy_threshold)
         for group in forwarded:
-            read = READERS[pair.task](predictor, group, low)
+            if low != request.threshold:  # the boxes down to the lower score as arrays, then the request's own
+                read = predictor.detection_arrays(group.outputs, group.geometries, low)
+                for k, i in enumerate(group.indices):
+                    everything.setdefault(name, [None] * len(images))[i] = read[k]
+                read = [found.above(request.threshold) for found in read]
+            else:
+                read = READERS[pair.task](predictor, group, low)
+            # the teacher's foreground for the analysis (a classifier has none; labels may give it instead)
+            found = predictor.foregrounds(group.outputs, group.geometries, FOREGROUND_SCORE) \
+                if group.stages is not None and name == "teacher" and pair.task != "image-classification" \
+                and request.foregrounds is None else None
             for k, i in enumerate(group.indices):
                 outputs[name][i] = read[k]
-                if low != request.threshold:  # the boxes down to the lower score, then the request's own
-                    everything.setdefault(name, [None] * len(images))[i] = read[k]
-                    outputs[name][i] = [d for d in read[k] if d.score >= request.threshold]
                 if group.stages is not None:
                     stages[name][i] = group.stages[k]
-                    if name == "teacher" and pair.task != "image-classification":  # a classifier has none
-                        foregrounds[i] = predictor.foreground(group.outputs, group.geometries[k], FOREGROUND_SCORE,
-                                                              index=k)
+                if found is not None:
+                    foregrounds[i] = found[k]
         profiles[name] = profile(predictor, prepared, forwarded, request.latency)
     if request.foregrounds is not None:
         foregrounds = [f.to(predictors["teacher"].device) for f in request.foregrounds]

@@ -343,9 +343,17 @@ def _tally(outcomes) -> dict:
 
 
 def accuracy_detections(side: dict) -> list[dict]:
-    """A model's boxes for accuracy against labels: every box down to the accuracy threshold when the run kept
-    them, else the boxes above the run's threshold."""
-    return side.get("detections_for_accuracy", side["detections"])
+    """A model's boxes for accuracy against labels, as ``{"label", "score", "box"}`` dicts: every box down to the
+    accuracy threshold when the run kept them (stored as columns, :meth:`weights.predictors.BoxArrays.to_dict`),
+    else the boxes above the run's threshold."""
+    found = side.get("detections_for_accuracy")
+    if found is None:
+        return side["detections"]
+    if isinstance(found, list):  # a run written before the columns
+        return found
+    boxes = found["boxes"]
+    return [{"label": label, "score": score, "box": boxes[4 * k: 4 * k + 4]}
+            for k, (score, label) in enumerate(zip(found["scores"], found["labels"], strict=True))]
 
 
 RECALL_POINTS = np.linspace(0, 1, 101)  # COCO's 101 recall thresholds, as torchmetrics' mAP uses them

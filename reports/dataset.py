@@ -45,6 +45,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ from reports.aggregate import (
 from reports.gallery import GalleryStore, kept_maps, overlays
 from reports.html import write_report
 from reports.inputs import Labels, list_images
-from reports.measure import analyse_batch
+from reports.measure import analyse_batch, read_batch
 from weights.custom import OwnModelError
 from weights.loaders import ModelUnavailableError
 from weights.predictors import predictors_for
@@ -221,24 +222,32 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
     total, done = sum(len(paths) for _, paths in todo), 0
     cancel = stop_check(cancel)
     loop_start = time.perf_counter()
-    for k, paths in todo:
-        if cancel():
-            break
-        # a batch cut short by a crash runs again whole (the same images, the same numbers); only its missing
-        # images are written
-        analysed, cka = analyse_batch(paths, spec, students_chosen, predictors, threshold, classes, truth, k,
-                                      accuracy_threshold)
-        fresh = [a for a in analysed if a.record["image"] not in finished]
-        for a in fresh:
-            if a.maps is not None:
-                store.offer(a.record, a.maps)
-        if cka is not None and k not in cka_done:  # before the records: a batch with all its records has its terms
-            _append(cka_file, [{"batch": k, "students": cka}])
-        _append(shard, [a.record for a in fresh])
-        _append(timing_file, [a.timing for a in fresh if a.timing is not None])
-        done += len(paths)
-        if progress is not None:
-            progress(done, total)
+    reader = ThreadPoolExecutor(1, "decode")  # decodes the next batch's files while this one runs (PIL frees the GIL)
+    upcoming = reader.submit(read_batch, todo[0][1]) if todo else None
+    try:
+        for position, (k, paths) in enumerate(todo):
+            if cancel():
+                break
+            read = upcoming.result()
+            if position + 1 < len(todo):
+                upcoming = reader.submit(read_batch, todo[position + 1][1])
+            # a batch cut short by a crash runs again whole (the same images, the same numbers); only its missing
+            # images are written
+            analysed, cka = analyse_batch(paths, spec, students_chosen, predictors, threshold, classes, truth, k,
+                                          accuracy_threshold, read)
+            fresh = [a for a in analysed if a.record["image"] not in finished]
+            for a in fresh:
+                if a.maps is not None:
+                    store.offer(a.record, a.maps)
+            if cka is not None and k not in cka_done:  # before the records: a batch with all its records has its
+                _append(cka_file, [{"batch": k, "students": cka}])  # terms
+            _append(shard, [a.record for a in fresh])
+            _append(timing_file, [a.timing for a in fresh if a.timing is not None])
+            done += len(paths)
+            if progress is not None:
+                progress(done, total)
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
     loop_seconds = time.perf_counter() - loop_start
     stopped = cancel()
     if barrier:

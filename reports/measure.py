@@ -4,14 +4,15 @@ HSIC terms, embeddings)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from analysis.cka import MIN_SAMPLES, MinibatchCKA
+from analysis.consensus import pool_to
 from analysis.features import match_stages
 from compare.inputs import InputError, read_image
 from compare.vision import VisionRequest, run_vision
@@ -34,10 +35,22 @@ class Analysed:
     maps: dict[str, np.ndarray] | None = None
 
 
+def read_batch(paths: list[Path]) -> list[tuple[np.ndarray, list[str]] | InputError]:
+    """Each file decoded (:func:`compare.inputs.read_image`), or the error that made it unusable."""
+    out: list[tuple[np.ndarray, list[str]] | InputError] = []
+    for path in paths:
+        try:
+            out.append(read_image(str(path)))
+        except InputError as error:
+            out.append(error)
+    return out
+
+
 def analyse_batch(paths: list[Path], spec: Pair, chosen: list[Student], predictors: dict, threshold: float,
                   classes: str, labels: Labels | None, batch_index: int = 0, accuracy_threshold: float | None = None,
-                  ) -> tuple[list[Analysed], dict | None]:
+                  read: list | None = None) -> tuple[list[Analysed], dict | None]:
     """A batch of images through the engine; unreadable files get an error record and never stop the batch.
+    ``read``: the files already decoded by :func:`read_batch` (the report decodes the next batch meanwhile).
 
     Returns:
         ``(per image, cka)``: an :class:`Analysed` per path, in order; and the batch's CKA terms (see
@@ -45,12 +58,11 @@ def analyse_batch(paths: list[Path], spec: Pair, chosen: list[Student], predicto
     """
     arrays, notes, readable = [], [], []
     out: list[Analysed | None] = [None] * len(paths)
-    for i, path in enumerate(paths):
-        try:
-            array, image_notes = read_image(str(path))
-        except InputError as error:  # unreadable or unusable file: listed, never fatal
-            out[i] = Analysed({"image": path.name, "error": str(error)})
+    for i, (path, decoded) in enumerate(zip(paths, read or read_batch(paths), strict=True)):
+        if isinstance(decoded, InputError):  # unreadable or unusable file: listed, never fatal
+            out[i] = Analysed({"image": path.name, "error": str(decoded)})
             continue
+        array, image_notes = decoded
         arrays.append(array)
         notes.append(image_notes)
         readable.append(i)
@@ -112,7 +124,7 @@ def vision_record(path: Path, result, spec: Pair, labels: Labels | None,
         if result.all_detections is not None:  # with labels: every box down to the accuracy threshold, for mAP
             for name, found in result.all_detections.items():
                 block = record["teacher"] if name == "teacher" else record["students"][name]
-                block["detections_for_accuracy"] = [d.to_dict() for d in found]
+                block["detections_for_accuracy"] = found.to_dict()  # columns
     else:
         maps = result.arrays()
         classes = report["classes"]
@@ -137,7 +149,7 @@ def vision_record(path: Path, result, spec: Pair, labels: Labels | None,
 
 
 def _pooled(features: torch.Tensor, grid: tuple[int, int] = CKA_GRID) -> torch.Tensor:
-    return F.adaptive_avg_pool2d(features.float(), grid)
+    return pool_to(features.float(), grid)
 
 
 def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: int) -> dict:
@@ -170,7 +182,10 @@ def embedding(stages: list) -> list[float]:
     :data:`EMBEDDING_DIMS` numbers by a fixed Gaussian projection (Johnson-Lindenstrauss; seeded by the width, so the
     same model always projects alike)."""
     deepest = stages[-1].features.float().mean((-2, -1))[0]  # (C,)
-    width = deepest.shape[0]
-    projection = torch.randn(width, EMBEDDING_DIMS, generator=torch.Generator().manual_seed(width)) / \
-        EMBEDDING_DIMS ** 0.5
-    return [round(v, 4) for v in (deepest.cpu() @ projection).tolist()]
+    return [round(v, 4) for v in (deepest.cpu() @ _projection(deepest.shape[0])).tolist()]
+
+
+@functools.lru_cache(maxsize=16)
+def _projection(width: int) -> torch.Tensor:
+    """(width, EMBEDDING_DIMS) float32 Gaussian projection, the same for every image of that width."""
+    return torch.randn(width, EMBEDDING_DIMS, generator=torch.Generator().manual_seed(width)) / EMBEDDING_DIMS ** 0.5

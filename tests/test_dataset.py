@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from compare.inputs import InputError
-from reports.aggregate import _miss_ranking
+from reports.aggregate import _miss_ranking, accuracy_detections
 from reports.dataset import read_records, run_dataset
 from reports.inputs import Labels, extract_zip, list_images, safe_name
 from weights.shapes.world import CLASS_NAMES, EVAL_SEED_START, render_scene
@@ -407,7 +407,9 @@ def test_map_counts_every_box_down_to_the_accuracy_threshold_and_says_so(uninter
     records = read_records(out / "results.jsonl")
     kept = [r for r in records if "error" not in r]
     assert all(d["score"] >= 0.3 for r in kept for d in r["teacher"]["detections"])
-    assert any(d["score"] < 0.3 for r in kept for d in r["teacher"]["detections_for_accuracy"])
+    assert any(d["score"] < 0.3 for r in kept for d in accuracy_detections(r["teacher"]))
+    shown = [d for d in accuracy_detections(kept[0]["teacher"]) if d["score"] >= 0.3]
+    assert shown == kept[0]["teacher"]["detections"]  # the columns hold the shown boxes, to the digit
     assert summary["accuracy"]["teacher"]["score_threshold"] == 0.01
     images = [p for p in list_images(folder / "images") if p.name != "broken.png"]
     strict = run_dataset(images, "shapes-detection", tmp_path, labels=folder / "labels.json", gallery=0,

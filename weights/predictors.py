@@ -21,7 +21,7 @@ from weights.families import Family, Geometry, family_of
 from weights.loaders import load_model
 from weights.registry import ModelSource, Pair, Student
 
-__all__ = ["Detection", "Geometry", "Predictor", "box_foreground", "class_foreground", "predictors_for",
+__all__ = ["BoxArrays", "Detection", "Geometry", "Predictor", "box_foreground", "class_foreground", "predictors_for",
            "valid_region"]
 
 
@@ -33,6 +33,35 @@ class Detection:
 
     def to_dict(self) -> dict:
         return {"label": self.label, "score": round(self.score, 4), "box": [round(v, 2) for v in self.box]}
+
+
+@dataclass
+class BoxArrays:
+    """One image's boxes as arrays rather than one object per box (the dataset report keeps ~100 per model and
+    image for its mAP): ``boxes`` (N, 4) float32 xyxy in input-image pixels, ``scores`` (N,) float32 in [0, 1],
+    ``labels`` (N,) int64 indices into ``names``; highest score first."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def above(self, threshold: float) -> list[Detection]:
+        """The boxes scoring ``threshold`` or more, as :class:`Detection` objects."""
+        n = int(np.searchsorted(-self.scores, -threshold, side="right"))  # scores are sorted, highest first
+        return [Detection(self.names[label], score, box) for box, score, label in
+                zip(self.boxes[:n].tolist(), self.scores[:n].tolist(), self.labels[:n].tolist(), strict=True)]
+
+    def to_dict(self) -> dict:
+        """``{"boxes": [x0, y0, x1, y1, x0, ...], "scores": [...], "labels": [...]}``: columns, the boxes flat
+        (4 numbers each), rounded as :meth:`Detection.to_dict` rounds; a fraction of the size, time and Python
+        objects of a dict per box."""
+        return {"boxes": np.round(self.boxes.astype(np.float64), 2).reshape(-1).tolist(),
+                "scores": np.round(self.scores.astype(np.float64), 4).tolist(),
+                "labels": [self.names[i] for i in self.labels.tolist()]}
 
 
 def valid_region(stage: Stage, geometry: Geometry, padded: tuple[int, int]) -> Stage:
@@ -47,7 +76,8 @@ def valid_region(stage: Stage, geometry: Geometry, padded: tuple[int, int]) -> S
 
 def box_foreground(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, height: int, width: int,
                    ) -> torch.Tensor:
-    """(height, width) bool: pixels whose centre lies inside any (N, 4) xyxy box scoring ``threshold`` or more.
+    """(height, width) bool: pixels whose centre lies inside any (N, 4) xyxy box scoring ``threshold`` or more; for
+    (B, N, 4) boxes and (B, N) scores, (B, height, width).
 
     The score threshold is a mask, not a filter (nothing is read back to choose the boxes), and the union of boxes
     is one matrix product of each box's row and column indicators, (H, N) @ (N, W), rather than N full masks.
@@ -55,10 +85,10 @@ def box_foreground(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, 
     ys = torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5
     xs = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5
     boxes = boxes.float()
-    keep = (scores >= threshold)[:, None]
-    rows = ((ys >= boxes[:, 1:2]) & (ys < boxes[:, 3:4]) & keep).float()  # (N, H)
-    cols = ((xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])).float()  # (N, W)
-    return (rows.T @ cols) > 0
+    keep = (scores >= threshold)[..., None]
+    rows = ((ys >= boxes[..., 1:2]) & (ys < boxes[..., 3:4]) & keep).float()  # (..., N, H)
+    cols = ((xs >= boxes[..., 0:1]) & (xs < boxes[..., 2:3])).float()  # (..., N, W)
+    return (rows.transpose(-1, -2) @ cols) > 0
 
 
 def class_foreground(class_map: torch.Tensor, has_background: bool) -> torch.Tensor:
@@ -112,19 +142,22 @@ class Predictor:
     def detections(self, outputs: Any, geometries: list[Geometry], threshold: float) -> list[list[Detection]]:
         """Per image, the boxes scoring ``threshold`` or more in input-image pixels, highest score first; one
         read-back for the whole batch."""
+        return [found.above(threshold) for found in self.detection_arrays(outputs, geometries, threshold)]
+
+    def detection_arrays(self, outputs: Any, geometries: list[Geometry], threshold: float) -> list[BoxArrays]:
+        """:meth:`detections` as one :class:`BoxArrays` per image (no object per box); one read-back."""
         found = self.family.detections(self, outputs, geometries, threshold)
-        counts = [len(r["scores"]) for r in found]
-        orders = [r["scores"].argsort(descending=True) for r in found]
-        host = read_back({key: torch.cat([r[key][o].to(dtype) for r, o in zip(found, orders, strict=True)])
-                          for key, dtype in (("boxes", torch.float32), ("scores", torch.float32),
-                                             ("labels", torch.int64))}) if found else {}
-        boxes, scores, labels = (host[key].tolist() for key in ("boxes", "scores", "labels")) if found else ([],) * 3
-        result, start = [], 0
-        for n in counts:  # Python lists, converted once: a tensor row per box would cost ~10 µs each
-            result.append([Detection(self.labels[label], score, box) for box, score, label in
-                           zip(boxes[start:start + n], scores[start:start + n], labels[start:start + n], strict=True)])
-            start += n
-        return result
+        if not found:
+            return []
+        host = read_back({key: torch.cat([r[key].to(dtype) for r in found]) for key, dtype in
+                          (("boxes", torch.float32), ("scores", torch.float32), ("labels", torch.int64))})
+        bounds = np.cumsum([0, *(len(r["scores"]) for r in found)])
+        out = []
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):  # sorted and filtered on the host: a few µs each
+            order = np.argsort(-host["scores"][a:b], kind="stable")
+            order = order[host["scores"][a:b][order] >= threshold]
+            out.append(BoxArrays(*(host[key][a:b][order] for key in ("boxes", "scores", "labels")), self.labels))
+        return out
 
     def foreground(self, outputs: Any, geometry: Geometry, threshold: float, index: int = 0, max_side: int = 256,
                    ) -> torch.Tensor:
@@ -135,10 +168,29 @@ class Predictor:
         if self.task == "segmentation":
             logits = self.family.segmentation_logits(self, outputs, geometry, index)
             return class_foreground(logits[0].argmax(0), bool(self.labels) and self.labels[0] == "background")
-        scale = min(1.0, max_side / max(geometry.height, geometry.width))
-        h, w = max(1, round(geometry.height * scale)), max(1, round(geometry.width * scale))
-        boxes, scores = self.family.detection_candidates(self, outputs, geometry, h, w, index)
-        return box_foreground(boxes, scores, threshold, h, w)
+        return self.foregrounds(outputs, [geometry], threshold, max_side, [index])[0]
+
+    def foregrounds(self, outputs: Any, geometries: list[Geometry], threshold: float, max_side: int = 256,
+                    indices: list[int] | None = None) -> list[torch.Tensor]:
+        """:meth:`foreground` of every image of a batch (``indices``, default all), a detector's images of one size
+        at once."""
+        indices = list(range(len(geometries))) if indices is None else indices
+        if self.task == "segmentation":
+            return [self.foreground(outputs, g, threshold, i, max_side) for g, i in zip(geometries, indices,
+                                                                                         strict=True)]
+        sizes: dict[tuple, list[int]] = {}
+        for k, g in enumerate(geometries):
+            sizes.setdefault((g.height, g.width, g.resized_height, g.resized_width), []).append(k)
+        out: list[torch.Tensor | None] = [None] * len(geometries)
+        for members in sizes.values():
+            geometry = geometries[members[0]]
+            scale = min(1.0, max_side / max(geometry.height, geometry.width))
+            h, w = max(1, round(geometry.height * scale)), max(1, round(geometry.width * scale))
+            boxes, scores = self.family.detection_candidates(self, outputs, geometry, h, w,
+                                                             [indices[k] for k in members])
+            for k, mask in zip(members, box_foreground(boxes, scores, threshold, h, w), strict=True):
+                out[k] = mask
+        return out
 
     # Segmentation -------------------------------------------------------------------------------------------
     def class_maps(self, outputs: Any, geometries: list[Geometry]) -> list[torch.Tensor]:

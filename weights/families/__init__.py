@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,6 +87,12 @@ class Family:
         device and dtype."""
         raise NotImplementedError
 
+    def prepare_key(self, predictor: Predictor) -> Hashable | None:
+        """What determines :meth:`prepare`'s output besides the image: models of a request with equal keys share
+        one preparation of each image (a pair's teacher and students often use the same processor); None: never
+        shared."""
+        return None
+
     def forward(self, predictor: Predictor, inputs: dict[str, torch.Tensor]) -> Any:
         """The model's outputs for a batch of prepared inputs."""
         return predictor.model(inputs["pixel_values"])
@@ -103,13 +109,15 @@ class Family:
     def detections(self, predictor: Predictor, outputs: Any, geometries: list[Geometry], threshold: float,
                    ) -> list[dict[str, torch.Tensor]]:
         """Per image: ``{"boxes": (N, 4) xyxy in input-image pixels, "scores": (N,), "labels": (N,) int64}``
-        above ``threshold``, on the model's device (not yet read back)."""
+        above ``threshold`` (or more: the predictor keeps those above it on the host), on the model's device, not
+        yet read back, in any order."""
         raise NotImplementedError(f"{self.name} models do not detect")
 
     def detection_candidates(self, predictor: Predictor, outputs: Any, geometry: Geometry, height: int, width: int,
-                             index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                             index: int | list[int] = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Image ``index``'s candidate boxes (Q, 4) xyxy scaled to ``height`` x ``width`` and their scores (Q,),
-        with no threshold and no host sync (for the analysis' foreground)."""
+        with no threshold and no host sync (for the analysis' foreground); for a list of B images of one size,
+        (B, Q, 4) and (B, Q)."""
         raise NotImplementedError(f"{self.name} models do not detect")
 
     def logits(self, predictor: Predictor, outputs: Any) -> torch.Tensor:

@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from analysis.features import intermediates_stages
 from weights.families import Family, Geometry, ModelUnavailableError, register_family
 from weights.shapes.checkpoints import BUILTIN_DIR, load_named_checkpoint
-from weights.shapes.nets import decode_detections, detection_candidates, normalise
+from weights.shapes.nets import detection_candidates, normalise
 
 
 def builtin_pixels(image: np.ndarray, policy: dict) -> tuple[torch.Tensor, Geometry]:
@@ -44,6 +45,18 @@ def box_cell(box: list[float], geometry: Geometry, grid: tuple[int, int], padded
     return (min(int(cy * sy * grid[0] / padded[0]), grid[0] - 1), min(int(cx * sx * grid[1] / padded[1]), grid[1] - 1))
 
 
+_CANDIDATES = WeakTensorKeyDictionary()  # keyed by identity (a tensor's == is elementwise)
+
+
+def _candidates(outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The batch's detection candidates, decoded once per forward's outputs (the boxes and the analysis' foreground
+    both read them); remembered only while the outputs live."""
+    key = outputs["heatmap"]
+    if key not in _CANDIDATES:
+        _CANDIDATES[key] = detection_candidates(outputs)
+    return _CANDIDATES[key]
+
+
 @register_family
 class ShapesFamily(Family):
     name = "shapes"
@@ -68,26 +81,29 @@ class ShapesFamily(Family):
         pixels, geometry = builtin_pixels(image, predictor.pair.preprocessing)
         return {"pixel_values": pixels.to(predictor.device, predictor.dtype)}, geometry
 
+    def prepare_key(self, predictor):
+        return ("shapes", tuple(sorted(predictor.pair.preprocessing.items())), predictor.device, predictor.dtype)
+
     def stages(self, model, pixels):
         return intermediates_stages(model, pixels)
 
     def detections(self, predictor, outputs, geometries, threshold):
-        results = []
-        for result, geometry in zip(decode_detections(outputs, threshold), geometries, strict=True):
-            sx, sy = geometry.width / geometry.resized_width, geometry.height / geometry.resized_height
-            b = result["boxes"]
-            boxes = torch.stack([(b[:, 0] * sx).clamp(0, geometry.width), (b[:, 1] * sy).clamp(0, geometry.height),
-                                 (b[:, 2] * sx).clamp(0, geometry.width), (b[:, 3] * sy).clamp(0, geometry.height)],
-                                -1)
-            results.append({"boxes": boxes, "scores": result["scores"], "labels": result["labels"]})
-        return results
+        # every candidate, scaled to each image in one op; the predictor keeps those above the threshold on the host
+        boxes, scores, labels = _candidates(outputs)
+        scale = torch.tensor([[g.width / g.resized_width, g.height / g.resized_height] * 2 for g in geometries],
+                             dtype=boxes.dtype, device=boxes.device)[:, None]
+        limit = torch.tensor([[g.width, g.height] * 2 for g in geometries], dtype=boxes.dtype,
+                             device=boxes.device)[:, None]
+        boxes = torch.minimum((boxes * scale).clamp_min(0), limit)
+        return [{"boxes": boxes[i], "scores": scores[i], "labels": labels[i]} for i in range(len(geometries))]
 
     def detection_candidates(self, predictor, outputs, geometry, height, width, index=0):
-        boxes, scores, _ = detection_candidates({k: v[index:index + 1] for k, v in outputs.items()
-                                                 if k in ("heatmap", "size", "offset")})
-        boxes, scores = boxes[0], scores[0]
-        sx, sy = width / geometry.resized_width, height / geometry.resized_height
-        return torch.stack([boxes[:, 0] * sx, boxes[:, 1] * sy, boxes[:, 2] * sx, boxes[:, 3] * sy], -1), scores
+        rows = [index] if isinstance(index, int) else index
+        boxes, scores, _ = (c[rows] for c in _candidates(outputs))
+        scale = torch.tensor([width / geometry.resized_width, height / geometry.resized_height] * 2,
+                             dtype=boxes.dtype, device=boxes.device)
+        boxes = boxes * scale
+        return (boxes[0], scores[0]) if isinstance(index, int) else (boxes, scores)
 
     def segmentation_logits(self, predictor, outputs, geometry, index=0):
         # builtin logits are at the padded input's size: keep the image part

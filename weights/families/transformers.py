@@ -50,13 +50,14 @@ def processor_classes() -> tuple[str, ...]:
     return _names(IMAGE_PROCESSOR_MAPPING_NAMES.values())
 
 
-def detr_candidates(outputs: Any, height: int, width: int, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def detr_candidates(outputs: Any, height: int, width: int, index: int | list[int] = 0,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """A DETR-style model's boxes for image ``index``, (Q, 4) xyxy scaled to ``height`` x ``width``, and each
-    query's best sigmoid class score (Q,)."""
+    query's best sigmoid class score (Q,); for a list of B images, (B, Q, 4) and (B, Q)."""
     from torchvision.ops import box_convert
 
     boxes = box_convert(outputs.pred_boxes[index].float(), "cxcywh", "xyxy")
-    boxes = torch.stack([boxes[:, 0] * width, boxes[:, 1] * height, boxes[:, 2] * width, boxes[:, 3] * height], -1)
+    boxes = boxes * torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
     return boxes, outputs.logits[index].float().sigmoid().amax(-1)
 
 
@@ -103,6 +104,9 @@ class TransformersFamily(Family):
 
         return ({"pixel_values": pixels.to(predictor.device, predictor.dtype)},
                 Geometry(height, width, *pixels.shape[-2:]))
+
+    def prepare_key(self, predictor):
+        return ("transformers", predictor.processor.to_json_string(), predictor.device, predictor.dtype)
 
     def forward(self, predictor, inputs):
         return predictor.model(**inputs)
