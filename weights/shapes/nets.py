@@ -108,6 +108,14 @@ class ShapesNet(nn.Module):
         return {"heatmap": heatmap, "size": size, "offset": offset, "features": features}
 
 
+def _max3x3(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 3, 1, 1)`` as two separable maxima of shifted views: the same values, ~10x faster on the
+    CPU (whose max-pool kernel also computes indices)."""
+    p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    rows = torch.maximum(torch.maximum(p[..., :-2], p[..., 1:-1]), p[..., 2:])
+    return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
+
+
 def detection_candidates(out: dict[str, torch.Tensor], max_detections: int = 100, cells: bool = False,
                          ) -> tuple[torch.Tensor, ...]:
     """The ``max_detections`` highest heatmap peaks of each image as boxes, with no threshold (no host sync).
@@ -117,12 +125,12 @@ def detection_candidates(out: dict[str, torch.Tensor], max_detections: int = 100
         also (B, K) the flat heat-map cell (``y * w + x``) each box was decoded from.
     """
     heat = out["heatmap"].sigmoid()
-    peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
+    peaks = heat * (_max3x3(heat) == heat)
     b, c, h, w = peaks.shape
     scores, index = peaks.flatten(1).topk(min(max_detections, c * h * w))
     labels, cell = index // (h * w), index % (h * w)
     ys, xs = (cell // w).float(), (cell % w).float()
-    size = out["size"].flatten(2).exp().gather(2, cell[:, None].expand(-1, 2, -1))  # (B, 2, K) in cells
+    size = out["size"].flatten(2).gather(2, cell[:, None].expand(-1, 2, -1)).exp()  # (B, 2, K) in cells
     offset = out["offset"].flatten(2).gather(2, cell[:, None].expand(-1, 2, -1))
     cx, cy = (xs + offset[:, 0]) * DETECTION_STRIDE, (ys + offset[:, 1]) * DETECTION_STRIDE
     bw, bh = size[:, 0] * DETECTION_STRIDE, size[:, 1] * DETECTION_STRIDE
