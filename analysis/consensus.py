@@ -111,9 +111,9 @@ def _affinity_terms(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8,
     # per location i: the row mean u_i . mean_j u_j, and u_i^T (U^T V) v_i, u_i^T (U^T U) u_i, v_i^T (V^T V) v_i,
     # each through its C x C Gram; the cross term on the student's (narrower) side
     return (torch.bmm(u.mean(2)[:, None], u)[:, 0], torch.bmm(v.mean(2)[:, None], v)[:, 0],
-            (v * torch.bmm(torch.bmm(v, ut), u)).sum(1),
-            (u * torch.bmm(torch.bmm(u, ut), u)).sum(1),
-            (v * torch.bmm(torch.bmm(v, vt), v)).sum(1))
+            torch.bmm(torch.bmm(v, ut), u).mul_(v).sum(1),  # in place: one (B, C, N) temporary less each
+            torch.bmm(torch.bmm(u, ut), u).mul_(u).sum(1),
+            torch.bmm(torch.bmm(v, vt), v).mul_(v).sum(1))
 
 
 def _shuffled_affinity_terms(t: torch.Tensor, s: torch.Tensor, terms: tuple[torch.Tensor, ...], order: torch.Tensor,

@@ -8,14 +8,15 @@ Writes ``--scenes`` held-out Shapes scenes and their COCO-style box labels to a 
 reports.dataset`` on them once per process count (``torchrun --standalone --nproc_per_node N`` beyond one; one CPU
 thread per process; on CUDA, as many processes as asked on the one GPU). Printed per run: the report loop's images per
 second (rank 0's loop: reading, the models, the consensus analysis, CKA terms, writing; start-up, model loading and the
-final summary excluded), the whole command's wall-clock, and whether ``results.jsonl``, ``summary.json`` and
-``cka.jsonl`` equal the one-process run's. The **forward-only limit** is measured in the same run, before and after the
-report runs: the teacher's and students' forwards alone on batches of ``--batch`` scenes (one thread), images per
-second, the fastest of several rounds and the higher of the two measurements (so a slow moment of the machine never
-flatters the share); N processes have N times it. The report's loop decodes the next batch's files in a background
-thread, as a data loader would. ``--rss-scenes`` runs one process over that many scenes and prints its resident memory
-as the images go by (sampled from ``/proc``). Last, the ranking check: the share of images where the student misses a
-labelled object that its teacher finds, in the whole folder and among the 10 images of largest disagreement.
+final summary excluded; N processes count N times rank 0's rate), the whole command's wall-clock, and whether
+``results.jsonl``, ``summary.json`` and ``cka.jsonl`` equal the one-process run's. The **forward-only limit** is
+measured beside each run, just before and just after it (the higher counts, so a slow moment of the machine never
+flatters the share): as many processes as the run, at once, each doing only the teacher's and students' forwards over
+the batches its rank of the report takes (read and prepared untimed), images over the summed time of the forward calls.
+The report's loop decodes the next batch's files in a background thread, as a data loader would. ``--rss-scenes`` runs
+one process over that many scenes and prints its resident memory as the images go by (sampled from ``/proc``). Last,
+the ranking check: the share of images where the student misses a labelled object that its teacher finds, in the whole
+folder and among the 10 images of largest disagreement.
 """
 
 from __future__ import annotations
@@ -101,30 +102,45 @@ def run(procs: int, folder: Path, labels: Path, out: Path, pair: str, students: 
     return seconds, samples
 
 
-def forward_limit(pair: str, students: str, folder: Path, batch: int, rounds: int = 5, batches: int = 8) -> float:
-    """Images per second of the models' forwards alone (teacher and students, no analysis), one thread, batches of
-    ``batch`` scenes: ``rounds`` timed passes over ``batches`` distinct batches after a warm-up, the fastest round
-    (the most the loop could reach on this machine: a slow moment never lowers the limit)."""
+def forward_rate(pair: str, students: str, folder: Path, batch: int, rank: int = 0, world: int = 1) -> float:
+    """Images per second of the models' forwards alone (teacher and students, no analysis, one thread) over the
+    batches this rank of the report would take (batches of ``batch`` scenes, every ``world``-th from ``rank``): the
+    images over the summed time of the forward calls; each batch is read and prepared untimed, after a warm-up."""
     import torch
 
     import compare
+    from reports.dataset import keep_freed_memory
 
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the report's process does
     _, _, predictors = compare.load(pair, students or None)
-    paths = sorted((folder / "images").glob("*.png"))[:batch * batches]
-    groups = [paths[k:k + batch] for k in range(0, len(paths), batch)]
-    prepared = [{name: {"pixel_values": torch.cat([p.prepare(np.array(Image.open(f).convert("RGB")))[0]["pixel_values"]
-                                                   for f in group])} for name, p in predictors.items()}
-                for group in groups]
-    best = float("inf")
-    for round_ in range(rounds + 1):
+    paths = sorted((folder / "images").glob("*.png"))
+    groups = [paths[k:k + batch] for k in range(0, len(paths), batch)][rank::world]
+    seconds, images = 0.0, 0
+    for position, group in enumerate([groups[0], *groups]):  # the first pass warms up
+        arrays = [np.array(Image.open(f).convert("RGB")) for f in group]
+        inputs = {name: {"pixel_values": torch.cat([p.prepare(a)[0]["pixel_values"] for a in arrays])}
+                  for name, p in predictors.items()}
         start = time.perf_counter()
-        for inputs in prepared:
-            for name, predictor in predictors.items():
-                predictor.forward(inputs[name])
-        if round_:  # the first round warms up
-            best = min(best, time.perf_counter() - start)
-    return len(paths) / best
+        for name, predictor in predictors.items():
+            predictor.forward(inputs[name])
+        if position:
+            seconds, images = seconds + time.perf_counter() - start, images + len(group)
+    return images / seconds
+
+
+def forward_limit(procs: int, pair: str, students: str, folder: Path, batch: int) -> float:
+    """The forward-only limit of ``procs`` processes running at once (each over its rank's batches, as the report's
+    processes share the machine): the sum of their rates, images per second."""
+    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.dataset_speed", "--forward-worker", str(folder),
+                                 "--rank", str(rank), "--world", str(procs), "--pair", pair, "--students", students,
+                                 "--batch", str(batch)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+               for rank in range(procs)]
+    rates = [float(worker.communicate()[0].split()[-1]) for worker in workers]
+    if any(worker.returncode for worker in workers):
+        raise SystemExit("a forward-only worker failed")
+    return sum(rates)
 
 
 def main() -> None:
@@ -135,7 +151,13 @@ def main() -> None:
     parser.add_argument("--pair", default="shapes-detection")
     parser.add_argument("--students", default="")
     parser.add_argument("--rss-scenes", type=int, default=0, help="instead: memory over this many scenes, 1 process")
+    parser.add_argument("--forward-worker", type=Path, help=argparse.SUPPRESS)  # one process of forward_limit
+    parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.forward_worker:
+        print(forward_rate(args.pair, args.students, args.forward_worker, args.batch, args.rank, args.world))
+        return
     import torch
 
     device = f"CUDA ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
@@ -154,25 +176,24 @@ def main() -> None:
                 print(f"| {done} | {rss:.0f} |")
             return
         labels = write_scenes(folder, args.scenes)
-        before = forward_limit(args.pair, args.students, folder, args.batch)
         rows, reference = [], None
         for procs in args.procs:
+            before = forward_limit(procs, args.pair, args.students, folder, args.batch)
             out = folder / f"out{procs}"
             seconds, _ = run(procs, folder, labels, out, args.pair, args.students, args.batch)
+            after = forward_limit(procs, args.pair, args.students, folder, args.batch)
             files = {n: (out / n).read_text() for n in ("results.jsonl", "summary.json", "cka.jsonl")}
             reference = reference or files
             timing = json.loads((out / "timing.json").read_text())
-            rows.append((procs, timing["images_rank0"] / timing["loop_seconds_rank0"] * procs, seconds,
-                         files == reference))
-        limit = max(before, forward_limit(args.pair, args.students, folder, args.batch))  # measured on both sides
+            rows.append((procs, timing["images_rank0"] / timing["loop_seconds_rank0"] * procs, max(before, after),
+                         seconds, files == reference))
         print(f"Dataset report over {args.scenes} held-out Shapes scenes, {args.pair}, batch {args.batch}, on "
-              f"{device}; forward-only limit {limit:.1f} images/s per process (teacher and students, one thread; "
-              f"the faster of before and after the runs: {before:.1f}, then this)\n")
-        print("| processes | report loop, images / s | share of the forward-only limit | whole command (s) | "
-              "results, summary and CKA equal to 1 process |")
-        print("|---|---|---|---|---|")
-        for procs, rate, seconds, same in rows:
-            print(f"| {procs} | {rate:.1f} | {rate / (limit * procs):.0%} | {seconds:.1f} | "
+              f"{device}, one thread per process\n")
+        print("| processes | report loop, images / s | forward-only limit, images / s | share of the limit | "
+              "whole command (s) | results, summary and CKA equal to 1 process |")
+        print("|---|---|---|---|---|---|")
+        for procs, rate, limit, seconds, same in rows:
+            print(f"| {procs} | {rate:.1f} | {limit:.1f} | {rate / limit:.0%} | {seconds:.1f} | "
                   f"{'yes' if same else 'NO'} |")
         summary = json.loads(reference["summary.json"])
         if "misses" in summary:

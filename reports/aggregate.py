@@ -9,6 +9,7 @@ import torch
 
 from reports.gallery import rank_key
 from reports.inputs import Labels
+from weights.predictors import BoxArrays
 
 
 def _class_pixels(class_map: np.ndarray, classes: list[str]) -> dict[str, int]:
@@ -347,13 +348,7 @@ def accuracy_detections(side: dict) -> list[dict]:
     accuracy threshold when the run kept them (stored as columns, :meth:`weights.predictors.BoxArrays.to_dict`),
     else the boxes above the run's threshold."""
     found = side.get("detections_for_accuracy")
-    if found is None:
-        return side["detections"]
-    if isinstance(found, list):  # a run written before the columns
-        return found
-    boxes = found["boxes"]
-    return [{"label": label, "score": score, "box": boxes[4 * k: 4 * k + 4]}
-            for k, (score, label) in enumerate(zip(found["scores"], found["labels"], strict=True))]
+    return side["detections"] if found is None else BoxArrays.from_dict(found)
 
 
 RECALL_POINTS = np.linspace(0, 1, 101)  # COCO's 101 recall thresholds, as torchmetrics' mAP uses them

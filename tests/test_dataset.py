@@ -408,7 +408,8 @@ def test_map_counts_every_box_down_to_the_accuracy_threshold_and_says_so(uninter
     kept = [r for r in records if "error" not in r]
     assert all(d["score"] >= 0.3 for r in kept for d in r["teacher"]["detections"])
     assert any(d["score"] < 0.3 for r in kept for d in accuracy_detections(r["teacher"]))
-    shown = [d for d in accuracy_detections(kept[0]["teacher"]) if d["score"] >= 0.3]
+    shown = [{"label": d["label"], "score": round(d["score"], 4), "box": [round(v, 2) for v in d["box"]]}
+             for d in accuracy_detections(kept[0]["teacher"]) if d["score"] >= 0.3]
     assert shown == kept[0]["teacher"]["detections"]  # the columns hold the shown boxes, to the digit
     assert summary["accuracy"]["teacher"]["score_threshold"] == 0.01
     images = [p for p in list_images(folder / "images") if p.name != "broken.png"]

@@ -8,6 +8,7 @@ task's post-processing in the input images' pixels. Nothing here knows a model c
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +57,23 @@ class BoxArrays:
                 zip(self.boxes[:n].tolist(), self.scores[:n].tolist(), self.labels[:n].tolist(), strict=True)]
 
     def to_dict(self) -> dict:
-        """``{"boxes": [x0, y0, x1, y1, x0, ...], "scores": [...], "labels": [...]}``: columns, the boxes flat
-        (4 numbers each), rounded as :meth:`Detection.to_dict` rounds; a fraction of the size, time and Python
-        objects of a dict per box."""
-        return {"boxes": np.round(self.boxes.astype(np.float64), 2).reshape(-1).tolist(),
-                "scores": np.round(self.scores.astype(np.float64), 4).tolist(),
+        """``{"boxes": base64, "scores": base64, "labels": [...]}``: the columns as little-endian float32 bytes in
+        base64 ((N, 4) xyxy row by row, and (N,)), read back by :meth:`from_dict`. A fraction of the size and time of
+        numbers written out (the dataset report keeps ~100 boxes per model and image)."""
+        return {"boxes": _base64(self.boxes), "scores": _base64(self.scores),
                 "labels": [self.names[i] for i in self.labels.tolist()]}
+
+    @staticmethod
+    def from_dict(columns: dict) -> list[dict]:
+        """:meth:`to_dict`'s columns as ``{"label", "score", "box"}`` dicts (float32 values, not rounded)."""
+        boxes = np.frombuffer(base64.b64decode(columns["boxes"]), "<f4").reshape(-1, 4).tolist()
+        scores = np.frombuffer(base64.b64decode(columns["scores"]), "<f4").tolist()
+        return [{"label": label, "score": score, "box": box}
+                for box, score, label in zip(boxes, scores, columns["labels"], strict=True)]
+
+
+def _base64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, "<f4").tobytes()).decode("ascii")
 
 
 def valid_region(stage: Stage, geometry: Geometry, padded: tuple[int, int]) -> Stage:
