@@ -59,13 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from demos.first_sight import warm_up
     from weights.custom import Settings
 
     args = parse_args(argv)
     if "SPACE_ID" not in os.environ:  # on one's own machine, own models may come from local folders
         os.environ.setdefault("DISTILL_LENS_ALLOW_LOCAL", "1")
     print(f"Distill Lens: {Settings.from_environment().describe()}", flush=True)
-    build_app().launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES,
+    demo = build_app()
+    warm_up()  # each tab's default example, computed in the background: pages open with a result
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES,
                        allowed_paths=[str(EXAMPLES_DIR)], theme=gr.themes.Soft(), css=CSS,
                        show_error=True)  # every error's message reaches the caller (ours are written for people)
 

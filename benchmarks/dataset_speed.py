@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from weights.shapes.world import CLASS_NAMES, EVAL_SEED_START, render_scene
+from weights.shapes.world import EVAL_SEED_START, write_labelled_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_START = EVAL_SEED_START + 3000  # held out from training, apart from the accuracy tables' scenes
@@ -41,20 +41,7 @@ SEED_START = EVAL_SEED_START + 3000  # held out from training, apart from the ac
 
 def write_scenes(folder: Path, count: int) -> Path:
     """``count`` held-out scenes as PNGs in ``folder/images`` and their boxes in ``folder/labels.json``."""
-    images = folder / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    coco = {"images": [], "annotations": [],
-            "categories": [{"id": i, "name": c} for i, c in enumerate(CLASS_NAMES) if i]}
-    for k in range(count):
-        scene = render_scene(SEED_START + k)
-        name = f"scene_{k:04d}.png"
-        Image.fromarray(scene.image).save(images / name)
-        coco["images"].append({"id": k, "file_name": name})
-        for (x0, y0, x1, y1), c in zip(scene.boxes.tolist(), scene.class_ids.tolist(), strict=True):
-            coco["annotations"].append({"image_id": k, "category_id": int(c), "bbox": [x0, y0, x1 - x0, y1 - y0]})
-    labels = folder / "labels.json"
-    labels.write_text(json.dumps(coco))
-    return labels
+    return write_labelled_scenes(folder, range(SEED_START, SEED_START + count))[1]
 
 
 def rss_mb(pid: int) -> float:

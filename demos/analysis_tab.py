@@ -161,13 +161,15 @@ def consensus_overlay_image(task: str):
                      elem_id=f"{task}-consensus"), gr.State(None))
 
 
-def wire_consensus_toggle(event, image, pair, toggle, overlay, students) -> None:
-    """Show the overlay a run computed; recompute it when the checkbox is switched on after a run."""
+def wire_consensus_toggle(events: list, image, pair, toggle, overlay, students) -> None:
+    """Show the overlay a run (any of ``events``) computed; recompute it when the checkbox is switched on after a
+    run."""
     from demos.jobs import GPU_QUEUE, user_errors
 
     (checkbox, wanted), (picture, computed) = toggle, overlay
     checkbox.change(lambda on: bool(on), checkbox, wanted, api_visibility="private", queue=False)
-    event.then(lambda shown: shown, computed, picture, api_visibility="private")
+    for event in events:
+        event.then(lambda shown: shown, computed, picture, api_visibility="private")
     checkbox.change(user_errors(consensus_overlay), [image, pair, checkbox, students], picture,
                     api_visibility="private", **GPU_QUEUE)
 
@@ -176,8 +178,9 @@ def build_analysis_tab() -> None:
     import gradio as gr
 
     from demos.components import CheckedSlider, user_image
+    from demos.first_sight import first_sight
     from demos.jobs import GPU_QUEUE, user_errors
-    from demos.widgets import pair_dropdown, student_picker, wire_student_picker
+    from demos.widgets import cleared_values, examples_for, pair_dropdown, student_picker, wire_student_picker
 
     with gr.Tab("Analysis", id="analysis"):
         gr.Markdown("Where do teacher and student features agree (**consensus**) and disagree (**divergence**)? "
@@ -211,14 +214,20 @@ def build_analysis_tab() -> None:
                     attention_images = [gr.Image(label=label, interactive=False)
                                         for label in ("Teacher attention", "Student attention", "|difference|")]
                 attention_report = report_panel("Attention report")
-        started = clear_on_start(run, [gallery, report, figures, cka, *chosen])
-        event = started.then(user_errors(consensus), [image, pair, tau, method, students], [gallery, report],
-                          api_name="consensus", **GPU_QUEUE)
-        event.failure(lambda: (None, None, "", None, None, None), None, [gallery, report, figures, cka, *chosen],
-                      api_visibility="private")
+        inputs = [image, pair, tau, method, students]
+        shown_outputs = [gallery, report, figures, cka, *chosen]
+
+        def wire(trigger, fn, api: dict):
+            started = clear_on_start(trigger, shown_outputs)
+            event = started.then(user_errors(fn), inputs, [gallery, report], **api, **GPU_QUEUE)
+            event.then(lambda r, g, s: (figures_markdown(r), cka_figure(r), *stage_pair(g, s)),
+                       [report, gallery, stage], [figures, cka, *chosen], api_visibility="private")
+            event.failure(lambda: cleared_values(shown_outputs), None, shown_outputs, api_visibility="private")
+            return event
+
+        wire(run, consensus, {"api_name": "consensus"})
+        first_sight(wire, consensus, inputs, {image: examples_for("analysis")[0]})
         wire_student_picker(pair, students)
-        event.then(lambda r, g, s: (figures_markdown(r), cka_figure(r), *stage_pair(g, s)), [report, gallery, stage],
-                   [figures, cka, *chosen], api_visibility="private")
         stage.change(stage_pair, [gallery, stage], chosen, api_visibility="private")
         explain.click(user_errors(attention), [image, pair, target, students], [*attention_images, attention_report],
                       api_name="attention", **GPU_QUEUE)

@@ -187,6 +187,7 @@ def build_classification_tab() -> None:
     import gradio as gr
 
     from demos.components import CheckedSlider, user_image
+    from demos.first_sight import first_sight
     from demos.jobs import (
         GPU_QUEUE,
         session_of,
@@ -196,7 +197,14 @@ def build_classification_tab() -> None:
         takes_request,
         user_errors,
     )
-    from demos.widgets import examples, pair_dropdown, student_picker, wire_student_picker
+    from demos.widgets import (
+        cleared_values,
+        examples,
+        examples_for,
+        pair_dropdown,
+        student_picker,
+        wire_student_picker,
+    )
 
     with gr.Tab("CLIP", id="classification") as tab:
         gr.Markdown("Zero-shot classification by a large CLIP and a small one on your image and classes; then close "
@@ -242,15 +250,20 @@ def build_classification_tab() -> None:
             figures = gr.JSON(label="Before / after")
             saved_list = gr.JSON(label="Saved prompts", open=False)
         preset.change(lambda p: PRESETS[p], preset, classes, api_visibility="private")
-        started = clear_on_start(run, [plot, report, summary, *maps])
-        event = started.then(user_errors(takes_request(run_classification)),
-                          [image, pair, classes, prompt, template, students, user], [plot, report, similarity],
-                          api_name="classify", **GPU_QUEUE)
-        event.then(summary_markdown, report, summary, api_visibility="private")
-        event.failure(lambda: (None, None, "", None, None), None, [plot, report, summary, *maps],
-                      api_visibility="private")
+        inputs = [image, pair, classes, prompt, template, students, user]
+        shown_outputs = [plot, report, summary, *maps]
+
+        def wire(trigger, fn, api: dict):
+            started = clear_on_start(trigger, shown_outputs)
+            event = started.then(user_errors(fn), inputs, [plot, report, similarity], **api, **GPU_QUEUE)
+            event.then(summary_markdown, report, summary, api_visibility="private")
+            event.then(similarity_overlays, [image, similarity], maps, api_visibility="private")
+            event.failure(lambda: cleared_values(shown_outputs), None, shown_outputs, api_visibility="private")
+            return event
+
+        wire(run, takes_request(run_classification), {"api_name": "classify"})
+        first_sight(wire, takes_request(run_classification), inputs, {image: examples_for("classification")[0]})
         wire_student_picker(pair, students)
-        event.then(similarity_overlays, [image, similarity], maps, api_visibility="private")
 
         @takes_request
         def run_tuning(pair, classes, method, name, files, per_class, steps, template, student, user, request,

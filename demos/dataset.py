@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -108,10 +109,33 @@ def per_class_figure(summary: dict):
     return fig
 
 
+EXAMPLE_SCENES = 32  # the Dataset tab's first sight: this many held-out Shapes scenes, labelled
+
+
+@functools.lru_cache(maxsize=1)
+def example_archive() -> tuple[Path, Path]:
+    """A zip of :data:`EXAMPLE_SCENES` held-out Shapes scenes and their COCO-style labels, written once per process
+    to a temporary folder: the Dataset tab's example (its first sight). Returns ``(zip, labels)``."""
+    import tempfile
+    import zipfile
+
+    from weights.shapes.world import EVAL_SEED_START, write_labelled_scenes
+
+    folder = Path(tempfile.mkdtemp(prefix="distill-lens-example-"))
+    images, labels = write_labelled_scenes(folder, range(EVAL_SEED_START + 5000, EVAL_SEED_START + 5000
+                                                         + EXAMPLE_SCENES))
+    archive = folder / "shapes_scenes.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for image in sorted(images.iterdir()):
+            zipped.write(image, image.name)
+    return archive, labels
+
+
 def build_dataset_tab() -> None:
     import gradio as gr
 
     from demos.components import CheckedSlider
+    from demos.first_sight import first_sight
     from demos.jobs import (
         GPU_QUEUE,
         session_of,
@@ -121,7 +145,7 @@ def build_dataset_tab() -> None:
         takes_request,
         user_errors,
     )
-    from demos.widgets import pair_dropdown, student_picker, wire_student_picker
+    from demos.widgets import clear_on_start, cleared_values, pair_dropdown, student_picker, wire_student_picker
 
     with gr.Tab("Dataset", id="dataset"):
         gr.Markdown(f"A pair over a whole folder: upload a zip of images (at most {MAX_ZIP_IMAGES}, "
@@ -157,8 +181,18 @@ def build_dataset_tab() -> None:
                                   progress=lambda done, total: progress(done / total, desc=f"{done}/{total} images"),
                                   cancel=flag.is_set)
 
-        run.click(user_errors(stopped_as_outcome(run_report, 4, message_at=0)),
-                  [archive, pair, students, labels, classes, threshold],
-                  [summary, plot, gallery, files], api_name="dataset", **GPU_QUEUE)
+        inputs, shown_outputs = [archive, pair, students, labels, classes, threshold], [summary, plot, gallery, files]
+
+        def wire(trigger, fn, api: dict):
+            started = clear_on_start(trigger, shown_outputs)
+            event = started.then(user_errors(stopped_as_outcome(fn, 4, message_at=0)), inputs, shown_outputs, **api,
+                                 **GPU_QUEUE)
+            event.failure(lambda: cleared_values(shown_outputs), None, shown_outputs, api_visibility="private")
+            return event
+
+        wire(run, run_report, {"api_name": "dataset"})
+        example = {archive: lambda: str(example_archive()[0]), labels: lambda: str(example_archive()[1])}
+        first_sight(wire, run_report, inputs, example,
+                    still_valid=lambda result: all(Path(f).exists() for f in result[3]))
         stop.click(stop_button("dataset"), None, None, api_visibility="private")
         wire_student_picker(pair, students)

@@ -10,6 +10,7 @@ import compare
 from compare.drawing import as_picture, display_canvas, draw_detections, font_path, palette
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
 from demos.components import CheckedSlider, user_image
+from demos.first_sight import first_sight
 from demos.jobs import GPU_QUEUE, on_gpu, user_errors
 from demos.widgets import (
     annotated_views,
@@ -17,6 +18,7 @@ from demos.widgets import (
     api_result_images,
     clear_on_start,
     examples,
+    examples_for,
     notes_markdown,
     pair_dropdown,
     ranking_markdown,
@@ -172,15 +174,21 @@ def build_detection_tab() -> None:
                                         elem_id="detection-disagreement", height=300)
                 overlay = consensus_overlay_image("detection")
                 report = report_panel("Report")
-        started = clear_on_start(run, [*outputs, *views, disagreement, overlay[0], report, summary])
-        event = started.then(user_errors(run_detection), [image, pair, threshold, students, toggle[1]],
-                          [*outputs, report, overlay[1]], api_name="detect", **GPU_QUEUE)
-        event.then(summary_markdown, report, summary, api_visibility="private")
-        event.then(lambda image, report: annotated_views_update(
-            image, report, lambda array, position: detection_annotations(array, report, position)), [image, report],
-            views, api_visibility="private")
-        event.then(user_errors(disagreement_image), [image, report], disagreement, api_visibility="private")
-        event.failure(lambda: (None,) * 8 + ("",), None, [*outputs, *views, disagreement, overlay[0], report, summary],
-                      api_visibility="private")
+        inputs = [image, pair, threshold, students, toggle[1]]
+
+        def wire(trigger, fn, api: dict):
+            started = clear_on_start(trigger, [*outputs, *views, disagreement, overlay[0], report, summary])
+            event = started.then(user_errors(fn), inputs, [*outputs, report, overlay[1]], **api, **GPU_QUEUE)
+            event.then(summary_markdown, report, summary, api_visibility="private")
+            event.then(lambda image, report: annotated_views_update(
+                image, report, lambda array, position: detection_annotations(array, report, position)),
+                [image, report], views, api_visibility="private")
+            event.then(user_errors(disagreement_image), [image, report], disagreement, api_visibility="private")
+            event.failure(lambda: (None,) * 8 + ("",), None,
+                          [*outputs, *views, disagreement, overlay[0], report, summary], api_visibility="private")
+            return event
+
+        event = wire(run, run_detection, {"api_name": "detect"})
+        shown = first_sight(wire, run_detection, inputs, {image: examples_for("detection")[0]})
         wire_student_picker(pair, students)
-        wire_consensus_toggle(event, image, pair, toggle, overlay, students)
+        wire_consensus_toggle([event, shown], image, pair, toggle, overlay, students)

@@ -58,6 +58,7 @@ def build_diffusion_tab() -> None:
     import gradio as gr
 
     from demos.components import CheckedNumber, CheckedSlider
+    from demos.first_sight import first_sight
     from demos.jobs import (
         GPU_QUEUE,
         session_of,
@@ -68,7 +69,7 @@ def build_diffusion_tab() -> None:
         user_errors,
     )
     from demos.own_models import wire_own_models
-    from demos.widgets import pair_dropdown
+    from demos.widgets import clear_on_start, cleared_values, pair_dropdown
 
     with gr.Tab("Diffusion", id="generation"):
         gr.Markdown("The teacher and its distilled student from the same seed and initial latent. Above the native "
@@ -129,9 +130,17 @@ def build_diffusion_tab() -> None:
             return generate(prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, progress,
                             variant=variant)
 
-        running = run.click(user_errors(stopped_as_outcome(run_for_ui, 8, message_at=4)), [*inputs, insight_step],
-                            [*outputs, report, slider, summary, consensus, *attention], api_visibility="private",
-                            show_progress_on=[slider], **GPU_QUEUE)
+        shown_outputs = [*outputs, report, slider, summary, consensus, *attention]
+
+        def wire(trigger, fn, api: dict):
+            started = clear_on_start(trigger, [*shown_outputs, comparison_summary])
+            event = started.then(user_errors(stopped_as_outcome(fn, 8, message_at=4)), [*inputs, insight_step],
+                                 shown_outputs, show_progress_on=[slider], **api, **GPU_QUEUE)
+            event.failure(lambda: cleared_values(shown_outputs), None, shown_outputs, api_visibility="private")
+            return event
+
+        running = wire(run, run_for_ui, {"api_visibility": "private"})
+        first = first_sight(wire, run_for_ui, [*inputs, insight_step], {prompt: prompt.value})
         pair.change(size_limits, pair, [width, height], api_visibility="private", queue=False)
         wire_own_models(pair, pair.own_panel)
 
@@ -147,6 +156,6 @@ def build_diffusion_tab() -> None:
 
         running.then(user_errors(run_comparison), [compare, *inputs[:7], variant], [comparison, comparison_summary],
                      api_visibility="private", show_progress_on=[comparison], **GPU_QUEUE)
-        stop.click(stop_button("generation"), None, None, cancels=[running], api_visibility="private")
+        stop.click(stop_button("generation"), None, None, cancels=[running, first], api_visibility="private")
         api_run.click(user_errors(run_for_api), inputs, [*outputs, report], api_name="generate",
                       **GPU_QUEUE)

@@ -79,8 +79,9 @@ def build_image_classification_tab() -> None:
     import gradio as gr
 
     from demos.components import user_image
+    from demos.first_sight import first_sight
     from demos.jobs import GPU_QUEUE, user_errors
-    from demos.widgets import pair_dropdown, student_picker, wire_student_picker
+    from demos.widgets import cleared_values, examples_for, pair_dropdown, student_picker, wire_student_picker
 
     with gr.Tab("Classification", id="image-classification"):
         gr.Markdown("An image classifier and its students on your image: their top classes, how far they agree, and "
@@ -103,10 +104,15 @@ def build_image_classification_tab() -> None:
                                                ("student", "First student: Grad-CAM of the teacher's class"),
                                                ("difference", "|difference|"))]
                 report = report_panel("Report")
-        started = clear_on_start(run, [plot, report, *cams, summary])
-        event = started.then(user_errors(classify_image), [image, pair, students], [plot, report, *cams],
-                          api_name="classify_image", **GPU_QUEUE)
-        event.then(summary_markdown, report, summary, api_visibility="private")
-        event.failure(lambda: (None, None, None, None, None, ""), None, [plot, report, *cams, summary],
-                      api_visibility="private")
+        shown_outputs = [plot, report, *cams, summary]
+
+        def wire(trigger, fn, api: dict):
+            started = clear_on_start(trigger, shown_outputs)
+            event = started.then(user_errors(fn), [image, pair, students], [plot, report, *cams], **api, **GPU_QUEUE)
+            event.then(summary_markdown, report, summary, api_visibility="private")
+            event.failure(lambda: cleared_values(shown_outputs), None, shown_outputs, api_visibility="private")
+            return event
+
+        wire(run, classify_image, {"api_name": "classify_image"})
+        first_sight(wire, classify_image, [image, pair, students], {image: examples_for("image-classification")[0]})
         wire_student_picker(pair, students)

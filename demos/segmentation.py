@@ -11,6 +11,7 @@ import compare
 from compare.drawing import as_picture, display_canvas, draw_mask, palette, resize_class_map
 from demos.analysis_tab import consensus_overlay_image, consensus_toggle, wire_consensus_toggle
 from demos.components import user_image
+from demos.first_sight import first_sight
 from demos.jobs import GPU_QUEUE, on_gpu, user_errors
 from demos.served import output_path
 from demos.widgets import (
@@ -18,7 +19,9 @@ from demos.widgets import (
     annotated_views_update,
     api_result_images,
     clear_on_start,
+    cleared_values,
     examples,
+    examples_for,
     notes_markdown,
     pair_dropdown,
     ranking_markdown,
@@ -177,17 +180,22 @@ def build_segmentation_tab() -> None:
                 with gr.Row():
                     report = report_panel("Report")
                     npz = gr.File(label="Class maps (.npz)", interactive=False)
-        started = clear_on_start(run, [*outputs, *views, disagreement, overlay[0], report, npz, summary])
-        event = started.then(user_errors(run_segmentation), [image, pair, students, toggle[1]],
-                          [*outputs, report, npz, overlay[1]], api_name="segment", **GPU_QUEUE)
-        event.then(lambda image, report, npz: annotated_views_update(
-            image, report, lambda array, position: segmentation_annotations(array, report, npz, position)),
-            [image, report, npz], views, api_visibility="private")
-        event.then(user_errors(disagreement_image), [image, report, npz], disagreement, api_visibility="private")
-        event.failure(lambda: (None,) * 9 + ("",), None,
-                      [*outputs, *views, disagreement, overlay[0], report, npz, summary],
-                      api_visibility="private")
+        inputs = [image, pair, students, toggle[1]]
+        shown_outputs = [*outputs, *views, disagreement, overlay[0], report, npz, plot, summary]
+
+        def wire(trigger, fn, api: dict):
+            started = clear_on_start(trigger, shown_outputs)
+            event = started.then(user_errors(fn), inputs, [*outputs, report, npz, overlay[1]], **api, **GPU_QUEUE)
+            event.then(lambda image, report, npz: annotated_views_update(
+                image, report, lambda array, position: segmentation_annotations(array, report, npz, position)),
+                [image, report, npz], views, api_visibility="private")
+            event.then(user_errors(disagreement_image), [image, report, npz], disagreement, api_visibility="private")
+            event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],
+                       api_visibility="private")
+            event.failure(lambda: cleared_values(shown_outputs), None, shown_outputs, api_visibility="private")
+            return event
+
+        event = wire(run, run_segmentation, {"api_name": "segment"})
+        shown = first_sight(wire, run_segmentation, inputs, {image: examples_for("segmentation")[0]})
         wire_student_picker(pair, students)
-        event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],
-                   api_visibility="private")
-        wire_consensus_toggle(event, image, pair, toggle, overlay, students)
+        wire_consensus_toggle([event, shown], image, pair, toggle, overlay, students)

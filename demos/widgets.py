@@ -202,13 +202,23 @@ def report_panel(label: str = "Report"):
         return gr.JSON(label=label, open=True)
 
 
-def clear_on_start(button, outputs: list):
-    """Empty a tab's results the moment its run button is pressed, so a new run never sits under the last one's
-    pictures and figures, and a failed run leaves no stale result behind. Returns the event: chain the run with
-    ``.then(...)`` so that it always comes after the clearing."""
+def clear_on_start(trigger, outputs: list):
+    """Empty a tab's results the moment its run button is pressed (``trigger``: the button, or an event listener
+    such as :func:`demos.first_sight.on_load`'s), so a new run never sits under the last one's pictures and
+    figures, and a failed run leaves no stale result behind. Returns the event: chain the run with ``.then(...)``
+    so that it always comes after the clearing."""
     import gradio as gr
 
     def cleared():
-        return tuple("" if isinstance(c, gr.Markdown) else None for c in outputs)
+        return cleared_values(outputs)
 
-    return button.click(cleared, None, outputs, queue=False, api_visibility="private")
+    listener = trigger.click if isinstance(trigger, gr.Button) else trigger
+    return listener(cleared, None, outputs, queue=False, api_visibility="private")
+
+
+def cleared_values(outputs: list) -> tuple:
+    """Empty values for ``outputs``: "" for text, None for the rest (a hidden gallery stays hidden)."""
+    import gradio as gr
+
+    values = tuple("" if isinstance(c, gr.Markdown) else None for c in outputs)
+    return values if len(values) != 1 else values[0]

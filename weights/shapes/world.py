@@ -204,3 +204,26 @@ def render_scene(seed: int, height: int = 128, width: int = 128, single_object: 
         box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
         objects.append(ShapeObject(class_id=class_id, colour=colour, box=box, mask=mask))
     return Scene(image=np.round(image).astype(np.uint8), labels=labels, objects=objects)
+
+
+def write_labelled_scenes(folder, seeds) -> tuple:
+    """Scenes as PNG files ``folder/images/scene_<k>.png`` and their boxes as a COCO-style label file
+    ``folder/labels.json`` (categories by :data:`SHAPE_NAMES`, ``bbox`` as ``[x, y, w, h]`` in pixels), the input the
+    dataset report takes. Returns ``(images folder, label file)`` as :class:`pathlib.Path`."""
+    import json
+    from pathlib import Path
+
+    images = Path(folder) / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    coco: dict = {"images": [], "annotations": [],
+                  "categories": [{"id": i, "name": c} for i, c in enumerate(CLASS_NAMES) if i]}
+    for k, seed in enumerate(seeds):
+        scene = render_scene(seed)
+        name = f"scene_{k:04d}.png"
+        Image.fromarray(scene.image).save(images / name)
+        coco["images"].append({"id": k, "file_name": name})
+        for (x0, y0, x1, y1), c in zip(scene.boxes.tolist(), scene.class_ids.tolist(), strict=True):
+            coco["annotations"].append({"image_id": k, "category_id": int(c), "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    labels = Path(folder) / "labels.json"
+    labels.write_text(json.dumps(coco))
+    return images, labels
