@@ -44,7 +44,7 @@ def build_app() -> gr.Blocks:
     # Gradio's cache of served files: checked every 10 minutes, files older than an hour deleted
     with gr.Blocks(title="Distill Lens", delete_cache=(600, 3600)) as demo:
         gr.Markdown(HEADER)
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap"):  # at phone width every tab keeps its name on screen
             for build_tab in TABS:
                 build_tab()
     demo.queue(default_concurrency_limit=2, max_size=int(os.environ.get("DISTILL_LENS_QUEUE_SIZE", "64")))

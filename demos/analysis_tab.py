@@ -185,10 +185,14 @@ def build_analysis_tab() -> None:
     with gr.Tab("Analysis", id="analysis"):
         gr.Markdown("Where do teacher and student features agree (**consensus**) and disagree (**divergence**)? "
                     "Similarity per location at every stride both models share; weights are a spatial softmax "
-                    "of similarity / τ (consensus) or (1 − similarity) / τ (divergence).")
+                    "of similarity / τ (consensus) or (1 − similarity) / τ (divergence).\n\n"
+                    "**How to read this:** the page opens on an example, computed; a consensus or CKA figure means "
+                    "something only well above its chance level, shown beside it. Pick another image, then "
+                    "**Analyse**.")
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="analysis-image")
+                run = gr.Button("Analyse", variant="primary", elem_id="analysis-run")
                 examples("analysis", image)
                 pair = pair_dropdown(("detection", "segmentation", "image-classification"), DEFAULT_PAIR,
                                      "analysis")
@@ -197,12 +201,11 @@ def build_analysis_tab() -> None:
                 method = gr.Radio(list(METHODS), value="affinity", label="Similarity",
                                   info="affinity: dimension-free; projection: least-squares channel map")
                 stage = CheckedSlider(0, 4, value=0, step=1, label="Stage (0 = finest shared stride)")
-                run = gr.Button("Analyse", variant="primary", elem_id="analysis-run")
                 target = gr.Textbox(value="", label="Attention target", placeholder="detection: rank or label; "
                                     "segmentation or classification: class name (empty = the main object or the "
                                     "teacher's top class)")
                 explain = gr.Button("Attention maps", elem_id="analysis-attention")
-            with gr.Column(scale=2):
+            with gr.Column(scale=2, elem_id="analysis-results"):
                 with gr.Row():
                     chosen = [gr.Image(label=f"{k.capitalize()} (chosen stage)", interactive=False)
                               for k in ("consensus", "divergence")]

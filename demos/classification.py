@@ -208,10 +208,13 @@ def build_classification_tab() -> None:
 
     with gr.Tab("CLIP", id="classification") as tab:
         gr.Markdown("Zero-shot classification by a large CLIP and a small one on your image and classes; then close "
-                    "part of the gap by learning a prompt for the student from the teacher (CoOp, CasPL).")
+                    "part of the gap by learning a prompt for the student from the teacher (CoOp, CasPL).\n\n"
+                    "**How to read this:** the page opens on an example, computed; KL 0 means the student's "
+                    "probabilities are the teacher's. Pick another image or classes, then **Classify**.")
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="classification-image")
+                run = gr.Button("Classify", variant="primary", elem_id="classification-run")
                 examples("classification", image)
                 pair = pair_dropdown(("classification",), DEFAULT_PAIR, "classification")
                 students = student_picker("classification", DEFAULT_PAIR)
@@ -223,8 +226,7 @@ def build_classification_tab() -> None:
                 kept = gr.BrowserState(None, storage_key="distill-lens-user")  # this browser's prompt key, kept
                 user = gr.State(None)  # the key, for this page's events (a state: no input of the API)
                 template = gr.Textbox(value=DEFAULT_TEMPLATE, label="Zero-shot template")
-                run = gr.Button("Classify", variant="primary", elem_id="classification-run")
-            with gr.Column(scale=2):
+            with gr.Column(scale=2, elem_id="classification-results"):
                 summary = gr.Markdown(elem_id="classification-summary")
                 plot = gr.Plot(label="Top classes")
                 with gr.Row():

@@ -151,21 +151,23 @@ def build_dataset_tab() -> None:
         gr.Markdown(f"A pair over a whole folder: upload a zip of images (at most {MAX_ZIP_IMAGES}, "
                     f"{MAX_ZIP_BYTES // 2**20} MB), optionally with COCO-style labels. The teacher is the reference; "
                     "the report ranks the images where the student disagrees most. Larger folders, resumable and "
-                    "on several GPUs: `python -m reports.dataset` (see the README).")
+                    "on several GPUs: `python -m reports.dataset` (see the README).\n\n"
+                    "**How to read this:** the page opens on an example, computed (32 labelled Shapes scenes): each "
+                    "figure with its 95% interval over the images. Upload your zip, then **Run**.")
         with gr.Row():
             with gr.Column(scale=1):
                 archive = gr.File(label="Images (.zip)", file_types=[".zip"])
                 labels = gr.File(label="Labels (COCO-style .json, optional)", file_types=[".json"])
+                with gr.Row():
+                    run = gr.Button("Run", variant="primary", elem_id="dataset-run")
+                    stop = gr.Button("Stop", elem_id="dataset-stop")
                 pair = pair_dropdown(("detection", "segmentation", "classification", "image-classification"),
                                      "shapes-detection", "dataset")
                 students = student_picker("detection", "shapes-detection")
                 classes = gr.Textbox(value=DEFAULT_CLASSES, label="Class names (classification pairs)")
                 threshold = CheckedSlider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold "
                                       "(detection)")
-                with gr.Row():
-                    run = gr.Button("Run", variant="primary", elem_id="dataset-run")
-                    stop = gr.Button("Stop")
-            with gr.Column(scale=2):
+            with gr.Column(scale=2, elem_id="dataset-results"):
                 summary = gr.Markdown(elem_id="dataset-summary")
                 plot = gr.Plot(label="Per-class agreement")
                 gallery = gr.Gallery(label="Largest disagreement (teacher and students)", columns=3, height=360,

@@ -154,17 +154,19 @@ def build_detection_tab() -> None:
 
     with gr.Tab("Detection", id="detection"):
         gr.Markdown("Boxes from the teacher and its distilled student on the same image. "
-                    "The agreement panel takes the teacher as the reference.")
+                    "The agreement panel takes the teacher as the reference.\n\n"
+                    "**How to read this:** the page opens on an example, computed; F1 1.00 means the student found "
+                    "exactly the teacher's boxes. Pick another image or pair, then **Detect**.")
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="detection-image")
+                run = gr.Button("Detect", variant="primary", elem_id="detection-run")
                 examples("detection", image)
                 pair = pair_dropdown(("detection",), DEFAULT_PAIR, "detection")
                 students = student_picker("detection", DEFAULT_PAIR)
                 threshold = CheckedSlider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold")
                 toggle = consensus_toggle()
-                run = gr.Button("Detect", variant="primary", elem_id="detection-run")
-            with gr.Column(scale=2):
+            with gr.Column(scale=2, elem_id="detection-results"):
                 summary = gr.Markdown(elem_id="detection-summary")
                 with gr.Row():
                     views = annotated_views("detection")

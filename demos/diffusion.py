@@ -74,10 +74,15 @@ def build_diffusion_tab() -> None:
     with gr.Tab("Diffusion", id="generation"):
         gr.Markdown("The teacher and its distilled student from the same seed and initial latent. Above the native "
                     "size, RAU-Net and MSW-MSA (after HiDiffusion, our own implementation) curb duplicated objects "
-                    "and save time.")
+                    "and save time.\n\n"
+                    "**How to read this:** the page opens on an example, computed; the consensus per up block is 1 "
+                    "where the student's UNet features follow the teacher's. Change the prompt, then **Generate**.")
         with gr.Row():
             with gr.Column(scale=1):
-                prompt = gr.Textbox(value="a red circle", label="Prompt", max_length=5000)
+                prompt = gr.Textbox(value="a red circle", label="Prompt", max_length=5000, elem_id="generation-prompt")
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="generation-run")
+                    stop = gr.Button("Stop", elem_id="generation-stop")
                 pair = pair_dropdown(("generation",), DEFAULT_PAIR, "generation")
                 seed = CheckedNumber(value=0, precision=0, label="Seed")
                 with gr.Row():
@@ -96,11 +101,8 @@ def build_diffusion_tab() -> None:
                 insight_step = CheckedSlider(0, MAX_STEPS - 1, value=12, step=1, label="Analyse at step")
                 compare = gr.Checkbox(label="Also compare with and without RAU-Net and MSW-MSA (both models, "
                                             "twice the time)", value=False)
-                with gr.Row():
-                    run = gr.Button("Generate", variant="primary", elem_id="generation-run")
-                    stop = gr.Button("Stop", elem_id="generation-stop")
                 api_run = gr.Button(visible=False)
-            with gr.Column(scale=2):
+            with gr.Column(scale=2, elem_id="generation-results"):
                 summary = gr.Markdown(elem_id="generation-summary")
                 slider = gr.ImageSlider(label="Teacher | student", type="numpy", interactive=False)
                 with gr.Row():

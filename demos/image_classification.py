@@ -86,15 +86,17 @@ def build_image_classification_tab() -> None:
     with gr.Tab("Classification", id="image-classification"):
         gr.Markdown("An image classifier and its students on your image: their top classes, how far they agree, and "
                     "where each looks for the teacher's top class (Grad-CAM). The default pair runs real ImageNet "
-                    "weights offline: EfficientNet-Lite at three sizes (one family, not distilled students).")
+                    "weights offline: EfficientNet-Lite at three sizes (one family, not distilled students).\n\n"
+                    "**How to read this:** the page opens on an example, computed; KL 0 and JS 0 mean the student's "
+                    "probabilities are the teacher's. Pick another photo or pair, then **Classify**.")
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="image-classification-image")
+                run = gr.Button("Classify", variant="primary", elem_id="image-classification-run")
                 examples("image-classification", image)
                 pair = pair_dropdown(("image-classification",), DEFAULT_PAIR, "image-classification")
                 students = student_picker("image-classification", DEFAULT_PAIR)
-                run = gr.Button("Classify", variant="primary", elem_id="image-classification-run")
-            with gr.Column(scale=2):
+            with gr.Column(scale=2, elem_id="image-classification-results"):
                 summary = gr.Markdown(elem_id="image-classification-summary")
                 plot = gr.Plot(label="Top classes")
                 with gr.Row():

@@ -158,16 +158,18 @@ def build_segmentation_tab() -> None:
     import gradio as gr
 
     with gr.Tab("Segmentation", id="segmentation"):
-        gr.Markdown("Masks from the teacher and its distilled student on the same image, and how far they agree.")
+        gr.Markdown("Masks from the teacher and its distilled student on the same image, and how far they agree.\n\n"
+                    "**How to read this:** the page opens on an example, computed; mIoU 1.000 means the student's "
+                    "mask is the teacher's. Pick another image or pair, then **Segment**.")
         with gr.Row():
             with gr.Column(scale=1):
                 image = user_image(label="Image", elem_id="segmentation-image")
+                run = gr.Button("Segment", variant="primary", elem_id="segmentation-run")
                 examples("segmentation", image)
                 pair = pair_dropdown(("segmentation",), DEFAULT_PAIR, "segmentation")
                 students = student_picker("segmentation", DEFAULT_PAIR)
                 toggle = consensus_toggle()
-                run = gr.Button("Segment", variant="primary", elem_id="segmentation-run")
-            with gr.Column(scale=2):
+            with gr.Column(scale=2, elem_id="segmentation-results"):
                 summary = gr.Markdown(elem_id="segmentation-summary")
                 with gr.Row():
                     views = annotated_views("segmentation")
