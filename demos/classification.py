@@ -170,6 +170,56 @@ def prompts(request=None, user: str | None = None) -> list[dict]:
     return [{k: p.get(k) for k in keys} for p in list_prompts(user_folder(user_of(user, request)))]
 
 
+TUNING_ROWS = (("accuracy", "student accuracy"), ("top1_match_with_teacher", "student's top-1 matches the teacher's"),
+               ("teacher_accuracy", "teacher accuracy (for reference)"))
+
+
+def tuning_markdown(figures: dict | None) -> str:
+    """A tuning's before/after as a table, with a verdict: whether the tuned prompt helped the student on the held-out
+    scenes (a prompt that made it worse is said to, though it is saved)."""
+    if not figures:
+        return ""
+    before, after = figures["before"], figures["after"]
+
+    def share(value) -> str:
+        return "–" if value is None else f"{value:.0%}"
+
+    rows = ["| on held-out scenes | zero-shot (before) | tuned prompt (after) | change |", "|---|---|---|---|"]
+    for key, words in TUNING_ROWS:
+        b, a = before.get(key), after.get(key)
+        change = "–" if a is None or b is None or key == "teacher_accuracy" else f"{(a - b) * 100:+.0f} points"
+        rows.append(f"| {words} | {share(b)} | {share(a)} | {change} |")
+    b, a = before.get("accuracy"), after.get("accuracy")
+    if a is None or b is None:
+        verdict = "No accuracy to compare: the verdict is undefined."
+    elif a > b:
+        verdict = f"**The tuned prompt helped** {figures['student']}: accuracy {share(b)} → {share(a)}."
+    elif a < b:
+        verdict = (f"**The tuned prompt made {figures['student']} worse**: accuracy {share(b)} → {share(a)}. It is "
+                   "saved, but zero-shot is better on these scenes: try more steps, more scenes per class, or "
+                   "another method.")
+    else:
+        verdict = f"**No change** in {figures['student']}'s accuracy ({share(a)})."
+    measured = f"Measured on {figures['measured_on']}; tuned on {figures['tuned_on']} ({figures['method']})."
+    return "\n\n".join([verdict, "\n".join(rows), measured, notes_markdown(figures.get("notes", []))]).strip()
+
+
+def saved_prompts_markdown(listed: list[dict] | None) -> str:
+    """The saved prompts as a table: name, pair, student, method, and the student's held-out accuracy before and
+    after tuning."""
+    if not listed:
+        return "No saved prompts yet."
+    rows = ["| name | pair | student | method | accuracy before → after | saved |", "|---|---|---|---|---|---|"]
+    for p in listed:
+        figures = p.get("figures") or {}
+        before, after = (figures.get(k, {}).get("accuracy") for k in ("before", "after"))
+        accuracy = "–" if before is None or after is None else f"{before:.0%} → {after:.0%}"
+        origin = "shipped" if p.get("builtin") else (p.get("created") or "")
+        rows.append(f"| `{p['name']}` | {p.get('pair')} | {p.get('student')} | {p.get('method')} | {accuracy} | "
+                    f"{origin} |")
+    return "\n".join(rows)
+
+
 def new_user(key: str | None) -> tuple[str, str]:
     """This browser's prompt key: the one it keeps, or a fresh random one (stored in the browser from then on)."""
     import uuid
@@ -248,9 +298,12 @@ def build_classification_tab() -> None:
             with gr.Row():
                 tune_button = gr.Button("Tune", variant="primary")
                 stop = gr.Button("Stop")
-            saved = gr.Textbox(label="Saved prompt", interactive=False)
-            figures = gr.JSON(label="Before / after")
-            saved_list = gr.JSON(label="Saved prompts", open=False)
+            saved = gr.Textbox(label="Saved prompt", interactive=False, elem_id="classification-saved")
+            verdict = gr.Markdown(elem_id="classification-tuning")
+            with gr.Accordion("Saved prompts", open=False):
+                saved_table = gr.Markdown()
+            figures = report_panel("Before / after")
+            saved_list = report_panel("Saved prompts")
         preset.change(lambda p: PRESETS[p], preset, classes, api_visibility="private")
         inputs = [image, pair, classes, prompt, template, students, user]
         shown_outputs = [plot, report, summary, *maps]
@@ -274,9 +327,11 @@ def build_classification_tab() -> None:
                                 cancel=stop_flag(session_of(request), "prompts"), student=student,
                                 prompts=user_folder(user_of(user, request)))
 
-        tuning = tune_button.click(user_errors(stopped_as_outcome(run_tuning, 2)),
-                                   [pair, classes, method, name, files, per_class, steps, template, students, user],
-                                   [saved, figures], api_name="tune_prompts", **GPU_QUEUE)
+        started = clear_on_start(tune_button, [saved, figures, verdict])
+        tuning = started.then(user_errors(stopped_as_outcome(run_tuning, 2, message_at=0, markdown=False)),
+                              [pair, classes, method, name, files, per_class, steps, template, students, user],
+                              [saved, figures], api_name="tune_prompts", **GPU_QUEUE)
+        tuning.then(tuning_markdown, figures, verdict, api_visibility="private")
         for trigger in (pair.change, students.change):
             trigger(shipped_prompt_markdown, [pair, students], shipped, api_visibility="private", queue=False)
         stop.click(stop_button("prompts"), None, None, api_visibility="private")
@@ -284,5 +339,6 @@ def build_classification_tab() -> None:
             takes_request(prompt_choices), user, prompt, api_visibility="private", queue=False)
         tuning.then(takes_request(prompt_choices), user, prompt, api_visibility="private")
         tuning.then(takes_request(lambda user, request: prompts(request, user)), user, saved_list,
-                    api_visibility="private")
+                    api_visibility="private").then(saved_prompts_markdown, saved_list, saved_table,
+                                                   api_visibility="private")
         gr.api(takes_request(saved_prompts), api_name="prompts")

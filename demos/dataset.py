@@ -62,6 +62,9 @@ def dataset_report(archive, pair: str = "shapes-detection", students: str | list
     return summary_markdown(summary, notes), per_class_figure(summary), gallery, files
 
 
+FIGURE_NAMES = {"map_50": "mAP@0.5", "miou": "mIoU", "top1": "top-1", "top5": "top-5", "ece": "ECE"}  # for people
+
+
 def figures_text(figures: dict) -> str:
     """``top1 0.812 [0.790, 0.833], top5 0.950``: each figure with its 95 % interval; an undefined figure as – with
     its note; mAP with the score threshold it counts boxes from."""
@@ -71,7 +74,7 @@ def figures_text(figures: dict) -> str:
         ci = figures.get(f"{key}_ci95", figures.get("ci95") if key in ("map_50", "miou") else None)
         return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
-    text = ", ".join(f"{k} {shown(k, v)}" for k, v in figures.items()
+    text = ", ".join(f"{FIGURE_NAMES.get(k, k)} {shown(k, v)}" for k, v in figures.items()
                      if k not in ("note", "score_threshold") and not k.endswith("ci95"))
     threshold = figures.get("score_threshold")
     return text + (f" (boxes scoring {threshold:g} or more)" if threshold is not None else "")

@@ -195,10 +195,10 @@ def download_slot(args: list):
         lock.release()
 
 
-def stopped_as_outcome(fn: Callable, outputs: int, message_at: int | None = None) -> Callable:
+def stopped_as_outcome(fn: Callable, outputs: int, message_at: int | None = None, markdown: bool = True) -> Callable:
     """A page handler for which Stop is an outcome, not an error: when the job stops (:class:`compare.jobs.Cancelled`),
-    a neutral notice says where it stopped, every output is emptied, and ``message_at`` (a Markdown output) holds the
-    same words; wrap it in :func:`user_errors` as usual."""
+    a neutral notice says where it stopped, every output is emptied, and ``message_at`` (a Markdown output, or a
+    text box when not ``markdown``) holds the same words; wrap it in :func:`user_errors` as usual."""
     from compare.jobs import Cancelled
 
     @functools.wraps(fn)
@@ -211,7 +211,7 @@ def stopped_as_outcome(fn: Callable, outputs: int, message_at: int | None = None
             gr.Info(str(stopped))
             values = [None] * outputs
             if message_at is not None:
-                values[message_at] = f"**Stopped.** {stopped}"
+                values[message_at] = f"**Stopped.** {stopped}" if markdown else f"Stopped: {stopped}"
             return tuple(values)
 
     return wrapper

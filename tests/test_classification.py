@@ -218,3 +218,22 @@ def test_a_prompt_for_a_named_student_with_uploaded_images(prompt_dir, tmp_path)
     with pytest.raises(InputError, match="one student at a time"):
         tune_prompts("shapes-clip", "circle, square", "coop", "x", per_class=1, steps=1,
                      student="clip-kd, narrow-captions")
+
+
+def test_a_tuning_says_whether_the_tuned_prompt_helped_in_a_table():
+    """The Before / after is a table with a verdict; a prompt that made the student worse is said to."""
+    from demos.classification import saved_prompts_markdown, tuning_markdown
+
+    def figures(before: float, after: float) -> dict:
+        return {"method": "coop", "student": "clip-kd", "measured_on": "20 Shapes scenes", "tuned_on": "10 scenes",
+                "before": {"accuracy": before, "top1_match_with_teacher": 0.7, "teacher_accuracy": 0.9},
+                "after": {"accuracy": after, "top1_match_with_teacher": 0.6, "teacher_accuracy": 0.9}, "notes": []}
+
+    worse = tuning_markdown(figures(0.65, 0.55))
+    assert "made clip-kd worse" in worse and "65% → 55%" in worse and "| student accuracy | 65% | 55% | -10 points |" \
+        in worse
+    assert "helped" in tuning_markdown(figures(0.65, 0.70)) and "No change" in tuning_markdown(figures(0.7, 0.7))
+    assert tuning_markdown(None) == ""
+    table = saved_prompts_markdown([{"name": "p1", "pair": "shapes-clip", "student": "clip-kd", "method": "coop",
+                                     "builtin": False, "created": "2026-11-30", "figures": figures(0.65, 0.55)}])
+    assert "| `p1` | shapes-clip | clip-kd | coop | 65% → 55% | 2026-11-30 |" in table
