@@ -291,13 +291,14 @@ def build_classification_tab() -> None:
                                   info="coop: labels · caspl: CasPL's boosting prompt from the teacher's logits, no "
                                        "labels · cascade: boosting, then adapting on labels")
                 name = gr.Textbox(value="", label="Prompt name", placeholder="empty: a fresh unique name")
-                steps = CheckedSlider(1, MAX_TUNE_STEPS, value=100, step=1, label="Steps per phase")
+                steps = CheckedSlider(1, MAX_TUNE_STEPS, value=100, step=1, label="Steps per phase",
+                                      elem_id="classification-tune-steps")
                 per_class = CheckedSlider(1, 16, value=4, step=1, label="Shapes scenes per class (no uploads)")
             files = gr.File(file_count="multiple", file_types=["image"], label="Labelled images '<class>_<n>.png' "
                             "(optional; Shapes scenes are used otherwise)")
             with gr.Row():
-                tune_button = gr.Button("Tune", variant="primary")
-                stop = gr.Button("Stop")
+                tune_button = gr.Button("Tune", variant="primary", elem_id="classification-tune")
+                stop = gr.Button("Stop", elem_id="classification-tune-stop")
             saved = gr.Textbox(label="Saved prompt", interactive=False, elem_id="classification-saved")
             verdict = gr.Markdown(elem_id="classification-tuning")
             with gr.Accordion("Saved prompts", open=False):

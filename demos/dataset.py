@@ -159,8 +159,9 @@ def build_dataset_tab() -> None:
                     "figure with its 95% interval over the images. Upload your zip, then **Run**.")
         with gr.Row():
             with gr.Column(scale=1):
-                archive = gr.File(label="Images (.zip)", file_types=[".zip"])
-                labels = gr.File(label="Labels (COCO-style .json, optional)", file_types=[".json"])
+                archive = gr.File(label="Images (.zip)", file_types=[".zip"], elem_id="dataset-archive")
+                labels = gr.File(label="Labels (COCO-style .json, optional)", file_types=[".json"],
+                                 elem_id="dataset-labels")
                 with gr.Row():
                     run = gr.Button("Run", variant="primary", elem_id="dataset-run")
                     stop = gr.Button("Stop", elem_id="dataset-stop")

@@ -88,9 +88,10 @@ def build_diffusion_tab() -> None:
                 with gr.Row():
                     limit = MAX_SCALE * max(get_pair(DEFAULT_PAIR).native["width"],
                                             get_pair(DEFAULT_PAIR).native["height"])
-                    width = CheckedSlider(32, limit, value=64, step=8, label="Width")
-                    height = CheckedSlider(32, limit, value=64, step=8, label="Height")
-                steps = CheckedSlider(1, MAX_STEPS, value=25, step=1, label="Steps")
+                    width = CheckedSlider(32, limit, value=64, step=8, label="Width", elem_id="generation-width")
+                    height = CheckedSlider(32, limit, value=64, step=8, label="Height",
+                                           elem_id="generation-height")
+                steps = CheckedSlider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="generation-steps")
                 guidance = CheckedSlider(0, 30, value=4.0, step=0.5, label="Guidance")
                 with gr.Row():
                     raunet = gr.Checkbox(label="RAU-Net", value=False)
