@@ -143,7 +143,7 @@ def build_diffusion_tab() -> None:
             return event
 
         running = wire(run, run_for_ui, {"api_visibility": "private"})
-        first = first_sight(wire, run_for_ui, [*inputs, insight_step], {prompt: prompt.value})
+        first_sight(wire, run_for_ui, [*inputs, insight_step], {prompt: prompt.value})
         pair.change(size_limits, pair, [width, height], api_visibility="private", queue=False)
         wire_own_models(pair, pair.own_panel)
 
@@ -159,6 +159,8 @@ def build_diffusion_tab() -> None:
 
         running.then(user_errors(run_comparison), [compare, *inputs[:7], variant], [comparison, comparison_summary],
                      api_visibility="private", show_progress_on=[comparison], **GPU_QUEUE)
-        stop.click(stop_button("generation"), None, None, cancels=[running, first], api_visibility="private")
+        # the run checks its stop flag every step and ends with a "Stopped at step k" notice; cancelling the event
+        # as well would drop that notice (the page would keep an empty, unexplained result)
+        stop.click(stop_button("generation"), None, None, api_visibility="private")
         api_run.click(user_errors(run_for_api), inputs, [*outputs, report], api_name="generate",
                       **GPU_QUEUE)

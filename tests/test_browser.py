@@ -333,33 +333,36 @@ def test_stop_is_an_outcome_not_an_error(app_url, browser, tmp_path, width):
             for image in sorted(images.iterdir()):
                 zipped.write(image, image.name)
     long_runs = {  # tab: (how to make its run long, its run and stop buttons, where the stopped message shows)
-        "Diffusion": (lambda: [set_number(browser, f"generation-{n}", v) for n, v in
-                               (("width", 256), ("height", 256), ("steps", 150))],
+        "Diffusion": (lambda: [set_number(browser, f"generation-{n}", 256) for n in ("width", "height")],
                       "generation-run", "generation-stop", "generation-summary"),
         "CLIP": (lambda: (click(browser, browser.find_element(By.XPATH, "//button[contains(., 'Tune a prompt')]")),
+                          wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#classification-tune-steps "
+                                                                                 "input[type='number']")),
                           set_number(browser, "classification-tune-steps", 500)),
                  "classification-tune", "classification-tune-stop", "classification-saved"),
         "Dataset": (lambda: (click(browser, browser.find_element(
             By.CSS_SELECTOR, "#dataset-archive button[aria-label='Clear']")), time.sleep(0.5),
             browser.find_element(By.CSS_SELECTOR, "#dataset-archive input[type='file']").send_keys(str(archive)),
-            wait.until(lambda d: "scenes.zip" in d.find_element(By.ID, "dataset-archive").text)),
+            wait.until(lambda d: "scenes.zip" in "".join(d.find_element(By.ID, "dataset-archive").text.split()),
+                       message="the archive did not upload")),
             "dataset-run", "dataset-stop", "dataset-summary"),
     }
     for label, (make_long, run, stop, message) in long_runs.items():
         open_tab(browser, label)
         key = {"Diffusion": "generation", "CLIP": "classification", "Dataset": "dataset"}[label]
-        wait.until(lambda d, k=key: summary_text(d, k))  # its first sight first
+        wait.until(lambda d, k=key: summary_text(d, k), message=f"{label}: no first sight")
         make_long()
         click(browser, browser.find_element(By.ID, run))
-        time.sleep(3)
-        click(browser, browser.find_element(By.ID, stop))
+        wait.until(lambda d: d.execute_script("return [...document.querySelectorAll('.progress-text')]"
+                                              ".some(e => e.offsetParent !== null)"), message=f"{label}: no progress")
+        click(browser, browser.find_element(By.ID, stop))  # while it runs
 
         def stopped(d, m=message):
             element = d.find_element(By.ID, m)
             return "Stopped" in (element.text or "") + (d.execute_script(
                 "const t = arguments[0].querySelector('textarea'); return t ? t.value : ''", element) or "")
 
-        wait.until(stopped)
+        wait.until(stopped, message=f"{label}: no stopped message")
         time.sleep(1)
         assert not error_toasts(browser), (label, error_toasts(browser))
         badges = browser.execute_script("return [...document.querySelectorAll('.error')].filter(e => "
