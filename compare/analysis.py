@@ -141,7 +141,8 @@ def analyse_pair(t_all: list[Stage], s_all: list[Stage], foreground: torch.Tenso
                       "matrix": matrix, "chance": chance_matrix,
                       "estimator": "linear CKA over the image's locations, unbiased HSIC (Song et al. 2012)"},
               "notes": notes}
-    bars = [with_colour_bar(o, *(("agree less", "agree more") if i % 2 == 0 else ("disagree less", "disagree more")))
+    bars = [with_colour_bar(o, *(("least agreement", "most agreement") if i % 2 == 0
+                                 else ("least disagreement", "most disagreement")))
             for i, o in enumerate(host["overlays"])]
     return list(zip(bars, captions, strict=True)), report
 

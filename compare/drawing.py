@@ -46,15 +46,16 @@ def palette(n: int) -> list[tuple[int, int, int]]:
 
 @functools.cache
 def _heat_lut() -> torch.Tensor:
-    """256 colours of plotly's Turbo scale, (256, 3) uint8."""
+    """256 colours of plotly's Viridis scale (perceptually uniform, readable in grey and by colour-blind eyes),
+    (256, 3) uint8."""
     from plotly.colors import sample_colorscale, unlabel_rgb
 
-    colours = sample_colorscale("Turbo", [i / 255 for i in range(256)])
+    colours = sample_colorscale("Viridis", [i / 255 for i in range(256)])
     return torch.tensor([unlabel_rgb(c) for c in colours], dtype=torch.float32).round().to(torch.uint8)
 
 @functools.cache
 def _heat_lut_on(device: torch.device) -> torch.Tensor:
-    """The Turbo colours as (256, 3) float32 on ``device``, uploaded once per device."""
+    """The heat-map colours as (256, 3) float32 on ``device``, uploaded once per device."""
     return _heat_lut().float().to(device)
 
 def upload_image(image: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -65,7 +66,7 @@ def upload_image(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 def heat_overlays(canvas: torch.Tensor, heats: torch.Tensor, alpha: float = 0.55) -> torch.Tensor:
-    """Blend maps over an image as Turbo heat maps, on the tensors' device.
+    """Blend maps over an image as Viridis heat maps, on the tensors' device.
 
     Args:
         canvas: (H, W, 3) uint8 image.
@@ -83,38 +84,42 @@ def heat_overlays(canvas: torch.Tensor, heats: torch.Tensor, alpha: float = 0.55
     colours = _heat_lut_on(canvas.device)[(heats * 255).round().long()]  # (N, H, W, 3)
     return ((1 - alpha) * canvas.float() + alpha * colours).round().to(torch.uint8)
 
-def heat_overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.55, low: str = "low", high: str = "high",
-                 ) -> np.ndarray:
-    """Blend an (h, w) map in [0, 1] (any grid, any device) over the image as a Turbo heat map, with its colour
+def heat_overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.55, low: str = "lowest",
+                 high: str = "highest") -> np.ndarray:
+    """Blend an (h, w) map in [0, 1] (any grid, any device) over the image as a Viridis heat map, with its colour
     bar underneath."""
     canvas = enlarge(image, display_scale(*image.shape[:2])).permute(1, 2, 0)
     return with_colour_bar(heat_overlays(canvas, heat.detach().float().cpu()[None], alpha)[0].numpy(), low, high)
 
 @functools.lru_cache(maxsize=64)
 def _colour_bar(width: int, low: str, high: str) -> np.ndarray:
-    """A (28, width, 3) strip: the Turbo scale from 0 to 1, then its two end labels (drawn once per width and
-    labels: text rendering costs about a millisecond, as much as the rest of a GPU analysis; read-only)."""
+    """A (30, width, 3) strip: the colour scale from 0 to 1, numbered at 0, 0.5 and 1, with the words of its two ends
+    (``0 · lowest``, ``highest · 1``: every map is scaled to its own range) where they fit. Drawn once per width and
+    words (text rendering costs about a millisecond, as much as the rest of a GPU analysis); read-only."""
     from PIL import ImageDraw, ImageFont
 
     lut = _heat_lut().numpy()
     ramp = lut[np.linspace(0, 255, width).round().astype(int)]
-    strip = Image.new("RGB", (width, 28), (255, 255, 255))
+    strip = Image.new("RGB", (width, 30), (255, 255, 255))
     strip.paste(Image.fromarray(np.repeat(ramp[None], 12, axis=0)), (0, 0))
     draw = ImageDraw.Draw(strip)
     font = ImageFont.truetype(font_path(), 11) if font_path() else ImageFont.load_default()
-    for short_low, short_high in ((low, high), ("low", "high"), ("−", "+")):  # the longest labels that fit
-        if draw.textlength(short_low, font=font) + draw.textlength(short_high, font=font) + 24 <= width:
-            low, high = short_low, short_high
+    ink = (40, 40, 40)
+    draw.line([(width // 2, 12), (width // 2, 15)], fill=ink)
+    middle = draw.textlength("0.5", font=font)
+    draw.text((width / 2 - middle / 2, 15), "0.5", fill=ink, font=font)
+    for left, right in ((f"0 · {low}", f"{high} · 1"), ("0", "1")):  # the words where they fit beside the middle
+        if max(draw.textlength(left, font=font), draw.textlength(right, font=font)) + 6 <= width / 2 - middle / 2:
             break
-    draw.text((2, 13), low, fill=(40, 40, 40), font=font)
-    right = draw.textlength(high, font=font)
-    draw.text((max(2, width - right - 2), 13), high, fill=(40, 40, 40), font=font)
+    draw.text((2, 15), left, fill=ink, font=font)
+    draw.text((width - draw.textlength(right, font=font) - 2, 15), right, fill=ink, font=font)
     bar = np.array(strip)
     bar.flags.writeable = False
     return bar
 
-def with_colour_bar(overlay: np.ndarray, low: str = "low", high: str = "high") -> np.ndarray:
-    """The overlay with its colour bar (the Turbo scale, ``low`` to ``high``) appended underneath."""
+
+def with_colour_bar(overlay: np.ndarray, low: str = "lowest", high: str = "highest") -> np.ndarray:
+    """The overlay with its colour bar (0 ``low`` to 1 ``high``, numbered) appended underneath."""
     return np.concatenate([overlay, _colour_bar(overlay.shape[1], low, high)], axis=0)
 
 
