@@ -91,6 +91,9 @@ def heat_overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.55, low
     canvas = enlarge(image, display_scale(*image.shape[:2])).permute(1, 2, 0)
     return with_colour_bar(heat_overlays(canvas, heat.detach().float().cpu()[None], alpha)[0].numpy(), low, high)
 
+COLOUR_BAR_HEIGHT = 30  # pixels under a heat map: the colour ramp, then its numbers and words
+
+
 @functools.lru_cache(maxsize=64)
 def _colour_bar(width: int, low: str, high: str) -> np.ndarray:
     """A (30, width, 3) strip: the colour scale from 0 to 1, numbered at 0, 0.5 and 1, with the words of its two ends
@@ -100,7 +103,7 @@ def _colour_bar(width: int, low: str, high: str) -> np.ndarray:
 
     lut = _heat_lut().numpy()
     ramp = lut[np.linspace(0, 255, width).round().astype(int)]
-    strip = Image.new("RGB", (width, 30), (255, 255, 255))
+    strip = Image.new("RGB", (width, COLOUR_BAR_HEIGHT), (255, 255, 255))
     strip.paste(Image.fromarray(np.repeat(ramp[None], 12, axis=0)), (0, 0))
     draw = ImageDraw.Draw(strip)
     font = ImageFont.truetype(font_path(), 11) if font_path() else ImageFont.load_default()

@@ -10,6 +10,7 @@ from analysis.features import capture_stages, match_stages
 from analysis.profiling import DispatchCounter
 from analysis.readback import read_back
 from compare.analysis import Side, analyse_sides
+from compare.drawing import COLOUR_BAR_HEIGHT
 from weights.predictors import Geometry, box_foreground
 from weights.shapes.checkpoints import BUILTIN_CONFIGS
 from weights.shapes.nets import ShapesNet, detection_candidates, normalise
@@ -101,7 +102,7 @@ def test_the_tabs_analysis_syncs_only_in_its_final_read_back():
     with DispatchCounter() as counter:
         overlays, report = analyse_sides(*sides, foreground, image)
     assert counter.syncs == 0, counter.sync_ops  # on the CPU the read-back is no copy; on CUDA it is the one sync
-    assert len(overlays) == 8 and overlays[0][0].shape == (128 + 28, 128, 3)  # the image, then its colour bar
+    assert len(overlays) == 8 and overlays[0][0].shape == (128 + COLOUR_BAR_HEIGHT, 128, 3)  # image, colour bar
     assert len(report["cka"]["matrix"]) == 4 and len(report["stages"]) == 4
 
 

@@ -160,6 +160,28 @@ def test_generate_endpoint(client, tiny_hub_pairs):
     assert all({"width", "height", "steps", "guidance"} <= set(p) for p in generation)
 
 
+def test_generate_takes_the_size_of_the_chosen_pair(client, tiny_hub_pairs):
+    """/generate bounds width and height by the chosen pair's own native side (4x), not by the page's sliders (set
+    for the builtin 64 px pair): 512 x 512 passes on a pair with SD's native 512 px (tiny local models of SD's
+    classes), and is refused, with the pair's limit named, on the builtin pair."""
+    import dataclasses
+
+    from weights.registry import get_pair, register_pair, unregister_pair
+
+    sd_like = dataclasses.replace(get_pair(tiny_hub_pairs["generation"]), name="tiny-sd-512",
+                                  native={"width": 512, "height": 512, "steps": 1, "guidance": 4.0})
+    register_pair(sd_like)
+    try:
+        teacher, _, report = client.predict("a red circle", "tiny-sd-512", 1, 512, 512, 1, 4.0, False, False,
+                                            api_name="/generate")
+        assert np.asarray(Image.open(teacher)).shape == (512, 512, 3)
+        assert (report["settings"]["width"], report["settings"]["height"]) == (512, 512)
+    finally:
+        unregister_pair("tiny-sd-512")
+    with pytest.raises(Exception, match="native 64 px"):
+        client.predict("a red circle", "shapes-diffusion", 1, 512, 512, 1, 4.0, False, False, api_name="/generate")
+
+
 def test_students_through_the_api(client, scene_file):
     """Every model-running endpoint takes ``students`` (a comma-separated string); left out, the first student."""
     from gradio_client import handle_file
