@@ -425,6 +425,9 @@ def choose_target(teacher: Predictor, outputs: Any, geometry: Geometry, target: 
                                         "pixels": int(region.sum())})
 
 
+SHOWN_SCORE = 0.3  # the detection score from which the app shows a box (the Detection tab's default threshold)
+
+
 @dataclass
 class Explained:
     """One model's explanation: its (h, w) map in [0, 1] on its own grid, the method's name, the target, and the
@@ -541,4 +544,9 @@ def explain(pair: Pair, student: Student, predictors: dict[str, Predictor], arra
         if not float(full[role].max()) > 0:
             notes.append(f"The {role}'s map is empty: its {methods[role]} gives no positive evidence for this target "
                          "(e.g. the gradient vanished); the difference then shows the other map alone.")
+    score = chosen.info.get("score")
+    if score is not None and score < SHOWN_SCORE:
+        notes.append(f"The target is a candidate the teacher scores only {score:.3f} (the Detection tab shows boxes "
+                     f"from {SHOWN_SCORE}): these maps explain a box it barely proposes. Give a rank among its shown "
+                     "boxes ('' or 0: its best) or one of their labels.")
     return AttentionResult(pair.name, student.name, chosen.info, methods, full, notes, explained)

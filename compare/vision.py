@@ -111,6 +111,14 @@ class VisionRequest:
     accuracy_threshold: float | None = None  # detection: also keep every box down to this score (all_detections)
 
 
+# Shapes scenes are drawn at 128 px (weights/shapes/world.py): an image whose short side is twice that is most likely
+# no Shapes scene (the examples' photos are 300 px and more), and the builtin nets' result on it says little
+LARGER_THAN_SHAPES = 256
+BUILTIN_ON_OTHER_IMAGES = ("The builtin pairs know only the Shapes world (five shapes on a noisy background, drawn at "
+                           "128 px); on other images, photos included, their boxes, masks and agreement mean little. "
+                           "For photos, choose a Hub pair or your own models.")
+
+
 def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_out: dict | None = None,
                ) -> list[DetectionComparison | SegmentationComparison]:
     """Every model of ``predictors`` (``{"teacher": ..., <student name>: ...}``) once over the request's images.
@@ -125,7 +133,11 @@ def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_
         :class:`compare.analysis.ConsensusResult` when the request asked for it.
     """
     pair, chosen, images = request.pair, request.students, request.images
-    notes = request.notes or [[] for _ in images]
+    notes = [list(n) for n in request.notes] if request.notes else [[] for _ in images]
+    if all(s.kind == "builtin" for s in (pair.teacher, *(s.source for s in chosen))):  # Shapes nets elsewhere
+        for image_notes, image in zip(notes, images, strict=True):
+            if min(image.shape[:2]) >= LARGER_THAN_SHAPES and BUILTIN_ON_OTHER_IMAGES not in image_notes:
+                image_notes.append(BUILTIN_ON_OTHER_IMAGES)
     outputs: dict[str, list] = {}
     everything: dict[str, list] = {}
     stages: dict[str, list] = {}

@@ -109,11 +109,11 @@ def build_diffusion_tab() -> None:
                 with gr.Row():
                     outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png") for role in ROLES]
                 consensus = gr.Gallery(label="UNet feature consensus, teacher ↔ student (per up block)", columns=4,
-                                       height=220, interactive=False)
+                                       height=300, interactive=False)
                 attention = [gr.Gallery(label=f"{role.capitalize()}: cross-attention per word", columns=6,
-                                        height=200, interactive=False) for role in ROLES]
+                                        height=280, interactive=False) for role in ROLES]
                 comparison_summary = gr.Markdown(elem_id="generation-comparison")
-                comparison = gr.Gallery(label="Without | with RAU-Net and MSW-MSA", columns=4, height=260,
+                comparison = gr.Gallery(label="Without | with RAU-Net and MSW-MSA", columns=4, height=320,
                                         visible=False, interactive=False)
                 report = report_panel("Report")
         inputs = [prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, variant]
@@ -158,7 +158,7 @@ def build_diffusion_tab() -> None:
             return gr.update(value=images, visible=True), comparison_markdown(result)
 
         running.then(user_errors(run_comparison), [compare, *inputs[:7], variant], [comparison, comparison_summary],
-                     api_visibility="private", show_progress_on=[comparison], **GPU_QUEUE)
+                     api_visibility="private", show_progress_on=[comparison_summary], **GPU_QUEUE)
         # the run checks its stop flag every step and ends with a "Stopped at step k" notice; cancelling the event
         # as well would drop that notice (the page would keep an empty, unexplained result)
         stop.click(stop_button("generation"), None, None, api_visibility="private")

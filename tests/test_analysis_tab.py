@@ -79,3 +79,23 @@ def test_the_verdict_counts_the_stages_that_show_each_finding():
     line = verdict([stage, stage | {"consensus_foreground": 0.1}])
     assert "background: holds in part (1 of 2 stages)" in line and "student's: fails (0 of 2 stages)" in line
     assert "no foreground" in verdict([dict.fromkeys(stage)])
+
+
+def test_the_visible_notes_say_when_a_result_means_little(scene_png, tmp_path):
+    """A low-score attention target and a builtin pair on an image far larger than a Shapes scene each get a note on
+    the result (the summary shows the notes), and neither note appears where it does not apply."""
+    import numpy as np
+    from PIL import Image
+
+    from compare.vision import BUILTIN_ON_OTHER_IMAGES
+    from demos.detection import run_detection
+
+    *_, best = attention(scene_png, "shapes-detection", "0")
+    *_, faint = attention(scene_png, "shapes-detection", "40")  # a candidate far below the shown boxes
+    assert faint["target"]["score"] < 0.3 and any("scores only" in n for n in faint["notes"])
+    assert best["target"]["score"] >= 0.3 and not any("scores only" in n for n in best["notes"])
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.asarray(Image.open(scene_png).convert("RGB").resize((400, 300)))).save(photo)
+    *_, on_photo, _ = run_detection(str(photo), "shapes-detection", 0.3)
+    *_, on_scene, _ = run_detection(scene_png, "shapes-detection", 0.3)
+    assert BUILTIN_ON_OTHER_IMAGES in on_photo["notes"] and BUILTIN_ON_OTHER_IMAGES not in on_scene["notes"]
