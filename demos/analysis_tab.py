@@ -216,6 +216,7 @@ def build_analysis_tab() -> None:
                 with gr.Row():
                     attention_images = [gr.Image(label=label, interactive=False)
                                         for label in ("Teacher attention", "Student attention", "|difference|")]
+                attention_notes = gr.Markdown(elem_id="analysis-attention-notes")
                 attention_report = report_panel("Attention report")
         inputs = [image, pair, tau, method, students]
         shown_outputs = [gallery, report, figures, cka, *chosen]
@@ -232,5 +233,11 @@ def build_analysis_tab() -> None:
         first_sight(wire, consensus, inputs, {image: examples_for("analysis")[0]})
         wire_student_picker(pair, students)
         stage.change(stage_pair, [gallery, stage], chosen, api_visibility="private")
-        explain.click(user_errors(attention), [image, pair, target, students], [*attention_images, attention_report],
-                      api_name="attention", **GPU_QUEUE)
+        attention_outputs = [*attention_images, attention_report, attention_notes]
+        explaining = clear_on_start(explain, attention_outputs).then(
+            user_errors(attention), [image, pair, target, students], [*attention_images, attention_report],
+            api_name="attention", **GPU_QUEUE)
+        explaining.then(lambda r: notes_markdown(r.get("notes", [])) if r else "", attention_report, attention_notes,
+                        api_visibility="private")  # why a map is empty, or a target weak: on the page, not in the JSON
+        explaining.failure(lambda: cleared_values(attention_outputs), None, attention_outputs,
+                           api_visibility="private")

@@ -23,6 +23,7 @@ from demos.widgets import (
     pair_dropdown,
     ranking_markdown,
     report_panel,
+    student_label,
     student_picker,
     wire_student_picker,
 )
@@ -30,6 +31,7 @@ from weights.predictors import Detection
 
 DEFAULT_PAIR = "shapes-detection"
 DEFAULT_THRESHOLD = 0.3
+DISAGREEMENT_LABEL = "Where {student} disagrees: missed (red), extra (amber), matched (green)"
 
 
 def run_detection(image, pair: str = DEFAULT_PAIR, score_threshold: float = DEFAULT_THRESHOLD,
@@ -171,9 +173,8 @@ def build_detection_tab() -> None:
                 with gr.Row():
                     views = annotated_views("detection")
                 outputs = api_result_images("detection")
-                disagreement = gr.Image(label="Where the first student disagrees: missed (red), extra (amber), "
-                                        "matched (green)", interactive=False, format="png",
-                                        elem_id="detection-disagreement", height=300)
+                disagreement = gr.Image(label=DISAGREEMENT_LABEL.format(student="the first student"),
+                                        interactive=False, format="png", elem_id="detection-disagreement", height=300)
                 overlay = consensus_overlay_image("detection")
                 report = report_panel("Report")
         inputs = [image, pair, threshold, students, toggle[1]]
@@ -186,6 +187,7 @@ def build_detection_tab() -> None:
                 image, report, lambda array, position: detection_annotations(array, report, position)),
                 [image, report], views, api_visibility="private")
             event.then(user_errors(disagreement_image), [image, report], disagreement, api_visibility="private")
+            event.then(student_label(DISAGREEMENT_LABEL), report, disagreement, api_visibility="private")
             event.failure(lambda: (None,) * 8 + ("",), None,
                           [*outputs, *views, disagreement, overlay[0], report, summary], api_visibility="private")
             return event

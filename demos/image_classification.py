@@ -81,7 +81,14 @@ def build_image_classification_tab() -> None:
     from demos.components import user_image
     from demos.first_sight import first_sight
     from demos.jobs import GPU_QUEUE, user_errors
-    from demos.widgets import cleared_values, examples_for, pair_dropdown, student_picker, wire_student_picker
+    from demos.widgets import (
+        cleared_values,
+        examples_for,
+        pair_dropdown,
+        student_label,
+        student_picker,
+        wire_student_picker,
+    )
 
     with gr.Tab("Classification", id="image-classification"):
         gr.Markdown("An image classifier and its students on your image: their top classes, how far they agree, and "
@@ -112,6 +119,8 @@ def build_image_classification_tab() -> None:
             started = clear_on_start(trigger, shown_outputs)
             event = started.then(user_errors(fn), [image, pair, students], [plot, report, *cams], **api, **GPU_QUEUE)
             event.then(summary_markdown, report, summary, api_visibility="private")
+            event.then(student_label("{student}: Grad-CAM of the teacher's class"), report, cams[1],
+                       api_visibility="private")
             event.failure(lambda: cleared_values(shown_outputs), None, shown_outputs, api_visibility="private")
             return event
 

@@ -26,11 +26,13 @@ from demos.widgets import (
     pair_dropdown,
     ranking_markdown,
     report_panel,
+    student_label,
     student_picker,
     wire_student_picker,
 )
 
 DEFAULT_PAIR = "shapes-segmentation"
+DISAGREEMENT_LABEL = "Where {student} disagrees (pixels in the teacher's class colour)"
 
 
 def save_class_maps(maps: dict[str, np.ndarray]) -> str:
@@ -174,8 +176,8 @@ def build_segmentation_tab() -> None:
                 with gr.Row():
                     views = annotated_views("segmentation")
                 outputs = api_result_images("segmentation")
-                disagreement = gr.Image(label="Where the first student disagrees (pixels in the teacher's class "
-                                        "colour)", interactive=False, format="png", height=300,
+                disagreement = gr.Image(label=DISAGREEMENT_LABEL.format(student="the first student"),
+                                        interactive=False, format="png", height=300,
                                         elem_id="segmentation-disagreement")
                 overlay = consensus_overlay_image("segmentation")
                 plot = gr.Plot(label="Per-class agreement")
@@ -192,6 +194,7 @@ def build_segmentation_tab() -> None:
                 image, report, lambda array, position: segmentation_annotations(array, report, npz, position)),
                 [image, report, npz], views, api_visibility="private")
             event.then(user_errors(disagreement_image), [image, report, npz], disagreement, api_visibility="private")
+            event.then(student_label(DISAGREEMENT_LABEL), report, disagreement, api_visibility="private")
             event.then(lambda r: (summary_markdown(r), per_class_figure(r)), report, [summary, plot],
                        api_visibility="private")
             event.failure(lambda: cleared_values(shown_outputs), None, shown_outputs, api_visibility="private")

@@ -222,3 +222,15 @@ def cleared_values(outputs: list) -> tuple:
 
     values = tuple("" if isinstance(c, gr.Markdown) else None for c in outputs)
     return values if len(values) != 1 else values[0]
+
+
+def student_label(template: str) -> Callable:
+    """A handler that names the first student in a panel's label after a run: ``template`` with ``{student}``
+    (e.g. ``"Where {student} disagrees"``), from the run's report; before any run, "the first student"."""
+    import gradio as gr
+
+    def relabel(report: dict | None):
+        students = list((report or {}).get("students") or [])
+        return gr.update(label=template.format(student=students[0] if students else "the first student"))
+
+    return relabel
