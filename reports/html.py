@@ -28,6 +28,17 @@ def _with_interval(value, ci) -> str:
     return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
+NAMES = {"f1": "F1", "miou": "mIoU", "map_50": "mAP@0.5", "js": "JS divergence", "kl": "KL divergence",
+         "top1": "top-1 accuracy", "top5": "top-5 accuracy", "top1_match": "top-1 match",
+         "top5_overlap": "top-5 overlap", "pixel_agreement": "pixel agreement", "mean_iou": "mean IoU of matches",
+         "spearman": "Spearman"}
+
+
+def _words(key: str) -> str:
+    """A figure's key as people write it (``miou`` -> ``mIoU``)."""
+    return NAMES.get(key, key.replace("_", " "))
+
+
 def figures_table(summary: dict, students: list[str]) -> str:
     """The report's first table: per model, the agreement figures, consensus and accuracy, each with its interval."""
     rows = []
@@ -37,8 +48,8 @@ def figures_table(summary: dict, students: list[str]) -> str:
     acc_keys = sorted({k for block in accuracy.values() for k in block
                        if not k.endswith("ci95") and k not in ("note", "score_threshold")})
     calibration = summary.get("calibration") or {}
-    head = ["model", *(f"{k} vs teacher" for k in keys), "consensus (mean)",
-            *(f"{k} vs labels" for k in acc_keys), *(["ECE"] if calibration else [])]
+    head = ["model", *(f"{_words(k)}, against the teacher" for k in keys), "consensus (mean)",
+            *(f"{_words(k)}, against the labels" for k in acc_keys), *(["ECE"] if calibration else [])]
     for model in ["teacher", *students]:
         block = summary["per_student"].get(model)
         cells = [model]
