@@ -180,7 +180,14 @@ def build_analysis_tab() -> None:
     from demos.components import CheckedSlider, user_image
     from demos.first_sight import first_sight
     from demos.jobs import GPU_QUEUE, user_errors
-    from demos.widgets import cleared_values, examples_for, pair_dropdown, student_picker, wire_student_picker
+    from demos.widgets import (
+        cleared_values,
+        examples_for,
+        pair_dropdown,
+        student_label,
+        student_picker,
+        wire_student_picker,
+    )
 
     with gr.Tab("Analysis", id="analysis"):
         gr.Markdown("Where do teacher and student features agree (**consensus**) and disagree (**divergence**)? "
@@ -237,6 +244,8 @@ def build_analysis_tab() -> None:
         explaining = clear_on_start(explain, attention_outputs).then(
             user_errors(attention), [image, pair, target, students], [*attention_images, attention_report],
             api_name="attention", **GPU_QUEUE)
+        explaining.then(student_label("{student} attention"), attention_report, attention_images[1],
+                        api_visibility="private")
         explaining.then(lambda r: notes_markdown(r.get("notes", [])) if r else "", attention_report, attention_notes,
                         api_visibility="private")  # why a map is empty, or a target weak: on the page, not in the JSON
         explaining.failure(lambda: cleared_values(attention_outputs), None, attention_outputs,

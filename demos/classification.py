@@ -252,6 +252,7 @@ def build_classification_tab() -> None:
         examples,
         examples_for,
         pair_dropdown,
+        student_label,
         student_picker,
         wire_student_picker,
     )
@@ -314,6 +315,7 @@ def build_classification_tab() -> None:
             event = started.then(user_errors(fn), inputs, [plot, report, similarity], **api, **GPU_QUEUE)
             event.then(summary_markdown, report, summary, api_visibility="private")
             event.then(similarity_overlays, [image, similarity], maps, api_visibility="private")
+            event.then(student_label("{student}: patches vs top class"), report, maps[1], api_visibility="private")
             event.failure(lambda: cleared_values(shown_outputs), None, shown_outputs, api_visibility="private")
             return event
 

@@ -226,11 +226,13 @@ def cleared_values(outputs: list) -> tuple:
 
 def student_label(template: str) -> Callable:
     """A handler that names the first student in a panel's label after a run: ``template`` with ``{student}``
-    (e.g. ``"Where {student} disagrees"``), from the run's report; before any run, "the first student"."""
+    (e.g. ``"Where {student} disagrees"``), from the run's report (its ``students``, or its one ``student``); before
+    any run, "the first student"."""
     import gradio as gr
 
     def relabel(report: dict | None):
-        students = list((report or {}).get("students") or [])
+        report = report or {}
+        students = list(report.get("students") or ([report["student"]] if report.get("student") else []))
         return gr.update(label=template.format(student=students[0] if students else "the first student"))
 
     return relabel
