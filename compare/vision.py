@@ -134,7 +134,7 @@ def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_
     """
     pair, chosen, images = request.pair, request.students, request.images
     notes = [list(n) for n in request.notes] if request.notes else [[] for _ in images]
-    if all(s.kind == "builtin" for s in (pair.teacher, *(s.source for s in chosen))):  # Shapes nets elsewhere
+    if all(getattr(s, "kind", None) == "builtin" for s in (pair.teacher, *(s.source for s in chosen))):
         for image_notes, image in zip(notes, images, strict=True):
             if min(image.shape[:2]) >= LARGER_THAN_SHAPES and BUILTIN_ON_OTHER_IMAGES not in image_notes:
                 image_notes.append(BUILTIN_ON_OTHER_IMAGES)

@@ -155,8 +155,8 @@ def build_dataset_tab() -> None:
                     f"{MAX_ZIP_BYTES // 2**20} MB), optionally with COCO-style labels. The teacher is the reference; "
                     "the report ranks the images where the student disagrees most. Larger folders, resumable and "
                     "on several GPUs: `python -m reports.dataset` (see the README).\n\n"
-                    "**How to read this:** the page opens on an example, computed (32 labelled Shapes scenes): each "
-                    "figure with its 95% interval over the images. Upload your zip, then **Run**.")
+                    "**How to read this:** the page opens on an example, computed (32 labelled Shapes scenes of "
+                    "ours): each figure with its 95% interval over the images. Upload your zip, then **Run**.")
         with gr.Row():
             with gr.Column(scale=1):
                 archive = gr.File(label="Images (.zip)", file_types=[".zip"], elem_id="dataset-archive")
@@ -197,8 +197,14 @@ def build_dataset_tab() -> None:
             return event
 
         wire(run, run_report, {"api_name": "dataset"})
-        example = {archive: lambda: str(example_archive()[0]), labels: lambda: str(example_archive()[1])}
-        first_sight(wire, run_report, inputs, example,
-                    still_valid=lambda result: all(Path(f).exists() for f in result[3]))
+
+        @takes_request
+        def run_example(archive, pair, students, labels, classes, threshold, request,
+                        progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
+            # the example's own files, not copies served to a page (a closing page may take its copies away)
+            zipped, truth = example_archive()
+            return run_report(str(zipped), pair, students, str(truth), classes, threshold, request, progress)
+
+        first_sight(wire, run_example, inputs, {}, still_valid=lambda result: all(Path(f).exists() for f in result[3]))
         stop.click(stop_button("dataset"), None, None, api_visibility="private")
         wire_student_picker(pair, students)

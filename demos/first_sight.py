@@ -72,10 +72,10 @@ def on_load(inputs: list, values: list) -> Callable:
 
     def filled():
         now = [v() if callable(v) else v for v in values]
-        return tuple(now) if len(now) > 1 else now[0]
+        return tuple(now) if len(now) > 1 else now[0] if now else None
 
     root = get_blocks_context().root_block
-    return root.load(filled, None, inputs, queue=False, api_visibility="private").then
+    return root.load(filled, None, inputs or None, queue=False, api_visibility="private").then
 
 
 def warm_up() -> threading.Thread:
