@@ -62,7 +62,8 @@ def dataset_report(archive, pair: str = "shapes-detection", students: str | list
     return summary_markdown(summary, notes), per_class_figure(summary), gallery, files
 
 
-FIGURE_NAMES = {"map_50": "mAP@0.5", "miou": "mIoU", "top1": "top-1", "top5": "top-5", "ece": "ECE"}  # for people
+# the figures' names for people (the span keeps Markdown from reading mAP@0.5 as an e-mail address)
+FIGURE_NAMES = {"map_50": "mAP<span>@</span>0.5", "miou": "mIoU", "top1": "top-1", "top5": "top-5", "ece": "ECE"}
 
 
 def figures_text(figures: dict) -> str:
