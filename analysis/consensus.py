@@ -108,26 +108,34 @@ def _affinity_terms(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8,
         # few locations, wide channels (a ResNet's last stages): the (N, N) affinities themselves are cheaper
         a, b_ = torch.bmm(ut, u), torch.bmm(vt, v)
         return a.mean(-1), b_.mean(-1), (a * b_).sum(-1), a.square().sum(-1), b_.square().sum(-1)
-    # per location i: the row mean u_i . mean_j u_j, and u_i^T (U^T V) v_i, u_i^T (U^T U) u_i, v_i^T (V^T V) v_i,
-    # each through its C x C Gram; the cross term on the student's (narrower) side
-    return (torch.bmm(u.mean(2)[:, None], u)[:, 0], torch.bmm(v.mean(2)[:, None], v)[:, 0],
-            torch.bmm(torch.bmm(v, ut), u).mul_(v).sum(1),  # in place: one (B, C, N) temporary less each
-            torch.bmm(torch.bmm(u, ut), u).mul_(u).sum(1),
+    # per location i: the row mean u_i . mean_j u_j, the cross sum, and u_i^T (U^T U) u_i, v_i^T (V^T V) v_i, each
+    # through its C x C Gram
+    return (torch.bmm(u.mean(2)[:, None], u)[:, 0], torch.bmm(v.mean(2)[:, None], v)[:, 0], _cross_sums(u, v),
+            torch.bmm(torch.bmm(u, ut), u).mul_(u).sum(1),  # in place: one (B, C, N) temporary less each
             torch.bmm(torch.bmm(v, vt), v).mul_(v).sum(1))
 
 
+def _cross_sums(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(B, N): per location i, sum_j a_ij b_ij = u_i^T (U^T V) v_i of unit maps (B, Ct, N) and (B, Cs, N), through
+    the Ct x Cs Gram, on the student's (narrower) side."""
+    return torch.bmm(torch.bmm(v, u.transpose(1, 2)), u).mul_(v).sum(1)
+
+
 def _shuffled_affinity_terms(t: torch.Tensor, s: torch.Tensor, terms: tuple[torch.Tensor, ...], order: torch.Tensor,
-                             eps: float = 1e-8) -> tuple[torch.Tensor, ...]:
+                             eps: float = 1e-8, energies: tuple[torch.Tensor, torch.Tensor] | None = None,
+                             ) -> tuple[torch.Tensor, ...]:
     """:func:`_affinity_terms` of ``t`` against ``s`` with its locations in ``order``, reusing the unshuffled
     ``terms``: a student's affinities among its own locations do not change when they are reordered, so its row means
     and sums of squares are the unshuffled ones reordered, and only the cross sums are new (one product)."""
     row_mean_t, row_mean_s, _, square_t, square_s = terms
     n = t.shape[-2] * t.shape[-1]
-    u, v = _unit_channels(t, eps), _unit_channels(s, eps)[:, :, order]  # (B, Ct, N), (B, Cs, N) reordered
+    energy_t, energy_s = energies or (None, None)
+    u = _unit_channels(t, eps, energy_t)  # (B, Ct, N)
+    v = _unit_channels(s, eps, energy_s)[:, :, order]  # (B, Cs, N), reordered
     if _affinities_cheaper(n, u.shape[1], v.shape[1]):
         cross = (torch.bmm(u.transpose(1, 2), u) * torch.bmm(v.transpose(1, 2), v)).sum(-1)
     else:
-        cross = (u * torch.bmm(torch.bmm(u, v.transpose(1, 2)), v)).sum(1)
+        cross = _cross_sums(u, v)
     return row_mean_t, row_mean_s[:, order], cross, square_t, square_s[:, order]
 
 
@@ -431,7 +439,8 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
                         else SIMILARITY[method](t, s))
             if with_cka:  # the chance level: the student's locations in a fixed random order
                 locations = _location_order(t.shape[-2] * t.shape[-1], t.device)
-                shuffled.append(_shuffled_affinity_terms(t, s, sims[-1], locations) if method == "affinity"
+                shuffled.append(_shuffled_affinity_terms(t, s, sims[-1], locations,
+                                                         energies=(energy_t[-1], energy_s[-1])) if method == "affinity"
                                 else SIMILARITY[method](t, _shuffled_locations(s)))
         h, w = energy_t[0].shape[-2:]
         if method == "affinity":  # the five sums of every shape, stacked along the batch

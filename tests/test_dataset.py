@@ -15,7 +15,7 @@ from compare.inputs import InputError
 from reports.aggregate import _miss_ranking, accuracy_detections
 from reports.dataset import read_records, run_dataset
 from reports.inputs import Labels, extract_zip, list_images, safe_name
-from weights.shapes.world import CLASS_NAMES, EVAL_SEED_START, render_scene
+from weights.shapes.world import CLASS_NAMES, EVAL_SEED_START, render_scene, write_labelled_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = range(EVAL_SEED_START + 3000, EVAL_SEED_START + 3008)  # held out from training
@@ -26,19 +26,8 @@ BATCH = 2  # small batches, so that stops, kills and shards fall between them
 def folder(tmp_path_factory):
     """Eight held-out Shapes scenes, a corrupt file, and COCO-style box labels."""
     root = tmp_path_factory.mktemp("dataset")
-    images = root / "images"
-    images.mkdir()
-    coco = {"images": [], "annotations": [],
-            "categories": [{"id": i, "name": c} for i, c in enumerate(CLASS_NAMES) if i]}
-    for k, seed in enumerate(SEEDS):
-        scene = render_scene(seed)
-        name = f"scene_{k:02d}.png"
-        Image.fromarray(scene.image).save(images / name)
-        coco["images"].append({"id": k, "file_name": name})
-        for (x0, y0, x1, y1), c in zip(scene.boxes.tolist(), scene.class_ids.tolist(), strict=True):
-            coco["annotations"].append({"image_id": k, "category_id": int(c), "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    images, _ = write_labelled_scenes(root, SEEDS)
     (images / "broken.png").write_bytes(b"not an image")
-    (root / "labels.json").write_text(json.dumps(coco))
     return root
 
 
@@ -91,7 +80,7 @@ def test_a_stopped_or_crashed_run_resumes_to_the_same_files(folder, uninterrupte
                           cancel=lambda: (calls.append(1), len(calls) > 2)[1], batch=BATCH)
     assert stopped is None and len(read_records(tmp_path / "results.jsonl")) == 4  # two batches of two
     with open(tmp_path / "results.jsonl", "a") as f:
-        f.write('{"image": "scene_05.png", "stud')  # a crash in the middle of a line
+        f.write('{"image": "scene_0005.png", "stud')  # a crash in the middle of a line
     run_dataset(images, "shapes-detection", tmp_path, labels=folder / "labels.json", gallery=2, resume=True,
                 batch=BATCH)
     assert outputs(tmp_path) == outputs(uninterrupted[0])
