@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -71,3 +72,16 @@ def stop_check(cancel: threading.Event | Callable[[], bool] | None) -> Callable[
     if isinstance(cancel, threading.Event):
         return lambda: cancel.is_set() or caller_gone()
     return lambda: bool(cancel()) or caller_gone()
+
+
+@functools.cache
+def glibc():
+    """The C library when it is glibc (its ``malloc_trim`` and ``mallopt`` tune how this process returns memory);
+    None elsewhere (macOS, musl), where callers do nothing."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from compare.inputs import InputError
-from compare.jobs import CALLER_GONE_PROBES
+from compare.jobs import CALLER_GONE_PROBES, glibc
 from demos.served import served_files
 from weights.custom import OwnModelError
 from weights.loaders import ModelUnavailableError
@@ -122,22 +122,12 @@ _CALLS = itertools.count(1)
 TRIM_EVERY = 10  # events between two returns of freed heap memory to the system
 
 
-@functools.cache
-def _libc():
-    import ctypes
-
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl): nothing to trim
-        return None
-
-
 def release_memory() -> None:
     """Every :data:`TRIM_EVERY` events, give the heap memory that freed tensors left behind back to the system
     (glibc's ``malloc_trim``): many threads allocating and freeing image-sized buffers otherwise leave the server's
     resident memory creeping up wave after wave."""
-    if next(_CALLS) % TRIM_EVERY == 0 and _libc() is not None:
-        _libc().malloc_trim(0)
+    if next(_CALLS) % TRIM_EVERY == 0 and glibc() is not None:
+        glibc().malloc_trim(0)
 
 
 def out_of_space(error: BaseException) -> bool:

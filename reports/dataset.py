@@ -55,7 +55,7 @@ import torch
 
 from compare.checks import number
 from compare.inputs import InputError
-from compare.jobs import stop_check
+from compare.jobs import glibc, stop_check
 from compare.vision import detection_labels
 from compare.zero_shot import parse_classes
 from reports.aggregate import (
@@ -468,15 +468,9 @@ def keep_freed_memory() -> None:
     blocks afresh and returns freed memory to the system, so the analysis' megabyte temporaries page-fault anew on
     every batch (measured: a fifth of the consensus time). Resident memory then stays at its peak. Called by the CLI
     for its own process only."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if sys.platform != "linux" or name is None:
-        return
-    libc = ctypes.CDLL(name)
-    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    if hasattr(libc, "mallopt"):
+    libc = glibc()
+    if libc is not None:
+        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
         libc.mallopt(m_mmap_threshold, 1 << 30)  # blocks up to 1 GiB from the heap, which keeps what is freed
         libc.mallopt(m_trim_threshold, 1 << 31)
 
