@@ -171,25 +171,17 @@ class Predictor:
             out.append(BoxArrays(*(host[key][a:b][order] for key in ("boxes", "scores", "labels")), self.labels))
         return out
 
-    def foreground(self, outputs: Any, geometry: Geometry, threshold: float, index: int = 0, max_side: int = 256,
-                   ) -> torch.Tensor:
-        """Image ``index``'s foreground on the model's device without a host sync: for a detector, the (h, w) bool
-        mask (long side at most ``max_side``) inside its boxes scoring ``threshold`` or more; for a segmenter, the
-        cells of its logits not of the background class (not of the dominant class when the label set has
-        none)."""
-        if self.task == "segmentation":
-            logits = self.family.segmentation_logits(self, outputs, geometry, index)
-            return class_foreground(logits[0].argmax(0), bool(self.labels) and self.labels[0] == "background")
-        return self.foregrounds(outputs, [geometry], threshold, max_side, [index])[0]
-
     def foregrounds(self, outputs: Any, geometries: list[Geometry], threshold: float, max_side: int = 256,
                     indices: list[int] | None = None) -> list[torch.Tensor]:
-        """:meth:`foreground` of every image of a batch (``indices``, default all), a detector's images of one size
-        at once."""
+        """Each image's foreground (``indices`` into the batch's outputs, default all) on the model's device without
+        a host sync: for a detector, the (h, w) bool mask (long side at most ``max_side``) inside its boxes scoring
+        ``threshold`` or more, images of one size at once; for a segmenter, the cells of its logits not of the
+        background class (not of the dominant class when the label set has none)."""
         indices = list(range(len(geometries))) if indices is None else indices
         if self.task == "segmentation":
-            return [self.foreground(outputs, g, threshold, i, max_side) for g, i in zip(geometries, indices,
-                                                                                         strict=True)]
+            background = bool(self.labels) and self.labels[0] == "background"
+            return [class_foreground(self.family.segmentation_logits(self, outputs, g, i)[0].argmax(0), background)
+                    for g, i in zip(geometries, indices, strict=True)]
         sizes: dict[tuple, list[int]] = {}
         for k, g in enumerate(geometries):
             sizes.setdefault((g.height, g.width, g.resized_height, g.resized_width), []).append(k)
