@@ -19,22 +19,36 @@ def match_detections(teacher_boxes: torch.Tensor, student_boxes: torch.Tensor, s
 
     Returns:
         ``match`` (M,) int64, the teacher index matched to each student box or -1, and ``ious`` (M,) the IoU of
-        each match (0 where unmatched).
+        each match (0 where unmatched), on the boxes' device.
     """
-    m = student_boxes.shape[0]
-    match = torch.full((m,), -1, dtype=torch.long, device=student_boxes.device)
-    ious = torch.zeros(m, device=student_boxes.device)
-    if m == 0 or teacher_boxes.shape[0] == 0:
-        return match, ious
-    iou = box_iou(student_boxes.float(), teacher_boxes.float())
-    taken = torch.zeros(teacher_boxes.shape[0], dtype=torch.bool, device=iou.device)
-    for s in student_scores.argsort(descending=True).tolist():
-        candidates = iou[s].masked_fill(taken, -1.0)
-        best = int(candidates.argmax())
-        if candidates[best] >= iou_threshold:
-            match[s], ious[s] = best, candidates[best]
-            taken[best] = True
-    return match, ious
+    pairs = _greedy_pairs(teacher_boxes, student_boxes, student_scores, iou_threshold)
+    m, device = student_boxes.shape[0], student_boxes.device
+    match, ious = [-1] * m, [0.0] * m
+    for s, t, iou in pairs:
+        match[s], ious[s] = t, iou
+    return torch.tensor(match, dtype=torch.long, device=device), torch.tensor(ious, device=device)
+
+
+def _greedy_pairs(teacher_boxes: torch.Tensor, student_boxes: torch.Tensor, student_scores: torch.Tensor,
+                  iou_threshold: float) -> list[tuple[int, int, float]]:
+    """The matches of :func:`match_detections` as ``(student index, teacher index, IoU)``: the IoU matrix and the
+    score order read back once, then the greedy walk on the host (a few boxes per image: a Python loop costs less
+    than a tensor op per box)."""
+    if student_boxes.shape[0] == 0 or teacher_boxes.shape[0] == 0:
+        return []
+    order = student_scores.argsort(descending=True, stable=True)
+    rows = box_iou(student_boxes[order].float(), teacher_boxes.float()).tolist()  # (M, N), the one read-back
+    taken: set[int] = set()
+    pairs = []
+    for s, row in zip(order.tolist(), rows, strict=True):
+        best, best_iou = -1, -1.0
+        for t, iou in enumerate(row):  # the first of equal IoUs wins, as argmax
+            if t not in taken and iou > best_iou:
+                best, best_iou = t, iou
+        if best >= 0 and best_iou >= iou_threshold:
+            pairs.append((s, best, best_iou))
+            taken.add(best)
+    return pairs
 
 
 def detection_agreement(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
@@ -49,16 +63,17 @@ def detection_agreement(teacher: dict[str, torch.Tensor], student: dict[str, tor
         ``{matched, missed, extra, mean_iou, label_agreement, iou_threshold}``; ``mean_iou`` and
         ``label_agreement`` are None when nothing matched.
     """
-    match, ious = match_detections(teacher["boxes"], student["boxes"], student["scores"], iou_threshold)
-    matched = match >= 0
-    n_matched = int(matched.sum())
-    same_label = (student["labels"][matched] == teacher["labels"][match[matched]]).float()
+    pairs = _greedy_pairs(teacher["boxes"], student["boxes"], student["scores"], iou_threshold)
+    n_matched = len(pairs)
+    if n_matched:
+        teacher_labels, student_labels = teacher["labels"].tolist(), student["labels"].tolist()
+        same = sum(student_labels[s] == teacher_labels[t] for s, t, _ in pairs)
     return {
         "matched": n_matched,
         "missed": int(teacher["boxes"].shape[0]) - n_matched,
         "extra": int(student["boxes"].shape[0]) - n_matched,
-        "mean_iou": round(float(ious[matched].mean()), 4) if n_matched else None,
-        "label_agreement": round(float(same_label.mean()), 4) if n_matched else None,
+        "mean_iou": round(sum(iou for _, _, iou in pairs) / n_matched, 4) if n_matched else None,
+        "label_agreement": round(same / n_matched, 4) if n_matched else None,
         "iou_threshold": iou_threshold,
     }
 

@@ -304,7 +304,7 @@ def cka_matrix(teacher: list[torch.Tensor], student: list[torch.Tensor],
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, H, W) bool foreground -> (B, h, w) bool: a cell is foreground when over half of it is."""
-    return F.interpolate(mask[:, None].float(), size=size, mode="area")[:, 0] > 0.5
+    return pool_to(mask[:, None].float(), size)[:, 0] > 0.5  # area resizing (plain pooling when it divides)
 
 
 FIGURES = ("consensus_mean", "consensus_foreground", "consensus_background", "energy_foreground_teacher",

@@ -25,6 +25,21 @@ class Stage:
     features: torch.Tensor
 
 
+def stack_images(maps: list[torch.Tensor]) -> torch.Tensor:
+    """(1, ...) maps of consecutive images -> (n, ...) as :func:`torch.cat` gives it, without a copy when they are
+    the consecutive rows of one batched tensor (a forward's stages split per image): then a view of that tensor."""
+    first = maps[0]
+    if len(maps) == 1:
+        return first
+    step, start = first.stride(0), first.storage_offset()
+    if first.shape[0] == 1 and all(
+            m.shape == first.shape and m.stride() == first.stride() and m.dtype == first.dtype
+            and m.device == first.device and m.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+            and m.storage_offset() == start + k * step for k, m in enumerate(maps)):
+        return first.as_strided((len(maps), *first.shape[1:]), first.stride(), start)
+    return torch.cat(maps)
+
+
 def infer_grid(num_tokens: int, height: int, width: int, max_prefix: int = 8) -> tuple[int, int, int]:
     """Find ``(prefix, h, w)`` with ``prefix + h * w == num_tokens`` and ``h / w`` closest to ``height / width``.
 

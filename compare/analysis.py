@@ -20,7 +20,7 @@ import torch
 
 from analysis.attention import capture_deformable_sampling, grad_cam, sampling_point_map
 from analysis.consensus import FIGURES, READABLE_LOCATIONS, SIMILARITY, analyse_stages, projection_is_determined
-from analysis.features import Stage, match_stages
+from analysis.features import Stage, match_stages, stack_images
 from analysis.graphs import GraphCache
 from analysis.readback import Layout, pack, unpack
 from compare.checks import number
@@ -300,9 +300,9 @@ def consensus_figures(pair: Pair, chosen: list[Student], stages: dict[str, list[
             groups.setdefault((shapes, fg), []).append(i)
         adm = adm_training(student, tau, method)
         for (_, fg_shape), members in groups.items():
-            t_all = [Stage(s.name, s.stride, torch.cat([stages["teacher"][i][k].features for i in members]))
+            t_all = [Stage(s.name, s.stride, stack_images([stages["teacher"][i][k].features for i in members]))
                      for k, s in enumerate(stages["teacher"][members[0]])]
-            s_all = [Stage(s.name, s.stride, torch.cat([stages[student.name][i][k].features for i in members]))
+            s_all = [Stage(s.name, s.stride, stack_images([stages[student.name][i][k].features for i in members]))
                      for k, s in enumerate(stages[student.name][members[0]])]
             pairs = match_stages(t_all, s_all)
             if not pairs:

@@ -13,7 +13,7 @@ import torch
 
 from analysis.cka import MIN_SAMPLES, MinibatchCKA
 from analysis.consensus import pool_to
-from analysis.features import match_stages
+from analysis.features import match_stages, stack_images
 from compare.inputs import InputError, read_image
 from compare.vision import VisionRequest, run_vision
 from compare.zero_shot import check_template, parse_classes, zero_shot
@@ -78,11 +78,12 @@ def analyse_batch(paths: list[Path], spec: Pair, chosen: list[Student], predicto
         results = run_vision(VisionRequest(spec, chosen, arrays, notes, threshold, latency=False, consensus=True,
                                            overlays=False, accuracy_threshold=accuracy_threshold if labels else None),
                              predictors, stages)
+        embedded = {name: embeddings(images) for name, images in stages.items()}
         for k, (i, result) in enumerate(zip(readable, results, strict=True)):
             record, timing, maps = vision_record(paths[i], result, spec, labels)
             for name in ["teacher", *(s.name for s in chosen)]:
                 block = record["teacher"] if name == "teacher" else record["students"][name]
-                block["embedding"] = embedding(stages[name][k])
+                block["embedding"] = embedded[name][k]
             out[i] = Analysed(record, timing, maps)
         if len(arrays) >= MIN_SAMPLES:
             cka = cka_terms(stages, [s.name for s in chosen], batch_index)
@@ -148,8 +149,12 @@ def vision_record(path: Path, result, spec: Pair, labels: Labels | None,
     return record, timing_of(path.name, report), maps
 
 
-def _pooled(features: torch.Tensor, grid: tuple[int, int] = CKA_GRID) -> torch.Tensor:
-    return pool_to(features.float(), grid)
+def _pooled(maps: list[torch.Tensor], grid: tuple[int, int] = CKA_GRID) -> torch.Tensor:
+    """One stage of the batch's images, (1, C, h_i, w_i) each -> (n, C, *grid) float32: pooled in one op when the
+    images share a shape (the usual batch, a view of the forward's output), else image by image."""
+    if all(m.shape == maps[0].shape for m in maps):
+        return pool_to(stack_images(maps).float(), grid)
+    return torch.cat([pool_to(m.float(), grid) for m in maps])
 
 
 def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: int) -> dict:
@@ -160,10 +165,10 @@ def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: i
     out = {}
     for name in students:
         pairs = match_stages(stages["teacher"][0], stages[name][0])
-        teacher = [torch.cat([_pooled(next(s.features for s in image if s.name == t.name))
-                              for image in stages["teacher"]]) for t, _ in pairs]
-        student = [torch.cat([_pooled(next(s.features for s in image if s.name == st.name))
-                              for image in stages[name]]) for _, st in pairs]
+        teacher = [_pooled([next(s.features for s in image if s.name == t.name) for image in stages["teacher"]])
+                   for t, _ in pairs]
+        student = [_pooled([next(s.features for s in image if s.name == st.name) for image in stages[name]])
+                   for _, st in pairs]
         cka = MinibatchCKA(torch.Generator().manual_seed(batch_index))
         cka.update(teacher, student)
         terms = torch.stack([cka.cross.flatten(), cka.cross_shuffled.flatten()]).cpu()  # the one read-back
@@ -177,12 +182,14 @@ def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: i
     return out
 
 
-def embedding(stages: list) -> list[float]:
-    """An image's embedding for the report's map: the deepest stage's features averaged over locations, projected to
-    :data:`EMBEDDING_DIMS` numbers by a fixed Gaussian projection (Johnson-Lindenstrauss; seeded by the width, so the
-    same model always projects alike)."""
-    deepest = stages[-1].features.float().mean((-2, -1))[0]  # (C,)
-    return [round(v, 4) for v in (deepest.cpu() @ _projection(deepest.shape[0])).tolist()]
+def embeddings(images: list[list]) -> list[list[float]]:
+    """Each image's embedding for the report's map: its deepest stage's features averaged over locations, projected
+    to :data:`EMBEDDING_DIMS` numbers by a fixed Gaussian projection (Johnson-Lindenstrauss; seeded by the width, so
+    the same model always projects alike). ``images``: per image, one model's stages (the deepest last, (1, C, h, w));
+    one read-back for the batch."""
+    deepest = torch.cat([stages[-1].features.float().mean((-2, -1)) for stages in images])  # (n, C)
+    projected = (deepest @ _projection(deepest.shape[1]).to(deepest.device)).cpu().numpy()
+    return [[round(v, 4) for v in row] for row in projected.tolist()]
 
 
 @functools.lru_cache(maxsize=16)

@@ -6,7 +6,7 @@ import timm
 import torch
 
 from analysis.consensus import analyse_stages, cka_matrix, linear_cka
-from analysis.features import capture_stages, match_stages
+from analysis.features import capture_stages, match_stages, stack_images
 from analysis.profiling import DispatchCounter
 from analysis.readback import read_back
 from compare.analysis import Side, analyse_sides
@@ -154,6 +154,41 @@ def test_box_foreground_is_the_union_of_the_confident_boxes():
     expected[1:3, 1:4] = True
     expected[0:7, 5:7] = True
     assert torch.equal(mask, expected)
+
+
+def test_box_foreground_paints_what_each_box_covers_pixel_by_pixel():
+    """The difference-array union against the definition, box by box: half-pixel and integer edges, boxes past the
+    image, empty and inverted boxes, a NaN box (covers nothing), an infinite edge, batched and single."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        n, h, w = int(torch.randint(0, 12, (1,), generator=g)), int(torch.randint(1, 40, (1,), generator=g)), \
+            int(torch.randint(1, 40, (1,), generator=g))
+        corner = torch.rand(2, n, 2, generator=g) * torch.tensor([w, h]) * 1.4 - 4
+        if trial % 2:
+            corner = corner.round() + 0.5 * torch.randint(0, 2, corner.shape, generator=g)
+        boxes = torch.cat([corner, corner + torch.rand(2, n, 2, generator=g) * 20 - 2], -1)
+        if n:
+            boxes[0, 0, 1], boxes[1, 0, 3] = float("nan"), float("inf")
+        scores = torch.rand(2, n, generator=g)
+        ys, xs = torch.arange(h) + 0.5, torch.arange(w) + 0.5
+        expected = torch.zeros(2, h, w, dtype=torch.bool)
+        for b in range(2):
+            for (x0, y0, x1, y1), score in zip(boxes[b].tolist(), scores[b].tolist(), strict=True):
+                if score >= 0.3:
+                    expected[b] |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None]
+        assert torch.equal(box_foreground(boxes, scores, 0.3, h, w), expected)
+        assert torch.equal(box_foreground(boxes[1], scores[1], 0.3, h, w), expected[1])
+
+
+def test_stack_images_is_cat_and_a_view_when_the_images_are_rows_of_one_batch():
+    batch = torch.randn(5, 3, 8, 8)
+    rows = [batch[k:k + 1, :, :6, :5] for k in range(1, 4)]  # cropped rows of one forward's output
+    stacked = stack_images(rows)
+    assert torch.equal(stacked, torch.cat(rows)) and stacked.data_ptr() == batch[1].data_ptr()
+    apart = [batch[k:k + 1] for k in (0, 2, 3)]  # not consecutive: a copy
+    assert torch.equal(stack_images(apart), torch.cat(apart))
+    alone = [torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)]
+    assert torch.equal(stack_images(alone), torch.cat(alone))
 
 
 def test_the_tabs_batched_figures_are_adms_figures():

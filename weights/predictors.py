@@ -9,6 +9,7 @@ task's post-processing in the input images' pixels. Nothing here knows a model c
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,16 +92,27 @@ def box_foreground(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, 
     """(height, width) bool: pixels whose centre lies inside any (N, 4) xyxy box scoring ``threshold`` or more; for
     (B, N, 4) boxes and (B, N) scores, (B, height, width).
 
-    The score threshold is a mask, not a filter (nothing is read back to choose the boxes), and the union of boxes
-    is one matrix product of each box's row and column indicators, (H, N) @ (N, W), rather than N full masks.
+    The score threshold is a mask, not a filter (nothing is read back to choose the boxes), and the union is painted
+    with a difference array: each box adds +1 and -1 at its four corners, two cumulative sums give every pixel the
+    number of boxes covering it, so the cost is one pass over the image whatever the number of boxes. A pixel row
+    ``y`` lies inside ``[y0, y1)`` by its centre when ``ceil(y0 - 0.5) <= y < ceil(y1 - 0.5)`` (exact in float32).
     """
-    ys = torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5
-    boxes = boxes.float()
-    keep = (scores >= threshold)[..., None]
-    rows = ((ys >= boxes[..., 1:2]) & (ys < boxes[..., 3:4]) & keep).float()  # (..., N, H)
-    cols = ((xs >= boxes[..., 0:1]) & (xs < boxes[..., 2:3])).float()  # (..., N, W)
-    return (rows.transpose(-1, -2) @ cols) > 0
+    single = boxes.dim() == 2
+    boxes, scores = (boxes[None], scores[None]) if single else (boxes, scores)
+    b = scores.shape[0]
+    edges = (boxes.float() - 0.5).ceil()  # (B, N, 4): first pixel inside, first pixel past, per axis
+    usable = (scores >= threshold) & ~edges.isnan().any(-1)
+    limits = torch.tensor([width, height, width, height], dtype=edges.dtype, device=edges.device)
+    x0, y0, x1, y1 = torch.minimum(edges.nan_to_num(0.0).clamp_min(0), limits).long().unbind(-1)
+    usable &= (x1 > x0) & (y1 > y0)
+    step = width + 1
+    corners = torch.cat([y0 * step + x0, y0 * step + x1, y1 * step + x0, y1 * step + x1], 1)  # (B, 4N)
+    one = usable.int()
+    signs = torch.cat([one, -one, -one, one], 1)
+    grid = torch.zeros(b, (height + 1) * step, dtype=torch.int32, device=boxes.device).scatter_add_(1, corners, signs)
+    covered = grid.view(b, height + 1, step).cumsum(1, dtype=torch.int32).cumsum(2, dtype=torch.int32)
+    mask = covered[:, :height, :width] > 0
+    return mask[0] if single else mask
 
 
 def class_foreground(class_map: torch.Tensor, has_background: bool) -> torch.Tensor:
@@ -146,8 +158,9 @@ class Predictor:
         with torch.no_grad():
             return forward_with_stages(self.model, inputs["pixel_values"], explicit=explicit)
 
-    @property
+    @functools.cached_property
     def params(self) -> int:
+        """The model's parameter count (counted once: every request reports it)."""
         return count_parameters(self.model)
 
     # Detection ----------------------------------------------------------------------------------------------

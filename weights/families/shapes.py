@@ -31,10 +31,12 @@ def builtin_pixels(image: np.ndarray, policy: dict) -> tuple[torch.Tensor, Geome
     rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
     tensor = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)
     pixels = normalise(tensor)
-    pixels = F.interpolate(pixels, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+    if (rh, rw) != (height, width):  # (at its own size the resampling is the identity: skipped)
+        pixels = F.interpolate(pixels, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
     m = policy["multiple"]
     ph, pw = max(-(-rh // m) * m, 2 * m), max(-(-rw // m) * m, 2 * m)
-    pixels = F.pad(pixels, (0, pw - rw, 0, ph - rh))
+    if (ph, pw) != (rh, rw):
+        pixels = F.pad(pixels, (0, pw - rw, 0, ph - rh))
     return pixels, Geometry(height, width, rh, rw)
 
 
