@@ -307,6 +307,28 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return pool_to(mask[:, None].float(), size)[:, 0] > 0.5  # area resizing (plain pooling when it divides)
 
 
+def foreground_cells(mask: torch.Tensor, grids: list[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:
+    """:func:`resize_mask` to several grids at once, as float 0/1 (B, h, w) per grid. Each grid's per-cell pixel
+    counts are summed from the finest grid already counted that divides it (integer sums, exact in float32), so the
+    full-resolution mask is read once rather than once per grid; a grid that no counted grid divides is resized from
+    the mask directly."""
+    counts = {tuple(mask.shape[-2:]): (mask[:, None].float(), 1)}  # grid -> ((B, 1, h, w) pixel counts, cell area)
+    out = {}
+    for grid in sorted(set(grids), key=lambda g: -g[0] * g[1]):
+        sources = [g for g in counts if g[0] % grid[0] == 0 and g[1] % grid[1] == 0]
+        if not sources:
+            out[grid] = resize_mask(mask, grid).float()
+            continue
+        source = min(sources, key=lambda g: g[0] * g[1])
+        pixels, area = counts[source]
+        factor = (source[0] // grid[0], source[1] // grid[1])
+        if factor != (1, 1):
+            pixels, area = F.avg_pool2d(pixels, factor, divisor_override=1), area * factor[0] * factor[1]
+            counts[grid] = (pixels, area)
+        out[grid] = (pixels[:, 0] * 2 > area).float()
+    return out
+
+
 FIGURES = ("consensus_mean", "consensus_foreground", "consensus_background", "energy_foreground_teacher",
            "energy_foreground_student", "foreground_area")
 
@@ -420,7 +442,7 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
         shapes = (tuple(t.shape), tuple(s.shape))
         key = (tuple(t.shape[-2:]), method) if method == "affinity" else (shapes, method)
         groups.setdefault(key, {}).setdefault(shapes, []).append(k)
-    masks: dict[tuple[int, int], torch.Tensor] = {}
+    masks = foreground_cells(foreground, [tuple(t.shape[-2:]) for t, _ in fitted])  # one float mask per grid
     b = foreground.shape[0]
     similarity, figures, weights = [None] * len(pairs), [None] * len(pairs), [None] * len(pairs)
 
@@ -456,8 +478,6 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
             for i, k in enumerate(order):
                 chance[k] = means[i * b:(i + 1) * b]
         grid = (h, w)
-        if grid not in masks:
-            masks[grid] = resize_mask(foreground, grid).float()
         fg = masks[grid].repeat(len(order), 1, 1) if len(order) > 1 else masks[grid]
         found = _stacked_figures(sim, cat(energy_t), cat(energy_s), fg)
         scaled = _scaled_weights(sim, tau, size) if size is not None else None

@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from analysis.consensus import analyse_stages, cka_matrix, linear_cka
+from analysis.consensus import analyse_stages, cka_matrix, foreground_cells, linear_cka, resize_mask
 from analysis.features import capture_stages, match_stages, stack_images
 from analysis.profiling import DispatchCounter
 from analysis.readback import read_back
@@ -178,6 +178,21 @@ def test_box_foreground_paints_what_each_box_covers_pixel_by_pixel():
                     expected[b] |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None]
         assert torch.equal(box_foreground(boxes, scores, 0.3, h, w), expected)
         assert torch.equal(box_foreground(boxes[1], scores[1], 0.3, h, w), expected[1])
+
+
+def test_foreground_cells_are_resize_mask_on_every_grid():
+    """Counts summed grid to grid give each grid's cells exactly as resizing the full mask would, ties at half
+    included (not foreground), for grids that divide one another, grids that do not, and the mask's own grid."""
+    g = torch.Generator().manual_seed(1)
+    for (h, w) in [(128, 128), (96, 144), (100, 60), (7, 5)]:
+        for level in (0.3, 0.5, 0.7):
+            mask = torch.rand(3, h, w, generator=g) > level
+            mask[0, :2, :2] = torch.tensor([[True, True], [False, False]])  # a 2x2 cell exactly half foreground
+            grids = [(h, w), (max(1, h // 2), max(1, w // 2)), (max(1, h // 4), max(1, w // 4)),
+                     (max(1, h // 3), max(1, w // 3)), (5, 7)]
+            cells = foreground_cells(mask, grids)
+            for grid in grids:
+                assert torch.equal(cells[grid], resize_mask(mask, grid).float()), (h, w, grid)
 
 
 def test_stack_images_is_cat_and_a_view_when_the_images_are_rows_of_one_batch():
