@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from analysis.agreement import detection_agreement, segmentation_agreement
-from analysis.features import Stage
+from analysis.features import Stage, stack_images
 from analysis.profiling import Stopwatch
 from compare.analysis import FOREGROUND_SCORE, ConsensusResult, consensus_figures, consensus_of
 from compare.inputs import InputError
@@ -44,7 +44,7 @@ def batches(prepared: list[tuple[dict, Geometry]]) -> list[tuple[list[int], dict
     groups: dict[tuple, list[int]] = {}
     for i, (inputs, _) in enumerate(prepared):
         groups.setdefault(tuple(inputs["pixel_values"].shape[1:]), []).append(i)
-    return [(indices, {"pixel_values": torch.cat([prepared[i][0]["pixel_values"] for i in indices])})
+    return [(indices, {"pixel_values": stack_images([prepared[i][0]["pixel_values"] for i in indices])})
             for indices in groups.values()]
 
 
@@ -148,7 +148,7 @@ def run_vision(request: VisionRequest, predictors: dict[str, Predictor], stages_
         key = predictor.family.prepare_key(predictor)
         prepared = preparations.get(key) if key is not None else None
         if prepared is None:
-            prepared = [predictor.prepare(image) for image in images]
+            prepared = predictor.prepare_many(images)
             if key is not None:
                 preparations[key] = prepared
         forwarded = forward_batched(predictor, prepared, request.consensus)

@@ -146,6 +146,10 @@ class Predictor:
         """(H, W, 3) uint8 RGB -> ``({"pixel_values": (1, 3, h, w)}, geometry)`` on the model's device."""
         return self.family.prepare(self, image)
 
+    def prepare_many(self, images: list[np.ndarray]) -> list[tuple[dict[str, torch.Tensor], Geometry]]:
+        """:meth:`prepare` of each image, images of one size at once where the family can."""
+        return self.family.prepare_many(self, images)
+
     @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
         """The model's outputs for a batch of prepared inputs."""

@@ -87,6 +87,11 @@ class Family:
         device and dtype."""
         raise NotImplementedError
 
+    def prepare_many(self, predictor: Predictor, images: list) -> list[tuple[dict[str, torch.Tensor], Geometry]]:
+        """:meth:`prepare` of each image, in order; a family whose preparation batches without changing any image's
+        result (no padding to the batch's largest image) prepares images of one size at once."""
+        return [self.prepare(predictor, image) for image in images]
+
     def prepare_key(self, predictor: Predictor) -> Hashable | None:
         """What determines :meth:`prepare`'s output besides the image: models of a request with equal keys share
         one preparation of each image (a pair's teacher and students often use the same processor); None: never

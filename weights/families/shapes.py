@@ -26,11 +26,16 @@ def builtin_pixels(image: np.ndarray, policy: dict) -> tuple[torch.Tensor, Geome
     Returns:
         ``(pixels, geometry)``: (1, 3, h, w) float32 normalised and zero-padded, and the resize it made.
     """
-    height, width = image.shape[:2]
+    return builtin_pixels_batch(torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0), policy)
+
+
+def builtin_pixels_batch(images: torch.Tensor, policy: dict) -> tuple[torch.Tensor, Geometry]:
+    """:func:`builtin_pixels` of (B, H, W, 3) uint8 images of one size at once: (B, 3, h, w) float32 and their one
+    geometry (each image's pixels are those it gets alone)."""
+    height, width = images.shape[1:3]
     scale = min(policy["short_side"] / min(height, width), policy["max_side"] / max(height, width))
     rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)
-    pixels = normalise(tensor)
+    pixels = normalise(images)
     if (rh, rw) != (height, width):  # (at its own size the resampling is the identity: skipped)
         pixels = F.interpolate(pixels, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
     m = policy["multiple"]
@@ -82,6 +87,21 @@ class ShapesFamily(Family):
     def prepare(self, predictor, image):
         pixels, geometry = builtin_pixels(image, predictor.pair.preprocessing)
         return {"pixel_values": pixels.to(predictor.device, predictor.dtype)}, geometry
+
+    def prepare_many(self, predictor, images):
+        # images of one size are normalised (and resized) as one batch; each keeps a (1, 3, h, w) row of it, which
+        # compare.vision.batches puts back together without a copy
+        sizes: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            sizes.setdefault(image.shape, []).append(i)
+        out: list = [None] * len(images)
+        for members in sizes.values():
+            stacked = torch.from_numpy(np.stack([images[i] for i in members]))
+            pixels, geometry = builtin_pixels_batch(stacked, predictor.pair.preprocessing)
+            pixels = pixels.to(predictor.device, predictor.dtype)
+            for row, i in enumerate(members):
+                out[i] = ({"pixel_values": pixels[row:row + 1]}, geometry)
+        return out
 
     def prepare_key(self, predictor):
         return ("shapes", tuple(sorted(predictor.pair.preprocessing.items())), predictor.device, predictor.dtype)
