@@ -31,12 +31,12 @@ def stack_images(maps: list[torch.Tensor]) -> torch.Tensor:
     first = maps[0]
     if len(maps) == 1:
         return first
-    step, start = first.stride(0), first.storage_offset()
-    if first.shape[0] == 1 and all(
-            m.shape == first.shape and m.stride() == first.stride() and m.dtype == first.dtype
-            and m.device == first.device and m.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
-            and m.storage_offset() == start + k * step for k, m in enumerate(maps)):
-        return first.as_strided((len(maps), *first.shape[1:]), first.stride(), start)
+    base, size, strides = first._base, first.shape, first.stride()
+    step, start = strides[0], first.storage_offset()
+    if base is not None and size[0] == 1 and all(
+            m._base is base and m.shape == size and m.stride() == strides and m.storage_offset() == start + k * step
+            for k, m in enumerate(maps)):
+        return first.as_strided((len(maps), *size[1:]), strides, start)
     return torch.cat(maps)
 
 

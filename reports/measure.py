@@ -165,10 +165,10 @@ def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: i
     out = {}
     for name in students:
         pairs = match_stages(stages["teacher"][0], stages[name][0])
-        teacher = [_pooled([next(s.features for s in image if s.name == t.name) for image in stages["teacher"]])
-                   for t, _ in pairs]
-        student = [_pooled([next(s.features for s in image if s.name == st.name) for image in stages[name]])
-                   for _, st in pairs]
+        at_t = {s.name: k for k, s in enumerate(stages["teacher"][0])}  # every image's stages come in one order
+        at_s = {s.name: k for k, s in enumerate(stages[name][0])}
+        teacher = [_pooled([image[at_t[t.name]].features for image in stages["teacher"]]) for t, _ in pairs]
+        student = [_pooled([image[at_s[st.name]].features for image in stages[name]]) for _, st in pairs]
         cka = MinibatchCKA(torch.Generator().manual_seed(batch_index))
         cka.update(teacher, student)
         terms = torch.stack([cka.cross.flatten(), cka.cross_shuffled.flatten()]).cpu()  # the one read-back
@@ -187,7 +187,9 @@ def embeddings(images: list[list]) -> list[list[float]]:
     to :data:`EMBEDDING_DIMS` numbers by a fixed Gaussian projection (Johnson-Lindenstrauss; seeded by the width, so
     the same model always projects alike). ``images``: per image, one model's stages (the deepest last, (1, C, h, w));
     one read-back for the batch."""
-    deepest = torch.cat([stages[-1].features.float().mean((-2, -1)) for stages in images])  # (n, C)
+    maps = [stages[-1].features for stages in images]
+    deepest = stack_images(maps).float().mean((-2, -1)) if all(m.shape == maps[0].shape for m in maps) else \
+        torch.cat([m.float().mean((-2, -1)) for m in maps])  # (n, C)
     projected = (deepest @ _projection(deepest.shape[1]).to(deepest.device)).cpu().numpy()
     return [[round(v, 4) for v in row] for row in projected.tolist()]
 
