@@ -24,6 +24,8 @@ MIN_SAMPLES = 4  # HSIC₁ divides by n(n - 3): defined from four images per bat
 def gram(features: torch.Tensor) -> torch.Tensor:
     """(n, ...) features of n images -> (n, n) float32 Gram matrix of their flattened representations, scaled by the
     largest magnitude first (CKA does not depend on the scale; a float32 product would overflow at ~1e20)."""
+    if features.dim() == 4 and features.is_contiguous(memory_format=torch.channels_last):
+        features = features.permute(0, 2, 3, 1)  # flattened in memory order (a view): the Gram does not see the order
     x = features.reshape(features.shape[0], -1).float()
     x = x / x.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
     return x @ x.T

@@ -125,7 +125,7 @@ def detection_candidates(out: dict[str, torch.Tensor], max_detections: int = 100
         ``(boxes, scores, labels)``: (B, K, 4) xyxy in network-input pixels, (B, K), (B, K) in 1..5; with ``cells``
         also (B, K) the flat heat-map cell (``y * w + x``) each box was decoded from.
     """
-    heat = out["heatmap"].sigmoid()
+    heat = out["heatmap"].contiguous().sigmoid()  # a slice of the head's channels-last output: gathered first
     peaks = heat * (_max3x3(heat) == heat)
     b, c, h, w = peaks.shape
     scores, index = peaks.flatten(1).topk(min(max_detections, c * h * w))
