@@ -55,14 +55,22 @@ def _locations(features: torch.Tensor) -> torch.Tensor:
     return features.flatten(2).transpose(1, 2)
 
 
-def _unit_channels(features: torch.Tensor, eps: float, energy: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, h*w) with every location's feature vector scaled to unit length; ``energy``, the
-    (B, h, w) squared norms, when the caller has them. Channels first, as the maps come, so the sums and products
-    below read memory in order; and a sum of squares, not ``norm``, which over this axis costs ~30x more on the
-    CPU."""
+def channel_norms(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h, w): each location's feature vector's L2 norm, reduced as the map lies in memory: a fused
+    norm over channels stored innermost (channels-last), a sum of squares over channels stored outermost, where a
+    norm would cost ~30x more on the CPU (and the sum of squares ~1.5x more the other way round)."""
+    if features.stride(1) == 1:
+        return torch.linalg.vector_norm(features, dim=1)
+    return features.square().sum(1).sqrt()
+
+
+def _unit_channels(features: torch.Tensor, eps: float, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, h*w) with every location's feature vector scaled to unit length; ``norms``, the
+    (B, h, w) :func:`channel_norms`, when the caller has them. The (B, C, N) result is a view of the maps' layout, so
+    the sums and products below read memory in order."""
     x = features.flatten(2)
-    energy = x.square().sum(1) if energy is None else energy.flatten(1)
-    return x / energy[:, None].sqrt().clamp_min(eps)
+    norms = channel_norms(features) if norms is None else norms
+    return x / norms.flatten(1)[:, None].clamp_min(eps)
 
 
 def affinity_consensus(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -95,14 +103,14 @@ def _affinities_cheaper(n: int, ct: int, cs: int) -> bool:
 
 
 def _affinity_terms(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8,
-                    energies: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+                    norms: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
     """Five (B, N) tensors: per location, the sums behind the affinity correlation (teacher and student row means,
     the cross sum and the two sums of squares) of maps already on one grid. They sum over the N locations whatever
-    the channels, so pairs of different widths on one grid stack along B. ``energies``: both maps' (B, h, w)
-    squared norms, when the caller has them."""
+    the channels, so pairs of different widths on one grid stack along B. ``norms``: both maps' (B, h, w)
+    :func:`channel_norms`, when the caller has them."""
     n = t.shape[-2] * t.shape[-1]
-    energy_t, energy_s = energies or (None, None)
-    u, v = _unit_channels(t, eps, energy_t), _unit_channels(s, eps, energy_s)  # (B, Ct, N), (B, Cs, N)
+    norm_t, norm_s = norms or (None, None)
+    u, v = _unit_channels(t, eps, norm_t), _unit_channels(s, eps, norm_s)  # (B, Ct, N), (B, Cs, N)
     ut, vt = u.transpose(1, 2), v.transpose(1, 2)  # (B, N, C) views
     if _affinities_cheaper(n, u.shape[1], v.shape[1]):
         # few locations, wide channels (a ResNet's last stages): the (N, N) affinities themselves are cheaper
@@ -131,16 +139,16 @@ def _cross_sums(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def _shuffled_affinity_terms(t: torch.Tensor, s: torch.Tensor, terms: tuple[torch.Tensor, ...], order: torch.Tensor,
-                             eps: float = 1e-8, energies: tuple[torch.Tensor, torch.Tensor] | None = None,
+                             eps: float = 1e-8, norms: tuple[torch.Tensor, torch.Tensor] | None = None,
                              ) -> tuple[torch.Tensor, ...]:
     """:func:`_affinity_terms` of ``t`` against ``s`` with its locations in ``order``, reusing the unshuffled
     ``terms``: a student's affinities among its own locations do not change when they are reordered, so its row means
     and sums of squares are the unshuffled ones reordered, and only the cross sums are new (one product)."""
     row_mean_t, row_mean_s, _, square_t, square_s = terms
     n = t.shape[-2] * t.shape[-1]
-    energy_t, energy_s = energies or (None, None)
-    u = _unit_channels(t, eps, energy_t)  # (B, Ct, N)
-    v = _unit_channels(s, eps, energy_s)[:, :, order]  # (B, Cs, N), reordered
+    norm_t, norm_s = norms or (None, None)
+    u = _unit_channels(t, eps, norm_t)  # (B, Ct, N)
+    v = _unit_channels(s, eps, norm_s)[:, :, order]  # (B, Cs, N), reordered
     if _affinities_cheaper(n, u.shape[1], v.shape[1]):
         cross = (torch.bmm(u.transpose(1, 2), u) * torch.bmm(v.transpose(1, 2), v)).sum(-1)
     else:
@@ -460,20 +468,20 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
 
     chance: list[torch.Tensor | None] = [None] * len(pairs)
     for (_, method), by_shape in groups.items():
-        order, sims, shuffled, energy_t, energy_s = [], [], [], [], []
+        order, sims, shuffled, norm_t, norm_s = [], [], [], [], []
         for members in by_shape.values():
             t, s = cat([fitted[k][0] for k in members]), cat([fitted[k][1] for k in members])
             order += members
-            energy_t.append(t.square().sum(1))
-            energy_s.append(s.square().sum(1))
-            sims.append(_affinity_terms(t, s, energies=(energy_t[-1], energy_s[-1])) if method == "affinity"
+            norm_t.append(channel_norms(t))
+            norm_s.append(channel_norms(s))
+            sims.append(_affinity_terms(t, s, norms=(norm_t[-1], norm_s[-1])) if method == "affinity"
                         else SIMILARITY[method](t, s))
             if with_cka:  # the chance level: the student's locations in a fixed random order
                 locations = _location_order(t.shape[-2] * t.shape[-1], t.device)
                 shuffled.append(_shuffled_affinity_terms(t, s, sims[-1], locations,
-                                                         energies=(energy_t[-1], energy_s[-1])) if method == "affinity"
+                                                         norms=(norm_t[-1], norm_s[-1])) if method == "affinity"
                                 else SIMILARITY[method](t, _shuffled_locations(s)))
-        h, w = energy_t[0].shape[-2:]
+        h, w = norm_t[0].shape[-2:]
         if method == "affinity":  # the five sums of every shape, stacked along the batch
             sim = _affinity_from_terms(tuple(cat(list(terms)) for terms in zip(*sims, strict=True)), h * w)
             sim = sim.reshape(-1, h, w)
@@ -488,7 +496,7 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
                 chance[k] = means[i * b:(i + 1) * b]
         grid = (h, w)
         fg = masks[grid].repeat(len(order), 1, 1) if len(order) > 1 else masks[grid]
-        found = _stacked_figures(sim, cat(energy_t), cat(energy_s), fg)
+        found = _stacked_figures(sim, cat(norm_t).square(), cat(norm_s).square(), fg)  # energies: squared norms
         scaled = _scaled_weights(sim, tau, size) if size is not None else None
         for i, k in enumerate(order):
             similarity[k], figures[k] = sim[i * b:(i + 1) * b], found[i * b:(i + 1) * b]
