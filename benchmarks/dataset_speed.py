@@ -1,7 +1,8 @@
 """Images per second of the dataset report against its forward-only limit, in one process and data-parallel; its
 memory over a long run; and whether its ranking means anything.
 
-    python -m benchmarks.dataset_speed [--scenes 2000] [--procs 1 2] [--batch 16] [--pair shapes-detection]
+    python -m benchmarks.dataset_speed [--scenes 2000] [--procs 1 2] [--batch 16] [--repeats 3]
+                                       [--pair shapes-detection]
     python -m benchmarks.dataset_speed --rss-scenes 10000      # memory over a long run, one process
 
 Writes ``--scenes`` held-out Shapes scenes and their COCO-style box labels to a temporary folder, then runs ``python -m
@@ -13,10 +14,12 @@ final summary excluded; N processes count N times rank 0's rate), the whole comm
 measured beside each run, just before and just after it (the higher counts, so a slow moment of the machine never
 flatters the share): as many processes as the run, at once, each doing only the teacher's and students' forwards over
 the batches its rank of the report takes (read and prepared untimed), images over the summed time of the forward calls.
-The report's loop decodes the next batch's files in a background thread, as a data loader would. ``--rss-scenes`` runs
-one process over that many scenes and prints its resident memory as the images go by (sampled from ``/proc``). Last,
-the ranking check: the share of images where the student misses a labelled object that its teacher finds, in the whole
-folder and among the 10 images of largest disagreement.
+Each process count runs ``--repeats`` rounds of (limit, report, limit): the machine's speed drifts by several per cent
+from minute to minute, so the table gives each figure's median over the rounds and the share's lowest and highest.
+The report's loop decodes the next batch's files in a background thread when a core is spare, as a data loader
+would. ``--rss-scenes`` runs one process over that many scenes and prints its resident memory as the images go by
+(sampled from ``/proc``). Last, the ranking check: the share of images where the student misses a labelled object that
+its teacher finds, in the whole folder and among the 10 images of largest disagreement.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,6 +140,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=2000)
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of (limit, report, limit) per process count")
     parser.add_argument("--pair", default="shapes-detection")
     parser.add_argument("--students", default="")
     parser.add_argument("--rss-scenes", type=int, default=0, help="instead: memory over this many scenes, 1 process")
@@ -165,23 +171,30 @@ def main() -> None:
         labels = write_scenes(folder, args.scenes)
         rows, reference = [], None
         for procs in args.procs:
-            before = forward_limit(procs, args.pair, args.students, folder, args.batch)
-            out = folder / f"out{procs}"
-            seconds, _ = run(procs, folder, labels, out, args.pair, args.students, args.batch)
-            after = forward_limit(procs, args.pair, args.students, folder, args.batch)
-            files = {n: (out / n).read_text() for n in ("results.jsonl", "summary.json", "cka.jsonl")}
-            reference = reference or files
-            timing = json.loads((out / "timing.json").read_text())
-            rows.append((procs, timing["images_rank0"] / timing["loop_seconds_rank0"] * procs, max(before, after),
-                         seconds, files == reference))
+            rounds, same = [], True
+            for _ in range(args.repeats):
+                before = forward_limit(procs, args.pair, args.students, folder, args.batch)
+                out = folder / f"out{procs}"
+                seconds, _ = run(procs, folder, labels, out, args.pair, args.students, args.batch)
+                after = forward_limit(procs, args.pair, args.students, folder, args.batch)
+                files = {n: (out / n).read_text() for n in ("results.jsonl", "summary.json", "cka.jsonl")}
+                reference = reference or files
+                same = same and files == reference
+                timing = json.loads((out / "timing.json").read_text())
+                rate = timing["images_rank0"] / timing["loop_seconds_rank0"] * procs
+                rounds.append((rate, max(before, after), seconds))
+                shutil.rmtree(out)
+            rows.append((procs, rounds, same))
         print(f"Dataset report over {args.scenes} held-out Shapes scenes, {args.pair}, batch {args.batch}, on "
-              f"{device}, one thread per process\n")
-        print("| processes | report loop, images / s | forward-only limit, images / s | share of the limit | "
-              "whole command (s) | results, summary and CKA equal to 1 process |")
+              f"{device}, one thread per process; medians over {args.repeats} rounds\n")
+        print("| processes | report loop, images / s | forward-only limit, images / s | share of the limit "
+              "(lowest–highest round) | whole command (s) | results, summary and CKA equal to 1 process |")
         print("|---|---|---|---|---|---|")
-        for procs, rate, limit, seconds, same in rows:
-            print(f"| {procs} | {rate:.1f} | {limit:.1f} | {rate / limit:.0%} | {seconds:.1f} | "
-                  f"{'yes' if same else 'NO'} |")
+        for procs, rounds, same in rows:
+            shares = sorted(rate / limit for rate, limit, _ in rounds)
+            rate, limit, seconds = (statistics.median(column) for column in zip(*rounds, strict=True))
+            print(f"| {procs} | {rate:.1f} | {limit:.1f} | {statistics.median(shares):.0%} "
+                  f"({shares[0]:.0%}–{shares[-1]:.0%}) | {seconds:.1f} | {'yes' if same else 'NO'} |")
         summary = json.loads(reference["summary.json"])
         if "misses" in summary:
             m = summary["misses"]
