@@ -36,7 +36,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA"):
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image.convert("RGBA"))
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def read_image(value: str | Path | np.ndarray | Image.Image | None) -> tuple[np.ndarray, list[str]]:
@@ -77,7 +77,10 @@ def read_image(value: str | Path | np.ndarray | Image.Image | None) -> tuple[np.
             image = Image.fromarray(value)
         else:
             image = value
-        image = ImageOps.exif_transpose(image)
+        if image is value:  # the caller's image: transposed in a copy
+            image = ImageOps.exif_transpose(image)
+        else:  # one this function opened or made: turned in place (no copy when its EXIF asks for nothing)
+            ImageOps.exif_transpose(image, in_place=True)
         if image.mode != "RGB":
             notes.append(f"Converted from {image.mode} to RGB.")
         image = _to_rgb(image)
