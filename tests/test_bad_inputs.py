@@ -256,3 +256,24 @@ def test_the_methods_check_their_own_arguments():
                                                           "switch_fraction")):
         with pytest.raises(ValueError, match=name), high_resolution(unet, **kwargs):
             pass
+
+
+def test_an_image_is_turned_upright_by_its_exif_orientation_and_the_callers_image_is_left_alone(tmp_path):
+    """Orientation 6 (turn 90° clockwise to view): a file is read upright; a PIL image passed in is read upright too
+    and is not changed (the turning happens in a copy)."""
+    from compare.inputs import read_image
+
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, :30] = 255  # left half white, as stored
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "turned.jpg"
+    image.save(path, exif=exif, quality=95)
+    from_file, _ = read_image(str(path))
+    assert from_file.shape == (60, 40, 3) and from_file[:30].mean() > 200 and from_file[30:].mean() < 50
+    given = Image.open(path)
+    given.load()
+    from_image, _ = read_image(given)
+    assert np.array_equal(from_image, from_file)
+    assert given.size == (60, 40) and given.getexif().get(0x0112) == 6  # the caller's image as it was

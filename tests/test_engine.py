@@ -174,6 +174,29 @@ def test_images_run_as_one_batch_give_what_each_gives_alone(scene):
         assert b.agreement == a.agreement
 
 
+def test_images_prepared_together_are_each_as_prepared_alone():
+    """The builtin family prepares images of one size as one batch: each image's pixels (values, shape) and geometry
+    are those it gets alone, whatever the mix of sizes, and a batch of one size goes to the model without a copy."""
+    from compare.vision import batches
+    from weights.families.shapes import builtin_pixels
+    from weights.shapes.nets import IMAGE_MEAN, IMAGE_STD
+
+    spec = get_pair("shapes-detection")
+    predictor = predictors_for(spec, students=spec.choose_students(None))["teacher"]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in
+              [(128, 128, 3), (100, 150, 3), (128, 128, 3), (300, 200, 3), (100, 150, 3)]]
+    for image, (inputs, geometry) in zip(images, predictor.prepare_many(images), strict=True):
+        alone, alone_geometry = builtin_pixels(image, spec.preprocessing)
+        assert torch.equal(inputs["pixel_values"], alone) and geometry == alone_geometry
+    raw = torch.from_numpy(images[0]).permute(2, 0, 1).float()[None]  # the normalisation as its definition writes it
+    expected = (raw / 255.0 - torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    assert torch.equal(builtin_pixels(images[0], spec.preprocessing)[0], expected)
+    same_size = predictor.prepare_many(images[:1] * 4)
+    (indices, batch), = batches(same_size)
+    assert indices == [0, 1, 2, 3] and batch["pixel_values"].data_ptr() == same_size[0][0]["pixel_values"].data_ptr()
+
+
 def test_a_tensor_batch_is_taken_as_images():
     images = np.stack([render_scene(10_000_400 + i).image for i in range(2)])
     as_uint8 = torch.from_numpy(images).permute(0, 3, 1, 2)
