@@ -27,15 +27,17 @@ class Stage:
 
 def stack_images(maps: list[torch.Tensor]) -> torch.Tensor:
     """(1, ...) maps of consecutive images -> (n, ...) as :func:`torch.cat` gives it, without a copy when they are
-    the consecutive rows of one batched tensor (a forward's stages split per image): then a view of that tensor."""
+    the consecutive rows of one batched tensor (a forward's stages split per image): then a view of that tensor,
+    which callers must not write into. Tensors that need gradients always get :func:`torch.cat` (a view built from
+    the first row would send gradients to that row only)."""
     first = maps[0]
     if len(maps) == 1:
         return first
     base, size, strides = first._base, first.shape, first.stride()
     step, start = strides[0], first.storage_offset()
-    if base is not None and size[0] == 1 and all(
+    if base is not None and size[0] == 1 and not first.requires_grad and all(
             m._base is base and m.shape == size and m.stride() == strides and m.storage_offset() == start + k * step
-            for k, m in enumerate(maps)):
+            and not m.is_conj() and not m.is_neg() for k, m in enumerate(maps)):
         return first.as_strided((len(maps), *size[1:]), strides, start)
     return torch.cat(maps)
 

@@ -154,15 +154,18 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
-def _append(path: Path, records: list[dict]) -> None:
+def _append(path: Path, records: list[dict], durable: bool = False) -> None:
     """Append records to a JSON-lines file, one write for all of them (a batch's). Once written they survive the
-    process being killed (they are the system's to keep); they are not forced to disk every batch (an fsync each
-    batch cost more than the JSON), so a crash of the whole machine may lose the last batches, which ``--resume``
-    redoes. Keys are sorted when the run ends and rewrites the files (:func:`_rewrite`), not here."""
+    process being killed (they are the system's to keep); ``durable`` also forces them to disk before returning, so a
+    crash of the whole machine cannot keep what is written after them and lose them. Keys are sorted when the run
+    ends and rewrites the files (:func:`_rewrite`), not here."""
     if not records:
         return
     with open(path, "a") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records))
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _rewrite(path: Path, records: list[dict]) -> None:
@@ -262,8 +265,8 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
             for a in fresh:
                 if a.maps is not None:
                     store.offer(a.record, a.maps)
-            if cka is not None and k not in cka_done:  # before the records: a batch with all its records has its
-                _append(cka_file, [{"batch": k, "students": cka}])  # terms
+            if cka is not None and k not in cka_done:  # on disk before the records: a batch with all its records
+                _append(cka_file, [{"batch": k, "students": cka}], durable=True)  # has its terms, even after a crash
             _append(shard, [a.record for a in fresh])
             _append(timing_file, [a.timing for a in fresh if a.timing is not None])
             done += len(paths)

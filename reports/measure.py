@@ -190,7 +190,8 @@ def embeddings(images: list[list]) -> list[list[float]]:
     maps = [stages[-1].features for stages in images]
     deepest = stack_images(maps).float().mean((-2, -1)) if all(m.shape == maps[0].shape for m in maps) else \
         torch.cat([m.float().mean((-2, -1)) for m in maps])  # (n, C)
-    projected = (deepest @ _projection(deepest.shape[1]).to(deepest.device)).cpu().numpy()
+    # in float64, so the rounded numbers do not depend on the product's kernel (which varies with the batch's size)
+    projected = (deepest.double() @ _projection(deepest.shape[1]).to(deepest.device).double()).cpu().numpy()
     return [[round(v, 4) for v in row] for row in projected.tolist()]
 
 

@@ -204,6 +204,11 @@ def test_stack_images_is_cat_and_a_view_when_the_images_are_rows_of_one_batch():
     assert torch.equal(stack_images(apart), torch.cat(apart))
     alone = [torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)]
     assert torch.equal(stack_images(alone), torch.cat(alone))
+    leaf = torch.arange(12.0, requires_grad=True)
+    rows = (leaf * 1).view(3, 4)
+    weights = torch.arange(12.0).view(3, 4) + 1
+    (stack_images([rows[k:k + 1] for k in range(3)]) * weights).sum().backward()
+    assert torch.equal(leaf.grad, weights.flatten())  # every row gets its gradient, as through torch.cat
 
 
 def test_the_tabs_batched_figures_are_adms_figures():

@@ -192,6 +192,11 @@ def test_images_prepared_together_are_each_as_prepared_alone():
     raw = torch.from_numpy(images[0]).permute(2, 0, 1).float()[None]  # the normalisation as its definition writes it
     expected = (raw / 255.0 - torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
     assert torch.equal(builtin_pixels(images[0], spec.preprocessing)[0], expected)
+    from weights.shapes.nets import normalise
+
+    given = torch.full((1, 4, 4, 3), 255.0)
+    normalise(given)
+    assert torch.equal(given, torch.full((1, 4, 4, 3), 255.0))  # never written into, float input included
     same_size = predictor.prepare_many(images[:1] * 4)
     (indices, batch), = batches(same_size)
     assert indices == [0, 1, 2, 3] and batch["pixel_values"].data_ptr() == same_size[0][0]["pixel_values"].data_ptr()

@@ -24,7 +24,8 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, normalised as the builtin models expect (channels-last in memory,
     as the images come). The channels share one mean and deviation, so they are applied as numbers: a per-channel
     tensor would broadcast over the innermost axis of three and cost ~7x as much on the CPU."""
-    return images.permute(0, 3, 1, 2).float().div_(255.0).sub_(IMAGE_MEAN[0]).div_(IMAGE_STD[0])
+    pixels = torch.div(images.permute(0, 3, 1, 2).float(), 255.0)  # a new tensor, even from float32 images
+    return pixels.sub_(IMAGE_MEAN[0]).div_(IMAGE_STD[0])
 
 
 @dataclass(frozen=True)
