@@ -86,6 +86,21 @@ def test_a_stopped_or_crashed_run_resumes_to_the_same_files(folder, uninterrupte
     assert outputs(tmp_path) == outputs(uninterrupted[0])
 
 
+def test_a_resume_redoes_a_batch_whose_cka_terms_a_crash_lost(folder, tmp_path):
+    """Lines are appended without forcing them to disk, so a crashed machine may keep a batch's records and lose its
+    CKA terms: the resumed run redoes that batch (writing its terms, no record twice) and ends with the files of an
+    uninterrupted run. Batches of four: the first holds the unreadable file (three readable images, no terms)."""
+    images = list_images(folder / "images")
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    for out in (whole, crashed):
+        run_dataset(images, "shapes-detection", out, labels=folder / "labels.json", gallery=0, batch=4)
+    terms = read_records(crashed / "cka.jsonl")
+    assert [t["batch"] for t in terms] == [1]  # four readable images in batch 1 only
+    (crashed / "cka.jsonl").write_text("")  # the crash kept every record and lost the terms
+    run_dataset(images, "shapes-detection", crashed, labels=folder / "labels.json", gallery=0, batch=4, resume=True)
+    assert outputs(crashed) == outputs(whole)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
 def test_two_processes_give_exactly_what_one_gives(folder, uninterrupted, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
