@@ -193,8 +193,8 @@ def main() -> None:
         for procs, rounds, same in rows:
             shares = sorted(rate / limit for rate, limit, _ in rounds)
             rate, limit, seconds = (statistics.median(column) for column in zip(*rounds, strict=True))
-            print(f"| {procs} | {rate:.1f} | {limit:.1f} | {statistics.median(shares):.0%} "
-                  f"({shares[0]:.0%}–{shares[-1]:.0%}) | {seconds:.1f} | {'yes' if same else 'NO'} |")
+            print(f"| {procs} | {rate:.1f} | {limit:.1f} | {statistics.median(shares):.1%} "
+                  f"({shares[0]:.1%}–{shares[-1]:.1%}) | {seconds:.1f} | {'yes' if same else 'NO'} |")
         summary = json.loads(reference["summary.json"])
         if "misses" in summary:
             m = summary["misses"]
