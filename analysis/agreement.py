@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchmetrics.functional.classification import multiclass_jaccard_index
 from torchvision.ops import box_iou
@@ -36,8 +37,12 @@ def _greedy_pairs(teacher_boxes: torch.Tensor, student_boxes: torch.Tensor, stud
     than a tensor op per box)."""
     if student_boxes.shape[0] == 0 or teacher_boxes.shape[0] == 0:
         return []
-    order = student_scores.argsort(descending=True, stable=True)
-    rows = box_iou(student_boxes[order].float(), teacher_boxes.float()).tolist()  # (M, N), the one read-back
+    if isinstance(student_boxes, np.ndarray):  # boxes already on the host: the same arithmetic in numpy, ~4x faster
+        order = np.argsort(-student_scores, kind="stable")
+        rows = _host_box_iou(student_boxes[order].astype(np.float32), teacher_boxes.astype(np.float32)).tolist()
+    else:
+        order = student_scores.argsort(descending=True, stable=True)
+        rows = box_iou(student_boxes[order].float(), teacher_boxes.float()).tolist()  # (M, N), the one read-back
     taken: set[int] = set()
     pairs = []
     for s, row in zip(order.tolist(), rows, strict=True):
@@ -51,12 +56,24 @@ def _greedy_pairs(teacher_boxes: torch.Tensor, student_boxes: torch.Tensor, stud
     return pairs
 
 
+def _host_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(M, 4), (N, 4) float32 xyxy -> (M, N) IoU, torchvision's ``box_iou`` operation for operation (the same bits,
+    tested): for a few boxes on the host, numpy's small-array ops cost a fraction of torch's dispatch."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    corner = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]), 0, None)
+    inter = corner[..., 0] * corner[..., 1]
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 for empty boxes: NaN, as torchvision gives
+        return inter / (area_a[:, None] + area_b[None] - inter)
+
+
 def detection_agreement(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
                         iou_threshold: float = 0.5) -> dict:
     """Matched, missed and extra objects, mean IoU of matches and label agreement.
 
     Args:
-        teacher, student: dicts with ``boxes`` (N, 4) xyxy, ``scores`` (N,) and ``labels`` (N,) int.
+        teacher, student: dicts with ``boxes`` (N, 4) xyxy, ``scores`` (N,) and ``labels`` (N,) int: tensors on any
+            device, or numpy arrays for boxes already on the host.
         iou_threshold: minimum IoU for a student box to count as the same object.
 
     Returns:

@@ -82,11 +82,13 @@ def with_f1(agreement: dict) -> dict:
     return agreement | {"f1": round(2 * m / total, 4) if total else 1.0}
 
 
-def _as_tensors(detections: list[Detection], label_index: dict[str, int]) -> dict[str, torch.Tensor]:
+def _as_arrays(detections: list[Detection], label_index: dict[str, int]) -> dict[str, np.ndarray]:
+    """Boxes already on the host as the agreement's numpy inputs: ``boxes`` (N, 4) float32, ``scores`` (N,) float32,
+    ``labels`` (N,) int64."""
     return {
-        "boxes": torch.tensor([d.box for d in detections], dtype=torch.float32).reshape(-1, 4),
-        "scores": torch.tensor([d.score for d in detections], dtype=torch.float32),
-        "labels": torch.tensor([label_index[d.label] for d in detections], dtype=torch.long),
+        "boxes": np.array([d.box for d in detections], dtype=np.float32).reshape(-1, 4),
+        "scores": np.array([d.score for d in detections], dtype=np.float32),
+        "labels": np.array([label_index[d.label] for d in detections], dtype=np.int64),
     }
 
 
@@ -215,8 +217,8 @@ def _detection_result(pair, chosen, predictors, detections, profiles, notes, ana
             _note(notes, match.note(s.name))
     index = {name: i for i, name in enumerate(dict.fromkeys(
         [*teacher_labels, *(d.label for name in detections for d in detections[name])]))}
-    teacher = _as_tensors(detections["teacher"], index)
-    agreement = {s.name: with_f1(detection_agreement(teacher, _as_tensors(detections[s.name], index)))
+    teacher = _as_arrays(detections["teacher"], index)
+    agreement = {s.name: with_f1(detection_agreement(teacher, _as_arrays(detections[s.name], index)))
                  for s in chosen}
     return DetectionComparison(pair.name, chosen, profiles, notes, analysis, list(index), detections, agreement)
 

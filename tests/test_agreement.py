@@ -59,3 +59,29 @@ def test_inputs_are_not_modified():
     t0, s0 = t.clone(), s.clone()
     segmentation_agreement(t, s, 3)
     assert torch.equal(t, t0) and torch.equal(s, s0)
+
+
+def test_host_boxes_agree_exactly_as_tensors_do():
+    """Boxes already on the host go through numpy (torchvision's IoU operation for operation): the same IoU bits and
+    the same agreement as the tensor path, ties in scores and IoU, empty sides and degenerate boxes included."""
+    import numpy as np
+    from torchvision.ops import box_iou
+
+    from analysis.agreement import _host_box_iou
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        m, n = rng.integers(0, 9, 2)
+        sides = []
+        for count in (n, m):
+            corner = (rng.random((count, 2)) * 64).round(trial % 2).astype(np.float32)
+            boxes = np.concatenate([corner, corner + (rng.random((count, 2)) * 30).round(trial % 2)], 1)
+            scores = rng.choice([0.3, 0.5, 0.9], count).astype(np.float32)  # ties
+            sides.append({"boxes": boxes.astype(np.float32), "scores": scores,
+                          "labels": rng.integers(0, 3, count)})
+        host_t, host_s = sides
+        tensor_t, tensor_s = ({k: torch.from_numpy(v) for k, v in side.items()} for side in sides)
+        assert detection_agreement(host_t, host_s) == detection_agreement(tensor_t, tensor_s)
+        if m and n:
+            assert np.array_equal(_host_box_iou(host_s["boxes"], host_t["boxes"]),
+                                  box_iou(tensor_s["boxes"], tensor_t["boxes"]).numpy(), equal_nan=True)
