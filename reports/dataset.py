@@ -233,17 +233,16 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
     if barrier:
         barrier()
     cka_file = out / ("cka.jsonl" if world == 1 else f"cka.rank{rank}.jsonl")
-    # image -> whether it was readable, for every image with a record
-    finished = {r["image"]: "error" not in r for f in out.glob("results*.jsonl") for r in read_records(f)} \
-        if resume else {}
+    earlier = [r for f in out.glob("results*.jsonl") for r in read_records(f)] if resume else []  # read once
+    finished = {r["image"]: "error" not in r for r in earlier}  # image -> whether it was readable
     cka_done = {c["batch"] for f in out.glob("cka*.jsonl") for c in read_records(f)} if resume else set()
     if resume:  # drop a partial last line (a crash while writing it) before appending after it
         for file in (shard, timing_file, cka_file):
             _rewrite(file, read_records(file))
     batches = [(k, images[start:start + batch]) for k, start in enumerate(range(0, len(images), batch))][rank::world]
-    store = GalleryStore(out / "gallery", gallery if spec.task == "segmentation" else 0, chosen[0],
-                         [r for f in out.glob("results*.jsonl") for r in read_records(f)] if resume else [],
+    store = GalleryStore(out / "gallery", gallery if spec.task == "segmentation" else 0, chosen[0], earlier,
                          {p.name for _, paths in batches for p in paths})
+    del earlier  # not held through the run: memory stays flat however many images were done before
 
     def terms_missing(k: int, paths: list[Path]) -> bool:  # records all written, CKA terms lost (a machine crash)
         return spec.task != "classification" and k not in cka_done and \

@@ -149,12 +149,18 @@ def vision_record(path: Path, result, spec: Pair, labels: Labels | None,
     return record, timing_of(path.name, report), maps
 
 
-def _pooled(maps: list[torch.Tensor], grid: tuple[int, int] = CKA_GRID) -> torch.Tensor:
-    """One stage of the batch's images, (1, C, h_i, w_i) each -> (n, C, *grid) float32: pooled in one op when the
-    images share a shape (the usual batch, a view of the forward's output), else image by image."""
+def _per_batch(maps: list[torch.Tensor], op) -> torch.Tensor:
+    """``op`` of one stage of the batch's images, (1, C, h_i, w_i) each, stacked along the batch: in one call when
+    the images share a shape (the usual batch, a view of the forward's output), else image by image (``op`` must
+    bring every image to one shape)."""
     if all(m.shape == maps[0].shape for m in maps):
-        return pool_to(stack_images(maps).float(), grid)
-    return torch.cat([pool_to(m.float(), grid) for m in maps])
+        return op(stack_images(maps).float())
+    return torch.cat([op(m.float()) for m in maps])
+
+
+def _pooled(maps: list[torch.Tensor], grid: tuple[int, int] = CKA_GRID) -> torch.Tensor:
+    """One stage of the batch's images -> (n, C, *grid) float32."""
+    return _per_batch(maps, lambda x: pool_to(x, grid))
 
 
 def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: int) -> dict:
@@ -187,9 +193,7 @@ def embeddings(images: list[list]) -> list[list[float]]:
     to :data:`EMBEDDING_DIMS` numbers by a fixed Gaussian projection (Johnson-Lindenstrauss; seeded by the width, so
     the same model always projects alike). ``images``: per image, one model's stages (the deepest last, (1, C, h, w));
     one read-back for the batch."""
-    maps = [stages[-1].features for stages in images]
-    deepest = stack_images(maps).float().mean((-2, -1)) if all(m.shape == maps[0].shape for m in maps) else \
-        torch.cat([m.float().mean((-2, -1)) for m in maps])  # (n, C)
+    deepest = _per_batch([stages[-1].features for stages in images], lambda x: x.mean((-2, -1)))  # (n, C)
     # in float64, so the rounded numbers do not depend on the product's kernel (which varies with the batch's size)
     projected = (deepest.double() @ _projection(deepest.shape[1]).to(deepest.device).double()).cpu().numpy()
     return [[round(v, 4) for v in row] for row in projected.tolist()]
