@@ -102,15 +102,18 @@ def test_an_api_cancel_stops_a_dataset_run(server, monkeypatch, tmp_path):
     from gradio_client import handle_file
 
     from demos import dataset
+    from reports import dataset as report_files
     from weights.shapes.world import render_scene
 
     archive = tmp_path / "scenes.zip"
     with zipfile.ZipFile(archive, "w") as bundle:
-        for i in range(500):  # the tab's most: at ~100 images/s the run takes seconds, the cancel comes earlier
+        for i in range(500):  # the tab's most
             path = tmp_path / f"scene_{i:03d}.png"
             Image.fromarray(render_scene(10_000_600 + i).image).save(path)
             bundle.write(path, path.name)
     outcomes = recorded(dataset, "run_dataset", monkeypatch)
+    append = report_files._append  # each batch's writes followed by a pause: the run outlasts the cancel's delay
+    monkeypatch.setattr(report_files, "_append", lambda path, records: (append(path, records), time.sleep(0.05))[0])
     job = server().submit(handle_file(str(archive)), "shapes-detection", "", None, "circle, square", 0.3,
                           api_name="/dataset")
     cancel_when_running(job, after=0.5)

@@ -176,10 +176,14 @@ def test_a_run_killed_halfway_then_resumed_gives_the_same_files(folder, uninterr
     import time
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "reports.dataset", "--images", str(folder / "images"), "--pair",
-               "shapes-detection", "--out", str(tmp_path), "--labels", str(folder / "labels.json"), "--gallery", "2",
-               "--batch", str(BATCH)]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    arguments = ["--images", str(folder / "images"), "--pair", "shapes-detection", "--out", str(tmp_path),
+                 "--labels", str(folder / "labels.json"), "--gallery", "2", "--batch", str(BATCH)]
+    # The same CLI, each file write followed by a pause: a whole run takes ~0.1 s of work a batch, faster than this
+    # loop can watch it, so without the pauses the kill may come after the last batch (it did, on CI).
+    slowed = ("import time, reports.dataset as d; append = d._append; "
+              "d._append = lambda path, records: (append(path, records), time.sleep(0.4))[0]; d.main()")
+    process = subprocess.Popen([sys.executable, "-c", slowed, *arguments], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(read_records(tmp_path / "results.jsonl")) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -187,7 +191,8 @@ def test_a_run_killed_halfway_then_resumed_gives_the_same_files(folder, uninterr
     process.wait()
     done = len(read_records(tmp_path / "results.jsonl"))
     assert 3 <= done < 9 and not (tmp_path / "summary.json").exists()  # really killed halfway
-    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([sys.executable, "-m", "reports.dataset", *arguments, "--resume"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert outputs(tmp_path) == outputs(uninterrupted[0])
 
