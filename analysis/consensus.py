@@ -8,6 +8,7 @@ resized to the teacher's grid.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,11 +39,13 @@ def pool_to(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(features, grid)
 
 
-def _fit_grid(teacher: torch.Tensor, student: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bring both maps to the teacher's (pooled) grid, in float32."""
+def _fit_grid(teacher: torch.Tensor, student: torch.Tensor,
+              pooled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring both maps to the teacher's (pooled) grid, in float32; ``pooled``: the teacher already pooled."""
+    pooled = _pool(teacher) if pooled is None else pooled
     if student.shape[-2:] == teacher.shape[-2:]:  # the usual case: the same grid, pooled alike
-        return _pool(teacher), _pool(student)
-    teacher, student = _pool(teacher), student.float()
+        return pooled, _pool(student)
+    teacher, student = pooled, student.float()
     h, w = teacher.shape[-2:]
     if student.shape[-2:] != (h, w):
         student = F.interpolate(student, size=(h, w), mode="bilinear", align_corners=False) \
@@ -103,23 +106,57 @@ def _affinities_cheaper(n: int, ct: int, cs: int) -> bool:
 
 
 def _affinity_terms(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8,
-                    norms: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+                    norms: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    teacher_of: list[int] | None = None) -> tuple[torch.Tensor, ...]:
     """Five (B, N) tensors: per location, the sums behind the affinity correlation (teacher and student row means,
     the cross sum and the two sums of squares) of maps already on one grid. They sum over the N locations whatever
     the channels, so pairs of different widths on one grid stack along B. ``norms``: both maps' (B, h, w)
-    :func:`channel_norms`, when the caller has them."""
+    :func:`channel_norms`, when the caller has them.
+
+    ``teacher_of``: when several students face the same teacher map (every student of a pair against the teacher's
+    stage), ``s`` stacks M student maps of B images each, ``t`` only the D distinct teacher maps they face, and
+    ``teacher_of[m]`` names student m's; the teacher's own sums are then computed once per distinct map and the
+    five results are (M·B, N). None: ``t`` and ``s`` pair up row by row."""
     n = t.shape[-2] * t.shape[-1]
     norm_t, norm_s = norms or (None, None)
-    u, v = _unit_channels(t, eps, norm_t), _unit_channels(s, eps, norm_s)  # (B, Ct, N), (B, Cs, N)
+    u, v = _unit_channels(t, eps, norm_t), _unit_channels(s, eps, norm_s)  # (D·B, Ct, N), (M·B, Cs, N)
     ut, vt = u.transpose(1, 2), v.transpose(1, 2)  # (B, N, C) views
     if _affinities_cheaper(n, u.shape[1], v.shape[1]):
         # few locations, wide channels (a ResNet's last stages): the (N, N) affinities themselves are cheaper
         a, b_ = torch.bmm(ut, u), torch.bmm(vt, v)
-        return a.mean(-1), b_.mean(-1), (a * b_).sum(-1), a.square().sum(-1), b_.square().sum(-1)
+        mean_t, square_t = a.mean(-1), a.square().sum(-1)
+        cross = _per_pair(lambda x, y: (x * y).sum(-1), a, b_, teacher_of)
+        return _for_pairs(mean_t, teacher_of), b_.mean(-1), cross, _for_pairs(square_t, teacher_of), \
+            b_.square().sum(-1)
     # per location i: the row mean u_i . mean_j u_j, the cross sum, and u_i^T (U^T U) u_i, v_i^T (V^T V) v_i, each
     # through its C x C Gram
-    return (torch.bmm(u.mean(2)[:, None], u)[:, 0], torch.bmm(v.mean(2)[:, None], v)[:, 0], _cross_sums(u, v),
-            _quadratic(u, torch.bmm(u, ut), u), _quadratic(v, torch.bmm(v, vt), v))
+    mean_t, square_t = torch.bmm(u.mean(2)[:, None], u)[:, 0], _quadratic(u, torch.bmm(u, ut), u)
+    return (_for_pairs(mean_t, teacher_of), torch.bmm(v.mean(2)[:, None], v)[:, 0],
+            _per_pair(_cross_sums, u, v, teacher_of), _for_pairs(square_t, teacher_of),
+            _quadratic(v, torch.bmm(v, vt), v))
+
+
+def _images(x: torch.Tensor, k: int, b: int) -> torch.Tensor:
+    """Map k's rows (its b images) of a stack of maps along the batch axis: a view."""
+    return x[k * b:(k + 1) * b]
+
+
+def _for_pairs(teacher: torch.Tensor, teacher_of: list[int] | None) -> torch.Tensor:
+    """The distinct teacher maps' (D·B, ...) rows laid out per pair, (M·B, ...), by ``teacher_of``."""
+    if teacher_of is None or teacher_of == list(range(len(teacher_of))):
+        return teacher
+    b = teacher.shape[0] // (max(teacher_of) + 1)
+    return torch.cat([_images(teacher, j, b) for j in teacher_of])
+
+
+def _per_pair(cross: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t: torch.Tensor, s: torch.Tensor,
+              teacher_of: list[int] | None) -> torch.Tensor:
+    """``cross(t, s)`` of row-paired stacks; with ``teacher_of``, one call per student map against its teacher's rows
+    (views: the teacher is not copied once per student)."""
+    if teacher_of is None or teacher_of == list(range(len(teacher_of))):
+        return cross(t, s)
+    b = s.shape[0] // len(teacher_of)
+    return torch.cat([cross(_images(t, j, b), _images(s, m, b)) for m, j in enumerate(teacher_of)])
 
 
 def _quadratic(u: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -140,19 +177,20 @@ def _cross_sums(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _shuffled_affinity_terms(t: torch.Tensor, s: torch.Tensor, terms: tuple[torch.Tensor, ...], order: torch.Tensor,
                              eps: float = 1e-8, norms: tuple[torch.Tensor, torch.Tensor] | None = None,
-                             ) -> tuple[torch.Tensor, ...]:
+                             teacher_of: list[int] | None = None) -> tuple[torch.Tensor, ...]:
     """:func:`_affinity_terms` of ``t`` against ``s`` with its locations in ``order``, reusing the unshuffled
     ``terms``: a student's affinities among its own locations do not change when they are reordered, so its row means
     and sums of squares are the unshuffled ones reordered, and only the cross sums are new (one product)."""
     row_mean_t, row_mean_s, _, square_t, square_s = terms
     n = t.shape[-2] * t.shape[-1]
     norm_t, norm_s = norms or (None, None)
-    u = _unit_channels(t, eps, norm_t)  # (B, Ct, N)
-    v = _unit_channels(s, eps, norm_s)[:, :, order]  # (B, Cs, N), reordered
+    u = _unit_channels(t, eps, norm_t)  # (D·B, Ct, N)
+    v = _unit_channels(s, eps, norm_s)[:, :, order]  # (M·B, Cs, N), reordered
     if _affinities_cheaper(n, u.shape[1], v.shape[1]):
-        cross = (torch.bmm(u.transpose(1, 2), u) * torch.bmm(v.transpose(1, 2), v)).sum(-1)
+        cross = _per_pair(lambda x, y: (x * y).sum(-1), torch.bmm(u.transpose(1, 2), u),
+                          torch.bmm(v.transpose(1, 2), v), teacher_of)
     else:
-        cross = _cross_sums(u, v)
+        cross = _per_pair(_cross_sums, u, v, teacher_of)
     return row_mean_t, row_mean_s[:, order], cross, square_t, square_s[:, order]
 
 
@@ -453,7 +491,10 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
     # one batch: the affinity method's per-location sums do not depend on the channel widths, so a CNN's stages of
     # different widths pooled to one grid share every step after their Gram products; pairs of equal shapes (a
     # ViT's blocks) share those products too. The projection method batches pairs of equal shapes only.
-    fitted = [_fit_grid(t, s) for t, s in pairs]
+    pooled: dict[int, torch.Tensor] = {}  # a teacher map several students face is pooled once, and stays one object
+    fitted = [_fit_grid(t, s, pooled.get(id(t))) for t, s in pairs]
+    for (t, _), (fit_t, _) in zip(pairs, fitted, strict=True):
+        pooled.setdefault(id(t), fit_t)
     groups: dict[tuple, dict[tuple, list[int]]] = {}
     for k, ((t, s), method) in enumerate(zip(fitted, methods, strict=True)):
         shapes = (tuple(t.shape), tuple(s.shape))
@@ -470,16 +511,24 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
     for (_, method), by_shape in groups.items():
         order, sims, shuffled, norm_t, norm_s = [], [], [], [], []
         for members in by_shape.values():
-            t, s = cat([fitted[k][0] for k in members]), cat([fitted[k][1] for k in members])
             order += members
-            norm_t.append(channel_norms(t))
+            s = cat([fitted[k][1] for k in members])
             norm_s.append(channel_norms(s))
-            sims.append(_affinity_terms(t, s, norms=(norm_t[-1], norm_s[-1])) if method == "affinity"
-                        else SIMILARITY[method](t, s))
+            if method == "affinity":  # each distinct teacher map once, however many students face it
+                distinct = list({id(fitted[k][0]): fitted[k][0] for k in members}.values())
+                teacher_of = [next(j for j, t in enumerate(distinct) if t is fitted[k][0]) for k in members]
+                t = cat(distinct)
+                norms = (channel_norms(t), norm_s[-1])
+                norm_t.append(_for_pairs(norms[0], teacher_of))
+                sims.append(_affinity_terms(t, s, norms=norms, teacher_of=teacher_of))
+            else:
+                t = cat([fitted[k][0] for k in members])
+                norm_t.append(channel_norms(t))
+                sims.append(SIMILARITY[method](t, s))
             if with_cka:  # the chance level: the student's locations in a fixed random order
                 locations = _location_order(t.shape[-2] * t.shape[-1], t.device)
-                shuffled.append(_shuffled_affinity_terms(t, s, sims[-1], locations,
-                                                         norms=(norm_t[-1], norm_s[-1])) if method == "affinity"
+                shuffled.append(_shuffled_affinity_terms(t, s, sims[-1], locations, norms=norms,
+                                                         teacher_of=teacher_of) if method == "affinity"
                                 else SIMILARITY[method](t, _shuffled_locations(s)))
         h, w = norm_t[0].shape[-2:]
         if method == "affinity":  # the five sums of every shape, stacked along the batch

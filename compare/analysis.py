@@ -281,8 +281,8 @@ def consensus_figures(pair: Pair, chosen: list[Student], stages: dict[str, list[
                       foregrounds: list[torch.Tensor | None], tau: float = DEFAULT_TAU, method: str = "affinity",
                       ) -> list[ConsensusResult]:
     """ADM's figures per matched stage for many images at once, without overlays or per-image CKA (the dataset
-    report's path): images whose stages and foregrounds have one shape run as one batch through
-    :func:`analysis.consensus.analyse_stages`, with one read-back per batch and student. The figures are the
+    report's path): images whose stages and foregrounds have one shape run as one batch, every student at once,
+    through :func:`analysis.consensus.analyse_stages`, with one read-back per batch. The figures are the
     Analysis tab's (:func:`consensus_of`) for each image.
 
     Args:
@@ -292,40 +292,50 @@ def consensus_figures(pair: Pair, chosen: list[Student], stages: dict[str, list[
     count = len(foregrounds)
     per_image: list[dict[str, dict]] = [{} for _ in range(count)]
     notes: list[list[str]] = [[] for _ in range(count)]
-    for student in chosen:
-        groups: dict[tuple, list[int]] = {}
-        for i in range(count):
-            shapes = tuple(tuple(s.features.shape) for s in stages["teacher"][i] + stages[student.name][i])
-            fg = None if foregrounds[i] is None else tuple(foregrounds[i].shape)
-            groups.setdefault((shapes, fg), []).append(i)
-        adm = adm_training(student, tau, method)
-        for (_, fg_shape), members in groups.items():
-            t_all = [Stage(s.name, s.stride, stack_images([stages["teacher"][i][k].features for i in members]))
-                     for k, s in enumerate(stages["teacher"][members[0]])]
-            s_all = [Stage(s.name, s.stride, stack_images([stages[student.name][i][k].features for i in members]))
-                     for k, s in enumerate(stages[student.name][members[0]])]
-            pairs = match_stages(t_all, s_all)
-            if not pairs:
+    groups: dict[tuple, list[int]] = {}
+    for i in range(count):
+        shapes = tuple(tuple(s.features.shape) for name in ["teacher", *(c.name for c in chosen)]
+                       for s in stages[name][i])
+        fg = None if foregrounds[i] is None else tuple(foregrounds[i].shape)
+        groups.setdefault((shapes, fg), []).append(i)
+    adm = {student.name: adm_training(student, tau, method) for student in chosen}
+
+    def stacked(name: str, members: list[int]) -> list[Stage]:
+        return [Stage(s.name, s.stride, stack_images([stages[name][i][k].features for i in members]))
+                for k, s in enumerate(stages[name][members[0]])]
+
+    for (_, fg_shape), members in groups.items():
+        # every student's pairs in one call: the teacher's stages (one object each) have their own sums computed once
+        t_all = stacked("teacher", members)
+        device = t_all[0].features.device
+        pairs, methods, owner = [], [], []
+        for student in chosen:
+            matched = match_stages(t_all, stacked(student.name, members))
+            if not matched:
                 raise InputError(f"{pair.name}: Teacher and student share no feature stride to compare.")
-            device = t_all[0].features.device
-            methods = [method if method != "projection" or projection_is_determined(t.features, s.features)
-                       else "affinity" for t, s in pairs]
-            foreground = (torch.stack([foregrounds[i].to(device) for i in members]) if fg_shape is not None
-                          else torch.zeros((len(members), 1, 1), dtype=torch.bool, device=device))
-            result = analyse_stages([(t.features, s.features.to(device)) for t, s in pairs], methods, foreground, tau,
-                                    None, [], [], with_cka=False)
-            host = result.figures.float().cpu().numpy()  # (P, B, 6): the one read-back of this batch
-            for b, i in enumerate(members):
+            pairs += matched
+            owner += [student.name] * len(matched)
+            methods += [method if method != "projection" or projection_is_determined(t.features, s.features)
+                        else "affinity" for t, s in matched]
+        foreground = (torch.stack([foregrounds[i].to(device) for i in members]) if fg_shape is not None
+                      else torch.zeros((len(members), 1, 1), dtype=torch.bool, device=device))
+        result = analyse_stages([(t.features, s.features.to(device)) for t, s in pairs], methods, foreground, tau,
+                                None, [], [], with_cka=False)
+        host = result.figures.float().cpu().numpy()  # (P, B, 6): the one read-back of this batch
+        for b, i in enumerate(members):
+            for student in chosen:
                 rows = [{"teacher_layer": t.name, "student_layer": s.name, "stride": t.stride, "method": m,
                          **{k: (None if fg_shape is None and k != "consensus_mean" else _number(v))
                             for k, v in zip(FIGURES, host[p, b], strict=True)}}
-                        for p, ((t, s), m) in enumerate(zip(pairs, methods, strict=True))]
+                        for p, ((t, s), m, name) in enumerate(zip(pairs, methods, owner, strict=True))
+                        if name == student.name]
                 means = [r["consensus_mean"] for r in rows if r["consensus_mean"] is not None]
-                per_image[i][student.name] = {"stages": rows, "cka": None, "adm_training": adm, "agreement": {
-                    "consensus_mean": round(sum(means) / len(means), 4) if means else None}}
-                if fg_shape is None and not notes[i]:
-                    notes[i].append("An image classifier has no foreground (no boxes or mask): ADM's foreground and "
-                                    "background figures are not defined.")
+                per_image[i][student.name] = {"stages": rows, "cka": None, "adm_training": adm[student.name],
+                                              "agreement": {"consensus_mean": round(sum(means) / len(means), 4)
+                                                            if means else None}}
+            if fg_shape is None and not notes[i]:
+                notes[i].append("An image classifier has no foreground (no boxes or mask): ADM's foreground and "
+                                "background figures are not defined.")
     return [ConsensusResult(pair.name, method, tau, chosen, [], per_image[i], notes[i]) for i in range(count)]
 
 

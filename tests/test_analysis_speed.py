@@ -76,6 +76,26 @@ def test_the_analysis_runs_on_the_meta_device_so_it_never_reads_a_value_back(met
     assert result.cka.shape == (3, 3)
 
 
+@pytest.mark.parametrize("grid", [32, 6])  # through the C x C Grams, and through the (N, N) affinities
+def test_students_facing_one_teacher_map_get_their_own_calls_figures(grid):
+    """The report runs every student in one call, each teacher map's own sums computed once (two teacher maps of one
+    shape here, as a ViT's blocks): each pair's figures, chance levels and weights are those of a call with that pair
+    alone."""
+    torch.manual_seed(0)
+    teachers = [torch.randn(3, 48, grid, grid).relu() for _ in range(2)]
+    students = [torch.randn(3, 32, grid, grid), teachers[0][:, :32] + 0.1 * torch.randn(3, 32, grid, grid)]
+    pairs = [(teachers[0], students[0]), (teachers[1], students[1]), (teachers[0], students[1]),
+             (teachers[1], students[0])]
+    foreground = torch.rand(3, 64, 64) > 0.5
+    together = analyse_stages(pairs, ["affinity"] * 4, foreground, 0.1, (64, 64), teachers, students)
+    for k, pair in enumerate(pairs):
+        alone = analyse_stages([pair], ["affinity"], foreground, 0.1, (64, 64), teachers, students)
+        assert torch.allclose(together.figures[k], alone.figures[0], atol=1e-6, equal_nan=True)
+        assert torch.allclose(together.consensus_chance[k], alone.consensus_chance[0], atol=1e-6)
+        assert torch.allclose(together.weights[k], alone.weights[0], atol=1e-6)
+    assert not torch.allclose(together.figures[0], together.figures[2], atol=1e-3)  # the pairs differ
+
+
 def test_half_precision_features_give_the_float32_answer():
     """The CUDA path runs the Hub models in fp16; bfloat16 on the CPU exercises the same casts."""
     teacher, student, foreground = _maps("cpu", torch.float32)
