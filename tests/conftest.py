@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -47,3 +48,13 @@ def tiny_hub_pairs(tmp_path_factory):
     yield {p.task: p.name for p in pairs}
     for pair in pairs:
         unregister_pair(pair.name)
+
+
+@pytest.fixture
+def slow_steps(monkeypatch):
+    """Every long job's per-step stop check takes 20 ms more: a job of many steps outlasts the cancel's delay on any
+    machine (a fast one finished the whole job before the cancel came)."""
+    from compare import jobs
+
+    gone = jobs.caller_gone
+    monkeypatch.setattr(jobs, "caller_gone", lambda: (time.sleep(0.02), gone())[1])

@@ -314,7 +314,7 @@ def set_number(driver, elem_id: str, value: int) -> None:
 
 
 @pytest.mark.parametrize("width", [1400, 400])
-def test_stop_is_an_outcome_not_an_error(app_url, browser, tmp_path, width):
+def test_stop_is_an_outcome_not_an_error(app_url, browser, tmp_path, width, slow_steps):
     """Stop in Diffusion, CLIP prompt tuning and Dataset: the tab says where it stopped, in words, and no error
     message or error badge appears."""
     from selenium.webdriver.common.by import By
