@@ -474,7 +474,8 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
     """Consensus, divergence, ADM's figures and CKA for matched stages, batched and without host syncs.
 
     Args:
-        pairs: P matched (teacher, student) maps, (B, C, h, w) each.
+        pairs: P matched (teacher, student) maps, (B, C, h, w) each. Several students' pairs may share one teacher
+            map (the same tensor object): its pooling and own affinity sums are then computed once.
         methods: the similarity of each pair, a key of :data:`SIMILARITY`.
         foreground: (B, H, W) bool foreground; resized once per distinct grid.
         tau: softmax temperature of the weights, > 0.
@@ -492,9 +493,10 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
     # different widths pooled to one grid share every step after their Gram products; pairs of equal shapes (a
     # ViT's blocks) share those products too. The projection method batches pairs of equal shapes only.
     pooled: dict[int, torch.Tensor] = {}  # a teacher map several students face is pooled once, and stays one object
-    fitted = [_fit_grid(t, s, pooled.get(id(t))) for t, s in pairs]
-    for (t, _), (fit_t, _) in zip(pairs, fitted, strict=True):
-        pooled.setdefault(id(t), fit_t)
+    fitted = []
+    for t, s in pairs:
+        fitted.append(_fit_grid(t, s, pooled.get(id(t))))
+        pooled.setdefault(id(t), fitted[-1][0])
     groups: dict[tuple, dict[tuple, list[int]]] = {}
     for k, ((t, s), method) in enumerate(zip(fitted, methods, strict=True)):
         shapes = (tuple(t.shape), tuple(s.shape))

@@ -76,7 +76,7 @@ def test_the_analysis_runs_on_the_meta_device_so_it_never_reads_a_value_back(met
     assert result.cka.shape == (3, 3)
 
 
-@pytest.mark.parametrize("grid", [32, 6])  # through the C x C Grams, and through the (N, N) affinities
+@pytest.mark.parametrize("grid", [32, 6, 80])  # through the C x C Grams, the (N, N) affinities; pooled maps
 def test_students_facing_one_teacher_map_get_their_own_calls_figures(grid):
     """The report runs every student in one call, each teacher map's own sums computed once (two teacher maps of one
     shape here, as a ViT's blocks): each pair's figures, chance levels and weights are those of a call with that pair
