@@ -17,10 +17,13 @@ def _class_pixels(class_map: np.ndarray, classes: list[str]) -> dict[str, int]:
     return {classes[i]: int(c) for i, c in enumerate(counts) if c}
 
 
-def _overlap(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, list[int]]:
-    """Per-class intersection and union with the labels (summed over images, they give the dataset's mIoU)."""
-    p = torch.from_numpy(prediction.astype(np.int64)).flatten()
-    t = torch.from_numpy(truth.astype(np.int64)).flatten()
+def _overlap(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
+             ignore: np.ndarray | None = None) -> dict[str, list[int]]:
+    """Per-class intersection and union with the labels (summed over images, they give the dataset's mIoU); pixels
+    where ``ignore`` is set (crowd regions, classes the pair lacks) count for nothing."""
+    keep = slice(None) if ignore is None else ~ignore.ravel()
+    p = torch.from_numpy(prediction.astype(np.int64).ravel()[keep])
+    t = torch.from_numpy(truth.astype(np.int64).ravel()[keep])
     inter = torch.bincount(t[p == t], minlength=num_classes)
     union = torch.bincount(p, minlength=num_classes) + torch.bincount(t, minlength=num_classes) - inter
     return {"intersection": inter.tolist(), "union": union.tolist()}
@@ -158,13 +161,39 @@ def summarise(records: list[dict], pair, students: list[str], labels: Labels | N
         {"image": r["image"], "disagreement": r["students"][students[0]]["disagreement"]} for r in ranked[:gallery]
         if r["students"][students[0]]["disagreement"] is not None]
     if labels is not None:
-        summary["accuracy"] = _accuracy(ok, pair, students, labels, score_threshold)
+        labelled = [r for r in ok if r["image"] in labels.listed and "labels_error" not in r]
+        summary["labels"] = labels_summary(ok, labelled, labels, pair.task)
+        summary["accuracy"] = _accuracy(labelled, pair, students, labels, score_threshold)
         if pair.task in ("classification", "image-classification"):
-            summary["calibration"] = calibration(ok, students, labels)
-        summary["inherited_errors"] = inherited_errors(ok, students, labels, pair.task)
+            summary["calibration"] = calibration(labelled, students, labels)
+        summary["inherited_errors"] = inherited_errors(labelled, students, labels, pair.task)
         if pair.task == "detection":
-            summary["misses"] = _miss_ranking(ok, ranked, students[0], labels)
+            summary["misses"] = _miss_ranking(labelled, [r for r in ranked if r["image"] in labels.listed
+                                                         and "labels_error" not in r], students[0], labels)
     return summary
+
+
+def labels_summary(records: list[dict], labelled: list[dict], labels: Labels, task: str) -> dict:
+    """What the label file covered of the images read: how many it labels (an image it does not list is unlabelled,
+    not an image without objects), the annotations left out because the pair has no such class, the crowd regions
+    ignored, and the images whose labels could not be used (each with its reason); with a note for each."""
+    unlisted = [r["image"] for r in records if r["image"] not in labels.listed]
+    broken = [{"image": r["image"], "reason": r["labels_error"]} for r in records if "labels_error" in r]
+    crowd = sum(len(labels.crowd_boxes.get(r["image"], [])) if task == "detection" else
+                len(labels.ignored.get(r["image"], [])) if task == "segmentation" else 0 for r in labelled)
+    notes = []
+    if unlisted:
+        notes.append(f"{len(unlisted)} of the {len(records)} images read are not in the label file: they are left "
+                     "out of every figure against the labels (an image the file lists without annotations counts "
+                     "as one with no object).")
+    if labels.skipped:
+        notes.append("Annotations of classes the pair does not have were left out: " + ", ".join(
+            f"{name} ({count})" for name, count in sorted(labels.skipped.items())) + ".")
+    if broken:
+        notes.append(f"{len(broken)} images' labels could not be used (see labels.unusable); they are left out.")
+    return {"images_labelled": len(labelled), "images_unlisted": len(unlisted), "unlisted_examples": unlisted[:10],
+            "skipped_classes": dict(sorted(labels.skipped.items())), "ignored_regions": crowd, "unusable": broken,
+            "notes": notes}
 
 
 def _per_class(records: list[dict], name: str, task: str) -> dict[str, float]:
@@ -203,26 +232,34 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
                           for d in accuracy_detections(r["students"][s])})
         index = {n: i for i, n in enumerate(names)}  # every class any model or label names: none is unknown
         out = {}
+        names = sorted(set(names) | {label for r in records for label, _ in labels.crowd_boxes.get(r["image"], [])})
+        index = {n: i for i, n in enumerate(names)}
         if not any(labels.boxes.get(r["image"]) for r in records):  # torchmetrics would give its -1 sentinel
-            note = "undefined: no labelled object in the images that were read"
+            note = "undefined: no labelled object in the labelled images that were read"
             return {model: {"map_50": None, "note": note} for model in models}
         for model in models:
             metric = MeanAveragePrecision(iou_thresholds=[0.5], sync_on_compute=False)  # rank 0 alone
             for r in records:
                 found = accuracy_detections(r["teacher"] if model == "teacher" else r["students"][model])
-                truth = labels.boxes.get(r["image"], [])
+                truth = labels.boxes.get(r["image"], []) + labels.crowd_boxes.get(r["image"], [])
                 metric.update(
                     [{"boxes": torch.tensor([d["box"] for d in found]).reshape(-1, 4),
                       "scores": torch.tensor([d["score"] for d in found]),
                       "labels": torch.tensor([index[d["label"]] for d in found], dtype=torch.long)}],
                     [{"boxes": torch.tensor([b for _, b in truth]).reshape(-1, 4),
-                      "labels": torch.tensor([index[label] for label, _ in truth], dtype=torch.long)}])
+                      "labels": torch.tensor([index[label] for label, _ in truth], dtype=torch.long),
+                      "iscrowd": torch.tensor([k >= len(labels.boxes.get(r["image"], [])) for k in range(len(truth))],
+                                              dtype=torch.long)}])
             out[model] = {"map_50": round(float(metric.compute()["map_50"]), 4),
                           "ci95": map50_interval(records, model, labels),
                           "score_threshold": score_threshold}
         return out
     if pair.task == "segmentation":
         out = {}
+        records = [r for r in records if "vs_labels" in r["teacher"]]
+        if not records:
+            return {model: {"miou": None, "note": "undefined: no labelled image among the images that were read"}
+                    for model in models}
         for model in models:
             sides = [r["teacher"] if model == "teacher" else r["students"][model] for r in records]
             inter = np.sum([s["vs_labels"]["intersection"] for s in sides], axis=0)
@@ -322,8 +359,10 @@ def inherited_errors(records: list[dict], students: list[str], labels: Labels, t
                 objects = r["teacher"].get("objects", [])
                 found = r["students"][student].get("objects_found", [])
                 cases += [(o["label"], _outcome(o["found"], f)) for o, f in zip(objects, found, strict=True)]
-        out[student] = {"overall": _tally(o for _, o in cases),
-                        "per_class": {c: _tally(o for k, o in cases if k == c) for c in sorted({k for k, _ in cases})}}
+        differently = task in ("classification", "image-classification")  # found/missed has no "differently"
+        out[student] = {"overall": _tally((o for _, o in cases), differently),
+                        "per_class": {c: _tally((o for k, o in cases if k == c), differently)
+                                      for c in sorted({k for k, _ in cases})}}
     return out
 
 
@@ -332,15 +371,17 @@ def _outcome(teacher_right: bool, student_right: bool) -> str:
             else "lost" if teacher_right else "inherited")
 
 
-def _tally(outcomes) -> dict:
+def _tally(outcomes, differently: bool = True) -> dict:
+    """Counts of each outcome; ``both wrong, differently`` is None where it cannot happen (found or missed)."""
     counts = dict.fromkeys(OUTCOMES, 0)
     for outcome in outcomes:
         counts[outcome] += 1
     total = sum(counts.values())
-    return {"total": total, **counts,
-            "inherited_share_of_teacher_errors": round(counts["inherited"] / (counts["inherited"] + counts["fixed"]
-                                                                              + counts["both wrong, differently"]), 4)
-            if counts["inherited"] + counts["fixed"] + counts["both wrong, differently"] else None}
+    teacher_wrong = counts["inherited"] + counts["fixed"] + counts["both wrong, differently"]
+    if not differently:
+        counts["both wrong, differently"] = None
+    share = round(counts["inherited"] / teacher_wrong, 4) if teacher_wrong else None
+    return {"total": total, **counts, "inherited_share_of_teacher_errors": share}
 
 
 def accuracy_detections(side: dict) -> list[dict]:
@@ -374,6 +415,8 @@ def _detections_matched(records: list[dict], model: str, labels: Labels) -> dict
             used = [False] * len(gt)
             iou = box_iou(torch.tensor([d["box"] for d in mine]).reshape(-1, 4),
                           torch.tensor(gt).reshape(-1, 4)) if mine and gt else None
+            crowd = [b for t, b in labels.crowd_boxes.get(r["image"], []) if t == label]
+            covered = _covered_by_crowd([d["box"] for d in mine], crowd)
             for k, d in enumerate(mine):
                 best, best_iou = -1, 0.5
                 for j in range(len(gt)):
@@ -381,10 +424,24 @@ def _detections_matched(records: list[dict], model: str, labels: Labels) -> dict
                         best, best_iou = j, float(iou[k, j])
                 if best >= 0:
                     used[best] = True
+                elif covered[k]:  # on a crowd region and no labelled object: neither right nor wrong (COCO)
+                    continue
                 entry["image"].append(i)
                 entry["score"].append(d["score"])
                 entry["tp"].append(best >= 0)
     return classes
+
+
+def _covered_by_crowd(boxes: list[list[float]], crowd: list[list[float]]) -> list[bool]:
+    """Per box, whether it lies on a crowd region: its intersection with one covers at least half the box (COCO's
+    IoU against a crowd annotation, intersection over the detection's own area)."""
+    if not boxes or not crowd:
+        return [False] * len(boxes)
+    d, c = torch.tensor(boxes, dtype=torch.float64), torch.tensor(crowd, dtype=torch.float64)
+    low, high = torch.maximum(d[:, None, :2], c[None, :, :2]), torch.minimum(d[:, None, 2:], c[None, :, 2:])
+    inter = (high - low).clamp_min(0).prod(-1)
+    area = ((d[:, 2:] - d[:, :2]).clamp_min(0).prod(-1))[:, None]
+    return (inter >= 0.5 * area).any(1).tolist()
 
 
 def weighted_map50(classes: dict[str, dict], weights: np.ndarray) -> np.ndarray:

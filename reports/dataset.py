@@ -68,7 +68,7 @@ from reports.aggregate import (
 )
 from reports.gallery import GalleryStore, kept_maps, overlays
 from reports.html import write_report
-from reports.inputs import Labels, list_images
+from reports.inputs import Labels, list_images, match_class
 from reports.measure import analyse_batch, read_batch
 from weights.custom import OwnModelError
 from weights.loaders import ModelUnavailableError
@@ -222,8 +222,12 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
                          "classification pairs.")
     students_chosen = spec.choose_students(students)
     chosen = [s.name for s in students_chosen]
-    truth = Labels.read(labels) if labels else None
     predictors = predictors_for(spec, students=students_chosen)  # loaded once for the whole run
+    truth = None
+    if labels:
+        truth, classes_measured = Labels.read(labels), label_classes(spec, predictors, classes)
+        check_labels_fit(truth, images, spec.task, classes_measured, Path(labels).name)
+        truth = truth.for_classes(classes_measured, spec.task)
     out.mkdir(parents=True, exist_ok=True)
     shard = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
     timing_file = out / ("timing.jsonl" if world == 1 else f"timing.rank{rank}.jsonl")
@@ -407,31 +411,43 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
                      args.overwrite, check_only=True)
     predictors = predictors_for(spec, students=chosen)  # offline and uncached, a Hub pair says so here
     if truth is not None:
-        check_labels_fit(truth, images, spec.task, predictors["teacher"].labels, args.labels.name)
+        check_labels_fit(truth, images, spec.task, label_classes(spec, predictors, args.classes), args.labels.name)
     return images
 
 
 LABEL_FIGURES = ("map50", "label_miou", "top1", "top5")
 
 
+def label_classes(spec: Pair, predictors: dict, classes: str) -> list[str]:
+    """The class names labels are measured in: a CLIP pair's ``classes``, otherwise the teacher's."""
+    return parse_classes(classes)[0] if spec.task == "classification" else list(predictors["teacher"].labels)
+
+
 def check_labels_fit(truth: Labels, images: list[Path], task: str, classes: list[str], name: str) -> None:
-    """Refuse a label file that cannot measure anything here: none of its images among ``images``, or (detection,
-    segmentation) none of its classes among the pair's.
+    """Refuse a label file that cannot measure anything here: none of its images among ``images``; for detection
+    no box, for segmentation no mask (polygons or RLE); or none of its classes among the pair's ``classes``.
 
     Raises:
         InputError: naming what does not fit.
     """
-    labelled = set(truth.boxes) | set(truth.polygons) | set(truth.rle) | set(truth.classes)
-    if labelled and not labelled & {p.name for p in images}:
-        raise InputError(f"None of the images {name} labels is among --images (e.g. {sorted(labelled)[0]!r}); give "
-                         "the folder those labels are for.")
-    if task in ("detection", "segmentation"):
-        named = {label for table in (truth.boxes, truth.polygons, truth.rle) for items in table.values()
+    if truth.listed and not truth.listed & {p.name for p in images}:
+        raise InputError(f"None of the images {name} labels is among --images (e.g. {sorted(truth.listed)[0]!r}); "
+                         "give the folder those labels are for.")
+    if task == "detection":
+        named = {label for table in (truth.boxes, truth.crowd_boxes) for items in table.values() for label, _ in items}
+        kind = "boxes ('bbox')"
+    elif task == "segmentation":
+        named = {label for table in (truth.polygons, truth.rle, truth.ignored) for items in table.values()
                  for label, _ in items}
-        if named and not named & set(classes):
-            raise InputError(f"None of the classes in {name} ({', '.join(sorted(named)[:6])}) is one of the pair's "
-                             f"({', '.join(classes[:8])}{', …' if len(classes) > 8 else ''}); name the categories as "
-                             "the models do.")
+        kind = "masks ('segmentation' polygons or RLE)"
+    else:
+        named, kind = set(truth.classes.values()), ""
+    if kind and truth.classes and not named:  # annotations, none of the kind this task measures
+        raise InputError(f"The labels {name} hold no {kind}: a {task} pair is measured against those.")
+    if named and not any(match_class(label, classes) for label in named):
+        raise InputError(f"None of the classes in {name} ({', '.join(sorted(named)[:6])}) is one of the pair's "
+                         f"({', '.join(classes[:8])}{', …' if len(classes) > 8 else ''}); name the categories as "
+                         "the models do.")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -83,7 +83,8 @@ def errors_table(summary: dict) -> str:
     rows = []
     for student, block in errors.items():
         for name, tally in [("all", block["overall"]), *block["per_class"].items()]:
-            cells = [student, name, str(tally["total"])] + [str(tally[o]) for o in OUTCOMES]
+            cells = [student, name, str(tally["total"])] + ["–" if tally[o] is None else str(tally[o])
+                                                            for o in OUTCOMES]
             rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return (f"<h2>Inherited and corrected errors ({unit})</h2><p><i>fixed</i>: the teacher wrong, the student "
             f"right; <i>lost</i>: the teacher right, the student wrong; <i>inherited</i>: both wrong alike (the same "

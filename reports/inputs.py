@@ -129,24 +129,69 @@ def _decode_rle(rle: dict) -> np.ndarray:
     return coco_mask.decode(encoded)
 
 
+def _check_rle(rle: dict) -> None:
+    """Raise ValueError unless ``rle`` is a COCO RLE pycocotools can decode: ``size`` [H, W] of positive integers,
+    ``counts`` a compressed string or a list of non-negative run lengths covering exactly H·W pixels."""
+    if not {"counts", "size"} <= set(rle):
+        raise ValueError("an RLE segmentation needs 'counts' and 'size'")
+    size = rle["size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ValueError(f"an RLE 'size' is [height, width] in pixels, not {str(size)[:40]}")
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        if not all(isinstance(v, int) and v >= 0 for v in counts) or sum(counts) != size[0] * size[1]:
+            raise ValueError(f"uncompressed RLE counts must be run lengths summing to {size[0]}×{size[1]} pixels")
+    elif isinstance(counts, str):
+        _decode_rle(rle)  # pycocotools: "Invalid RLE mask representation" (a ValueError) when it is not one
+    else:
+        raise ValueError("RLE 'counts' is a string (compressed) or a list of run lengths")
+
+
+def _polygon_mask(polygons: list[list[float]], size: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool of COCO polygons, rasterised as COCO's own tools do (pycocotools; the same pixels as its
+    ``annToMask``, so polygon and RLE labels of one mask give the same figures)."""
+    from pycocotools import mask as coco_mask
+
+    return coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(polygons, *size))).astype(bool)
+
+
+def match_class(label: str, classes: list[str]) -> str | None:
+    """The pair's spelling of a label's class: the same name, else the one name equal to it ignoring case and
+    surrounding spaces; None when the pair has no such class."""
+    if label in classes:
+        return label
+    folded = [c for c in classes if c.strip().casefold() == label.strip().casefold()]
+    return folded[0] if len(folded) == 1 else None
+
+
 @dataclass
 class Labels:
-    """Ground truth from a COCO-style file, keyed by image file name."""
+    """Ground truth from a COCO-style file, keyed by image file name.
+
+    ``listed``: every image the file lists (an image it lists without annotations has no object, as in COCO; an
+    image it does not list is unlabelled and left out of the accuracy figures). Crowd annotations (``iscrowd: 1``) are
+    regions to ignore, as COCO evaluates them: ``crowd_boxes`` for detection, ``ignored`` masks for segmentation.
+    """
 
     boxes: dict[str, list[tuple[str, list[float]]]] = field(default_factory=dict)  # name -> [(class, xyxy)]
     polygons: dict[str, list[tuple[str, list[list[float]]]]] = field(default_factory=dict)
     classes: dict[str, str] = field(default_factory=dict)  # name -> class (classification)
-
     rle: dict[str, list[tuple[str, dict]]] = field(default_factory=dict)  # name -> [(class, COCO RLE)]
+    listed: set[str] = field(default_factory=set)
+    crowd_boxes: dict[str, list[tuple[str, list[float]]]] = field(default_factory=dict)
+    ignored: dict[str, list[tuple[str, list[list[float]] | dict]]] = field(default_factory=dict)  # polygons or RLE
+    skipped: dict[str, int] = field(default_factory=dict)  # class -> annotations of it left out (not the pair's)
 
     @classmethod
     def read(cls, path: Path) -> Labels:
         """Read a COCO-style file: ``images`` (``id``, ``file_name``), ``categories`` (``id``, ``name``) and
         ``annotations`` (``image_id``, ``category_id``, and ``bbox`` ``[x, y, w, h]``, ``segmentation`` polygons or
-        RLE, or only the category for classification).
+        RLE (compressed or not), or only the category for classification; ``iscrowd`` 1 marks a crowd region).
 
         Raises:
-            InputError: a file that is not such JSON, naming what is wrong and where (the annotation's id).
+            InputError: a file that is not such JSON, naming what is wrong and where (the annotation's id): an unknown
+                image or category, a box that is not four finite numbers with non-negative width and height, a
+                polygon of under three points, an RLE that does not decode.
         """
         name = Path(path).name
         try:
@@ -164,76 +209,126 @@ class Labels:
         except (KeyError, TypeError, AttributeError) as error:
             raise InputError(f"The labels {name} are not COCO-style: they need 'images' (id, file_name) and "
                              f"'categories' (id, name) lists ({str(error)[:80]}).") from None
-        labels = cls()
+        labels = cls(listed=set(files.values()))
         for k, a in enumerate(annotations):
             where = f"annotation {a.get('id', k) if isinstance(a, dict) else k}"
             try:
                 image, label = files[a["image_id"]], names[a["category_id"]]
+                crowd = bool(a.get("iscrowd", 0))
                 if "bbox" in a:
                     x, y, w, h = (float(v) for v in a["bbox"])
-                    labels.boxes.setdefault(image, []).append((label, [x, y, x + w, y + h]))
+                    if not all(np.isfinite([x, y, w, h])) or w < 0 or h < 0:
+                        raise ValueError(f"its bbox {a['bbox']} is not [x, y, width, height] of finite numbers "
+                                         "with width, height >= 0")
+                    table = labels.crowd_boxes if crowd else labels.boxes
+                    table.setdefault(image, []).append((label, [x, y, x + w, y + h]))
                 segmentation = a.get("segmentation")
                 if isinstance(segmentation, dict):
-                    if not {"counts", "size"} <= set(segmentation):
-                        raise ValueError("an RLE segmentation needs 'counts' and 'size'")
-                    labels.rle.setdefault(image, []).append((label, segmentation))
+                    _check_rle(segmentation)
+                    shape = segmentation
                 elif segmentation:
-                    polygons = [[float(v) for v in polygon] for polygon in segmentation]
-                    if any(len(p) < 6 or len(p) % 2 for p in polygons):
-                        raise ValueError("a polygon needs at least three x, y points")
-                    labels.polygons.setdefault(image, []).append((label, polygons))
-                labels.classes.setdefault(image, label)
+                    shape = [[float(v) for v in polygon] for polygon in segmentation]
+                    if any(len(p) < 6 or len(p) % 2 or not np.all(np.isfinite(p)) for p in shape):
+                        raise ValueError("a polygon needs at least three x, y points of finite numbers")
+                if segmentation and crowd:
+                    labels.ignored.setdefault(image, []).append((label, shape))
+                elif isinstance(segmentation, dict):
+                    labels.rle.setdefault(image, []).append((label, shape))
+                elif segmentation:
+                    labels.polygons.setdefault(image, []).append((label, shape))
+                if not crowd:
+                    labels.classes.setdefault(image, label)
             except KeyError as error:
                 raise InputError(f"The labels {name}: {where} names an unknown image or category "
                                  f"({str(error)[:40]}).") from None
             except (TypeError, ValueError, AttributeError) as error:
-                raise InputError(f"The labels {name}: {where} is not COCO-style ({str(error)[:80]}).") from None
-        for original in set(files.values()):  # an uploaded zip's images are unpacked under sanitised names
-            safe = safe_name(original)
-            if safe != original:
-                for table in (labels.boxes, labels.polygons, labels.rle, labels.classes):
-                    if original in table:
-                        table.setdefault(safe, table[original])
+                raise InputError(f"The labels {name}: {where} is not COCO-style ({str(error)[:100]}).") from None
+        tables = (labels.boxes, labels.polygons, labels.rle, labels.classes, labels.crowd_boxes, labels.ignored)
+        originals = set(files.values())
+        by_safe: dict[str, list[str]] = {}
+        for original in originals:  # an uploaded zip's images are unpacked under sanitised names
+            by_safe.setdefault(safe_name(original), []).append(original)
+        for safe, group in by_safe.items():
+            if safe in originals or len(group) > 1:  # taken by an image of that very name, or ambiguous: no guess
+                continue
+            labels.listed.add(safe)
+            for table in tables:
+                if group[0] in table:
+                    table[safe] = table[group[0]]
         return labels
+
+    def for_classes(self, classes: list[str], task: str) -> Labels:
+        """These labels as a pair with ``classes`` can be measured against: each class named as the pair names it
+        (the same name ignoring case); annotations of other classes are left out and counted, per class, in
+        ``skipped`` (those ``task`` reads: boxes for detection, masks for segmentation, one class per image
+        otherwise). For segmentation their regions are ignored, neither right nor wrong; for classification the
+        image is unlabelled."""
+        out = Labels(listed=set(self.listed), ignored={k: list(v) for k, v in self.ignored.items()})
+        out.crowd_boxes = {image: [(match_class(label, classes) or label, box) for label, box in items]
+                           for image, items in self.crowd_boxes.items()}  # crowd regions of any class stay ignored
+
+        def skip(label: str) -> None:
+            out.skipped[label] = out.skipped.get(label, 0) + 1
+
+        for table, target, counted in ((self.boxes, out.boxes, task == "detection"),
+                                       (self.polygons, out.polygons, task == "segmentation"),
+                                       (self.rle, out.rle, task == "segmentation")):
+            for image, items in table.items():
+                for label, value in items:
+                    match = match_class(label, classes)
+                    if match is not None:
+                        target.setdefault(image, []).append((match, value))
+                        continue
+                    if counted:
+                        skip(label)
+                    if target is not out.boxes:
+                        out.ignored.setdefault(image, []).append((label, value))
+        for image, label in self.classes.items():
+            match = match_class(label, classes)
+            if match is not None:
+                out.classes[image] = match
+            elif task not in ("detection", "segmentation"):
+                skip(label)
+        return out
+
+    def _paint(self, shape, size: tuple[int, int]) -> np.ndarray:
+        """One annotation's (H, W) bool mask: polygons as COCO rasterises them, or an RLE; ValueError when an RLE's
+        size is not the image's."""
+        if isinstance(shape, dict):
+            decoded = _decode_rle(shape)
+            if decoded.shape[:2] != tuple(size):
+                raise ValueError(f"an RLE mask of {decoded.shape[0]}×{decoded.shape[1]} pixels on an image of "
+                                 f"{size[0]}×{size[1]}")
+            return decoded.astype(bool)
+        return _polygon_mask(shape, size)
 
     def objects(self, image: str, size: tuple[int, int], classes: list[str]) -> list[tuple[str, np.ndarray]]:
         """Each labelled object of the image as ``(class, (H, W) bool mask)``, in the file's order (polygons, then
-        RLE); objects of classes the pair does not have are left out."""
-        from PIL import Image, ImageDraw
+        RLE); objects of classes the pair does not have, and crowd regions, are left out.
 
-        out = []
-        for label, polygons in self.polygons.get(image, []):
-            if label in classes:
-                canvas = Image.new("1", (size[1], size[0]), 0)
-                draw = ImageDraw.Draw(canvas)
-                for polygon in polygons:
-                    draw.polygon([tuple(polygon[i:i + 2]) for i in range(0, len(polygon) - 1, 2)], fill=1)
-                out.append((label, np.array(canvas, dtype=bool)))
-        for label, rle in self.rle.get(image, []):
-            if label in classes:
-                decoded = _decode_rle(rle)
-                if decoded.shape[:2] == tuple(size):
-                    out.append((label, decoded.astype(bool)))
-        return out
+        Raises:
+            ValueError: an RLE mask of another size than the image's (naming both).
+        """
+        return [(label, self._paint(shape, size)) for table in (self.polygons, self.rle)
+                for label, shape in table.get(image, []) if label in classes]
 
     def mask(self, image: str, size: tuple[int, int], classes: list[str]) -> np.ndarray:
         """(H, W) class indices painted from the image's polygons and RLE masks (later annotations on top; 0
-        elsewhere; RLE decoded with pycocotools)."""
-        from PIL import Image, ImageDraw
+        elsewhere), polygons rasterised as COCO does, RLE decoded with pycocotools.
 
-        canvas = Image.new("L", (size[1], size[0]), 0)
-        draw = ImageDraw.Draw(canvas)
-        for label, polygons in self.polygons.get(image, []):
-            if label not in classes:  # a class the pair does not have: listed by the summary, not painted
-                continue
-            for polygon in polygons:
-                draw.polygon([tuple(polygon[i:i + 2]) for i in range(0, len(polygon) - 1, 2)],
-                             fill=classes.index(label))
-        painted = np.array(canvas)
-        for label, rle in self.rle.get(image, []):
-            if label not in classes:
-                continue
-            decoded = _decode_rle(rle)
-            if decoded.shape[:2] == painted.shape:
-                painted[decoded.astype(bool)] = classes.index(label)
+        Raises:
+            ValueError: an RLE mask of another size than the image's.
+        """
+        painted = np.zeros(size, dtype=np.int64)
+        for table in (self.polygons, self.rle):
+            for label, shape in table.get(image, []):
+                if label in classes:  # a class the pair does not have: left out (``skipped``, ignored regions)
+                    painted[self._paint(shape, size)] = classes.index(label)
         return painted
+
+    def ignore_mask(self, image: str, size: tuple[int, int]) -> np.ndarray:
+        """(H, W) bool: the pixels no figure counts (crowd regions, and regions of classes the pair lacks)."""
+        ignored = np.zeros(size, dtype=bool)
+        for _, shape in self.ignored.get(image, []):
+            ignored |= self._paint(shape, size)
+        return ignored

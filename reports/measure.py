@@ -132,12 +132,17 @@ def vision_record(path: Path, result, spec: Pair, labels: Labels | None,
         record["teacher"] = {"pixels": _class_pixels(maps["teacher"], classes)}
         record["students"] = {n: {"agreement": b["agreement"], "disagreement": round(1 - b["agreement"]["miou"], 4)}
                               for n, b in report["students"].items()}
-        if labels is not None:
-            truth = labels.mask(path.name, maps["teacher"].shape, classes)
-            objects = labels.objects(path.name, maps["teacher"].shape, classes)
-            for name in ["teacher", *record["students"]]:
+        if labels is not None and path.name in labels.listed:  # an image the file does not list is unlabelled
+            size = maps["teacher"].shape
+            try:
+                truth, ignore = labels.mask(path.name, size, classes), labels.ignore_mask(path.name, size)
+                objects = labels.objects(path.name, size, classes)
+            except ValueError as error:  # e.g. an RLE mask of another size: this image's labels only, never fatal
+                record["labels_error"] = f"its labels do not fit the image: {error}"
+                objects = None
+            for name in ["teacher", *record["students"]] if objects is not None else []:
                 block = record["teacher"] if name == "teacher" else record["students"][name]
-                block["vs_labels"] = _overlap(maps[name], truth, len(classes))
+                block["vs_labels"] = _overlap(maps[name], truth, len(classes), ignore)
                 found = [object_found(maps[name], mask, classes.index(label)) for label, mask in objects]
                 if name == "teacher":
                     block["objects"] = [{"label": label, "found": f} for (label, _), f in zip(objects, found,

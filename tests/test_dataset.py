@@ -314,7 +314,8 @@ def test_inherited_and_corrected_errors_per_labelled_object_and_image(uninterrup
     errors = summary["inherited_errors"]["feature-kd"]
     objects = sum(len(labels.boxes.get(r["image"], [])) for r in read_records(out / "results.jsonl")
                   if "error" not in r)
-    assert errors["overall"]["total"] == objects == sum(errors["overall"][o] for o in OUTCOMES)
+    assert errors["overall"]["total"] == objects == sum(errors["overall"][o] or 0 for o in OUTCOMES)
+    assert errors["overall"]["both wrong, differently"] is None  # found or missed: no "differently" for objects
     assert sum(t["total"] for t in errors["per_class"].values()) == objects
     assert "Inherited and corrected errors (labelled objects)" in (out / "report.html").read_text()
 
