@@ -1,0 +1,191 @@
+"""Label files as COCO evaluates them: polygons and RLE alike, crowd regions ignored, unlisted images unlabelled,
+classes the pair lacks left out and listed, malformed annotations refused naming them."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compare.inputs import InputError
+from reports.aggregate import _accuracy, _detections_matched, labels_summary, summarise, weighted_map50
+from reports.dataset import check_labels_fit, read_records, run_dataset
+from reports.inputs import Labels, list_images
+from weights.registry import get_pair
+from weights.shapes.world import CLASS_NAMES, EVAL_SEED_START, render_scene
+
+CATEGORIES = [{"id": i, "name": c} for i, c in enumerate(CLASS_NAMES) if i]
+
+
+def coco_file(tmp_path, annotations, images=("a.png",), name="labels.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps({"images": [{"id": k, "file_name": f} for k, f in enumerate(images)],
+                                "categories": CATEGORIES, "annotations": annotations}))
+    return path
+
+
+def test_polygons_are_rasterised_as_pycocotools_does():
+    from pycocotools import mask as coco_mask
+
+    square = [10, 10, 20, 10, 20, 20, 10, 20]
+    labels = Labels(polygons={"a.png": [("circle", [square])]}, listed={"a.png"})
+    painted = labels.mask("a.png", (40, 40), ["background", "circle"])
+    expected = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects([square], 40, 40)))
+    assert (painted == 1).sum() == 100 and np.array_equal(painted == 1, expected.astype(bool))
+
+
+def test_polygon_and_rle_labels_of_the_same_masks_give_the_same_figures(tmp_path):
+    from pycocotools import mask as coco_mask
+
+    images = tmp_path / "images"
+    images.mkdir()
+    names, polygons, rles = [], [], []
+    for k in range(5):
+        scene = render_scene(EVAL_SEED_START + 3200 + k)
+        names.append(f"s{k}.png")
+        Image.fromarray(scene.image).save(images / names[-1])
+        for obj in scene.objects:
+            mask = obj.mask.astype(np.uint8)
+            rle = coco_mask.encode(np.asfortranarray(mask))
+            rle["counts"] = rle["counts"].decode()
+            rles.append({"image_id": k, "category_id": obj.class_id, "segmentation": rle})
+            ys, xs = np.nonzero(mask)  # the object's bounding rectangle as a polygon, and the same as an RLE below
+            x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+            polygons.append({"image_id": k, "category_id": obj.class_id,
+                             "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]})
+    rects = []
+    for a in polygons:  # the polygons' own pixels, as COCO's tools draw them, encoded as RLE
+        size = (128, 128)
+        rle = coco_mask.merge(coco_mask.frPyObjects(a["segmentation"], *size))
+        rle["counts"] = rle["counts"].decode()
+        rects.append({**a, "segmentation": rle})
+    summaries = [run_dataset(list_images(images), "shapes-segmentation", tmp_path / f"out{i}", None,
+                             coco_file(tmp_path, annotations, names, f"labels{i}.json"), gallery=0)
+                 for i, annotations in enumerate([polygons, rects])]
+    assert summaries[0]["accuracy"] == summaries[1]["accuracy"]
+
+
+def test_crowd_regions_are_neither_misses_nor_false_positives():
+    """A detection on a crowd region is ignored, as COCO and torchmetrics do; our bootstrap's matching agrees."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    labels = Labels(boxes={"a.png": [("circle", [0.0, 0.0, 10.0, 10.0])]}, listed={"a.png"},
+                    crowd_boxes={"a.png": [("circle", [50.0, 50.0, 100.0, 100.0])]})
+    found = [{"label": "circle", "score": 0.95, "box": [60.0, 60.0, 70.0, 70.0]},  # on the crowd region
+             {"label": "circle", "score": 0.9, "box": [0.0, 0.0, 10.0, 10.0]}]
+    records = [{"image": "a.png", "teacher": {"detections": found}, "students": {}}]
+    accuracy = _accuracy(records, get_pair("shapes-detection"), [], labels)
+    assert accuracy["teacher"]["map_50"] == 1.0  # without the crowd region the first box would be a false positive
+    ours = weighted_map50(_detections_matched(records, "teacher", labels), np.ones((1, 1)))
+    assert float(ours[0]) == 1.0
+    metric = MeanAveragePrecision(iou_thresholds=[0.5])
+    metric.update([{"boxes": torch.tensor([d["box"] for d in found]), "scores": torch.tensor([0.95, 0.9]),
+                    "labels": torch.tensor([0, 0])}],
+                  [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}])
+    assert float(metric.compute()["map_50"]) < 1.0  # the same without iscrowd: the test can tell
+
+
+def test_iscrowd_annotations_are_read_as_regions_to_ignore(tmp_path):
+    path = coco_file(tmp_path, [{"image_id": 0, "category_id": 1, "bbox": [0, 0, 10, 10]},
+                                {"image_id": 0, "category_id": 1, "bbox": [0, 0, 128, 128], "iscrowd": 1,
+                                 "segmentation": [[0, 0, 128, 0, 128, 128, 0, 128]]}])
+    labels = Labels.read(path)
+    assert labels.boxes["a.png"] == [("circle", [0.0, 0.0, 10.0, 10.0])]
+    assert labels.crowd_boxes["a.png"] == [("circle", [0.0, 0.0, 128.0, 128.0])]
+    assert labels.ignore_mask("a.png", (128, 128)).all() and "a.png" not in labels.polygons
+
+
+def test_images_the_file_does_not_list_are_unlabelled_not_empty(folder_records):
+    """Labels for half the images: the figures are those of the labelled half alone, and the summary says so."""
+    records, labels_path, spec = folder_records
+    coco = json.loads(labels_path.read_text())
+    kept = {im["id"] for im in coco["images"][:4]}
+    half = Labels.read(labels_path)
+    half.listed = {im["file_name"] for im in coco["images"] if im["id"] in kept}
+    full = Labels.read(labels_path)
+    summary = summarise(records, spec, ["feature-kd"], half, 0)
+    subset = [r for r in records if r["image"] in half.listed]
+    assert summary["accuracy"] == _accuracy(subset, spec, ["feature-kd"], full)
+    assert summary["labels"]["images_unlisted"] == len(records) - len(subset) > 0
+    assert "not in the label file" in summary["labels"]["notes"][0]
+
+
+@pytest.fixture(scope="module")
+def folder_records(tmp_path_factory):
+    from weights.shapes.world import write_labelled_scenes
+
+    root = tmp_path_factory.mktemp("labelled")
+    images, labels = write_labelled_scenes(root, range(EVAL_SEED_START + 3300, EVAL_SEED_START + 3308))
+    run_dataset(list_images(images), "shapes-detection", root / "out", labels=labels, gallery=0)
+    return ([r for r in read_records(root / "out" / "results.jsonl") if "error" not in r], labels,
+            get_pair("shapes-detection"))
+
+
+def test_classes_the_pair_lacks_are_left_out_and_listed(tmp_path):
+    path = coco_file(tmp_path, [{"image_id": 0, "category_id": 1, "bbox": [0, 0, 10, 10]},
+                                {"image_id": 0, "category_id": 2, "bbox": [20, 20, 10, 10]}])
+    raw = json.loads(path.read_text())
+    raw["categories"][1]["name"] = "hexagon"
+    raw["categories"][0]["name"] = "Circle "  # the same class, spelled otherwise
+    path.write_text(json.dumps(raw))
+    labels = Labels.read(path).for_classes(["circle", "square"], "detection")
+    assert labels.boxes["a.png"] == [("circle", [0.0, 0.0, 10.0, 10.0])] and labels.skipped == {"hexagon": 1}
+    summary_labels = labels_summary([], [], labels, "detection")
+    assert summary_labels["skipped_classes"] == {"hexagon": 1} and "hexagon (1)" in summary_labels["notes"][0]
+
+
+def test_a_class_the_segmenter_lacks_is_an_ignored_region_not_background():
+    from reports.aggregate import _overlap
+
+    labels = Labels(polygons={"a.png": [("hexagon", [[0, 0, 10, 0, 10, 10, 0, 10]])]}, listed={"a.png"})
+    labels = labels.for_classes(["background", "circle"], "segmentation")
+    ignore = labels.ignore_mask("a.png", (20, 20))
+    assert ignore.sum() == 100 and labels.skipped == {"hexagon": 1}
+    prediction = np.zeros((20, 20), dtype=np.int64)
+    prediction[:10, :10] = 1  # the model calls the hexagon a circle: not counted against it
+    overlap = _overlap(prediction, labels.mask("a.png", (20, 20), ["background", "circle"]), 2, ignore)
+    assert overlap["union"][1] == 0 and overlap["intersection"][0] == overlap["union"][0] == 300
+
+
+@pytest.mark.parametrize("annotation, message", [
+    ({"bbox": [0, 0, float("nan"), 10]}, "finite"),
+    ({"bbox": [0, 0, -5, 10]}, "width, height >= 0"),
+    ({"segmentation": {"counts": "garbage!!", "size": [128, 128]}}, "Invalid RLE"),
+    ({"segmentation": {"counts": [5, 10, 20], "size": [128, 128]}}, "summing to 128×128"),
+    ({"segmentation": {"counts": [5], "size": [128]}}, "height, width"),
+    ({"segmentation": [[0, 0, 10, float("inf"), 10, 10]]}, "finite"),
+])
+def test_malformed_annotations_are_refused_naming_them(tmp_path, annotation, message):
+    path = coco_file(tmp_path, [{"id": 7, "image_id": 0, "category_id": 1, **annotation}])
+    with pytest.raises(InputError, match=f"annotation 7 .*{message}"):
+        Labels.read(path)
+
+
+def test_an_rle_of_another_size_is_recorded_for_its_image_and_the_run_goes_on(tmp_path):
+    from pycocotools import mask as coco_mask
+
+    images = tmp_path / "images"
+    images.mkdir()
+    annotations = []
+    for k in range(2):
+        scene = render_scene(EVAL_SEED_START + 3400 + k)
+        Image.fromarray(scene.image).save(images / f"s{k}.png")
+        mask = scene.objects[0].mask.astype(np.uint8)
+        rle = coco_mask.encode(np.asfortranarray(mask if k == 0 else mask[:64, :64]))
+        rle["counts"] = rle["counts"].decode()
+        annotations.append({"image_id": k, "category_id": scene.objects[0].class_id, "segmentation": rle})
+    summary = run_dataset(list_images(images), "shapes-segmentation", tmp_path / "out", None,
+                          coco_file(tmp_path, annotations, ["s0.png", "s1.png"]), gallery=0)
+    assert summary["labels"]["images_labelled"] == 1
+    assert summary["labels"]["unusable"][0]["image"] == "s1.png"
+    assert "64×64 pixels on an image of 128×128" in summary["labels"]["unusable"][0]["reason"]
+
+
+def test_labels_of_the_wrong_kind_or_classes_are_refused(tmp_path):
+    boxes = Labels.read(coco_file(tmp_path, [{"image_id": 0, "category_id": 1, "bbox": [0, 0, 10, 10]}]))
+    with pytest.raises(InputError, match="hold no masks"):
+        check_labels_fit(boxes, [tmp_path / "a.png"], "segmentation", ["background", "circle"], "labels.json")
+    check_labels_fit(boxes, [tmp_path / "a.png"], "detection", ["circle"], "labels.json")
+    with pytest.raises(InputError, match="None of the classes"):
+        check_labels_fit(boxes, [tmp_path / "a.png"], "classification", ["cat", "dog"], "labels.json")
