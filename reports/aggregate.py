@@ -542,8 +542,8 @@ def dataset_cka(terms: list[dict], students: list[str]) -> dict:
         blocks = [t["students"][name] for t in terms if name in t.get("students", {})]
         if not blocks:
             out[name] = {"matrix": None, "baseline": None, "batches": 0,
-                         "note": "undefined: no batch of four or more readable images with feature maps (CLIP pairs "
-                                 "have none here)"}
+                         "note": "undefined: no batch of four or more readable images with feature maps (a CLIP "
+                                 "pair has none; otherwise use --batch 4 or more)"}
             continue
         cross = np.sum([b["cross"] for b in blocks], axis=0)
         shuffled = np.sum([b["cross_shuffled"] for b in blocks], axis=0)
@@ -564,6 +564,8 @@ GATE_FIGURES = {
     "classification": ("agreement", "top1_match", "top1", "js", "kl"),
 }
 LOWER_IS_BETTER = ("js", "kl")
+# what each figure can be (the others are shares in [0, 1]): a gate outside it is a typo
+GATE_RANGES = {"consensus": (-1.0, 1.0), "js": (0.0, 1.0), "kl": (0.0, float("inf"))}
 
 
 def parse_gate(text: str | None, task: str, flag: str = "--fail-under") -> dict[str, float]:
@@ -579,6 +581,7 @@ def parse_gate(text: str | None, task: str, flag: str = "--fail-under") -> dict[
     out = {}
     for item in text.split(","):
         name, sep, value = item.strip().partition("=")
+        name = name.strip()
         try:
             number = float(value) if sep else float("nan")
         except ValueError:
@@ -595,6 +598,10 @@ def parse_gate(text: str | None, task: str, flag: str = "--fail-under") -> dict[
             other = "--fail-over" if lower else "--fail-under"
             raise ValueError(f"{flag}: {name} is {'lower' if lower else 'higher'} when the student is better; use "
                              f"{other} {name}={value}.")
+        low, high = GATE_RANGES.get(name, (0.0, 1.0))
+        if not low <= number <= high:
+            share = " (a share: 0.9, not 90)" if high == 1.0 and 1 < number <= 100 else ""
+            raise ValueError(f"{flag}: {name} lies between {low:g} and {high:g}; got {number:g}{share}.")
         out[name] = number
     return out
 

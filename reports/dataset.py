@@ -529,6 +529,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                               accuracy_threshold=args.accuracy_threshold)
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:  # Ctrl-C: what is finished stays, and one line says how to go on
+        done = sum(len(read_records(f)) for f in args.out.glob("results*.jsonl"))
+        print(f"\n[rank {rank}] stopped: {done} images finished in {args.out}; run the same command with --resume to "
+              "finish.", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         if world > 1:
             import torch.distributed as dist

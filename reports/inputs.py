@@ -20,10 +20,10 @@ def list_images(folder: Path, limit: int | None = None) -> list[Path]:
     ``folder`` may also be a glob pattern of files (``demos/examples/photo_*.jpg``). The folder is scanned once and
     only the paths are kept (an image is read when its batch runs)."""
     folder = Path(folder)
-    if any(c in str(folder.name) for c in "*?[") and folder.parent.is_dir():
-        candidates = folder.parent.glob(folder.name)
-    elif folder.is_dir():
+    if folder.is_dir():  # a folder whose name holds *, ? or [ is still a folder
         candidates = folder.iterdir()
+    elif any(c in str(folder.name) for c in "*?[") and folder.parent.is_dir():
+        candidates = folder.parent.glob(folder.name)
     else:
         raise InputError(f"{folder} is not a folder of images (or a pattern such as 'DIR/*.jpg').")
     files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -62,11 +62,23 @@ def extract_zip(archive: str | Path, folder: Path) -> list[str]:
             raise InputError(f"The images would unpack to more than {MAX_ZIP_UNPACKED // 2**20} MB.")
         folder.mkdir(parents=True, exist_ok=True)
         budget = MAX_ZIP_UNPACKED  # counted on the bytes actually read: an archive's declared sizes may lie
+        # Names that sanitise alike must not be guessed between (a label file names the originals): a file already
+        # named safely keeps its name and the others are skipped; several others alone are all skipped.
+        by_safe: dict[str, list[str]] = {}
         for member in images:
-            name = safe_name(Path(member.filename).name)
+            by_safe.setdefault(safe_name(Path(member.filename).name), []).append(Path(member.filename).name)
+        for member in images:
+            original = Path(member.filename).name
+            name = safe_name(original)
+            clash = by_safe[name]
             if name in names or name.lstrip("._") == "" or name.lower() in {s.lstrip(".") for s in IMAGE_SUFFIXES}:
                 notes.append(f"{member.filename[:80]}: " + (f"a second file named {name}, skipped." if name in names
                                                            else "no usable file name, skipped."))
+                continue
+            if len(set(clash)) > 1 and original != name:
+                others = ", ".join(sorted({c for c in clash if c != original}))[:120]
+                notes.append(f"{member.filename[:80]}: its name becomes {name} when made safe, as {others} does; "
+                             "skipped (rename one of them).")
                 continue
             names.add(name)
             try:

@@ -197,6 +197,25 @@ def test_a_run_killed_halfway_then_resumed_gives_the_same_files(folder, uninterr
     assert outputs(tmp_path) == outputs(uninterrupted[0])
 
 
+def test_ctrl_c_says_how_to_go_on_in_one_line(folder, tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    slowed = ("import time, reports.dataset as d; append = d._append; "
+              "d._append = lambda path, records: (append(path, records), time.sleep(0.4))[0]; d.main()")
+    process = subprocess.Popen([sys.executable, "-c", slowed, "--images", str(folder / "images"), "--pair",
+                                "shapes-detection", "--out", str(tmp_path), "--batch", str(BATCH)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(read_records(tmp_path / "results.jsonl")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert "images finished" in err and "--resume" in err
+
+
 def test_a_resume_with_other_settings_is_refused_naming_the_difference(folder, tmp_path):
     images = [p for p in list_images(folder / "images") if p.name != "broken.png"][:3]
     run_dataset(images, "shapes-detection", tmp_path, gallery=0)
@@ -282,7 +301,8 @@ def test_the_deploy_gate_exits_1_naming_each_failing_figure(folder, tmp_path, ca
     assert "feature-kd: agreement" in err and "adm-consensus: agreement" in err and "< 0.999" in err
     assert "consensus" not in err.split("deploy gate failed:")[1].replace("adm-consensus", "")
     for bad, says in (("agreement", "name=number"), ("speed=3", "not a detection figure"),
-                      ("js=0.1", "not a detection figure")):
+                      ("js=0.1", "not a detection figure"), ("agreement=90", "a share: 0.9, not 90"),
+                      ("agreement=-1", "between 0 and 1"), ("consensus=-2", "between -1 and 1")):
         with pytest.raises(SystemExit):
             main([*args, "--out", str(tmp_path / "bad"), "--fail-under", bad])
         assert says in capsys.readouterr().err

@@ -189,3 +189,38 @@ def test_labels_of_the_wrong_kind_or_classes_are_refused(tmp_path):
     check_labels_fit(boxes, [tmp_path / "a.png"], "detection", ["circle"], "labels.json")
     with pytest.raises(InputError, match="None of the classes"):
         check_labels_fit(boxes, [tmp_path / "a.png"], "classification", ["cat", "dog"], "labels.json")
+
+
+def test_zip_names_that_sanitise_alike_are_never_guessed_between(tmp_path):
+    """'a b.png' and 'a_b.png' both become a_b.png: the file already so named keeps it (and its own labels); two
+    other names that collide are both skipped, each with a note."""
+    import zipfile
+
+    from reports.inputs import extract_zip
+
+    archive = tmp_path / "up.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in ("a b.png", "a_b.png", "c(1).png", "c[1].png", "d e.png"):
+            z.writestr(name, name.encode())
+    notes = extract_zip(archive, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_b.png", "d_e.png"]
+    assert (tmp_path / "out" / "a_b.png").read_bytes() == b"a_b.png"
+    assert sum("rename one of them" in n for n in notes) == 3
+    path = coco_file(tmp_path, [{"image_id": k, "category_id": 1, "bbox": [k, 0, 10, 10]} for k in range(5)],
+                     ("a b.png", "a_b.png", "c(1).png", "c[1].png", "d e.png"))
+    labels = Labels.read(path)
+    assert labels.boxes["a_b.png"][0][1][0] == 1.0 and labels.boxes["d_e.png"][0][1][0] == 4.0
+    assert "c_1_.png" not in labels.listed  # ambiguous: no guess
+
+
+def test_a_folder_whose_name_looks_like_a_pattern_is_a_folder(tmp_path):
+    folder = tmp_path / "my [data]"
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "x.png")
+    assert [p.name for p in list_images(folder)] == ["x.png"]
+
+
+def test_a_gate_spelled_with_spaces_reads_as_without():
+    from reports.aggregate import parse_gate
+
+    assert parse_gate(" agreement = 0.5 , map50=0.8", "detection") == {"agreement": 0.5, "map50": 0.8}
