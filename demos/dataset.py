@@ -95,12 +95,13 @@ def summary_markdown(summary: dict, notes: list[str] = ()) -> str:
         lines.append("**Against the labels:** " + "; ".join(
             f"{model} {figures_text(figures)}"
             for model, figures in summary["accuracy"].items()) + ".")
-    if "misses" in summary:
+    if "misses" in summary and summary["misses"]["folder_share"] is not None:
         m = summary["misses"]
         lines.append(f"Images where {m['student']} misses a labelled object its teacher finds: "
                      f"{m['folder_share']:.0%} of the folder, {m['top_share']:.0%} of the {m['top']} images of "
                      "largest disagreement.")
-    return notes_markdown(list(notes)) + "\n\n".join(lines)
+    label_notes = summary.get("labels", {}).get("notes", [])  # what the label file did not cover
+    return notes_markdown([*notes, *label_notes]) + "\n\n".join(lines)
 
 
 def per_class_figure(summary: dict):

@@ -312,8 +312,24 @@ def calibration(records: list[dict], students: list[str], labels: Labels, bins: 
                   "confidence": round(float(confidence[which == k].mean()), 4),
                   "accuracy": round(float(correct[which == k].double().mean()), 4)}
                  for k in range(bins) if (which == k).any()]
-        out[model] = {"ece": round(float(ece), 4), "bins": table, "images": len(sides)}
+        out[model] = {"ece": round(float(ece), 4), "ece_ci95": ece_interval(confidence.numpy(), correct.numpy(), bins),
+                      "bins": table, "images": len(sides)}
     return out
+
+
+def ece_interval(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS,
+                 level: float = 0.95) -> list[float] | None:
+    """Bootstrap interval of the top-label ECE: images resampled; per resample, each bin's summed gap between
+    confidence and correctness (images counted as often as drawn), ``sum |gap| / images``. ``confidence`` (n,) in
+    [0, 1], ``correct`` (n,) bool; None under :data:`MIN_IMAGES` images."""
+    n = len(confidence)
+    if n < MIN_IMAGES:
+        return None
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    gaps = np.zeros((n, bins))
+    gaps[np.arange(n), which] = confidence - correct.astype(np.float64)  # (n, bins): each image's gap in its bin
+    draws = [np.abs(counts @ gaps).sum(1) / n for counts in resampled_counts(n)]
+    return percentile_interval(np.concatenate(draws), level)
 
 
 def object_found(class_map: np.ndarray, mask: np.ndarray, index: int, iou: float = 0.5) -> bool:

@@ -130,6 +130,9 @@ def start_folder(out: Path, settings: dict, resume: bool, overwrite: bool, check
         if changed:
             raise InputError(f"{out} holds a run with other settings ({'; '.join(changed)}): resume with the same "
                              "settings, or start a new run with --overwrite or another --out.")
+    elif resume and [p for p in held if p.name != "run.json"]:  # results whose settings cannot be checked
+        raise InputError(f"{out} holds results but no run.json recording their settings, so they cannot be checked "
+                         "against this run's: start again with --overwrite, or give another --out.")
     elif held and not resume and not overwrite:
         raise InputError(f"{out} holds a run already: --resume to finish it, --overwrite to replace it, or give "
                          "another --out.")

@@ -62,12 +62,23 @@ def figures_table(summary: dict, students: list[str]) -> str:
             ci = own.get(f"{k}_ci95", own.get("ci95") if k in ("miou", "map_50") else None)
             cells.append(_with_interval(own.get(k), ci) if k in own else "–")
         if calibration:
-            cells.append(_with_interval(calibration.get(model, {}).get("ece"), None))
+            block = calibration.get(model, {})
+            cells.append(_with_interval(block.get("ece"), block.get("ece_ci95")))
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
     thresholds = {block.get("score_threshold") for block in accuracy.values()} - {None}
     caption = (f"<p>mAP@0.5 counts every box scoring {min(thresholds):g} or more.</p>" if thresholds else "")
     return f"<h2>Figures</h2><table>{header}{''.join(rows)}</table>{caption}"
+
+
+def labels_paragraph(summary: dict) -> str:
+    """What the label file covered: its notes (unlisted images, classes left out, labels that did not fit)."""
+    block = summary.get("labels")
+    if not block:
+        return ""
+    items = [f"{block['images_labelled']} images measured against the labels."] + block["notes"]
+    items += [f"{u['image']}: {u['reason']}" for u in block["unusable"][:20]]
+    return "<h2>Labels</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
 
 
 def errors_table(summary: dict) -> str:
@@ -217,6 +228,7 @@ pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style></head><body>
 <p>{summary['images']} images; students {html.escape(', '.join(students))}; the teacher is the reference. Means over
 images with their 95 % bootstrap interval ({RESAMPLES} resamples of the images).</p>
 {figures_table(summary, students)}
+{labels_paragraph(summary)}
 {ranking_paragraph(summary)}
 {errors_table(summary)}
 {cka_section(summary)}

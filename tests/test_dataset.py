@@ -228,6 +228,9 @@ def test_a_resume_with_other_settings_is_refused_naming_the_difference(folder, t
     run_dataset(images[:2], "shapes-detection", tmp_path, threshold=0.5, overwrite=True, gallery=0)
     assert json.loads((tmp_path / "summary.json").read_text())["images"] == 2  # the old summary is gone
     assert json.loads((tmp_path / "run.json").read_text())["threshold"] == 0.5
+    (tmp_path / "run.json").unlink()  # results whose settings nothing records: never resumed on trust
+    with pytest.raises(InputError, match="no run.json"):
+        run_dataset(images, "shapes-detection", tmp_path, resume=True, threshold=0.5, gallery=0)
 
 
 def test_timings_resume_like_results(folder, tmp_path):
@@ -322,6 +325,8 @@ def test_calibration_is_the_top_label_ece_of_guo_et_al():
     out = calibration(records, ["s"], labels)
     assert out["teacher"]["ece"] == pytest.approx(0.0, abs=1e-6) and out["s"]["ece"] == pytest.approx(0.45)
     assert out["s"]["bins"] == [{"low": 0.9, "high": 1.0, "count": 20, "confidence": 0.95, "accuracy": 0.5}]
+    low, high = out["s"]["ece_ci95"]  # resampled images: the student's gap stays clear of 0, the teacher's does not
+    assert 0.2 < low < 0.45 < high < 0.7 and out["teacher"]["ece_ci95"][0] == 0.0
 
 
 def test_inherited_and_corrected_errors_per_labelled_object_and_image(uninterrupted, folder):

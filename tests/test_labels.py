@@ -109,6 +109,10 @@ def test_images_the_file_does_not_list_are_unlabelled_not_empty(folder_records):
     assert summary["accuracy"] == _accuracy(subset, spec, ["feature-kd"], full)
     assert summary["labels"]["images_unlisted"] == len(records) - len(subset) > 0
     assert "not in the label file" in summary["labels"]["notes"][0]
+    from demos.dataset import summary_markdown
+    from reports.html import labels_paragraph
+
+    assert all("not in the label file" in text for text in (labels_paragraph(summary), summary_markdown(summary)))
 
 
 @pytest.fixture(scope="module")
