@@ -147,9 +147,10 @@ def summarise(records: list[dict], pair, students: list[str], labels: Labels | N
         blocks = [r["students"][name] for r in ok]
         agreement_keys = [k for k, v in (blocks[0]["agreement"] if blocks else {}).items()
                           if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "iou_threshold"]
+        per_class, per_class_ci95 = _per_class(ok, name, pair.task)
         entry = {"agreement": {k: _stats([b["agreement"][k] for b in blocks]) for k in agreement_keys},
                  "disagreement": _stats([b["disagreement"] for b in blocks]),
-                 "per_class": _per_class(ok, name, pair.task)}
+                 "per_class": per_class, "per_class_ci95": per_class_ci95}
         if pair.task in ("detection", "segmentation", "image-classification"):
             entry["consensus"] = {k: _stats([b["consensus"][k] for b in blocks])
                                   for k in ("mean", "foreground", "background")}
@@ -196,26 +197,42 @@ def labels_summary(records: list[dict], labelled: list[dict], labels: Labels, ta
             "notes": notes}
 
 
-def _per_class(records: list[dict], name: str, task: str) -> dict[str, float]:
+def _per_class(records: list[dict], name: str, task: str) -> tuple[dict[str, float], dict[str, list | None]]:
     """Detection: share of the teacher's boxes of each class that the student matches (same class, IoU >= 0.5);
     segmentation: mean teacher-vs-student IoU of each class over images where it occurs; classification: top-1
-    match rate per teacher top-1 class."""
-    hits: dict[str, list[float]] = {}
-    for r in records:
+    match rate per teacher top-1 class. Returns ``(figures, ci95)``: each class's figure and its 95 % bootstrap
+    interval, images resampled (a class's values of one image move together), None under :data:`MIN_IMAGES`."""
+    hits: dict[str, list[tuple[int, float]]] = {}  # class -> (image index, value)
+    for i, r in enumerate(records):
         if task == "detection":
             teacher = r["teacher"]["detections"]
             found = _matches([d["box"] for d in r["students"][name]["detections"]],
                              [d["label"] for d in r["students"][name]["detections"]],
                              [(d["label"], d["box"]) for d in teacher])
             for d, f in zip(teacher, found, strict=True):
-                hits.setdefault(d["label"], []).append(float(f))
+                hits.setdefault(d["label"], []).append((i, float(f)))
         elif task == "segmentation":
             for label, value in r["students"][name]["agreement"]["per_class"].items():
-                hits.setdefault(label, []).append(value)
+                hits.setdefault(label, []).append((i, value))
         else:
             top = r["teacher"]["top1"]
-            hits.setdefault(top, []).append(float(r["students"][name]["top1"] == top))
-    return {label: round(statistics.fmean(v), 4) for label, v in sorted(hits.items())}
+            hits.setdefault(top, []).append((i, float(r["students"][name]["top1"] == top)))
+    classes = sorted(hits)
+    figures = {label: round(statistics.fmean(v for _, v in hits[label]), 4) for label in classes}
+    n = len(records)
+    if n < MIN_IMAGES or not classes:
+        return figures, dict.fromkeys(classes)
+    sums, counts = np.zeros((n, len(classes))), np.zeros((n, len(classes)))
+    for k, label in enumerate(classes):
+        for i, value in hits[label]:
+            sums[i, k] += value
+            counts[i, k] += 1
+    draws = []
+    for drawn in resampled_counts(n):  # (rows, n): how often each image was drawn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            draws.append((drawn @ sums) / (drawn @ counts))  # NaN where a resample holds no value of the class
+    draws = np.concatenate(draws)
+    return figures, {label: percentile_interval(draws[:, k]) for k, label in enumerate(classes)}
 
 
 def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, score_threshold: float | None = None,

@@ -273,6 +273,10 @@ def test_every_aggregate_has_a_bootstrap_interval_and_the_ranking_says_whether_t
         if stats["mean"] is not None:
             low, high = stats["ci95"]
             assert low <= stats["mean"] <= high
+    assert set(block["per_class_ci95"]) == set(block["per_class"])
+    for label, value in block["per_class"].items():  # per class too, images resampled
+        low, high = block["per_class_ci95"][label]
+        assert low <= value <= high
     assert summary["ranking"]["by"] == "f1" and summary["ranking"]["top_two"] is None  # one student
     assert interval([1.0, 0.5, 0.7, 0.9]) is None and interval([0.5] * 5) == [0.5, 0.5]  # under 5 images: none
     rng = __import__("numpy").random.default_rng(1)
