@@ -59,7 +59,8 @@ def kept_maps(folder: Path, image: str) -> dict[str, np.ndarray] | None:
 def overlays(path: Path, record: dict, task: str, students: list[str], labels: list[str], classes: list[str],
              maps: dict[str, np.ndarray] | None) -> list[tuple[str, np.ndarray]]:
     """Teacher and each student's boxes or masks over one image, from its record (detection) or its kept class
-    maps (segmentation); the image alone for classification, or when its maps were not kept."""
+    maps (segmentation); for classification the image once, captioned with each model's top-1; the image alone when
+    its maps were not kept."""
     import torch
 
     try:
@@ -74,4 +75,7 @@ def overlays(path: Path, record: dict, task: str, students: list[str], labels: l
         return [(name, draw_detections(array, boxes(name), labels)) for name in names]
     if task == "segmentation" and maps is not None:
         return [(name, draw_mask(array, torch.from_numpy(maps[name]), len(classes))) for name in names]
+    if "top1" in record.get("teacher", {}):  # a classifier: the image once, captioned with each model's top-1
+        sides = [record["teacher"], *(record["students"][n] for n in students)]
+        return [(" · ".join(f"{name}: {side['top1']}" for name, side in zip(names, sides, strict=True)), array)]
     return [("image", array)]

@@ -508,3 +508,13 @@ def test_the_chance_level_pairs_every_image_with_another_once():
         for seed in range(20):
             order = derangement(n, torch.Generator().manual_seed(seed))
             assert sorted(order.tolist()) == list(range(n)) and not (order == torch.arange(n)).any()
+
+
+def test_a_classifier_gallery_picture_is_captioned_with_each_models_top1(tmp_path):
+    from reports.gallery import overlays
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(path)
+    record = {"image": "a.png", "teacher": {"top1": "cat"}, "students": {"s": {"top1": "dog"}}}
+    (caption, picture), = overlays(path, record, "classification", ["s"], [], [], None)
+    assert caption == "teacher: cat · s: dog" and picture.shape == (32, 32, 3)
