@@ -25,8 +25,9 @@ def _overlap(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
     p = torch.from_numpy(prediction.astype(np.int64).ravel()[keep])
     t = torch.from_numpy(truth.astype(np.int64).ravel()[keep])
     inter = torch.bincount(t[p == t], minlength=num_classes)
-    union = torch.bincount(p, minlength=num_classes) + torch.bincount(t, minlength=num_classes) - inter
-    return {"intersection": inter.tolist(), "union": union.tolist()}
+    truth_pixels = torch.bincount(t, minlength=num_classes)
+    union = torch.bincount(p, minlength=num_classes) + truth_pixels - inter
+    return {"intersection": inter.tolist(), "union": union.tolist(), "truth": truth_pixels.tolist()}
 
 
 RESAMPLES = 1000  # bootstrap resamples of the images
@@ -190,8 +191,13 @@ def labels_summary(records: list[dict], labelled: list[dict], labels: Labels, ta
     if labels.skipped:
         notes.append("Annotations of classes the pair does not have were left out: " + ", ".join(
             f"{name} ({count})" for name, count in sorted(labels.skipped.items())) + ".")
+    unmasked = sum(len(labels.unmasked.get(r["image"], [])) for r in labelled) if task == "segmentation" else 0
+    if unmasked:
+        notes.append(f"{unmasked} labelled objects have a box but no mask: their boxes are ignored, neither right "
+                     "nor wrong.")
     if broken:
-        notes.append(f"{len(broken)} images' labels could not be used (see labels.unusable); they are left out.")
+        whose = f"{len(broken)} images'" if len(broken) > 1 else "1 image's"
+        notes.append(f"{whose} labels could not be used (see labels.unusable); left out.")
     return {"images_labelled": len(labelled), "images_unlisted": len(unlisted), "unlisted_examples": unlisted[:10],
             "skipped_classes": dict(sorted(labels.skipped.items())), "ignored_regions": crowd, "unusable": broken,
             "notes": notes}
@@ -277,14 +283,16 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
         if not records:
             return {model: {"miou": None, "note": "undefined: no labelled image among the images that were read"}
                     for model in models}
+        # mIoU over the classes the labels hold in these images: a class they never label (one the file lacks, or
+        # only in ignored regions) cannot be scored, and would read 0 from a few predicted pixels
+        truth = np.array([r["teacher"]["vs_labels"].get("truth", r["teacher"]["vs_labels"]["union"]) for r in records])
         for model in models:
             sides = [r["teacher"] if model == "teacher" else r["students"][model] for r in records]
-            inter = np.sum([s["vs_labels"]["intersection"] for s in sides], axis=0)
-            union = np.sum([s["vs_labels"]["union"] for s in sides], axis=0)
-            present = union > 0
-            out[model] = {"miou": round(float((inter[present] / union[present]).mean()), 4),
-                          "ci95": _miou_interval(np.array([s["vs_labels"]["intersection"] for s in sides]),
-                                                 np.array([s["vs_labels"]["union"] for s in sides]))}
+            inter = np.array([s["vs_labels"]["intersection"] for s in sides])
+            union = np.array([s["vs_labels"]["union"] for s in sides])
+            present = truth.sum(0) > 0
+            out[model] = {"miou": round(float((inter.sum(0)[present] / union.sum(0)[present]).mean()), 4),
+                          "ci95": _miou_interval(inter, union, truth)}
         return out
     from torchmetrics.functional.classification import multiclass_accuracy
 
@@ -517,17 +525,18 @@ def map50_interval(records: list[dict], model: str, labels: Labels, level: float
                                level)
 
 
-def _miou_interval(inter: np.ndarray, union: np.ndarray, level: float = 0.95) -> list[float] | None:
+def _miou_interval(inter: np.ndarray, union: np.ndarray, truth: np.ndarray,
+                   level: float = 0.95) -> list[float] | None:
     """Bootstrap interval of a dataset mIoU: images resampled, their (n, K) intersections and unions summed per
-    resample, mIoU over the classes present in that resample."""
+    resample, mIoU over the classes the labels hold in that resample (``truth``, (n, K) labelled pixels)."""
     n = len(inter)
     if n < MIN_IMAGES:
         return None
     values = []
     for counts in resampled_counts(n):
-        i, u = counts @ inter, counts @ union  # (rows, K)
+        i, u, t = counts @ inter, counts @ union, counts @ truth  # (rows, K)
         with np.errstate(invalid="ignore", divide="ignore"):
-            values.append(np.nanmean(np.where(u > 0, i / u, np.nan), axis=1))
+            values.append(np.nanmean(np.where(t > 0, i / u, np.nan), axis=1))
     return percentile_interval(np.concatenate(values), level)
 
 

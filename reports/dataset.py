@@ -422,8 +422,11 @@ LABEL_FIGURES = ("map50", "label_miou", "top1", "top5")
 
 
 def label_classes(spec: Pair, predictors: dict, classes: str) -> list[str]:
-    """The class names labels are measured in: a CLIP pair's ``classes``, otherwise the teacher's."""
-    return parse_classes(classes)[0] if spec.task == "classification" else list(predictors["teacher"].labels)
+    """The class names labels are measured in: a CLIP pair's ``classes``, otherwise the teacher's (a detector's
+    "background" is no object class)."""
+    if spec.task == "classification":
+        return parse_classes(classes)[0]
+    return [c for c in predictors["teacher"].labels if spec.task != "detection" or c != "background"]
 
 
 def check_labels_fit(truth: Labels, images: list[Path], task: str, classes: list[str], name: str) -> None:

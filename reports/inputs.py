@@ -193,6 +193,7 @@ class Labels:
     crowd_boxes: dict[str, list[tuple[str, list[float]]]] = field(default_factory=dict)
     ignored: dict[str, list[tuple[str, list[list[float]] | dict]]] = field(default_factory=dict)  # polygons or RLE
     skipped: dict[str, int] = field(default_factory=dict)  # class -> annotations of it left out (not the pair's)
+    unmasked: dict[str, list[tuple[str, list[float]]]] = field(default_factory=dict)  # boxes without a mask
 
     @classmethod
     def read(cls, path: Path) -> Labels:
@@ -218,9 +219,17 @@ class Labels:
             annotations = coco.get("annotations", [])
             if not isinstance(annotations, list):
                 raise TypeError("'annotations' is not a list")
+            repeated = [("image id", len(coco["images"]), len(files)), ("category id", len(coco["categories"]),
+                                                                          len(names)),
+                        ("image file_name", len(files), len(set(files.values())))]
         except (KeyError, TypeError, AttributeError) as error:
             raise InputError(f"The labels {name} are not COCO-style: they need 'images' (id, file_name) and "
                              f"'categories' (id, name) lists ({str(error)[:80]}).") from None
+        for what, given, distinct in repeated:  # which annotation belongs where would be a guess
+            if given != distinct:
+                extra = given - distinct
+                raise InputError(f"The labels {name} give {extra} {what}{'s' if extra > 1 else ''} twice: each image "
+                                 "and category needs its own id, each image file one entry.")
         labels = cls(listed=set(files.values()))
         for k, a in enumerate(annotations):
             where = f"annotation {a.get('id', k) if isinstance(a, dict) else k}"
@@ -228,6 +237,8 @@ class Labels:
                 image, label = files[a["image_id"]], names[a["category_id"]]
                 crowd = bool(a.get("iscrowd", 0))
                 if "bbox" in a:
+                    if not isinstance(a["bbox"], list) or len(a["bbox"]) != 4:
+                        raise ValueError(f"its bbox {str(a['bbox'])[:60]} is not [x, y, width, height]")
                     x, y, w, h = (float(v) for v in a["bbox"])
                     if not all(np.isfinite([x, y, w, h])) or w < 0 or h < 0:
                         raise ValueError(f"its bbox {a['bbox']} is not [x, y, width, height] of finite numbers "
@@ -248,6 +259,8 @@ class Labels:
                     labels.rle.setdefault(image, []).append((label, shape))
                 elif segmentation:
                     labels.polygons.setdefault(image, []).append((label, shape))
+                elif "bbox" in a and not crowd:  # a box with no mask: for segmentation, a region to ignore
+                    labels.unmasked.setdefault(image, []).append((label, [x, y, x + w, y + h]))
                 if not crowd:
                     labels.classes.setdefault(image, label)
             except KeyError as error:
@@ -301,6 +314,11 @@ class Labels:
                 out.classes[image] = match
             elif task not in ("detection", "segmentation"):
                 skip(label)
+        if task == "segmentation":  # an object labelled by its box alone: its box is ignored, not background
+            out.unmasked = {image: list(items) for image, items in self.unmasked.items()}
+            for image, items in self.unmasked.items():
+                out.ignored.setdefault(image, []).extend(
+                    (label, [[x0, y0, x1, y0, x1, y1, x0, y1]]) for label, (x0, y0, x1, y1) in items)
         return out
 
     def _paint(self, shape, size: tuple[int, int]) -> np.ndarray:
@@ -316,13 +334,14 @@ class Labels:
 
     def objects(self, image: str, size: tuple[int, int], classes: list[str]) -> list[tuple[str, np.ndarray]]:
         """Each labelled object of the image as ``(class, (H, W) bool mask)``, in the file's order (polygons, then
-        RLE); objects of classes the pair does not have, and crowd regions, are left out.
+        RLE); objects of classes the pair does not have, "background" (a region, not an object) and crowd regions
+        are left out.
 
         Raises:
             ValueError: an RLE mask of another size than the image's (naming both).
         """
         return [(label, self._paint(shape, size)) for table in (self.polygons, self.rle)
-                for label, shape in table.get(image, []) if label in classes]
+                for label, shape in table.get(image, []) if label in classes and label != "background"]
 
     def mask(self, image: str, size: tuple[int, int], classes: list[str]) -> np.ndarray:
         """(H, W) class indices painted from the image's polygons and RLE masks (later annotations on top; 0

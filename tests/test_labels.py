@@ -228,3 +228,54 @@ def test_a_gate_spelled_with_spaces_reads_as_without():
     from reports.aggregate import parse_gate
 
     assert parse_gate(" agreement = 0.5 , map50=0.8", "detection") == {"agreement": 0.5, "map50": 0.8}
+
+
+def test_miou_is_over_the_classes_the_labels_hold():
+    """A class the labels never hold in these images (not in the file, or only in ignored regions) is not scored:
+    a few predicted pixels of it would read IoU 0 and drag the mean down."""
+    from reports.aggregate import _overlap
+
+    truth = np.zeros((10, 10), dtype=np.int64)
+    truth[:5] = 1  # background and circle labelled; square never
+    prediction = truth.copy()
+    prediction[9, 9] = 2  # one stray square pixel
+    block = _overlap(prediction, truth, 3)
+    records = [{"image": f"{k}.png", "teacher": {"vs_labels": block}, "students": {}} for k in range(5)]
+    miou = _accuracy(records, get_pair("shapes-segmentation"), [], Labels())["teacher"]
+    assert miou["miou"] == pytest.approx((49 / 50 + 1.0) / 2, abs=1e-4)  # background and circle only
+    assert miou["ci95"] == [pytest.approx(miou["miou"], abs=1e-4)] * 2
+
+
+def test_an_object_with_a_box_but_no_mask_is_ignored_by_segmentation(tmp_path):
+    path = coco_file(tmp_path, [{"image_id": 0, "category_id": 1, "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]},
+                                {"image_id": 0, "category_id": 2, "bbox": [20, 20, 10, 10]}])
+    labels = Labels.read(path).for_classes(["background", "circle", "square"], "segmentation")
+    assert labels.ignore_mask("a.png", (40, 40))[20:30, 20:30].all()
+    assert (labels.mask("a.png", (40, 40), ["background", "circle", "square"]) == 2).sum() == 0
+    records = [{"image": "a.png"}]
+    assert "box but no mask" in labels_summary(records, records, labels, "segmentation")["notes"][0]
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda c: c["images"].append({"id": 0, "file_name": "b.png"}), "1 image id twice"),
+    (lambda c: c["categories"].append({"id": 1, "name": "square"}), "1 category id twice"),
+    (lambda c: c["images"].append({"id": 9, "file_name": "a.png"}), "1 image file_name twice"),
+    (lambda c: c["annotations"].append({"image_id": 0, "category_id": 1, "bbox": [0, 0, 5]}), r"bbox \[0, 0, 5\]"),
+])
+def test_repeated_ids_and_short_boxes_are_refused(tmp_path, change, says):
+    coco = json.loads(coco_file(tmp_path, [{"image_id": 0, "category_id": 1, "bbox": [0, 0, 10, 10]}]).read_text())
+    change(coco)
+    (tmp_path / "changed.json").write_text(json.dumps(coco))
+    with pytest.raises(InputError, match=says):
+        Labels.read(tmp_path / "changed.json")
+
+
+def test_background_is_no_object():
+    from reports.dataset import label_classes
+    from weights.predictors import predictors_for
+
+    spec = get_pair("shapes-detection")
+    assert "background" not in label_classes(spec, predictors_for(spec, students=spec.choose_students(None)), "")
+    labels = Labels(polygons={"a.png": [("background", [[0, 0, 40, 0, 40, 40, 0, 40]]),
+                                        ("circle", [[0, 0, 10, 0, 10, 10, 0, 10]])]}, listed={"a.png"})
+    assert [label for label, _ in labels.objects("a.png", (40, 40), ["background", "circle"])] == ["circle"]
