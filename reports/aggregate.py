@@ -180,6 +180,9 @@ def labels_summary(records: list[dict], labelled: list[dict], labels: Labels, ta
     not an image without objects), the annotations left out because the pair has no such class, the crowd regions
     ignored, and the images whose labels could not be used (each with its reason); with a note for each."""
     unlisted = [r["image"] for r in records if r["image"] not in labels.listed]
+    if task in ("classification", "image-classification"):  # measured: the images with one class the pair has
+        labelled = [r for r in labelled if r["image"] in labels.classes]
+        mixed = sum(r["image"] in labels.mixed for r in records)
     broken = [{"image": r["image"], "reason": r["labels_error"]} for r in records if "labels_error" in r]
     crowd = sum(len(labels.crowd_boxes.get(r["image"], [])) if task == "detection" else
                 len(labels.ignored.get(r["image"], [])) if task == "segmentation" else 0 for r in labelled)
@@ -191,6 +194,9 @@ def labels_summary(records: list[dict], labelled: list[dict], labels: Labels, ta
     if labels.skipped:
         notes.append("Annotations of classes the pair does not have were left out: " + ", ".join(
             f"{name} ({count})" for name, count in sorted(labels.skipped.items())) + ".")
+    if task in ("classification", "image-classification") and mixed:
+        notes.append(f"{mixed} images carry annotations of two or more classes: no single class, so they are left "
+                     "out of the classification figures.")
     unmasked = sum(len(labels.unmasked.get(r["image"], [])) for r in labelled) if task == "segmentation" else 0
     if unmasked:
         notes.append(f"{unmasked} labelled objects have a box but no mask: their boxes are ignored, neither right "
@@ -293,6 +299,8 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
             present = truth.sum(0) > 0
             out[model] = {"miou": round(float((inter.sum(0)[present] / union.sum(0)[present]).mean()), 4),
                           "ci95": _miou_interval(inter, union, truth)}
+            if present.sum() == 1:
+                out[model]["note"] = "one class only holds labelled pixels here (every object ignored or missing)"
         return out
     from torchmetrics.functional.classification import multiclass_accuracy
 

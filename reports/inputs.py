@@ -194,6 +194,7 @@ class Labels:
     ignored: dict[str, list[tuple[str, list[list[float]] | dict]]] = field(default_factory=dict)  # polygons or RLE
     skipped: dict[str, int] = field(default_factory=dict)  # class -> annotations of it left out (not the pair's)
     unmasked: dict[str, list[tuple[str, list[float]]]] = field(default_factory=dict)  # boxes without a mask
+    mixed: set[str] = field(default_factory=set)  # images whose annotations name two or more classes
 
     @classmethod
     def read(cls, path: Path) -> Labels:
@@ -219,17 +220,19 @@ class Labels:
             annotations = coco.get("annotations", [])
             if not isinstance(annotations, list):
                 raise TypeError("'annotations' is not a list")
-            repeated = [("image id", len(coco["images"]), len(files)), ("category id", len(coco["categories"]),
-                                                                          len(names)),
-                        ("image file_name", len(files), len(set(files.values())))]
+            repeated = [("image id", [im["id"] for im in coco["images"]]),
+                        ("category id", [c["id"] for c in coco["categories"]]),
+                        ("image file_name", list(files.values()))]
         except (KeyError, TypeError, AttributeError) as error:
             raise InputError(f"The labels {name} are not COCO-style: they need 'images' (id, file_name) and "
                              f"'categories' (id, name) lists ({str(error)[:80]}).") from None
-        for what, given, distinct in repeated:  # which annotation belongs where would be a guess
-            if given != distinct:
-                extra = given - distinct
-                raise InputError(f"The labels {name} give {extra} {what}{'s' if extra > 1 else ''} twice: each image "
-                                 "and category needs its own id, each image file one entry.")
+        for what, values in repeated:  # which annotation belongs where would be a guess
+            seen: set = set()
+            twice = [v for v in values if v in seen or seen.add(v)]
+            if twice:
+                more = f" (and {len(twice) - 1} more)" if len(twice) > 1 else ""
+                raise InputError(f"The labels {name} give the {what} {twice[0]!r} twice{more}: each image and "
+                                 "category needs its own id, each image file one entry.")
         labels = cls(listed=set(files.values()))
         for k, a in enumerate(annotations):
             where = f"annotation {a.get('id', k) if isinstance(a, dict) else k}"
@@ -259,10 +262,12 @@ class Labels:
                     labels.rle.setdefault(image, []).append((label, shape))
                 elif segmentation:
                     labels.polygons.setdefault(image, []).append((label, shape))
-                elif "bbox" in a and not crowd:  # a box with no mask: for segmentation, a region to ignore
+                elif "bbox" in a and crowd:  # a crowd box with no mask: an ignored region for segmentation too
+                    labels.ignored.setdefault(image, []).append((label, [[x, y, x + w, y, x + w, y + h, x, y + h]]))
+                elif "bbox" in a:  # a box with no mask: for segmentation, a region to ignore
                     labels.unmasked.setdefault(image, []).append((label, [x, y, x + w, y + h]))
-                if not crowd:
-                    labels.classes.setdefault(image, label)
+                if not crowd and labels.classes.setdefault(image, label) != label:
+                    labels.mixed.add(image)  # two classes on one image: no single class for classification
             except KeyError as error:
                 raise InputError(f"The labels {name}: {where} names an unknown image or category "
                                  f"({str(error)[:40]}).") from None
@@ -308,8 +313,11 @@ class Labels:
                         skip(label)
                     if target is not out.boxes:
                         out.ignored.setdefault(image, []).append((label, value))
+        out.mixed = set(self.mixed)
         for image, label in self.classes.items():
             match = match_class(label, classes)
+            if task not in ("detection", "segmentation") and image in self.mixed:
+                continue  # two classes on one image: unlabelled for classification (``mixed``, noted)
             if match is not None:
                 out.classes[image] = match
             elif task not in ("detection", "segmentation"):
@@ -334,27 +342,30 @@ class Labels:
 
     def objects(self, image: str, size: tuple[int, int], classes: list[str]) -> list[tuple[str, np.ndarray]]:
         """Each labelled object of the image as ``(class, (H, W) bool mask)``, in the file's order (polygons, then
-        RLE); objects of classes the pair does not have, "background" (a region, not an object) and crowd regions
-        are left out.
+        RLE); objects of classes the pair does not have, "background" (a region, not an object), crowd regions and
+        objects with no pixel inside the image are left out.
 
         Raises:
             ValueError: an RLE mask of another size than the image's (naming both).
         """
-        return [(label, self._paint(shape, size)) for table in (self.polygons, self.rle)
-                for label, shape in table.get(image, []) if label in classes and label != "background"]
+        painted = [(label, self._paint(shape, size)) for table in (self.polygons, self.rle)
+                   for label, shape in table.get(image, []) if label in classes and label != "background"]
+        return [(label, mask) for label, mask in painted if mask.any()]  # none of it inside the image: no object
 
     def mask(self, image: str, size: tuple[int, int], classes: list[str]) -> np.ndarray:
-        """(H, W) class indices painted from the image's polygons and RLE masks (later annotations on top; 0
-        elsewhere), polygons rasterised as COCO does, RLE decoded with pycocotools.
+        """(H, W) class indices painted from the image's polygons and RLE masks (background regions first, then the
+        others in the file's order, later on top; 0 elsewhere), polygons rasterised as COCO does, RLE decoded with
+        pycocotools.
 
         Raises:
             ValueError: an RLE mask of another size than the image's.
         """
         painted = np.zeros(size, dtype=np.int64)
-        for table in (self.polygons, self.rle):
-            for label, shape in table.get(image, []):
-                if label in classes:  # a class the pair does not have: left out (``skipped``, ignored regions)
-                    painted[self._paint(shape, size)] = classes.index(label)
+        items = [item for table in (self.polygons, self.rle) for item in table.get(image, [])]
+        items.sort(key=lambda item: item[0] != "background")  # a background region first, never over the objects
+        for label, shape in items:
+            if label in classes:  # a class the pair does not have: left out (``skipped``, ignored regions)
+                painted[self._paint(shape, size)] = classes.index(label)
         return painted
 
     def ignore_mask(self, image: str, size: tuple[int, int]) -> np.ndarray:

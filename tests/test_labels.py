@@ -257,9 +257,9 @@ def test_an_object_with_a_box_but_no_mask_is_ignored_by_segmentation(tmp_path):
 
 
 @pytest.mark.parametrize("change, says", [
-    (lambda c: c["images"].append({"id": 0, "file_name": "b.png"}), "1 image id twice"),
-    (lambda c: c["categories"].append({"id": 1, "name": "square"}), "1 category id twice"),
-    (lambda c: c["images"].append({"id": 9, "file_name": "a.png"}), "1 image file_name twice"),
+    (lambda c: c["images"].append({"id": 0, "file_name": "b.png"}), "image id 0 twice"),
+    (lambda c: c["categories"].append({"id": 1, "name": "square"}), "category id 1 twice"),
+    (lambda c: c["images"].append({"id": 9, "file_name": "a.png"}), "image file_name 'a.png' twice"),
     (lambda c: c["annotations"].append({"image_id": 0, "category_id": 1, "bbox": [0, 0, 5]}), r"bbox \[0, 0, 5\]"),
 ])
 def test_repeated_ids_and_short_boxes_are_refused(tmp_path, change, says):
@@ -279,3 +279,27 @@ def test_background_is_no_object():
     labels = Labels(polygons={"a.png": [("background", [[0, 0, 40, 0, 40, 40, 0, 40]]),
                                         ("circle", [[0, 0, 10, 0, 10, 10, 0, 10]])]}, listed={"a.png"})
     assert [label for label, _ in labels.objects("a.png", (40, 40), ["background", "circle"])] == ["circle"]
+
+
+def test_crowd_boxes_objects_outside_the_image_background_and_two_class_images(tmp_path):
+    """A crowd box without a mask is ignored by segmentation too; an object with no pixel inside the image is no
+    object; a background region is painted under the objects; an image labelled with two classes has no single class
+    for classification (left out, noted)."""
+    path = coco_file(tmp_path, [
+        {"image_id": 0, "category_id": 1, "bbox": [0, 0, 10, 10], "iscrowd": 1},
+        {"image_id": 0, "category_id": 2, "segmentation": [[-50, -50, -20, -50, -20, -20]]},  # outside the image
+        {"image_id": 0, "category_id": 1, "segmentation": [[20, 20, 30, 20, 30, 30, 20, 30]]},
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}, {"image_id": 1, "category_id": 2,
+                                                                   "bbox": [9, 9, 5, 5]},
+        {"image_id": 2, "category_id": 2, "bbox": [0, 0, 5, 5]}], images=("a.png", "b.png", "c.png"))
+    classes = ["background", "circle", "square"]
+    seg = Labels.read(path).for_classes(classes, "segmentation")
+    assert seg.ignore_mask("a.png", (40, 40))[:10, :10].all()
+    assert [label for label, _ in seg.objects("a.png", (40, 40), classes)] == ["circle"]
+    seg.polygons["a.png"].append(("background", [[0, 0, 40, 0, 40, 40, 0, 40]]))  # listed last, painted first
+    assert (seg.mask("a.png", (40, 40), classes) == 1).sum() == 100
+    cls = Labels.read(path).for_classes(["circle", "square"], "classification")
+    assert "a.png" not in cls.classes and "b.png" not in cls.classes and cls.classes["c.png"] == "square"
+    records = [{"image": name} for name in ("a.png", "b.png", "c.png")]
+    block = labels_summary(records, records, cls, "classification")
+    assert block["images_labelled"] == 1 and "2 images carry annotations of two or more classes" in block["notes"][0]
