@@ -201,6 +201,9 @@ def labels_summary(records: list[dict], labelled: list[dict], labels: Labels, ta
     if unmasked:
         notes.append(f"{unmasked} labelled objects have a box but no mask: their boxes are ignored, neither right "
                      "nor wrong.")
+    outside = sum(r.get("labels_outside", 0) for r in labelled)
+    if outside:
+        notes.append(f"{outside} labelled object(s) with no pixel inside the image left out.")
     if broken:
         whose = f"{len(broken)} images'" if len(broken) > 1 else "1 image's"
         notes.append(f"{whose} labels could not be used (see labels.unusable); left out.")

@@ -303,3 +303,19 @@ def test_crowd_boxes_objects_outside_the_image_background_and_two_class_images(t
     records = [{"image": name} for name in ("a.png", "b.png", "c.png")]
     block = labels_summary(records, records, cls, "classification")
     assert block["images_labelled"] == 1 and "2 images carry annotations of two or more classes" in block["notes"][0]
+
+
+def test_an_object_outside_its_image_is_left_out_and_noted(tmp_path):
+    scene = render_scene(EVAL_SEED_START + 3500)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(scene.image).save(images / "a.png")
+    obj = scene.objects[0]
+    ys, xs = np.nonzero(obj.mask)
+    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    annotations = [{"image_id": 0, "category_id": obj.class_id, "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]},
+                   {"image_id": 0, "category_id": 1, "segmentation": [[-50, -50, -20, -50, -20, -20]]}]
+    summary = run_dataset(list_images(images), "shapes-segmentation", tmp_path / "out", None,
+                          coco_file(tmp_path, annotations), gallery=0)
+    assert summary["inherited_errors"]["feature-kd"]["overall"]["total"] == 1
+    assert "1 labelled object(s) with no pixel inside the image left out." in summary["labels"]["notes"]
