@@ -36,6 +36,11 @@ CSS = """
 .caption-label, .gallery .caption { white-space: normal !important; max-width: 100% !important;
                                     overflow-wrap: anywhere; }
 .prose th { word-break: normal !important; overflow-wrap: normal !important; hyphens: manual; }
+@media (max-width: 600px) {  /* phone width: galleries two across (the dataset's, captioned at length, one) */
+  .responsive-gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+  #dataset-gallery .grid-container { grid-template-columns: minmax(0, 1fr) !important; }
+  .responsive-gallery .caption-label { overflow-wrap: normal; }
+}
 """
 
 

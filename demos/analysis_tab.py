@@ -216,7 +216,8 @@ def build_analysis_tab() -> None:
                 with gr.Row():
                     chosen = [gr.Image(label=f"{k.capitalize()} (chosen stage)", interactive=False)
                               for k in ("consensus", "divergence")]
-                gallery = gr.Gallery(label="All stages", columns=4, height=380, interactive=False)
+                gallery = gr.Gallery(label="All stages", columns=4, height=380, interactive=False,
+                                     elem_classes=["responsive-gallery"])
                 figures = gr.Markdown(elem_id="analysis-summary")
                 cka = gr.Plot(label="CKA")
                 report = report_panel("Report")

@@ -176,7 +176,8 @@ def build_dataset_tab() -> None:
             with gr.Column(scale=2, elem_id="dataset-results"):
                 summary = gr.Markdown(elem_id="dataset-summary")
                 plot = gr.Plot(label="Per-class agreement")
-                gallery = gr.Gallery(label="Largest disagreement (teacher and students)", columns=3, height=360,
+                gallery = gr.Gallery(elem_classes=["responsive-gallery"], elem_id="dataset-gallery",
+                                     label="Largest disagreement (teacher and students)", columns=3, height=360,
                                      interactive=False)
                 files = gr.File(label="report.html, results.jsonl, summary.json, timing.json", file_count="multiple",
                                 interactive=False)

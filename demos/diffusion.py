@@ -109,12 +109,13 @@ def build_diffusion_tab() -> None:
                 with gr.Row():
                     outputs = [gr.Image(label=role.capitalize(), interactive=False, format="png") for role in ROLES]
                 consensus = gr.Gallery(label="UNet feature consensus, teacher ↔ student (per up block)", columns=4,
-                                       height=300, interactive=False)
+                                       height=300, interactive=False, elem_classes=["responsive-gallery"])
                 attention = [gr.Gallery(label=f"{role.capitalize()}: cross-attention per word", columns=6,
-                                        height=280, interactive=False) for role in ROLES]
+                                        height=280, interactive=False, elem_classes=["responsive-gallery"])
+                             for role in ROLES]
                 comparison_summary = gr.Markdown(elem_id="generation-comparison")
                 comparison = gr.Gallery(label="Without | with RAU-Net and MSW-MSA", columns=4, height=320,
-                                        visible=False, interactive=False)
+                                        visible=False, interactive=False, elem_classes=["responsive-gallery"])
                 report = report_panel("Report")
         inputs = [prompt, pair, seed, width, height, steps, guidance, raunet, msw_msa, variant]
 

@@ -191,6 +191,10 @@ def labels_summary(records: list[dict], labelled: list[dict], labels: Labels, ta
         notes.append(f"{len(unlisted)} of the {len(records)} images read are not in the label file: they are left "
                      "out of every figure against the labels (an image the file lists without annotations counts "
                      "as one with no object).")
+    if crowd:
+        notes.append(f"{crowd} crowd region(s) (iscrowd) ignored: a detection or pixel there is neither right nor "
+                     "wrong." if task == "detection" else f"{crowd} region(s) ignored (crowd, or a class the pair "
+                     "lacks): their pixels count for nothing.")
     if labels.skipped:
         notes.append("Annotations of classes the pair does not have were left out: " + ", ".join(
             f"{name} ({count})" for name, count in sorted(labels.skipped.items())) + ".")

@@ -94,6 +94,8 @@ def test_iscrowd_annotations_are_read_as_regions_to_ignore(tmp_path):
     assert labels.boxes["a.png"] == [("circle", [0.0, 0.0, 10.0, 10.0])]
     assert labels.crowd_boxes["a.png"] == [("circle", [0.0, 0.0, 128.0, 128.0])]
     assert labels.ignore_mask("a.png", (128, 128)).all() and "a.png" not in labels.polygons
+    records = [{"image": "a.png"}]
+    assert "1 crowd region(s) (iscrowd) ignored" in labels_summary(records, records, labels, "detection")["notes"][0]
 
 
 def test_images_the_file_does_not_list_are_unlabelled_not_empty(folder_records):
