@@ -193,8 +193,8 @@ def labels_summary(records: list[dict], labelled: list[dict], labels: Labels, ta
                      "as one with no object).")
     if crowd:
         notes.append(f"{crowd} crowd region(s) (iscrowd) ignored: a detection or pixel there is neither right nor "
-                     "wrong." if task == "detection" else f"{crowd} region(s) ignored (crowd, or a class the pair "
-                     "lacks): their pixels count for nothing.")
+                     "wrong." if task == "detection" else f"{crowd} region(s) ignored (crowd, a class the pair lacks, "
+                     "or an object's box without its mask): their pixels count for nothing.")
     if labels.skipped:
         notes.append("Annotations of classes the pair does not have were left out: " + ", ".join(
             f"{name} ({count})" for name, count in sorted(labels.skipped.items())) + ".")
