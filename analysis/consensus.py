@@ -141,9 +141,14 @@ def _images(x: torch.Tensor, k: int, b: int) -> torch.Tensor:
     return x[k * b:(k + 1) * b]
 
 
+def _row_by_row(teacher_of: list[int] | None) -> bool:
+    """Whether each student map faces the teacher map in its own position (no teacher map shared)."""
+    return teacher_of is None or teacher_of == list(range(len(teacher_of)))
+
+
 def _for_pairs(teacher: torch.Tensor, teacher_of: list[int] | None) -> torch.Tensor:
     """The distinct teacher maps' (D·B, ...) rows laid out per pair, (M·B, ...), by ``teacher_of``."""
-    if teacher_of is None or teacher_of == list(range(len(teacher_of))):
+    if _row_by_row(teacher_of):
         return teacher
     b = teacher.shape[0] // (max(teacher_of) + 1)
     return torch.cat([_images(teacher, j, b) for j in teacher_of])
@@ -153,7 +158,7 @@ def _per_pair(cross: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t: to
               teacher_of: list[int] | None) -> torch.Tensor:
     """``cross(t, s)`` of row-paired stacks; with ``teacher_of``, one call per student map against its teacher's rows
     (views: the teacher is not copied once per student)."""
-    if teacher_of is None or teacher_of == list(range(len(teacher_of))):
+    if _row_by_row(teacher_of):
         return cross(t, s)
     b = s.shape[0] // len(teacher_of)
     return torch.cat([cross(_images(t, j, b), _images(s, m, b)) for m, j in enumerate(teacher_of)])

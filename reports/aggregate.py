@@ -170,8 +170,9 @@ def summarise(records: list[dict], pair, students: list[str], labels: Labels | N
             summary["calibration"] = calibration(labelled, students, labels)
         summary["inherited_errors"] = inherited_errors(labelled, students, labels, pair.task)
         if pair.task == "detection":
-            summary["misses"] = _miss_ranking(labelled, [r for r in ranked if r["image"] in labels.listed
-                                                         and "labels_error" not in r], students[0], labels)
+            measured = {r["image"] for r in labelled}
+            summary["misses"] = _miss_ranking(labelled, [r for r in ranked if r["image"] in measured], students[0],
+                                              labels)
     return summary
 
 
@@ -184,17 +185,17 @@ def labels_summary(records: list[dict], labelled: list[dict], labels: Labels, ta
         labelled = [r for r in labelled if r["image"] in labels.classes]
         mixed = sum(r["image"] in labels.mixed for r in records)
     broken = [{"image": r["image"], "reason": r["labels_error"]} for r in records if "labels_error" in r]
-    crowd = sum(len(labels.crowd_boxes.get(r["image"], [])) if task == "detection" else
-                len(labels.ignored.get(r["image"], [])) if task == "segmentation" else 0 for r in labelled)
+    ignored = sum(len(labels.crowd_boxes.get(r["image"], [])) if task == "detection" else
+                  len(labels.ignored.get(r["image"], [])) if task == "segmentation" else 0 for r in labelled)
     notes = []
     if unlisted:
         notes.append(f"{len(unlisted)} of the {len(records)} images read are not in the label file: they are left "
                      "out of every figure against the labels (an image the file lists without annotations counts "
                      "as one with no object).")
-    if crowd:
-        notes.append(f"{crowd} crowd region(s) (iscrowd) ignored: a detection or pixel there is neither right nor "
-                     "wrong." if task == "detection" else f"{crowd} region(s) ignored (crowd, a class the pair lacks, "
-                     "or an object's box without its mask): their pixels count for nothing.")
+    if ignored:
+        notes.append(f"{ignored} crowd region(s) (iscrowd) ignored: a detection or pixel there is neither right nor "
+                     "wrong." if task == "detection" else f"{ignored} region(s) ignored (crowd, a class the pair "
+                     "lacks, or an object's box without its mask): their pixels count for nothing.")
     if labels.skipped:
         notes.append("Annotations of classes the pair does not have were left out: " + ", ".join(
             f"{name} ({count})" for name, count in sorted(labels.skipped.items())) + ".")
@@ -212,7 +213,7 @@ def labels_summary(records: list[dict], labelled: list[dict], labels: Labels, ta
         whose = f"{len(broken)} images'" if len(broken) > 1 else "1 image's"
         notes.append(f"{whose} labels could not be used (see labels.unusable); left out.")
     return {"images_labelled": len(labelled), "images_unlisted": len(unlisted), "unlisted_examples": unlisted[:10],
-            "skipped_classes": dict(sorted(labels.skipped.items())), "ignored_regions": crowd, "unusable": broken,
+            "skipped_classes": dict(sorted(labels.skipped.items())), "ignored_regions": ignored, "unusable": broken,
             "notes": notes}
 
 
@@ -262,14 +263,13 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
     if pair.task == "detection":
         from torchmetrics.detection import MeanAveragePrecision
 
-        names = sorted({label for r in records for label, _ in labels.boxes.get(r["image"], [])}
+        names = sorted({label for r in records for table in (labels.boxes, labels.crowd_boxes)
+                        for label, _ in table.get(r["image"], [])}
                        | {d["label"] for r in records for d in accuracy_detections(r["teacher"])}
                        | {d["label"] for r in records for s in students
                           for d in accuracy_detections(r["students"][s])})
         index = {n: i for i, n in enumerate(names)}  # every class any model or label names: none is unknown
         out = {}
-        names = sorted(set(names) | {label for r in records for label, _ in labels.crowd_boxes.get(r["image"], [])})
-        index = {n: i for i, n in enumerate(names)}
         if not any(labels.boxes.get(r["image"]) for r in records):  # torchmetrics would give its -1 sentinel
             note = "undefined: no labelled object in the labelled images that were read"
             return {model: {"map_50": None, "note": note} for model in models}

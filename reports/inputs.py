@@ -167,6 +167,12 @@ def _polygon_mask(polygons: list[list[float]], size: tuple[int, int]) -> np.ndar
     return coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(polygons, *size))).astype(bool)
 
 
+def _box_polygon(box: list[float]) -> list[list[float]]:
+    """An xyxy box as a COCO polygon (one ring of its four corners)."""
+    x0, y0, x1, y1 = box
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
 def match_class(label: str, classes: list[str]) -> str | None:
     """The pair's spelling of a label's class: the same name, else the one name equal to it ignoring case and
     surrounding spaces; None when the pair has no such class."""
@@ -263,7 +269,7 @@ class Labels:
                 elif segmentation:
                     labels.polygons.setdefault(image, []).append((label, shape))
                 elif "bbox" in a and crowd:  # a crowd box with no mask: an ignored region for segmentation too
-                    labels.ignored.setdefault(image, []).append((label, [[x, y, x + w, y, x + w, y + h, x, y + h]]))
+                    labels.ignored.setdefault(image, []).append((label, _box_polygon([x, y, x + w, y + h])))
                 elif "bbox" in a:  # a box with no mask: for segmentation, a region to ignore
                     labels.unmasked.setdefault(image, []).append((label, [x, y, x + w, y + h]))
                 if not crowd and labels.classes.setdefault(image, label) != label:
@@ -325,8 +331,7 @@ class Labels:
         if task == "segmentation":  # an object labelled by its box alone: its box is ignored, not background
             out.unmasked = {image: list(items) for image, items in self.unmasked.items()}
             for image, items in self.unmasked.items():
-                out.ignored.setdefault(image, []).extend(
-                    (label, [[x0, y0, x1, y0, x1, y1, x0, y1]]) for label, (x0, y0, x1, y1) in items)
+                out.ignored.setdefault(image, []).extend((label, _box_polygon(box)) for label, box in items)
         return out
 
     def _paint(self, shape, size: tuple[int, int]) -> np.ndarray:
@@ -340,17 +345,18 @@ class Labels:
             return decoded.astype(bool)
         return _polygon_mask(shape, size)
 
-    def objects(self, image: str, size: tuple[int, int], classes: list[str]) -> list[tuple[str, np.ndarray]]:
+    def objects(self, image: str, size: tuple[int, int], classes: list[str],
+                keep_empty: bool = False) -> list[tuple[str, np.ndarray]]:
         """Each labelled object of the image as ``(class, (H, W) bool mask)``, in the file's order (polygons, then
         RLE); objects of classes the pair does not have, "background" (a region, not an object), crowd regions and
-        objects with no pixel inside the image are left out.
+        (unless ``keep_empty``) objects with no pixel inside the image are left out.
 
         Raises:
             ValueError: an RLE mask of another size than the image's (naming both).
         """
         painted = [(label, self._paint(shape, size)) for table in (self.polygons, self.rle)
                    for label, shape in table.get(image, []) if label in classes and label != "background"]
-        return [(label, mask) for label, mask in painted if mask.any()]  # none of it inside the image: no object
+        return painted if keep_empty else [(label, mask) for label, mask in painted if mask.any()]
 
     def mask(self, image: str, size: tuple[int, int], classes: list[str]) -> np.ndarray:
         """(H, W) class indices painted from the image's polygons and RLE masks (background regions first, then the

@@ -136,11 +136,10 @@ def vision_record(path: Path, result, spec: Pair, labels: Labels | None,
             size = maps["teacher"].shape
             try:
                 truth, ignore = labels.mask(path.name, size, classes), labels.ignore_mask(path.name, size)
-                objects = labels.objects(path.name, size, classes)
-                given = sum(label in classes and label != "background" for table in (labels.polygons, labels.rle)
-                            for label, _ in table.get(path.name, []))
-                if given > len(objects):  # objects with no pixel inside the image: left out, and counted
-                    record["labels_outside"] = given - len(objects)
+                painted = labels.objects(path.name, size, classes, keep_empty=True)
+                objects = [(label, mask) for label, mask in painted if mask.any()]
+                if len(painted) > len(objects):  # objects with no pixel inside the image: left out, and counted
+                    record["labels_outside"] = len(painted) - len(objects)
             except ValueError as error:  # e.g. an RLE mask of another size: this image's labels only, never fatal
                 record["labels_error"] = f"its labels do not fit the image: {error}"
                 objects = None
