@@ -279,7 +279,8 @@ class Labels:
                                  f"({str(error)[:40]}).") from None
             except (TypeError, ValueError, AttributeError) as error:
                 raise InputError(f"The labels {name}: {where} is not COCO-style ({str(error)[:100]}).") from None
-        tables = (labels.boxes, labels.polygons, labels.rle, labels.classes, labels.crowd_boxes, labels.ignored)
+        tables = (labels.boxes, labels.polygons, labels.rle, labels.classes, labels.crowd_boxes, labels.ignored,
+                  labels.unmasked)
         originals = set(files.values())
         by_safe: dict[str, list[str]] = {}
         for original in originals:  # an uploaded zip's images are unpacked under sanitised names
@@ -288,6 +289,8 @@ class Labels:
             if safe in originals or len(group) > 1:  # taken by an image of that very name, or ambiguous: no guess
                 continue
             labels.listed.add(safe)
+            if group[0] in labels.mixed:
+                labels.mixed.add(safe)
             for table in tables:
                 if group[0] in table:
                     table[safe] = table[group[0]]

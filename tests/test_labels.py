@@ -217,6 +217,11 @@ def test_zip_names_that_sanitise_alike_are_never_guessed_between(tmp_path):
     labels = Labels.read(path)
     assert labels.boxes["a_b.png"][0][1][0] == 1.0 and labels.boxes["d_e.png"][0][1][0] == 4.0
     assert "c_1_.png" not in labels.listed  # ambiguous: no guess
+    raw = json.loads(path.read_text())  # every table follows the sanitised name: a box without a mask, two classes
+    raw["annotations"].append({"image_id": 4, "category_id": 2, "bbox": [0, 0, 3, 3]})
+    path.write_text(json.dumps(raw))
+    labels = Labels.read(path)
+    assert labels.unmasked["d_e.png"] == labels.unmasked["d e.png"] and "d_e.png" in labels.mixed
 
 
 def test_a_folder_whose_name_looks_like_a_pattern_is_a_folder(tmp_path):
