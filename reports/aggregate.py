@@ -207,7 +207,11 @@ def labels_summary(records: list[dict], labelled: list[dict], labels: Labels, ta
         notes.append(f"{unmasked} labelled objects have a box but no mask: their boxes are ignored, neither right "
                      "nor wrong.")
     outside = sum(r.get("labels_outside", 0) for r in labelled)
-    if outside:
+    if outside and task == "detection":
+        notes.append(f"{outside} labelled box(es) with no area inside their image: no model can find them, so they "
+                     "count as missed objects (as COCO's evaluation counts them); check the label file's "
+                     "coordinates (xywh in pixels of the image as stored).")
+    elif outside:
         notes.append(f"{outside} labelled object(s) with no pixel inside the image left out.")
     if broken:
         whose = f"{len(broken)} images'" if len(broken) > 1 else "1 image's"

@@ -48,6 +48,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,7 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
                 classes: str = DEFAULT_CLASSES, gallery: int = GALLERY, rank: int = 0, world: int = 1,
                 progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
                 barrier: Callable[[], None] | None = None, overwrite: bool = False, batch: int = BATCH,
-                accuracy_threshold: float = ACCURACY_THRESHOLD) -> dict | None:
+                accuracy_threshold: float = ACCURACY_THRESHOLD, checked: Checked | None = None) -> dict | None:
     """Run a pair over images, writing ``out`` as the module docstring says; returns the summary (rank 0) or None.
 
     Args:
@@ -218,6 +219,8 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
         cancel: checked before each batch, as is whether the caller has gone (an API cancel, a closed page); then
             the run stops (what is finished stays for ``--resume``).
         barrier: waits for every rank (torch.distributed's barrier); None in one process.
+        checked: what :func:`check_arguments` already loaded for these arguments (the models, the label file read),
+            so that neither is loaded twice; None: loaded here.
     """
     spec = pair if isinstance(pair, Pair) else get_pair(pair)
     if spec.task == "generation":
@@ -225,10 +228,12 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
                          "classification pairs.")
     students_chosen = spec.choose_students(students)
     chosen = [s.name for s in students_chosen]
-    predictors = predictors_for(spec, students=students_chosen)  # loaded once for the whole run
+    # loaded once for the whole run
+    predictors = checked.predictors if checked is not None else predictors_for(spec, students=students_chosen)
     truth = None
     if labels:
-        truth, classes_measured = Labels.read(labels), label_classes(spec, predictors, classes)
+        truth = checked.labels if checked and checked.labels is not None else Labels.read(labels)
+        classes_measured = label_classes(spec, predictors, classes)
         check_labels_fit(truth, images, spec.task, classes_measured, Path(labels).name)
         truth = truth.for_classes(classes_measured, spec.task)
     out.mkdir(parents=True, exist_ok=True)
@@ -365,9 +370,20 @@ def pair_argument(args: argparse.Namespace) -> str:
     return f"{args.task}: {args.teacher} -> {', '.join(args.student)}"
 
 
-def check_arguments(args: argparse.Namespace) -> list[Path]:
+@dataclass
+class Checked:
+    """What :func:`check_arguments` found and loaded: the images, the models (``{"teacher": ..., <student>: ...}``)
+    and the label file read (None without ``--labels``), handed on to :func:`run_dataset` so that neither the
+    models nor a large label file is loaded twice."""
+
+    images: list[Path]
+    predictors: dict
+    labels: Labels | None
+
+
+def check_arguments(args: argparse.Namespace) -> Checked:
     """Every argument checked once, before any work: the pair and students, the numbers, the classes, the output
-    folder, the label file, the images, and that the models load here. Returns the images.
+    folder, the label file, the images, and that the models load here.
 
     Raises:
         InputError, UnknownPairError, UnknownStudentError, ModelUnavailableError: naming what to change.
@@ -415,7 +431,7 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
     predictors = predictors_for(spec, students=chosen)  # offline and uncached, a Hub pair says so here
     if truth is not None:
         check_labels_fit(truth, images, spec.task, label_classes(spec, predictors, args.classes), args.labels.name)
-    return images
+    return Checked(images, predictors, truth)
 
 
 LABEL_FIGURES = ("map50", "label_miou", "top1", "top5")
@@ -511,7 +527,7 @@ def keep_freed_memory() -> None:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     try:
         args.pair = pair_argument(args)
-        images = check_arguments(args)
+        checked = check_arguments(args)
     except (InputError, UnknownPairError, UnknownStudentError, ModelUnavailableError, OwnModelError) as error:
         parser.error(str(error))  # one line, exit 2
     torch.set_num_threads(args.threads)
@@ -527,12 +543,12 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         barrier = dist.barrier
     try:
-        summary = run_dataset(images, args.pair, args.out, args.students, args.labels, args.resume, args.threshold,
-                              args.classes, args.gallery, rank, world,
+        summary = run_dataset(checked.images, args.pair, args.out, args.students, args.labels, args.resume,
+                              args.threshold, args.classes, args.gallery, rank, world,
                               progress=lambda done, total: print(f"[rank {rank}] {done}/{total}", flush=True)
                               if done % 25 == 0 or done == total else None, barrier=barrier,
                               overwrite=args.overwrite, batch=args.batch,
-                              accuracy_threshold=args.accuracy_threshold)
+                              accuracy_threshold=args.accuracy_threshold, checked=checked)
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:  # Ctrl-C: what is finished stays, and one line says how to go on

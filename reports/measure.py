@@ -80,7 +80,7 @@ def analyse_batch(paths: list[Path], spec: Pair, chosen: list[Student], predicto
                              predictors, stages)
         embedded = {name: embeddings(images) for name, images in stages.items()}
         for k, (i, result) in enumerate(zip(readable, results, strict=True)):
-            record, timing, maps = vision_record(paths[i], result, spec, labels)
+            record, timing, maps = vision_record(paths[i], result, spec, labels, arrays[k].shape[:2])
             for name in ["teacher", *(s.name for s in chosen)]:
                 block = record["teacher"] if name == "teacher" else record["students"][name]
                 block["embedding"] = embedded[name][k]
@@ -104,9 +104,10 @@ def timing_of(name: str, report: dict) -> dict:
             "students_ms": {n: b["this_run_ms"] for n, b in report["students"].items()}}
 
 
-def vision_record(path: Path, result, spec: Pair, labels: Labels | None,
+def vision_record(path: Path, result, spec: Pair, labels: Labels | None, size: tuple[int, int] | None = None,
                   ) -> tuple[dict, dict, dict[str, np.ndarray] | None]:
-    """The record of one detection, segmentation or image-classification comparison (with its labels' figures)."""
+    """The record of one detection, segmentation or image-classification comparison (with its labels' figures);
+    ``size``: the image's (height, width), to count labelled boxes with no area inside it."""
     report = result.to_json()
     record: dict = {"image": path.name}
     maps = None
@@ -126,6 +127,11 @@ def vision_record(path: Path, result, spec: Pair, labels: Labels | None,
             for name, found in result.all_detections.items():
                 block = record["teacher"] if name == "teacher" else record["students"][name]
                 block["detections_for_accuracy"] = found.to_dict()  # columns
+        if labels is not None and size is not None and path.name in labels.listed:
+            # a box with no area inside the image: no model can find it, so it counts as missed (as in COCO)
+            outside = sum(_area_inside(box, size) <= 0 for _, box in labels.boxes.get(path.name, []))
+            if outside:
+                record["labels_outside"] = outside
     else:
         maps = result.arrays()
         classes = report["classes"]
@@ -155,6 +161,12 @@ def vision_record(path: Path, result, spec: Pair, labels: Labels | None,
     for name, figures in result.analysis.summary().items():
         record["students"][name]["consensus"] = figures
     return record, timing_of(path.name, report), maps
+
+
+def _area_inside(box: list[float], size: tuple[int, int]) -> float:
+    """Pixels² of an xyxy box inside an image of (height, width)."""
+    height, width = size
+    return max(0.0, min(box[2], width) - max(box[0], 0.0)) * max(0.0, min(box[3], height) - max(box[1], 0.0))
 
 
 def _per_batch(maps: list[torch.Tensor], op) -> torch.Tensor:

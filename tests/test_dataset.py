@@ -315,6 +315,30 @@ def test_the_deploy_gate_exits_1_naming_each_failing_figure(folder, tmp_path, ca
         assert says in capsys.readouterr().err
 
 
+def test_the_command_loads_the_models_and_reads_the_label_file_once(folder, tmp_path, monkeypatch):
+    """check_arguments loads both to refuse bad arguments before any work; the run reuses them (a large COCO file's
+    RLE checks and a Hub pair's weights are not paid twice)."""
+    import reports.dataset as dataset
+
+    calls = {"read": 0, "load": 0}
+    read, load = Labels.read, dataset.predictors_for
+
+    def counted_read(path):
+        calls["read"] += 1
+        return read(path)
+
+    def counted_load(*args, **kwargs):
+        calls["load"] += 1
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(dataset.Labels, "read", staticmethod(counted_read))
+    monkeypatch.setattr(dataset, "predictors_for", counted_load)
+    dataset.main(["--images", str(folder / "images"), "--pair", "shapes-detection", "--labels",
+                  str(folder / "labels.json"), "--out", str(tmp_path / "out"), "--gallery", "0"])
+    assert calls == {"read": 1, "load": 1}
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["accuracy"]["teacher"]["map_50"] is not None
+
+
 def test_calibration_is_the_top_label_ece_of_guo_et_al():
     from reports.aggregate import calibration
 

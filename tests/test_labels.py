@@ -326,3 +326,39 @@ def test_an_object_outside_its_image_is_left_out_and_noted(tmp_path):
                           coco_file(tmp_path, annotations), gallery=0)
     assert summary["inherited_errors"]["feature-kd"]["overall"]["total"] == 1
     assert "1 labelled object(s) with no pixel inside the image left out." in summary["labels"]["notes"]
+
+
+def test_a_box_outside_its_image_counts_as_missed_as_in_coco_and_is_noted(tmp_path):
+    """COCO's evaluation counts a labelled box no detection can reach as a missed object; the summary keeps that mAP
+    (equal to torchmetrics') and says how many such boxes the file holds, so a file in other coordinates is caught."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    scene = render_scene(EVAL_SEED_START + 3510)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(scene.image).save(images / "a.png")
+    inside = [{"image_id": 0, "category_id": o.class_id,
+               "bbox": [float(o.box[0]), float(o.box[1]), float(o.box[2] - o.box[0]), float(o.box[3] - o.box[1])]}
+              for o in scene.objects]
+    beyond = {"image_id": 0, "category_id": 1, "bbox": [300.0, 300.0, 20.0, 20.0]}  # the image is 128 x 128
+    summary = run_dataset(list_images(images), "shapes-detection", tmp_path / "out", None,
+                          coco_file(tmp_path, [*inside, beyond]), gallery=0)
+    notes = summary["labels"]["notes"]
+    assert any(n.startswith("1 labelled box(es) with no area inside their image") for n in notes), notes
+    clean = run_dataset(list_images(images), "shapes-detection", tmp_path / "clean", None,
+                        coco_file(tmp_path, inside, name="inside.json"), gallery=0)
+    assert not any("no area inside" in n for n in clean["labels"]["notes"])
+    record = read_records(tmp_path / "out" / "results.jsonl")[0]
+    boxes = [a["bbox"] for a in [*inside, beyond]]
+    target = {"boxes": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes]),
+              "labels": torch.tensor([a["category_id"] for a in [*inside, beyond]])}
+    from reports.aggregate import accuracy_detections
+
+    found = accuracy_detections(record["teacher"])
+    names = list(CLASS_NAMES)
+    metric = MeanAveragePrecision(iou_thresholds=[0.5])
+    metric.update([{"boxes": torch.tensor([d["box"] for d in found]).reshape(-1, 4),
+                    "scores": torch.tensor([d["score"] for d in found]),
+                    "labels": torch.tensor([names.index(d["label"]) for d in found])}], [target])
+    assert summary["accuracy"]["teacher"]["map_50"] == pytest.approx(float(metric.compute()["map_50"]), abs=1e-3)
+    assert summary["accuracy"]["teacher"]["map_50"] < clean["accuracy"]["teacher"]["map_50"]
