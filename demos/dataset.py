@@ -110,7 +110,10 @@ def per_class_figure(summary: dict):
     fig = go.Figure([go.Bar(x=list(block["per_class"]), y=list(block["per_class"].values()), name=name)
                      for name, block in summary["per_student"].items()])
     fig.update_layout(title="Per-class agreement with the teacher", barmode="group", yaxis={"range": [0, 1]},
-                      height=320, margin={"l": 40, "r": 10, "t": 40, "b": 40})
+                      height=320, margin={"l": 40, "r": 10, "t": 40, "b": 40},
+                      # a bar chart of shares needs no zooming or selecting: a short toolbar, which at phone width
+                      # stays clear of the component's label
+                      modebar={"remove": ["zoom", "pan", "select", "lasso2d", "zoomIn", "zoomOut", "autoScale"]})
     return fig
 
 

@@ -146,6 +146,14 @@ def test_every_tab_runs_its_default_example_in_a_real_browser(app_url, browser, 
             grid = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dataset-gallery .grid-container"))[0]
             columns = browser.execute_script("return getComputedStyle(arguments[0]).gridTemplateColumns", grid)
             assert len(columns.split()) == 1, columns
+            # the per-class chart's toolbar stays clear of the component's label
+            plot = browser.find_element(By.CSS_SELECTOR, "#dataset-results .js-plotly-plot")
+            overlap = browser.execute_script(
+                "const p = arguments[0], bar = p.querySelector('.modebar').getBoundingClientRect(); "
+                "const label = p.closest('.block').querySelector('[data-testid=block-label]').getBoundingClientRect();"
+                " return bar.left < label.right && label.left < bar.right && bar.top < label.bottom "
+                "&& label.top < bar.bottom", plot)
+            assert not overlap
         browser.execute_script("window.scrollTo(0, 0);")
         browser.save_screenshot(str(folder / f"{key}_400.png"))
     assert len(list(folder.glob("*.png"))) >= 2 * len(TABS)
