@@ -174,7 +174,9 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
     device = default_device()
     check_budget(device, steps, width, height)
     pipelines = load_generation_pair(spec, device)
-    notes += prompt_notes(pipelines["teacher"].tokenizer, prompt)
+    tokenizer = pipelines["teacher"].tokenizer  # shared by both pipelines and every call: used under its lock
+    with exclusive(tokenizer):
+        notes += prompt_notes(tokenizer, prompt)
     scale = pipelines["teacher"].vae_scale_factor
     channels = pipelines["teacher"].unet.config.in_channels
     latents = torch.randn((1, channels, height // scale, width // scale),
@@ -187,7 +189,7 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
         g = float(spec.native.get("student_guidance", guidance)) if role == "student" else guidance
         generator = torch.Generator().manual_seed(seed)
 
-        with (exclusive(pipe.unet, pipe.text_encoder, pipe.vae),  # shared modules (and tokenizer), this call only
+        with (exclusive(pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer),  # shared: this call's alone
               high_resolution(pipe.unet, n, raunet=raunet, msw_msa=msw_msa, generator=generator,
                               variant=variant) as hires):
             def on_step(pipeline, i, t, kwargs, role=role, n=n, hires=hires):
@@ -213,7 +215,8 @@ def generate(prompt: str, pair: str = DEFAULT_PAIR, seed: int = 0, width: int = 
     report["notes"] = notes + (["Peak memory on the CPU is the whole process's peak resident set size."]
                                if device.type == "cpu" else [])
     if insight is not None:
-        insight.update(_insight(images, records, pipelines["teacher"].tokenizer, prompt, latents.shape[-2:]))
+        with exclusive(tokenizer):
+            insight.update(_insight(images, records, tokenizer, prompt, latents.shape[-2:]))
         report["unet_consensus"] = insight["figures"]
     return images["teacher"], images["student"], report
 

@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import functools
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-
-import torch
+from typing import Any
 
 from compare.inputs import InputError
-
-_MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_MODEL_LOCKS_GUARD = threading.Lock()
+from weights.families import shared_lock
 
 
 @contextmanager
-def exclusive(*models: torch.nn.Module) -> Iterator[None]:
-    """Hold the models for this call alone while it changes them (swapped modules, processors, hooks).
+def exclusive(*models: Any) -> Iterator[None]:
+    """Hold the models (and any other shared object: a tokenizer) for this call alone while it changes them
+    (swapped modules, processors, hooks) or relies on their state (:func:`weights.families.shared_lock`).
 
     Locks are taken in one global order, so two calls that need the same models can never deadlock; a call
     holding a model may take it again (re-entrant).
     """
     unique = sorted({id(m): m for m in models if m is not None}.values(), key=id)
-    with _MODEL_LOCKS_GUARD:
-        locks = [_MODEL_LOCKS.setdefault(m, threading.RLock()) for m in unique]
+    locks = [shared_lock(m) for m in unique]
     with ExitStack() as stack:
         for lock in locks:
             stack.enter_context(lock)

@@ -29,6 +29,62 @@ def test_overlapping_generate_calls_at_different_sizes_match_one_at_a_time(tiny_
         assert np.array_equal(t1, t2) and np.array_equal(s1, s2)
 
 
+def test_a_hugging_face_tokenizer_is_used_by_one_call_at_a_time(tiny_hub_pairs, monkeypatch):
+    """The root of a race the test above caught once in ~40 runs: a fast tokenizer keeps its truncation and padding
+    on the shared Rust object, and a call that counts a prompt's tokens (no truncation) while another call's
+    pipeline encodes it (padded to 77) can hand the pipeline an unpadded prompt: a different image, no error. Every
+    use goes through the tokenizer's one lock, the same that exclusive() takes for the pipeline's run."""
+    from weights.families import shared_lock
+    from weights.families.diffusers import load_generation_pair
+    from weights.registry import get_pair
+
+    tokenizer = load_generation_pair(get_pair(tiny_hub_pairs["generation"]))["teacher"].tokenizer
+    # what makes it unsafe: one call's settings stay on the shared tokenizer for the next caller
+    tokenizer("a red circle", padding="max_length", max_length=77, truncation=True)
+    tokenizer("a red circle", truncation=False)
+    assert tokenizer.backend_tokenizer.padding is None  # the first caller's padding is gone
+    held, while_held = threading.Event(), []
+    original = type(tokenizer).__call__
+
+    def spy(self, *args, **kwargs):
+        if self is tokenizer:
+            while_held.append(held.is_set())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", spy)
+    worker = threading.Thread(target=generate, args=("a red circle", tiny_hub_pairs["generation"]),
+                              kwargs={"steps": 1, "width": 64, "height": 64})
+    with shared_lock(tokenizer):  # another call is tokenizing for a while
+        held.set()
+        worker.start()
+        time.sleep(1.0)
+        held.clear()
+    worker.join(60)
+    assert while_held and not any(while_held)  # generate's notes and its pipelines' encoding all waited
+
+
+def test_a_clip_predictors_tokenizer_calls_hold_the_shared_lock(tiny_hub_pairs):
+    from weights.families import shared_lock
+    from weights.predictors import predictors_for
+    from weights.registry import get_pair
+
+    spec = get_pair(tiny_hub_pairs["classification"])
+    student = predictors_for(spec, students=spec.choose_students(None))[spec.students[0].name]
+    tokenizer, done = student.processor[1], []
+    assert student.tokenizer.wrapped is tokenizer and student.tokenizer.context_length == tokenizer.context_length
+    with shared_lock(tokenizer):
+        workers = [threading.Thread(target=lambda f=f: done.append(f())) for f in (
+            lambda: student.tokenizer(["a circle"]), lambda: student.text_features(["a circle"]),
+            lambda: student.family.token_counts(student, ["a circle"]))]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.0)
+        assert done == []  # all three wait while another call holds the tokenizer
+    for worker in workers:
+        worker.join(30)
+    assert len(done) == 3
+
+
 def test_hooks_record_only_the_forwards_of_the_call_that_asked():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
     inside, done = threading.Event(), threading.Event()

@@ -19,12 +19,12 @@ import torch
 from analysis.features import Stage, forward_with_stages
 from analysis.profiling import count_parameters
 from analysis.readback import read_back
-from weights.families import Family, Geometry, family_of
+from weights.families import Family, Geometry, family_of, shared_lock
 from weights.loaders import load_model
 from weights.registry import ModelSource, Pair, Student
 
-__all__ = ["BoxArrays", "Detection", "Geometry", "Predictor", "box_foreground", "class_foreground", "predictors_for",
-           "valid_region"]
+__all__ = ["BoxArrays", "Detection", "Geometry", "LockedTokenizer", "Predictor", "box_foreground", "class_foreground",
+           "predictors_for", "valid_region"]
 
 
 @dataclass
@@ -121,6 +121,24 @@ def class_foreground(class_map: torch.Tensor, has_background: bool) -> torch.Ten
     if has_background:
         return class_map != 0
     return class_map != class_map.flatten().mode().values
+
+
+class LockedTokenizer:
+    """A tokenizer shared by concurrent calls, each call under its :func:`weights.families.shared_lock` (a Hugging
+    Face tokenizer sets its truncation and padding on the shared Rust object at every call); its other attributes
+    as the tokenizer's."""
+
+    def __init__(self, tokenizer: Any):
+        self.wrapped = tokenizer
+
+    def __call__(self, *args, **kwargs):
+        with shared_lock(self.wrapped):
+            return self.wrapped(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "wrapped":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.wrapped, name)
 
 
 class Predictor:
@@ -220,8 +238,9 @@ class Predictor:
 
     # CLIP ---------------------------------------------------------------------------------------------------
     @property
-    def tokenizer(self):
-        return self.processor[1]
+    def tokenizer(self) -> LockedTokenizer:
+        """The text tokenizer (CLIP families), every call under its shared lock."""
+        return LockedTokenizer(self.processor[1])
 
     @torch.inference_mode()
     def text_features(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:

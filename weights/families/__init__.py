@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
+import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,23 @@ if TYPE_CHECKING:
 # Every module of this folder is a family, found by its file: adding one touches nothing here.
 FAMILY_MODULES = tuple(sorted(info.name for info in pkgutil.iter_modules([str(Path(__file__).parent)])))
 _FAMILIES: dict[str, Family] = {}
+
+
+_SHARED_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SHARED_LOCKS_GUARD = threading.Lock()
+
+
+def shared_lock(shared: Any) -> threading.RLock:
+    """The one re-entrant lock of an object that concurrent calls share (a cached model, a tokenizer), created on
+    first use and gone with the object: a call holds it while it changes the object or relies on its state.
+
+    A Hugging Face fast tokenizer is such an object though nothing seems to change it: it keeps its truncation and
+    padding settings on the shared Rust tokenizer and sets them on each call, so two calls at once with different
+    settings can each encode with the other's (a prompt unpadded, a token count cut short). Hold its lock around
+    every use (:func:`compare.jobs.exclusive` takes the same locks for models).
+    """
+    with _SHARED_LOCKS_GUARD:
+        return _SHARED_LOCKS.setdefault(shared, threading.RLock())
 
 
 class ModelUnavailableError(RuntimeError):

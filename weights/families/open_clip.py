@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from analysis.features import open_clip_stages
-from weights.families import Family, Geometry, ModelUnavailableError, register_family
+from weights.families import Family, Geometry, ModelUnavailableError, register_family, shared_lock
 from weights.hub import hub_error_message, local_or_cached
 from weights.shapes.checkpoints import BUILTIN_DIR
 
@@ -132,20 +132,21 @@ class OpenClipFamily(Family):
     def text_features(self, predictor, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """(K, D) normalised features of ``texts`` (encoded in batches)."""
         _, tokenizer = predictor.processor
-        chunks = [predictor.model.encode_text(tokenizer(texts[i:i + batch_size]).to(predictor.device), normalize=True)
-                  for i in range(0, len(texts), batch_size)]
-        return torch.cat(chunks).float()
+        with shared_lock(tokenizer):  # a Hugging Face tokenizer's settings are shared state (see shared_lock)
+            tokens = [tokenizer(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+        return torch.cat([predictor.model.encode_text(t.to(predictor.device), normalize=True) for t in tokens]).float()
 
     def token_counts(self, predictor, texts: list[str]) -> tuple[list[int] | None, int]:
         """How many tokens each text is for this model's tokenizer (start and end tokens included, after its own
         normalisation), and its text tower's context length; counts are None for a tokenizer we cannot count with."""
         _, tokenizer = predictor.processor
         context = int(getattr(tokenizer, "context_length", 0) or predictor.model.context_length)
-        if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):  # open_clip's SimpleTokenizer
-            return [len(tokenizer.encode(t)) + 2 for t in texts], context
-        inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer
-        if inner is not None:
-            return [len(inner(t)["input_ids"]) for t in texts], context
+        with shared_lock(tokenizer):  # counted without truncation: other settings than text_features' own
+            if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):  # open_clip's SimpleTokenizer
+                return [len(tokenizer.encode(t)) + 2 for t in texts], context
+            inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer
+            if inner is not None:
+                return [len(inner(t)["input_ids"]) for t in texts], context
         return None, context
 
     def scores(self, predictor, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
