@@ -13,6 +13,7 @@ from compare.checks import number
 from compare.inputs import InputError
 from demos.widgets import notes_markdown
 from reports.dataset import DEFAULT_CLASSES, DEFAULT_THRESHOLD, gallery_pictures, read_records, run_dataset
+from reports.html import per_class_bars
 from reports.inputs import MAX_ZIP_BYTES, MAX_ZIP_IMAGES, extract_zip, list_images
 
 
@@ -85,12 +86,19 @@ def summary_markdown(summary: dict, notes: list[str] = ()) -> str:
     lines = [f"**{summary['images']} images** through `{summary['pair']}`"
              + (f"; {len(summary['unreadable'])} unreadable (listed in summary.json)." if summary["unreadable"]
                 else ".")]
+    def interval(figures: dict) -> str:
+        return f" [{figures['ci95'][0]:.3f}, {figures['ci95'][1]:.3f}]" if figures.get("ci95") else ""
+
     for name, block in summary["per_student"].items():
         d = block["disagreement"]
-        consensus = block.get("consensus", {}).get("mean", {}).get("mean")
-        lines.append(f"**{name}**: mean disagreement with the teacher {d['mean']:.3f} (median {d['median']:.3f}, "
-                     f"worst {d['max']:.3f})" + (f"; mean consensus {consensus:.3f}" if consensus is not None
-                                                 else "") + ".")
+        consensus = block.get("consensus", {}).get("mean", {})
+        lines.append(f"**{name}**: mean disagreement with the teacher {d['mean']:.3f}{interval(d)} (median "
+                     f"{d['median']:.3f}, worst {d['max']:.3f})" + (
+                         f"; mean consensus {consensus['mean']:.3f}{interval(consensus)}"
+                         if consensus.get("mean") is not None else "") + ".")
+    top = (summary.get("ranking") or {}).get("top_two")
+    if top:  # two students: whether the first is ahead beyond chance (a paired bootstrap over the images)
+        lines.append(f"**Ranking** (by {summary['ranking']['by']}): {top['verdict']}.")
     if "accuracy" in summary:
         lines.append("**Against the labels:** " + "; ".join(
             f"{model} {figures_text(figures)}"
@@ -107,8 +115,7 @@ def summary_markdown(summary: dict, notes: list[str] = ()) -> str:
 def per_class_figure(summary: dict):
     import plotly.graph_objects as go
 
-    fig = go.Figure([go.Bar(x=list(block["per_class"]), y=list(block["per_class"].values()), name=name)
-                     for name, block in summary["per_student"].items()])
+    fig = go.Figure(per_class_bars(summary, list(summary["per_student"])))
     fig.update_layout(title="Per-class agreement with the teacher", barmode="group", yaxis={"range": [0, 1]},
                       height=320, margin={"l": 40, "r": 10, "t": 40, "b": 40},
                       # a bar chart of shares needs no zooming or selecting: a short toolbar, which at phone width
@@ -178,7 +185,7 @@ def build_dataset_tab() -> None:
                                       "(detection)")
             with gr.Column(scale=2, elem_id="dataset-results"):
                 summary = gr.Markdown(elem_id="dataset-summary")
-                plot = gr.Plot(label="Per-class agreement")
+                plot = gr.Plot(label="Per-class agreement (95 % CI)")
                 gallery = gr.Gallery(elem_classes=["responsive-gallery"], elem_id="dataset-gallery",
                                      label="Largest disagreement (teacher and students)", columns=3, height=360,
                                      interactive=False)

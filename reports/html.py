@@ -160,6 +160,24 @@ def embedding_figure(records: list[dict], students: list[str]):
     return fig
 
 
+def per_class_bars(summary: dict, students: list[str]) -> list:
+    """One plotly bar trace per student: its agreement with the teacher per class, with the class's 95 % bootstrap
+    interval (images resampled) as an error bar where it is defined (none for a class on too few images)."""
+    import plotly.graph_objects as go
+
+    traces = []
+    for name in students:
+        block = summary["per_student"][name]
+        classes = list(block["per_class"])
+        values = [block["per_class"][c] for c in classes]
+        cis = [(block.get("per_class_ci95") or {}).get(c) for c in classes]
+        traces.append(go.Bar(x=classes, y=values, name=name, error_y={
+            "type": "data", "symmetric": False, "visible": any(cis),
+            "array": [ci[1] - v if ci else 0.0 for v, ci in zip(values, cis, strict=True)],
+            "arrayminus": [v - ci[0] if ci else 0.0 for v, ci in zip(values, cis, strict=True)]}))
+    return traces
+
+
 def ranking_paragraph(summary: dict) -> str:
     top = (summary.get("ranking") or {}).get("top_two")
     if not top:
@@ -181,11 +199,9 @@ def write_report(path: Path, summary: dict, records: list[dict], timings: list[d
                             "classification JS)", barmode="overlay", xaxis_title="disagreement",
                       yaxis_title="images", height=360)
     figures.append(fig)
-    per_class = summary["per_student"]
-    fig = go.Figure([go.Bar(x=list(per_class[n]["per_class"]), y=list(per_class[n]["per_class"].values()), name=n)
-                     for n in students])
-    fig.update_layout(title="Per-class agreement with the teacher", barmode="group", yaxis={"range": [0, 1]},
-                      height=360)
+    fig = go.Figure(per_class_bars(summary, students))
+    fig.update_layout(title="Per-class agreement with the teacher (95 % intervals)", barmode="group",
+                      yaxis={"range": [0, 1]}, height=360)
     figures.append(fig)
     if timings:
         fig = go.Figure([go.Box(y=[t["teacher_ms"] for t in timings], name="teacher")]

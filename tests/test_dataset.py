@@ -126,6 +126,30 @@ def test_segmentation_and_classification_pairs(folder, tmp_path):
         run_dataset(images, "shapes-diffusion", tmp_path / "gen")
 
 
+def test_the_tab_summary_gives_each_figure_its_interval_and_the_ranking_verdict(folder, tmp_path):
+    """The tab is where a student is chosen: its summary shows the intervals and the paired-bootstrap verdict that
+    summary.json and report.html hold, not only the means."""
+    from demos.dataset import summary_markdown
+
+    summary = run_dataset(list_images(folder / "images"), "shapes-detection", tmp_path, "feature-kd,adm-consensus",
+                          gallery=0, batch=4)
+    text = summary_markdown(summary)
+    for name in ("feature-kd", "adm-consensus"):
+        block = summary["per_student"][name]
+        for figures in (block["disagreement"], block["consensus"]["mean"]):
+            assert f"{figures['mean']:.3f} [{figures['ci95'][0]:.3f}, {figures['ci95'][1]:.3f}]" in text
+    assert summary["ranking"]["top_two"]["verdict"] in text and "**Ranking** (by f1)" in text
+    from demos.dataset import per_class_figure
+
+    bars = per_class_figure(summary).data  # the per-class bars carry their intervals too (report.html's as well)
+    for bar, name in zip(bars, ("feature-kd", "adm-consensus"), strict=True):
+        ci = summary["per_student"][name]["per_class_ci95"]
+        assert bar.error_y.visible == any(ci.values())
+        for label, value, up, down in zip(bar.x, bar.y, bar.error_y.array, bar.error_y.arrayminus, strict=True):
+            if ci[label]:
+                assert (value - down, value + up) == pytest.approx(tuple(ci[label]))
+
+
 def test_the_miss_ranking_counts_images_where_the_student_misses_what_the_teacher_finds():
     box = [10.0, 10.0, 30.0, 30.0]
     labels = Labels(boxes={"a.png": [("circle", box)], "b.png": [("circle", box)]})
