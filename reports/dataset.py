@@ -232,9 +232,12 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
     predictors = checked.predictors if checked is not None else predictors_for(spec, students=students_chosen)
     truth = None
     if labels:
-        truth = checked.labels if checked and checked.labels is not None else Labels.read(labels)
         classes_measured = label_classes(spec, predictors, classes)
-        check_labels_fit(truth, images, spec.task, classes_measured, Path(labels).name)
+        if checked is not None and checked.labels is not None:  # read and checked against these images already
+            truth = checked.labels
+        else:
+            truth = Labels.read(labels)
+            check_labels_fit(truth, images, spec.task, classes_measured, Path(labels).name)
         truth = truth.for_classes(classes_measured, spec.task)
     out.mkdir(parents=True, exist_ok=True)
     shard = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
