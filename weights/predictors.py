@@ -194,10 +194,18 @@ class Predictor:
     def detection_arrays(self, outputs: Any, geometries: list[Geometry], threshold: float) -> list[BoxArrays]:
         """:meth:`detections` as one :class:`BoxArrays` per image (no object per box); one read-back."""
         found = self.family.detections(self, outputs, geometries, threshold)
+        columns = (("boxes", torch.float32), ("scores", torch.float32), ("labels", torch.int64))
+        if isinstance(found, dict):  # the batch's rows at once, as many per image: sorted and cut as one matrix
+            host = read_back({key: found[key].to(dtype) for key, dtype in columns})
+            order = np.argsort(-host["scores"], axis=1, kind="stable")
+            host = {key: np.take_along_axis(host[key], order[..., None] if key == "boxes" else order, 1)
+                    for key in host}
+            kept = (host["scores"] >= threshold).sum(1).tolist()
+            return [BoxArrays(host["boxes"][i, :n], host["scores"][i, :n], host["labels"][i, :n], self.labels)
+                    for i, n in enumerate(kept)]
         if not found:
             return []
-        host = read_back({key: torch.cat([r[key].to(dtype) for r in found]) for key, dtype in
-                          (("boxes", torch.float32), ("scores", torch.float32), ("labels", torch.int64))})
+        host = read_back({key: torch.cat([r[key].to(dtype) for r in found]) for key, dtype in columns})
         bounds = np.cumsum([0, *(len(r["scores"]) for r in found)])
         out = []
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):  # sorted and filtered on the host: a few µs each

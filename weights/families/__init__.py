@@ -134,7 +134,8 @@ class Family:
                    ) -> list[dict[str, torch.Tensor]]:
         """Per image: ``{"boxes": (N, 4) xyxy in input-image pixels, "scores": (N,), "labels": (N,) int64}``
         above ``threshold`` (or more: the predictor keeps those above it on the host), on the model's device, not
-        yet read back, in any order."""
+        yet read back, in any order. A family with as many candidates for every image may return the batch as one
+        dict instead, (B, K, 4), (B, K) and (B, K): fewer ops than a dict per image."""
         raise NotImplementedError(f"{self.name} models do not detect")
 
     def detection_candidates(self, predictor: Predictor, outputs: Any, geometry: Geometry, height: int, width: int,

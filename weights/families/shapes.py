@@ -117,7 +117,7 @@ class ShapesFamily(Family):
         limit = torch.tensor([[g.width, g.height] * 2 for g in geometries], dtype=boxes.dtype,
                              device=boxes.device)[:, None]
         boxes = torch.minimum((boxes * scale).clamp_min(0), limit)
-        return [{"boxes": boxes[i], "scores": scores[i], "labels": labels[i]} for i in range(len(geometries))]
+        return {"boxes": boxes, "scores": scores, "labels": labels}  # (B, K, ...): as many candidates per image
 
     def detection_candidates(self, predictor, outputs, geometry, height, width, index=0):
         rows = [index] if isinstance(index, int) else index
