@@ -7,6 +7,7 @@ is written), and hooks or attention switches live only inside context managers t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
@@ -71,33 +72,50 @@ def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, target: Callable[[obj
     return normalise_map(cam), outputs
 
 
+_UNFUSED_GUARD = threading.Lock()
+_UNFUSED: dict[torch.nn.Module, list] = {}  # module -> [calls inside unfused_attention, its own fused_attn flag]
+
+
 @contextmanager
 def unfused_attention(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
     """Switch timm attention modules to their explicit (unfused) path and record their attention probabilities.
 
     Yields:
         A list filled during forwards inside the block with one (B, heads, N, N) tensor per attention module,
-        in call order. Every module's ``fused_attn`` flag and every hook are restored on exit, also after an error.
+        in call order. Every hook is removed on exit, also after an error, and every module's ``fused_attn`` flag
+        is back as it was once the last call inside this block on that model has left it: concurrent calls on a
+        shared model (a server's cached one) neither restore each other's switch nor leave it switched. Meanwhile
+        other forwards of the model take the explicit path too (the same values, slower); each call's hooks record
+        its own forwards only.
     """
     probs: list[torch.Tensor] = []
-    switched: list[tuple[torch.nn.Module, bool]] = []
+    switched: list[torch.nn.Module] = []
     handles = []
     with this_call_only() as mine:
         try:
-            for module in model.modules():
-                if hasattr(module, "fused_attn") and hasattr(module, "attn_drop"):
-                    switched.append((module, module.fused_attn))
-                    module.fused_attn = False
-                    handles.append(module.attn_drop.register_forward_hook(
-                        lambda _m, _i, output: probs.append(output.detach()) if mine() else None))
+            with _UNFUSED_GUARD:
+                for module in model.modules():
+                    if hasattr(module, "fused_attn") and hasattr(module, "attn_drop"):
+                        entry = _UNFUSED.setdefault(module, [0, module.fused_attn])
+                        entry[0] += 1
+                        switched.append(module)
+                        module.fused_attn = False
+            for module in switched:
+                handles.append(module.attn_drop.register_forward_hook(
+                    lambda _m, _i, output: probs.append(output.detach()) if mine() else None))
             if not switched:
                 raise ValueError(f"{type(model).__name__} has no timm attention modules to capture")
             yield probs
         finally:
             for handle in handles:
                 handle.remove()
-            for module, fused in switched:
-                module.fused_attn = fused
+            with _UNFUSED_GUARD:
+                for module in switched:
+                    entry = _UNFUSED[module]
+                    entry[0] -= 1
+                    if entry[0] == 0:
+                        module.fused_attn = entry[1]
+                        del _UNFUSED[module]
 
 
 def attention_rollout(attentions: list[torch.Tensor], residual: float = 0.5) -> torch.Tensor:

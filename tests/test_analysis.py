@@ -191,6 +191,44 @@ def test_unfused_attention_is_restored_even_after_an_error():
     assert all(not m._forward_hooks for m in vit.modules())
 
 
+def test_overlapping_unfused_attention_calls_leave_the_shared_model_as_it_was():
+    # two users' calls on one cached model, in two threads, overlapping: the first to leave must not switch the
+    # second's modules back, and the last to leave restores the model's own flags (a plain save-and-restore left
+    # them switched off for good)
+    import threading
+
+    vit = tiny_vit()
+    attention = [m for m in vit.modules() if hasattr(m, "fused_attn")]
+    flags = [m.fused_attn for m in attention]
+    assert all(flags)  # timm's default where the fused kernel exists: the test needs a flag to flip
+    entered, first_left, seen = threading.Event(), threading.Event(), {}
+
+    def first():
+        with unfused_attention(vit):
+            entered.set()
+            second_entered.wait(10)
+        first_left.set()
+
+    def second():
+        entered.wait(10)
+        with unfused_attention(vit) as probs:
+            second_entered.set()
+            first_left.wait(10)
+            seen["switched"] = [m.fused_attn for m in attention]
+            vit(torch.randn(1, 3, 64, 64))
+            seen["probs"] = len(probs)
+
+    second_entered = threading.Event()
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert seen == {"switched": [False] * len(attention), "probs": len(attention)}
+    assert [m.fused_attn for m in attention] == flags
+    assert all(not m._forward_hooks for m in vit.modules())
+
+
 def test_deformable_sampling_hooks_are_removed(tiny_hub_pairs):
     from weights.loaders import load_model
     from weights.registry import get_pair
