@@ -1,7 +1,7 @@
 """Images per second of the dataset report against its forward-only limit, in one process and data-parallel; its
 memory over a long run; and whether its ranking means anything.
 
-    python -m benchmarks.dataset_speed [--scenes 2000] [--procs 1 2] [--batch 16] [--repeats 3]
+    python -m benchmarks.dataset_speed [--scenes 2000] [--procs 1 2] [--batch 16] [--repeats 5]
                                        [--pair shapes-detection]
     python -m benchmarks.dataset_speed --rss-scenes 10000      # memory over a long run, one process
 
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=2000)
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of (limit, report, limit) per process count")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of (limit, report, limit) per process count")
     parser.add_argument("--pair", default="shapes-detection")
     parser.add_argument("--students", default="")
     parser.add_argument("--rss-scenes", type=int, default=0, help="instead: memory over this many scenes, 1 process")
