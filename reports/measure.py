@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from analysis.cka import MIN_SAMPLES, MinibatchCKA
-from analysis.consensus import pool_to
+from analysis.consensus import pool_to, reading_maps
 from analysis.features import match_stages, stack_images
 from compare.inputs import InputError, read_image
 from compare.vision import VisionRequest, run_vision
@@ -75,9 +75,12 @@ def analyse_batch(paths: list[Path], spec: Pair, chosen: list[Student], predicto
             out[i] = Analysed(*clip_record(paths[i].name, result.to_json()))
     elif arrays:
         stages: dict = {}
-        results = run_vision(VisionRequest(spec, chosen, arrays, notes, threshold, latency=False, consensus=True,
-                                           overlays=False, accuracy_threshold=accuracy_threshold if labels else None),
-                             predictors, stages)
+        pooled = PooledMaps(CKA_GRID)  # CKA's pooled maps, made as the consensus reads each map (still in cache)
+        with reading_maps(pooled.add):
+            results = run_vision(VisionRequest(spec, chosen, arrays, notes, threshold, latency=False, consensus=True,
+                                               overlays=False,
+                                               accuracy_threshold=accuracy_threshold if labels else None),
+                                 predictors, stages)
         embedded = {name: embeddings(images) for name, images in stages.items()}
         for k, (i, result) in enumerate(zip(readable, results, strict=True)):
             record, timing, maps = vision_record(paths[i], result, spec, labels, arrays[k].shape[:2])
@@ -86,7 +89,7 @@ def analyse_batch(paths: list[Path], spec: Pair, chosen: list[Student], predicto
                 block["embedding"] = embedded[name][k]
             out[i] = Analysed(record, timing, maps)
         if len(arrays) >= MIN_SAMPLES:
-            cka = cka_terms(stages, [s.name for s in chosen], batch_index)
+            cka = cka_terms(stages, [s.name for s in chosen], batch_index, pooled)
     return out, cka
 
 
@@ -178,23 +181,54 @@ def _per_batch(maps: list[torch.Tensor], op) -> torch.Tensor:
     return torch.cat([op(m.float()) for m in maps])
 
 
-def _pooled(maps: list[torch.Tensor], grid: tuple[int, int] = CKA_GRID) -> torch.Tensor:
-    """One stage of the batch's images -> (n, C, *grid) float32."""
+class PooledMaps:
+    """Stage maps pooled to ``grid`` as :func:`analysis.consensus.reading_maps` hands them over, found again by what
+    they are a view of (storage, offset, shape, strides, dtype) when the same batch's stage is stacked again: the
+    pooling (:func:`pool_to` of the map as float32, the same op as :func:`_pooled`'s) then costs what it costs on a
+    map in cache."""
+
+    def __init__(self, grid: tuple[int, int]):
+        self.grid, self.maps = grid, {}
+
+    @staticmethod
+    def _key(features: torch.Tensor) -> tuple:
+        return (features.device, features.untyped_storage().data_ptr(), features.storage_offset(),
+                tuple(features.shape), features.stride(), features.dtype)
+
+    def add(self, features: torch.Tensor) -> None:
+        if features.dim() == 4:
+            self.maps[self._key(features)] = pool_to(features.float(), self.grid)
+
+    def get(self, features: torch.Tensor) -> torch.Tensor | None:
+        return self.maps.get(self._key(features))
+
+
+def _pooled(maps: list[torch.Tensor], grid: tuple[int, int] = CKA_GRID, pooled: PooledMaps | None = None,
+            ) -> torch.Tensor:
+    """One stage of the batch's images -> (n, C, *grid) float32; ``pooled``: maps already pooled to ``grid``."""
+    if pooled is not None and pooled.grid == tuple(grid) and all(m.shape == maps[0].shape for m in maps):
+        found = pooled.get(stack_images(maps))
+        if found is not None:
+            return found
     return _per_batch(maps, lambda x: pool_to(x, grid))
 
 
-def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: int) -> dict:
+def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: int,
+              pooled: PooledMaps | None = None) -> dict:
     """The batch's unbiased HSIC terms between the teacher's and each student's matched stages (each stage pooled to
     :data:`CKA_GRID` per image), and against the student's features of other images of the batch (a permutation
     seeded by the batch's index, so any split of the run gives the same terms). Summed over batches they give
-    minibatch CKA (:class:`analysis.cka.MinibatchCKA`)."""
+    minibatch CKA (:class:`analysis.cka.MinibatchCKA`). ``pooled``: maps the consensus already pooled (the same
+    numbers, cheaper)."""
     out = {}
     for name in students:
         pairs = match_stages(stages["teacher"][0], stages[name][0])
         at_t = {s.name: k for k, s in enumerate(stages["teacher"][0])}  # every image's stages come in one order
         at_s = {s.name: k for k, s in enumerate(stages[name][0])}
-        teacher = [_pooled([image[at_t[t.name]].features for image in stages["teacher"]]) for t, _ in pairs]
-        student = [_pooled([image[at_s[st.name]].features for image in stages[name]]) for _, st in pairs]
+        teacher = [_pooled([image[at_t[t.name]].features for image in stages["teacher"]], CKA_GRID, pooled)
+                   for t, _ in pairs]
+        student = [_pooled([image[at_s[st.name]].features for image in stages[name]], CKA_GRID, pooled)
+                   for _, st in pairs]
         cka = MinibatchCKA(torch.Generator().manual_seed(batch_index))
         cka.update(teacher, student)
         terms = torch.stack([cka.cross.flatten(), cka.cross_shuffled.flatten()]).cpu()  # the one read-back

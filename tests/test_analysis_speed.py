@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from analysis.consensus import analyse_stages, cka_matrix, foreground_cells, linear_cka, resize_mask
+from analysis.consensus import analyse_stages, cka_matrix, foreground_cells, linear_cka, reading_maps, resize_mask
 from analysis.features import capture_stages, match_stages, stack_images
 from analysis.profiling import DispatchCounter
 from analysis.readback import read_back
@@ -94,6 +94,33 @@ def test_students_facing_one_teacher_map_get_their_own_calls_figures(grid):
         assert torch.allclose(together.consensus_chance[k], alone.consensus_chance[0], atol=1e-6)
         assert torch.allclose(together.weights[k], alone.weights[0], atol=1e-6)
     assert not torch.allclose(together.figures[0], together.figures[2], atol=1e-3)  # the pairs differ
+
+
+def test_reading_maps_hands_each_map_once_to_this_call_only_and_changes_nothing():
+    """What the dataset report pools for CKA while the consensus has each map in cache: every map of the pairs once
+    (a teacher map two students face, once), only inside the block and only to the thread that opened it."""
+    import threading
+
+    torch.manual_seed(0)
+    teacher = [torch.randn(4, 24, 16, 16).relu(), torch.randn(4, 48, 8, 8).relu()]
+    students = [[torch.randn(4, 16, 16, 16), torch.randn(4, 32, 8, 8)],
+                [torch.randn(4, 8, 16, 16), torch.randn(4, 16, 8, 8)]]
+    pairs = [(t, s[k]) for s in students for k, t in enumerate(teacher)]
+    foreground = torch.rand(4, 32, 32) > 0.5
+
+    def analyse():
+        return analyse_stages(pairs, ["affinity"] * 4, foreground, 0.1, None, [], [], with_cka=False)
+
+    plain, seen = analyse(), []
+    with reading_maps(seen.append):
+        other_thread = threading.Thread(target=analyse)  # another user's analysis meanwhile: not this call's
+        other_thread.start()
+        other_thread.join()
+        assert seen == []
+        read = analyse()
+    analyse()  # after the block: nothing more
+    assert sorted(map(id, seen)) == sorted({id(x) for pair in pairs for x in pair}) and len(seen) == 6
+    assert torch.equal(read.figures, plain.figures)
 
 
 def test_half_precision_features_give_the_float32_answer():

@@ -566,3 +566,28 @@ def test_a_classifier_gallery_picture_is_captioned_with_each_models_top1(tmp_pat
     record = {"image": "a.png", "teacher": {"top1": "cat"}, "students": {"s": {"top1": "dog"}}}
     (caption, picture), = overlays(path, record, "classification", ["s"], [], [], None)
     assert caption == "teacher: cat · s: dog" and picture.shape == (32, 32, 3)
+
+
+def test_cka_terms_pooled_while_the_consensus_reads_the_maps_equal_a_separate_pass(folder, monkeypatch):
+    """The report pools each stage for CKA as the consensus reads it (in cache): the terms are bitwise those of a
+    separate pass over the maps, and the pooled maps are really the ones used."""
+    import contextlib
+
+    import compare
+    import reports.measure as measure
+    from weights.registry import get_pair
+
+    spec = get_pair("shapes-detection")
+    chosen = spec.choose_students(None)
+    _, _, predictors = compare.load("shapes-detection", None)
+    paths = sorted((folder / "images").glob("scene_*.png"))[:6]
+    found = []
+    get = measure.PooledMaps.get
+    monkeypatch.setattr(measure.PooledMaps, "get", lambda self, x: found.append(get(self, x)) or found[-1])
+    _, together = measure.analyse_batch(paths, spec, chosen, predictors, 0.3, "", None, 3)
+    assert found and all(f is not None for f in found)  # every stage CKA pooled was pooled during the consensus
+    monkeypatch.setattr(measure, "reading_maps", lambda reader: contextlib.nullcontext())
+    found.clear()
+    _, apart = measure.analyse_batch(paths, spec, chosen, predictors, 0.3, "", None, 3)
+    assert found and all(f is None for f in found)  # pooled in a pass of its own
+    assert json.dumps(together, sort_keys=True) == json.dumps(apart, sort_keys=True)
