@@ -486,7 +486,14 @@ def reading_maps(reader: Callable[[torch.Tensor], None]) -> Iterator[None]:
     Shapes scenes there, ~2 ms after the consensus). ``reader`` gets every map as given in ``pairs`` (each teacher
     map once however many students face it), (B, C, h, w), and must not modify it; maps of more than
     :data:`MAX_LOCATIONS` locations, which the consensus reads only to pool them, are handed over all the same.
-    Only this thread's or task's analyses call it; gone on exit, also after an error.
+    Only this thread's or task's analyses call it (and tasks it starts inside the block); gone on exit, also after
+    an error.
+
+    Args:
+        reader: called as ``reader(features)``; what it returns is ignored.
+
+    Yields:
+        None.
     """
     token = _MAP_READERS.set((*_MAP_READERS.get(), reader))
     try:

@@ -185,10 +185,17 @@ class PooledMaps:
     """Stage maps pooled to ``grid`` as :func:`analysis.consensus.reading_maps` hands them over, found again by what
     they are a view of (storage, offset, shape, strides, dtype) when the same batch's stage is stacked again: the
     pooling (:func:`pool_to` of the map as float32, the same op as :func:`_pooled`'s) then costs what it costs on a
-    map in cache."""
+    map in cache.
+
+    Each entry keeps the map it was pooled from, so that its memory cannot be freed and given to another map of the
+    same shape while this object lives (a temporary the consensus stacked from two forwards' batches, then dropped,
+    would otherwise hand its pooled numbers to whichever map came to lie there), and the map's version counter, so
+    that a map written into since is pooled again.
+    """
 
     def __init__(self, grid: tuple[int, int]):
-        self.grid, self.maps = grid, {}
+        self.grid = tuple(grid)
+        self.maps: dict[tuple, tuple[torch.Tensor, int, torch.Tensor]] = {}
 
     @staticmethod
     def _key(features: torch.Tensor) -> tuple:
@@ -196,11 +203,19 @@ class PooledMaps:
                 tuple(features.shape), features.stride(), features.dtype)
 
     def add(self, features: torch.Tensor) -> None:
-        if features.dim() == 4:
-            self.maps[self._key(features)] = pool_to(features.float(), self.grid)
+        """Pool a (B, C, h, w) map and keep it with the result; anything else (or an inference tensor, which keeps
+        no version counter) is left to be pooled when asked for."""
+        if features.dim() != 4 or features.is_inference():
+            return
+        self.maps[self._key(features)] = (features, features._version, pool_to(features.float(), self.grid))
 
     def get(self, features: torch.Tensor) -> torch.Tensor | None:
-        return self.maps.get(self._key(features))
+        """The pooled (B, C, *grid) float32 map of ``features`` (the same memory, shape and strides as a map added),
+        or None: never added, or written into since."""
+        found = self.maps.get(self._key(features))
+        if found is None or found[0]._version != found[1]:
+            return None
+        return found[2]
 
 
 def _pooled(maps: list[torch.Tensor], grid: tuple[int, int] = CKA_GRID, pooled: PooledMaps | None = None,

@@ -591,3 +591,34 @@ def test_cka_terms_pooled_while_the_consensus_reads_the_maps_equal_a_separate_pa
     _, apart = measure.analyse_batch(paths, spec, chosen, predictors, 0.3, "", None, 3)
     assert found and all(f is None for f in found)  # pooled in a pass of its own
     assert json.dumps(together, sort_keys=True) == json.dumps(apart, sort_keys=True)
+
+
+def test_cka_terms_of_images_of_two_sizes_in_one_batch_equal_a_separate_pass(tmp_path, monkeypatch):
+    """Images of two input sizes whose stages crop to one shape: the consensus analyses temporary copies stacked from
+    the two forwards, then drops them, and the CKA pass stacks new ones, which can come to lie where the first ones
+    lay. Pooled maps found again by address must not be another map's (a student's CKA terms came out with the other
+    student's stage before the pooled maps kept what they were pooled from)."""
+    import contextlib
+
+    import numpy as np
+
+    import compare
+    import reports.measure as measure
+    from weights.registry import get_pair
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(1000, 1378), (1000, 1380)] * 3):  # one consensus group, two forward batches
+        image = np.full((h, w, 3), 30, np.uint8)
+        for _ in range(6):
+            y, x, side = rng.integers(0, h - 200), rng.integers(0, w - 200), rng.integers(60, 200)
+            image[y:y + side, x:x + side] = rng.integers(0, 255, 3)
+        paths.append(tmp_path / f"scene_{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    spec = get_pair("shapes-detection")
+    chosen = list(spec.students)  # two students of one architecture: stages of the same shapes
+    _, _, predictors = compare.load("shapes-detection", [s.name for s in chosen])
+    _, together = measure.analyse_batch(paths, spec, chosen, predictors, 0.3, "", None, 3)
+    monkeypatch.setattr(measure, "reading_maps", lambda reader: contextlib.nullcontext())
+    _, apart = measure.analyse_batch(paths, spec, chosen, predictors, 0.3, "", None, 3)
+    assert json.dumps(together, sort_keys=True) == json.dumps(apart, sort_keys=True)

@@ -131,7 +131,7 @@ class Family:
 
     # Task outputs ---------------------------------------------------------------------------------------------
     def detections(self, predictor: Predictor, outputs: Any, geometries: list[Geometry], threshold: float,
-                   ) -> list[dict[str, torch.Tensor]]:
+                   ) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
         """Per image: ``{"boxes": (N, 4) xyxy in input-image pixels, "scores": (N,), "labels": (N,) int64}``
         above ``threshold`` (or more: the predictor keeps those above it on the host), on the model's device, not
         yet read back, in any order. A family with as many candidates for every image may return the batch as one
