@@ -505,8 +505,10 @@ def reading_maps(reader: Callable[[torch.Tensor], None]) -> Iterator[None]:
 def _read(maps: list[torch.Tensor], handed: set[int]) -> None:
     """Hand each of ``maps`` not yet in ``handed`` (ids) to this call's :func:`reading_maps` readers, if any."""
     readers = _MAP_READERS.get()
+    if not readers:
+        return
     for features in maps:
-        if readers and id(features) not in handed:
+        if id(features) not in handed:
             handed.add(id(features))
             for reader in readers:
                 reader(features)

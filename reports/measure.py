@@ -184,8 +184,8 @@ def _per_batch(maps: list[torch.Tensor], op) -> torch.Tensor:
 class PooledMaps:
     """Stage maps pooled to ``grid`` as :func:`analysis.consensus.reading_maps` hands them over, found again by what
     they are a view of (storage, offset, shape, strides, dtype) when the same batch's stage is stacked again: the
-    pooling (:func:`pool_to` of the map as float32, the same op as :func:`_pooled`'s) then costs what it costs on a
-    map in cache.
+    pooling (:func:`pool_to` of the map as float32, as :meth:`stage` pools a map not handed over) then costs what
+    it costs on a map in cache.
 
     Each entry keeps the map it was pooled from, so that its memory cannot be freed and given to another map of the
     same shape while this object lives (a temporary the consensus stacked from two forwards' batches, then dropped,
@@ -217,15 +217,14 @@ class PooledMaps:
             return None
         return found[2]
 
-
-def _pooled(maps: list[torch.Tensor], grid: tuple[int, int] = CKA_GRID, pooled: PooledMaps | None = None,
-            ) -> torch.Tensor:
-    """One stage of the batch's images -> (n, C, *grid) float32; ``pooled``: maps already pooled to ``grid``."""
-    if pooled is not None and pooled.grid == tuple(grid) and all(m.shape == maps[0].shape for m in maps):
-        found = pooled.get(stack_images(maps))
-        if found is not None:
-            return found
-    return _per_batch(maps, lambda x: pool_to(x, grid))
+    def stage(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """One stage of the batch's images, (1, C, h_i, w_i) each -> (n, C, *grid) float32: as pooled when the
+        consensus read it, else pooled now."""
+        if all(m.shape == maps[0].shape for m in maps):
+            found = self.get(stack_images(maps))
+            if found is not None:
+                return found
+        return _per_batch(maps, lambda x: pool_to(x, self.grid))
 
 
 def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: int,
@@ -235,15 +234,14 @@ def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: i
     seeded by the batch's index, so any split of the run gives the same terms). Summed over batches they give
     minibatch CKA (:class:`analysis.cka.MinibatchCKA`). ``pooled``: maps the consensus already pooled (the same
     numbers, cheaper)."""
+    pooled = pooled if pooled is not None else PooledMaps(CKA_GRID)
     out = {}
     for name in students:
         pairs = match_stages(stages["teacher"][0], stages[name][0])
         at_t = {s.name: k for k, s in enumerate(stages["teacher"][0])}  # every image's stages come in one order
         at_s = {s.name: k for k, s in enumerate(stages[name][0])}
-        teacher = [_pooled([image[at_t[t.name]].features for image in stages["teacher"]], CKA_GRID, pooled)
-                   for t, _ in pairs]
-        student = [_pooled([image[at_s[st.name]].features for image in stages[name]], CKA_GRID, pooled)
-                   for _, st in pairs]
+        teacher = [pooled.stage([image[at_t[t.name]].features for image in stages["teacher"]]) for t, _ in pairs]
+        student = [pooled.stage([image[at_s[st.name]].features for image in stages[name]]) for _, st in pairs]
         cka = MinibatchCKA(torch.Generator().manual_seed(batch_index))
         cka.update(teacher, student)
         terms = torch.stack([cka.cross.flatten(), cka.cross_shuffled.flatten()]).cpu()  # the one read-back
