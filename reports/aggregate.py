@@ -504,31 +504,51 @@ def _covered_by_crowd(boxes: list[list[float]], crowd: list[list[float]]) -> lis
     return (inter >= 0.5 * area).any(1).tolist()
 
 
+def _ranked_runs(entry: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A class's detections as the AP needs them: ``(image, tp, starts)``, the detections by descending
+    score (stable) up to its last true positive, and where each segment (a run of false positives and the run of
+    true positives after it) starts; None without a true positive. Detections after the last true positive cannot
+    raise precision at any recall, and within a run of true positives precision and recall only grow, so the
+    precision envelope at COCO's recall points is read at the segments' ends alone (the same numbers as reading it
+    at every detection)."""
+    tp = np.asarray(entry["tp"], dtype=bool)
+    if not tp.any():
+        return None
+    order = np.argsort(-np.asarray(entry["score"]), kind="stable")
+    tp = tp[order]
+    last = int(np.flatnonzero(tp)[-1]) + 1
+    tp, image = tp[:last], np.asarray(entry["image"])[order[:last]]
+    ends = np.flatnonzero(tp & np.append(~tp[1:], True))  # the last detection of each run of true positives
+    return image, tp.astype(np.float64), np.concatenate([[0], ends[:-1] + 1])
+
+
 def weighted_map50(classes: dict[str, dict], weights: np.ndarray) -> np.ndarray:
     """(R,) mAP@0.5 for R weightings of the images (bootstrap counts; ones give the plain mAP): per class, the
     101-point interpolated AP of its detections, each counted as often as its image; classes without a labelled
     object in a weighting are left out of its mean."""
+    return _weighted_map50([(entry["positives"], _ranked_runs(entry)) for entry in classes.values()], weights)
+
+
+def _weighted_map50(classes: list[tuple[np.ndarray, tuple | None]], weights: np.ndarray) -> np.ndarray:
+    """:func:`weighted_map50` of classes already ranked (``(positives, _ranked_runs(entry))`` each)."""
     per_class = []
-    for entry in classes.values():
-        positives = weights @ entry["positives"]  # (R,)
-        if not entry["score"]:
+    for positives, runs in classes:
+        positives = weights @ positives  # (R,)
+        if runs is None:  # no detection, or none right: AP 0 wherever the class holds a labelled object
             per_class.append(np.where(positives > 0, 0.0, np.nan))
             continue
-        order = np.argsort(-np.asarray(entry["score"]), kind="stable")
-        image = np.asarray(entry["image"])[order]
-        tp = np.asarray(entry["tp"], dtype=np.float64)[order]
-        w = weights[:, image]  # (R, D)
-        tp_sum, fp_sum = np.cumsum(w * tp, 1), np.cumsum(w * (1 - tp), 1)
+        image, tp, starts = runs
+        w = weights[:, image]  # (R, D): each detection counted as often as its image was drawn
+        found = np.add.reduceat(w * tp, starts, 1).cumsum(1)  # (R, S) at each segment's end: exact integer sums
+        made = np.add.reduceat(w, starts, 1).cumsum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            recall = tp_sum / positives[:, None]
-            precision = np.where(tp_sum + fp_sum > 0, tp_sum / (tp_sum + fp_sum), 0.0)
+            recall = found / positives[:, None]
+            precision = np.where(made > 0, found / made, 0.0)
         envelope = np.maximum.accumulate(precision[:, ::-1], 1)[:, ::-1]
-        ap = np.full(len(weights), np.nan)
-        for r in range(len(weights)):
-            if positives[r] > 0:
-                index = np.searchsorted(recall[r], RECALL_POINTS, side="left")
-                ap[r] = np.where(index < len(recall[r]), envelope[r][np.minimum(index, len(recall[r]) - 1)], 0).mean()
-        per_class.append(ap)
+        index = (recall[:, :, None] < RECALL_POINTS).sum(1)  # (R, 101): the first segment reaching each recall
+        read = np.take_along_axis(envelope, np.minimum(index, envelope.shape[1] - 1), 1)
+        ap = np.where(index < envelope.shape[1], read, 0.0).mean(1)
+        per_class.append(np.where(positives > 0, ap, np.nan))
     with np.errstate(invalid="ignore"):
         return np.nanmean(np.stack(per_class), 0) if per_class else np.full(len(weights), np.nan)
 
@@ -540,7 +560,8 @@ def map50_interval(records: list[dict], model: str, labels: Labels, level: float
     if n < MIN_IMAGES:
         return None
     classes = _detections_matched(records, model, labels)
-    return percentile_interval(np.concatenate([weighted_map50(classes, counts) for counts in resampled_counts(n)]),
+    ranked = [(entry["positives"], _ranked_runs(entry)) for entry in classes.values()]  # sorted once, not per chunk
+    return percentile_interval(np.concatenate([_weighted_map50(ranked, counts) for counts in resampled_counts(n)]),
                                level)
 
 

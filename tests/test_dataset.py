@@ -622,3 +622,57 @@ def test_cka_terms_of_images_of_two_sizes_in_one_batch_equal_a_separate_pass(tmp
     monkeypatch.setattr(measure, "reading_maps", lambda reader: contextlib.nullcontext())
     _, apart = measure.analyse_batch(paths, spec, chosen, predictors, 0.3, "", None, 3)
     assert json.dumps(together, sort_keys=True) == json.dumps(apart, sort_keys=True)
+
+
+def _map50_at_every_detection(classes, weights):
+    """Reference for :func:`weighted_map50`: the precision envelope computed and read at every detection."""
+    import numpy as np
+
+    from reports.aggregate import RECALL_POINTS
+
+    per_class = []
+    for entry in classes.values():
+        positives = weights @ entry["positives"]
+        if not entry["score"]:
+            per_class.append(np.where(positives > 0, 0.0, np.nan))
+            continue
+        order = np.argsort(-np.asarray(entry["score"]), kind="stable")
+        w = weights[:, np.asarray(entry["image"])[order]]
+        tp = np.asarray(entry["tp"], dtype=np.float64)[order]
+        tp_sum, fp_sum = np.cumsum(w * tp, 1), np.cumsum(w * (1 - tp), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = tp_sum / positives[:, None]
+            precision = np.where(tp_sum + fp_sum > 0, tp_sum / (tp_sum + fp_sum), 0.0)
+        envelope = np.maximum.accumulate(precision[:, ::-1], 1)[:, ::-1]
+        ap = np.full(len(weights), np.nan)
+        for r in range(len(weights)):
+            if positives[r] > 0:
+                index = np.searchsorted(recall[r], RECALL_POINTS, side="left")
+                ap[r] = np.where(index < len(recall[r]), envelope[r][np.minimum(index, len(recall[r]) - 1)], 0).mean()
+        per_class.append(ap)
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(np.stack(per_class), 0)
+
+
+def test_the_bootstrap_map_read_at_segment_ends_equals_reading_it_at_every_detection():
+    """weighted_map50 reads the precision envelope only where a run of true positives ends and drops detections after
+    the last one: bit for bit the AP of reading it at every detection, for bootstrap weights with images drawn
+    twice or not at all, tied scores, classes with no true positive, no detection or no labelled object."""
+    import numpy as np
+
+    from reports.aggregate import resampled_counts, weighted_map50
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        n = int(rng.integers(5, 40))
+        classes = {}
+        for c in range(int(rng.integers(1, 5))):
+            d = int(rng.integers(0, 80)) if c else 0  # class 0: labelled objects, no detection
+            kind = trial % 4  # scores: distinct, heavily tied, all equal, distinct with no true positive
+            scores = rng.random(d) if kind in (0, 3) else rng.integers(0, 4 if kind == 1 else 1, d) / 4
+            tp = rng.random(d) < (0 if kind == 3 else rng.random())
+            classes[f"c{c}"] = {"image": rng.integers(0, n, d).tolist(), "score": scores.tolist(), "tp": tp.tolist(),
+                                "positives": rng.integers(0, 3, n).astype(float) * (rng.random() < 0.9)}
+        weights = np.vstack([np.ones((1, n)), next(resampled_counts(n))])
+        assert np.array_equal(weighted_map50(classes, weights), _map50_at_every_detection(classes, weights),
+                              equal_nan=True)
