@@ -22,8 +22,10 @@ class Profile:
     """One model's cost in a request.
 
     ``latency_ms`` (median) and ``latency_iqr_ms`` of ``runs`` warm forwards of one image at this input shape, from
-    the latency cache when ``latency_cached``; ``this_run_ms`` is this request's own forward, per image (ms);
-    ``gflops`` of one forward; ``params`` the model's parameter count. Figures not measured are None.
+    the latency cache when ``latency_cached``; ``latency_alone``: timed while no other call ran in the process (else
+    while others shared the machine, and timed again by the first call to find the process idle); ``this_run_ms`` is
+    this request's own forward, per image (ms); ``gflops`` of one forward; ``params`` the model's parameter count.
+    Figures not measured are None.
     """
 
     params: int
@@ -33,11 +35,12 @@ class Profile:
     runs: int | None = None
     latency_cached: bool | None = None
     this_run_ms: float | None = None
+    latency_alone: bool | None = None
 
     def to_json(self) -> dict:
         return {"latency_ms": self.latency_ms, "latency_iqr_ms": self.latency_iqr_ms, "runs": self.runs,
-                "latency_cached": self.latency_cached, "this_run_ms": self.this_run_ms, "params": self.params,
-                "gflops": self.gflops}
+                "latency_cached": self.latency_cached, "latency_alone": self.latency_alone,
+                "this_run_ms": self.this_run_ms, "params": self.params, "gflops": self.gflops}
 
 
 def students_report(chosen: list[Student], per_student: dict[str, dict], key: str, higher_is_better: bool = True,

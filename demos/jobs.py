@@ -15,6 +15,7 @@ import torch
 
 from compare.inputs import InputError
 from compare.jobs import CALLER_GONE_PROBES, glibc
+from compare.latency import ACTIVITY
 from demos.served import served_files
 from weights.custom import OwnModelError
 from weights.loaders import ModelUnavailableError
@@ -217,7 +218,7 @@ def user_errors(fn: Callable) -> Callable:
         import gradio as gr
 
         try:
-            with download_slot([*args, *kwargs.values()]):
+            with ACTIVITY.running(), download_slot([*args, *kwargs.values()]):  # counted: latencies timed meanwhile
                 return served_files(fn(*args, **kwargs))
         except gr.Error:
             raise

@@ -30,6 +30,8 @@ def ranking_markdown(report: dict) -> str:
             text += f" ± {spread / 2:.1f} ({runs} {'run' if runs == 1 else 'runs'})"
             if median is not None and spread / 2 > median:
                 text += " ⚠ spread wider than the median: unreliable"
+        if median is not None and block.get("latency_alone") is False:
+            text += " ⚠ timed while other requests ran (timed again when the app is idle)"
         return text
 
     def row(label: str, figure: str, block: dict) -> str:

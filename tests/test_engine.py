@@ -21,6 +21,7 @@ from weights.shapes.world import render_scene
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ADDED = {"latency_cached", "this_run_ms", "gflops",  # figures the engine adds (/classify had no FLOPs before)
+         "latency_alone",  # whether a latency was timed with no other call running (session 15)
          "chance", "estimator", "consensus_chance", "locations"}  # chance levels beside per-image figures (#30)
 # Deliberate changes since the reference: per-image CKA uses the unbiased HSIC estimator (#30, session 9), whose
 # values differ from the biased estimator's; everything else must be equal.
@@ -157,6 +158,54 @@ def test_latency_comes_from_a_cache_measured_once(scene):
         assert (a.latency_ms, a.runs, a.gflops) == (b.latency_ms, b.runs, b.gflops) and a.gflops > 0
         assert b.this_run_ms > 0
     assert compare.detect(scene, "shapes-detection", latency=False).profiles["teacher"].latency_ms is None
+
+
+def test_a_latency_timed_while_another_call_ran_is_timed_again_when_the_process_is_idle():
+    """A figure timed while another call ran in the process is kept as provisional (``alone`` False): served while
+    others still run, timed again by the first call that finds none, and from then on served from the cache."""
+    import threading
+
+    from compare.latency import Activity, LatencyCache
+
+    activity = Activity()
+    cache = LatencyCache(activity=activity)
+    forwards = []
+    inside, leave = threading.Event(), threading.Event()
+
+    def other_call():
+        with activity.running():
+            inside.set()
+            leave.wait(10)
+
+    other = threading.Thread(target=other_call)
+    other.start()
+    inside.wait(10)
+    with activity.running():  # this call, while the other runs
+        first, cached = cache.measure("model", lambda: forwards.append(1), torch.device("cpu"))
+        assert not first.alone and not cached and forwards
+        timed = len(forwards)
+        again, cached = cache.measure("model", lambda: forwards.append(1), torch.device("cpu"))
+        assert cached and again == first and len(forwards) == timed  # the other still runs: no new timing
+    leave.set()
+    other.join()
+    with activity.running():  # alone now: timed again, then reused
+        second, cached = cache.measure("model", lambda: forwards.append(1), torch.device("cpu"))
+        assert second.alone and not cached and len(forwards) > timed
+        third, cached = cache.measure("model", lambda: forwards.append(1), torch.device("cpu"))
+        assert cached and third == second
+    # a call that starts while one is being timed makes that timing provisional too
+    cache.clear()
+
+    calls = []
+
+    def forward_while_another_call_comes_and_goes():
+        calls.append(1)
+        if len(calls) == 3:  # during the timed forwards: a call in another thread starts and ends
+            brief = threading.Thread(target=other_call)  # ``leave`` is set: it leaves at once
+            brief.start()
+            brief.join()
+
+    assert not cache.measure("late", forward_while_another_call_comes_and_goes, torch.device("cpu"))[0].alone
 
 
 def test_images_run_as_one_batch_give_what_each_gives_alone(scene):

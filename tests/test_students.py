@@ -257,3 +257,13 @@ def test_the_annotated_views_read_the_image_once_and_survive_a_cleared_image(sce
     assert teacher["value"] is not None and second["visible"] and second["label"] == "Student: adm-consensus"
     cleared = annotated_views_update(None, report, value_of)  # the user cleared the image after the run
     assert [u["value"] for u in cleared] == [None] * 3 and len(arrays) == 3
+
+
+def test_the_ranking_table_says_when_a_latency_was_timed_while_other_calls_ran():
+    from demos.widgets import ranking_markdown
+
+    block = {"latency_ms": 4.0, "latency_iqr_ms": 0.4, "runs": 5, "params": 1e6, "gflops": 0.1}
+    report = {"ranked_by": "f1", "teacher": {**block, "latency_alone": True},
+              "students": {"s": {**block, "latency_alone": False}}, "ranking": [{"rank": 1, "name": "s", "f1": 0.9}]}
+    teacher_row, student_row = ranking_markdown(report).splitlines()[2:]
+    assert "other requests ran" in student_row and "other requests ran" not in teacher_row
