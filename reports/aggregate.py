@@ -76,10 +76,23 @@ def interval(values: list[float] | np.ndarray, level: float = 0.95) -> list[floa
     return percentile_interval(bootstrap_means(values), level)
 
 
+def _number(value) -> float | None:
+    """A per-image figure as a number: a yes/no one (``top1_match``) as 1 or 0, so its mean is a share."""
+    return float(value) if isinstance(value, bool) else value
+
+
+def _agreement_keys(blocks: list[dict]) -> list[str]:
+    """The numeric agreement figures any image has (one image may lack one, or hold None: e.g. ``mean_iou`` with no
+    box matched), sorted (however the records were written, the same order); not the IoU threshold, a setting."""
+    return sorted({k for block in blocks for k, v in block["agreement"].items()
+                   if isinstance(v, (int, float)) and k != "iou_threshold"})
+
+
 def _stats(values: list[float], with_interval: bool = True) -> dict:
     values = [v for v in values if v is not None]
     if not values:
-        return {"mean": None, "median": None, "min": None, "max": None} | ({"ci95": None} if with_interval else {})
+        return {"mean": None, "median": None, "min": None, "max": None} | ({"ci95": None} if with_interval else {}) | {
+            "note": "undefined: no image has this figure (e.g. no foreground cell, no box matched)"}
     out = {"mean": round(statistics.fmean(values), 4), "median": round(statistics.median(values), 4),
            "min": round(min(values), 4), "max": round(max(values), 4)}
     return out | ({"ci95": interval(values)} if with_interval else {})
@@ -99,7 +112,7 @@ def ranking(records: list[dict], students: list[str], task: str) -> dict:
     order = sorted(students, key=lambda n: (means[n] is None, -(means[n] or 0) if higher else (means[n] or 0)))
     out = {"by": key, "higher_is_better": higher, "order": order, "top_two": None}
     if len(order) < 2:
-        return out
+        return out | {"note": "top_two: null, one student (nothing to compare it with)"}
     a, b = order[:2]
     pairs = [(x, y) for x, y in zip(per_image[a], per_image[b], strict=True) if x is not None and y is not None]
     if len(pairs) < MIN_IMAGES:
@@ -146,10 +159,9 @@ def summarise(records: list[dict], pair, students: list[str], labels: Labels | N
     per_student = {}
     for name in students:
         blocks = [r["students"][name] for r in ok]
-        agreement_keys = [k for k, v in (blocks[0]["agreement"] if blocks else {}).items()
-                          if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "iou_threshold"]
         per_class, per_class_ci95 = _per_class(ok, name, pair.task)
-        entry = {"agreement": {k: _stats([b["agreement"][k] for b in blocks]) for k in agreement_keys},
+        entry = {"agreement": {k: _stats([_number(b["agreement"].get(k)) for b in blocks])
+                               for k in _agreement_keys(blocks)},
                  "disagreement": _stats([b["disagreement"] for b in blocks]),
                  "per_class": per_class, "per_class_ci95": per_class_ci95}
         if pair.task in ("detection", "segmentation", "image-classification"):
@@ -316,6 +328,9 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
     from torchmetrics.functional.classification import multiclass_accuracy
 
     named = [r for r in records if r["image"] in labels.classes]
+    if not named:
+        return {model: {"top1": None, "note": "undefined: no image among those read has one class label"}
+                for model in models}
     classes = sorted({labels.classes[r["image"]] for r in named} | {r["teacher"]["top1"] for r in named}
                      | {r["students"][s]["top1"] for r in named for s in students})
     truth = torch.tensor([classes.index(labels.classes[r["image"]]) for r in named])
@@ -323,7 +338,9 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
     for model in models:
         sides = [r["teacher"] if model == "teacher" else r["students"][model] for r in named]
         predicted = torch.tensor([classes.index(side["top1"]) for side in sides])
-        out[model] = {"top1": round(float(multiclass_accuracy(predicted, truth, len(classes), average="micro")), 4),
+        # micro accuracy does not depend on how many classes there are; torchmetrics asks for at least two
+        top1 = multiclass_accuracy(predicted, truth, max(2, len(classes)), average="micro")
+        out[model] = {"top1": round(float(top1), 4),
                       "top1_ci95": interval((predicted == truth).double().numpy())}
         if all("top5" in side for side in sides):  # image classifiers: is the label among the model's top five
             hits = [labels.classes[r["image"]] in side["top5"] for r, side in zip(named, sides, strict=True)]
@@ -438,10 +455,17 @@ def _tally(outcomes, differently: bool = True) -> dict:
         counts[outcome] += 1
     total = sum(counts.values())
     teacher_wrong = counts["inherited"] + counts["fixed"] + counts["both wrong, differently"]
+    notes = []
     if not differently:
         counts["both wrong, differently"] = None
+        notes.append("both wrong, differently: null, an object is found or missed (no two ways to be wrong)")
     share = round(counts["inherited"] / teacher_wrong, 4) if teacher_wrong else None
-    return {"total": total, **counts, "inherited_share_of_teacher_errors": share}
+    if not total:
+        notes.append("undefined: no labelled image or object to count")
+    elif share is None:
+        notes.append("inherited_share_of_teacher_errors: null, the teacher made no error here")
+    return {"total": total, **counts, "inherited_share_of_teacher_errors": share} | (
+        {"note": "; ".join(notes)} if notes else {})
 
 
 def accuracy_detections(side: dict) -> list[dict]:

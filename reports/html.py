@@ -97,9 +97,12 @@ def errors_table(summary: dict) -> str:
             cells = [student, name, str(tally["total"])] + ["–" if tally[o] is None else str(tally[o])
                                                             for o in OUTCOMES]
             rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    notes = "".join(f"<p>{html.escape(student)}: {html.escape(block['overall']['note'])}.</p>"
+                    for student, block in errors.items() if block["overall"].get("note"))
     return (f"<h2>Inherited and corrected errors ({unit})</h2><p><i>fixed</i>: the teacher wrong, the student "
             f"right; <i>lost</i>: the teacher right, the student wrong; <i>inherited</i>: both wrong alike (the same "
-            f"wrong class, or both miss the object).</p><table>{head}{''.join(rows)}</table>")
+            f"wrong class, or both miss the object); –: cannot happen (an object is found or missed, not wrong in "
+            f"two ways).</p><table>{head}{''.join(rows)}</table>{notes}")
 
 
 def cka_section(summary: dict) -> str:
@@ -252,7 +255,8 @@ images with their 95 % bootstrap interval ({RESAMPLES} resamples of the images).
 <h2>Largest disagreement ({html.escape(students[0])})</h2>{''.join(cards)}
 {'<h2>Unreadable files</h2><ul>' + unreadable + '</ul>' if unreadable else ''}
 <details><summary>The summary as JSON (summary.json)</summary><pre>{
-        html.escape(json.dumps({k: v for k, v in summary.items() if k != 'largest_disagreement'}, indent=1))
+        html.escape(json.dumps({k: v for k, v in summary.items() if k != 'largest_disagreement'}, indent=1,
+                               sort_keys=True))
     }</pre></details>
 </body></html>"""
     path.write_text(page)

@@ -676,3 +676,56 @@ def test_the_bootstrap_map_read_at_segment_ends_equals_reading_it_at_every_detec
         weights = np.vstack([np.ones((1, n)), next(resampled_counts(n))])
         assert np.array_equal(weighted_map50(classes, weights), _map50_at_every_detection(classes, weights),
                               equal_nan=True)
+
+
+def test_a_figure_missing_on_the_first_image_is_still_summarised_and_gated(folder, tmp_path, capsys):
+    """The agreement figures come from every record: a first image (by name) with no box at all has no mean IoU of
+    matches, yet the summary keeps that figure for the other images, and the gate reads it (found by a review: the
+    figures were taken from the first record only, and the gate then failed them as undefined)."""
+    from reports.dataset import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in list_images(folder / "images")[:6]:
+        (images / path.name).write_bytes(path.read_bytes())
+    Image.new("RGB", (128, 128)).save(images / "000_blank.png")  # sorts first; nothing to detect
+    main(["--images", str(images), "--pair", "shapes-detection", "--out", str(tmp_path / "out"), "--gallery", "0",
+          "--fail-under", "mean_iou=0.5,label_agreement=0.5"])
+    records = read_records(tmp_path / "out" / "results.jsonl")
+    assert records[0]["image"] == "000_blank.png" and records[0]["students"]["feature-kd"]["agreement"][
+        "mean_iou"] is None
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["per_student"]["feature-kd"]["agreement"]["mean_iou"]["mean"] > 0.5
+    assert "deploy gate passed" in capsys.readouterr().out
+
+
+def test_classification_summaries_share_the_top1_match_and_never_die_on_few_labelled_classes(folder, tmp_path, capsys):
+    """CLIP pairs: ``top1_match`` (yes or no per image) is summarised as a share, so ``--fail-under agreement=…``
+    reads it; labels naming one class only give top-1 accuracy, and labels naming none for these images give null
+    with a note (both crashed after every image was done)."""
+    from reports.dataset import main
+
+    images = folder / "images"
+    names = [p.name for p in list_images(images)[:5]]
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"images": [{"id": k, "file_name": n} for k, n in enumerate(names[:3])],
+                               "categories": [{"id": 1, "name": "star"}],
+                               "annotations": [{"id": k, "image_id": k, "category_id": 1} for k in range(3)]}))
+    args = ["--images", str(images), "--pair", "shapes-clip", "--gallery", "0"]
+    main([*args, "--out", str(tmp_path / "a"), "--labels", str(one), "--fail-under", "agreement=0.01"])
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    matches = [r["students"]["clip-kd"]["agreement"]["top1_match"]
+               for r in read_records(tmp_path / "a" / "results.jsonl") if "error" not in r]
+    assert summary["per_student"]["clip-kd"]["agreement"]["top1_match"]["mean"] == pytest.approx(
+        sum(matches) / len(matches), abs=1e-4)
+    top1 = summary["accuracy"]["teacher"]["top1"]
+    assert top1 is not None and 0 <= top1 <= 1 and "deploy gate passed" in capsys.readouterr().out
+    none = tmp_path / "none.json"  # lists the images, but labels none of them with a class
+    none.write_text(json.dumps({"images": [{"id": k, "file_name": n} for k, n in enumerate(names)],
+                                "categories": [{"id": 1, "name": "star"}], "annotations": []}))
+    main([*args, "--out", str(tmp_path / "b"), "--labels", str(none)])
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["accuracy"]["teacher"] == {"top1": None, "note": summary["accuracy"]["teacher"]["note"]}
+    assert (tmp_path / "b" / "report.html").exists()
+    overall = summary["inherited_errors"]["clip-kd"]["overall"]
+    assert overall["total"] == 0 and overall["inherited_share_of_teacher_errors"] is None and overall["note"]
