@@ -86,6 +86,18 @@ DEFAULT_CLASSES = "circle, square, triangle, star, cross"
 OUTPUTS = ("results*.jsonl", "timing*.jsonl", "cka*.jsonl", "summary.json", "timing.json", "report.html", "run.json")
 
 
+def check_writable(out: Path) -> None:
+    """That ``out`` is, or can be made, a folder this process writes in: its nearest existing ancestor is a folder
+    we may write in (nothing is created here). Raises InputError naming ``--out`` otherwise."""
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--out {out}: {existing} is a file, so the folder cannot be made there; give another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: no permission to write in {existing}; give a folder you can write to.")
+
+
 def image_identity(images: list[Path]) -> str:
     """The images a run covers, as one hash of every file's name, size and modification time (a resume over another
     folder, or over files replaced in place, is refused)."""
@@ -94,7 +106,7 @@ def image_identity(images: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in images:
         stat = path.stat()
-        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(os.fsencode(path.name) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())  # any bytes
     return f"{len(images)} images, {digest.hexdigest()[:16]}"
 
 
@@ -239,7 +251,11 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
             truth = Labels.read(labels)
             check_labels_fit(truth, images, spec.task, classes_measured, Path(labels).name)
         truth = truth.for_classes(classes_measured, spec.task)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"--out {out} cannot be made a folder ({error.strerror}): give a folder you can write to.") \
+            from error
     shard = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
     timing_file = out / ("timing.jsonl" if world == 1 else f"timing.rank{rank}.jsonl")
     settings = run_settings(spec, students_chosen, threshold, classes, labels, batch, accuracy_threshold, images)
@@ -417,6 +433,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         args.classes = DEFAULT_CLASSES
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file: give a folder (it is created if missing).")
+    check_writable(args.out)
     truth = None
     if args.labels is not None:
         if not args.labels.is_file():

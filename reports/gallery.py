@@ -4,6 +4,8 @@ process (:class:`GalleryStore`)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +32,8 @@ class GalleryStore:
         self.folder, self.size, self.student = folder, size, student
         folder.mkdir(parents=True, exist_ok=True)
         done = {r["image"]: r for r in records if "error" not in r and r["image"] in mine}
-        self.kept = {name: rank_key(done[name], student) for name in (p.stem for p in folder.glob("*.npz"))
-                     if name in done}  # a resumed run adopts what it kept before
+        self.kept = {name: rank_key(record, student) for name, record in done.items()
+                     if maps_file(folder, name).is_file()}  # a resumed run adopts what it kept before
 
     def offer(self, record: dict, maps: dict[str, np.ndarray]) -> None:
         """Keep this image's maps if it is among the ``size`` largest disagreements so far."""
@@ -42,14 +44,20 @@ class GalleryStore:
             worst = max(self.kept, key=self.kept.get)
             if key >= self.kept[worst]:
                 return
-            (self.folder / f"{worst}.npz").unlink(missing_ok=True)
+            maps_file(self.folder, worst).unlink(missing_ok=True)
             del self.kept[worst]
-        np.savez_compressed(self.folder / f"{record['image']}.npz", **maps)
+        np.savez_compressed(maps_file(self.folder, record["image"]), **maps)
         self.kept[record["image"]] = key
 
 
+def maps_file(folder: Path, image: str) -> Path:
+    """Where an image's kept maps go: named by a hash of the image's name (a name of 255 bytes, or of any bytes,
+    cannot take a suffix as a file name)."""
+    return folder / f"{hashlib.sha256(os.fsencode(image)).hexdigest()[:32]}.npz"
+
+
 def kept_maps(folder: Path, image: str) -> dict[str, np.ndarray] | None:
-    path = folder / f"{image}.npz"
+    path = maps_file(folder, image)
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as maps:

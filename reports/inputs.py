@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MAX_ZIP_IMAGES = 500
 MAX_ZIP_BYTES = 200 * 2**20  # the uploaded archive
 MAX_ZIP_UNPACKED = 1024 * 2**20  # what it may expand to (zip bombs)
+def _is_text(name: str) -> bool:
+    """Whether a file name is valid UTF-8 (Python holds other bytes as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def list_images(folder: Path, limit: int | None = None) -> list[Path]:
     """Image files directly in ``folder`` (by suffix), sorted by name; any number unless ``limit`` (the tab's zips).
     ``folder`` may also be a glob pattern of files (``demos/examples/photo_*.jpg``). The folder is scanned once and
@@ -29,6 +39,11 @@ def list_images(folder: Path, limit: int | None = None) -> list[Path]:
     files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder}.")
+    undecodable = [p.name for p in files if not _is_text(p.name)]
+    if undecodable:  # the records, labels and report name images in UTF-8: such a name cannot be written or matched
+        shown = os.fsencode(undecodable[0]).decode("utf-8", "backslashreplace")
+        raise InputError(f"{len(undecodable)} image file name(s) in {folder} are not valid UTF-8 (e.g. '{shown}'): "
+                         "rename them (e.g. convmv -f latin1 -t utf8 -r --notest DIR).")
     if limit is not None and len(files) > limit:
         raise InputError(f"{len(files)} images in {folder}; one run takes at most {limit}.")
     return files

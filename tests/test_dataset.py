@@ -729,3 +729,34 @@ def test_classification_summaries_share_the_top1_match_and_never_die_on_few_labe
     assert (tmp_path / "b" / "report.html").exists()
     overall = summary["inherited_errors"]["clip-kd"]["overall"]
     assert overall["total"] == 0 and overall["inherited_share_of_teacher_errors"] is None and overall["note"]
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="file names of any bytes: Linux")
+def test_odd_file_names_and_output_places_get_a_message_not_a_traceback(folder, tmp_path, capsys):
+    """Found by a review: a file name that is not UTF-8 crashed the run's start, a legal 255-byte name crashed a
+    segmentation run midway (its kept maps took the name plus a suffix), and ``--out`` under a file crashed after the
+    models loaded. Now: a one-line refusal naming the file, maps kept under a hashed name, a one-line refusal naming
+    ``--out``."""
+    from reports.dataset import main
+
+    source = list_images(folder / "images")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for path in source[:5]:
+        (odd / path.name).write_bytes(path.read_bytes())
+    os.link(source[5], os.path.join(os.fsencode(odd), b"bad\xff name.png"))
+    args = ["--pair", "shapes-detection", "--gallery", "0"]
+    with pytest.raises(SystemExit) as stopped:
+        main(["--images", str(odd), *args, "--out", str(tmp_path / "a")])
+    assert stopped.value.code == 2 and "not valid UTF-8 (e.g. 'bad\\xff name.png'): rename" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as stopped:
+        main(["--images", str(folder / "images"), *args, "--out", str(tmp_path / "afile" / "sub")])
+    assert stopped.value.code == 2 and "afile is a file" in capsys.readouterr().err
+    long = tmp_path / "long"
+    long.mkdir()
+    for k, path in enumerate(source[:5]):
+        (long / (chr(ord("a") + k) * 251 + ".png")).write_bytes(path.read_bytes())
+    summary = run_dataset(list_images(long), "shapes-segmentation", tmp_path / "seg", gallery=2)
+    assert len(summary["largest_disagreement"]) == 2 and (tmp_path / "seg" / "report.html").exists()
+    assert len(list((tmp_path / "seg" / "gallery").glob("*.npz"))) == 2
