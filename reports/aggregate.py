@@ -281,9 +281,9 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
 
         names = sorted({label for r in records for table in (labels.boxes, labels.crowd_boxes)
                         for label, _ in table.get(r["image"], [])}
-                       | {d["label"] for r in records for d in accuracy_detections(r["teacher"])}
+                       | {d["label"] for r in records for d in accuracy_detections(r["teacher"], score_threshold)}
                        | {d["label"] for r in records for s in students
-                          for d in accuracy_detections(r["students"][s])})
+                          for d in accuracy_detections(r["students"][s], score_threshold)})
         index = {n: i for i, n in enumerate(names)}  # every class any model or label names: none is unknown
         out = {}
         if not any(labels.boxes.get(r["image"]) for r in records):  # torchmetrics would give its -1 sentinel
@@ -292,7 +292,8 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
         for model in models:
             metric = MeanAveragePrecision(iou_thresholds=[0.5], sync_on_compute=False)  # rank 0 alone
             for r in records:
-                found = accuracy_detections(r["teacher"] if model == "teacher" else r["students"][model])
+                found = accuracy_detections(r["teacher"] if model == "teacher" else r["students"][model],
+                                            score_threshold)
                 truth = labels.boxes.get(r["image"], []) + labels.crowd_boxes.get(r["image"], [])
                 metric.update(
                     [{"boxes": torch.tensor([d["box"] for d in found]).reshape(-1, 4),
@@ -303,7 +304,7 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
                       "iscrowd": torch.tensor([k >= len(labels.boxes.get(r["image"], [])) for k in range(len(truth))],
                                               dtype=torch.long)}])
             out[model] = {"map_50": round(float(metric.compute()["map_50"]), 4),
-                          "ci95": map50_interval(records, model, labels),
+                          "ci95": map50_interval(records, model, labels, score_threshold=score_threshold),
                           "score_threshold": score_threshold}
         return out
     if pair.task == "segmentation":
@@ -468,18 +469,21 @@ def _tally(outcomes, differently: bool = True) -> dict:
         {"note": "; ".join(notes)} if notes else {})
 
 
-def accuracy_detections(side: dict) -> list[dict]:
+def accuracy_detections(side: dict, score_threshold: float | None = None) -> list[dict]:
     """A model's boxes for accuracy against labels, as ``{"label", "score", "box"}`` dicts: every box down to the
     accuracy threshold when the run kept them (stored as columns, :meth:`weights.predictors.BoxArrays.to_dict`),
-    else the boxes above the run's threshold."""
+    else the boxes above the run's threshold; those scoring under ``score_threshold`` left out (an accuracy threshold
+    above the run's)."""
     found = side.get("detections_for_accuracy")
-    return side["detections"] if found is None else BoxArrays.from_dict(found)
+    boxes = side["detections"] if found is None else BoxArrays.from_dict(found)
+    return boxes if score_threshold is None else [d for d in boxes if d["score"] >= score_threshold]
 
 
 RECALL_POINTS = np.linspace(0, 1, 101)  # COCO's 101 recall thresholds, as torchmetrics' mAP uses them
 
 
-def _detections_matched(records: list[dict], model: str, labels: Labels) -> dict[str, dict]:
+def _detections_matched(records: list[dict], model: str, labels: Labels,
+                        score_threshold: float | None = None) -> dict[str, dict]:
     """Per class: every detection's (image index, score, true positive) and every image's labelled-object count,
     matched as COCO does at IoU 0.5 (by score, each labelled object once, the best unmatched IoU, at most 100
     detections per image)."""
@@ -488,7 +492,7 @@ def _detections_matched(records: list[dict], model: str, labels: Labels) -> dict
     classes: dict[str, dict] = {}
     for i, r in enumerate(records):
         side = r["teacher"] if model == "teacher" else r["students"][model]
-        dets = sorted(accuracy_detections(side), key=lambda d: -d["score"])[:100]
+        dets = sorted(accuracy_detections(side, score_threshold), key=lambda d: -d["score"])[:100]
         truth = labels.boxes.get(r["image"], [])
         for label in {d["label"] for d in dets} | {t for t, _ in truth}:
             mine = [d for d in dets if d["label"] == label]
@@ -577,13 +581,14 @@ def _weighted_map50(classes: list[tuple[np.ndarray, tuple | None]], weights: np.
         return np.nanmean(np.stack(per_class), 0) if per_class else np.full(len(weights), np.nan)
 
 
-def map50_interval(records: list[dict], model: str, labels: Labels, level: float = 0.95) -> list[float] | None:
+def map50_interval(records: list[dict], model: str, labels: Labels, level: float = 0.95,
+                   score_threshold: float | None = None) -> list[float] | None:
     """Bootstrap interval of mAP@0.5: images resampled, detections re-weighted by how often their image was drawn
     (:func:`weighted_map50`; its value at unit weights is torchmetrics' mAP@0.5, a test checks)."""
     n = len(records)
     if n < MIN_IMAGES:
         return None
-    classes = _detections_matched(records, model, labels)
+    classes = _detections_matched(records, model, labels, score_threshold)
     ranked = [(entry["positives"], _ranked_runs(entry)) for entry in classes.values()]  # sorted once, not per chunk
     return percentile_interval(np.concatenate([_weighted_map50(ranked, counts) for counts in resampled_counts(n)]),
                                level)

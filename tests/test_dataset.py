@@ -506,6 +506,11 @@ def test_map_counts_every_box_down_to_the_accuracy_threshold_and_says_so(uninter
     assert strict["accuracy"]["teacher"]["map_50"] <= summary["accuracy"]["teacher"]["map_50"]
     assert strict["per_student"] == summary["per_student"]  # the agreement does not move
     assert "(boxes scoring 0.01 or more)" in figures_text(summary["accuracy"]["teacher"])
+    # above the run's threshold too (it was ignored: mAP came from the agreement's boxes, said to be at 0.3)
+    stricter = run_dataset(images, "shapes-detection", tmp_path / "0.9", labels=folder / "labels.json", gallery=0,
+                           batch=BATCH, accuracy_threshold=0.9)
+    assert stricter["accuracy"]["teacher"]["score_threshold"] == 0.9
+    assert stricter["accuracy"]["teacher"]["map_50"] < strict["accuracy"]["teacher"]["map_50"]
 
 
 def test_what_cannot_be_measured_is_refused_or_said(folder, tmp_path, capsys):
