@@ -138,7 +138,13 @@ def start_folder(out: Path, settings: dict, resume: bool, overwrite: bool, check
     recorded = out / "run.json"
     held = [p for pattern in OUTPUTS for p in out.glob(pattern)]
     if resume and recorded.exists():
-        before = json.loads(recorded.read_text())
+        try:
+            before = json.loads(recorded.read_text())
+            if not isinstance(before, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as error:  # cut short by a crash, or edited by hand
+            raise InputError(f"{recorded} cannot be read ({str(error)[:80]}), so the run's settings cannot be "
+                             "checked: start again with --overwrite, or give another --out.") from None
         changed = [f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items() if before.get(k) != v]
         if changed:
             raise InputError(f"{out} holds a run with other settings ({'; '.join(changed)}): resume with the same "

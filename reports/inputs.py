@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
@@ -143,9 +144,35 @@ def _unpack(bundle: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, budg
 
 
 def safe_name(name: str) -> str:
-    """A flat file name of letters, digits, ``-``, ``_`` and ``.``; never empty, never hidden."""
+    """A flat file name of letters, digits, ``-``, ``_`` and ``.``; never empty, never hidden. Composed first (NFC:
+    ``é`` one character, as macOS's decomposed ``e`` + accent is not), so both spellings give one name."""
+    name = unicodedata.normalize("NFC", name)
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-120:].lstrip(".")
     return cleaned or "image"
+
+
+def _file_name(value) -> str:
+    """A label file's ``file_name`` as the name of the file: its last part, after ``/`` or ``\\`` (a Windows path,
+    ``C:\\val\\x.png``). Raises TypeError for anything but a non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError(f"a file_name of {value!r}: each image needs its file's name")
+    name = Path(value).name
+    return PureWindowsPath(name).name if "\\" in name else name
+
+
+def _aliases(name: str) -> set[str]:
+    """Other names the file a label names may have: sanitised as an uploaded zip's images are unpacked
+    (:func:`safe_name`), and its accents composed or decomposed (NFC, as most systems write, and NFD, as macOS's
+    file system did)."""
+    return {safe_name(name), unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name)} - {name}
+
+
+def _crowd_flag(value) -> bool:
+    """COCO's ``iscrowd``: 0 or 1 (``"0"``/``"1"`` and booleans read alike); anything else is refused (a string
+    such as ``"0"`` read by truth would make every object a crowd region)."""
+    if value in (0, 1, "0", "1"):
+        return bool(int(value))
+    raise ValueError(f"its iscrowd {str(value)[:20]!r} is not 0 or 1")
 
 
 def _decode_rle(rle: dict) -> np.ndarray:
@@ -230,13 +257,13 @@ class Labels:
         """
         name = Path(path).name
         try:
-            coco = json.loads(Path(path).read_text())
+            coco = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows) is fine
         except RecursionError:
             raise InputError(f"The labels {name} are nested too deeply to be COCO-style JSON.") from None
         except (OSError, UnicodeDecodeError, ValueError) as error:
             raise InputError(f"Could not read the labels {name} as JSON ({str(error)[:120]}).") from None
         try:
-            files = {im["id"]: Path(str(im["file_name"])).name for im in coco["images"]}
+            files = {im["id"]: _file_name(im["file_name"]) for im in coco["images"]}
             names = {c["id"]: str(c["name"]) for c in coco["categories"]}
             annotations = coco.get("annotations", [])
             if not isinstance(annotations, list):
@@ -259,7 +286,7 @@ class Labels:
             where = f"annotation {a.get('id', k) if isinstance(a, dict) else k}"
             try:
                 image, label = files[a["image_id"]], names[a["category_id"]]
-                crowd = bool(a.get("iscrowd", 0))
+                crowd = _crowd_flag(a.get("iscrowd", 0))
                 if "bbox" in a:
                     if not isinstance(a["bbox"], list) or len(a["bbox"]) != 4:
                         raise ValueError(f"its bbox {str(a['bbox'])[:60]} is not [x, y, width, height]")
@@ -297,10 +324,11 @@ class Labels:
         tables = (labels.boxes, labels.polygons, labels.rle, labels.classes, labels.crowd_boxes, labels.ignored,
                   labels.unmasked)
         originals = set(files.values())
-        by_safe: dict[str, list[str]] = {}
-        for original in originals:  # an uploaded zip's images are unpacked under sanitised names
-            by_safe.setdefault(safe_name(original), []).append(original)
-        for safe, group in by_safe.items():
+        by_alias: dict[str, list[str]] = {}
+        for original in originals:  # the names an image of the file may have on disk
+            for alias in _aliases(original):
+                by_alias.setdefault(alias, []).append(original)
+        for safe, group in by_alias.items():
             if safe in originals or len(group) > 1:  # taken by an image of that very name, or ambiguous: no guess
                 continue
             labels.listed.add(safe)

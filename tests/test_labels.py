@@ -362,3 +362,36 @@ def test_a_box_outside_its_image_counts_as_missed_as_in_coco_and_is_noted(tmp_pa
                     "labels": torch.tensor([names.index(d["label"]) for d in found])}], [target])
     assert summary["accuracy"]["teacher"]["map_50"] == pytest.approx(float(metric.compute()["map_50"]), abs=1e-3)
     assert summary["accuracy"]["teacher"]["map_50"] < clean["accuracy"]["teacher"]["map_50"]
+
+
+def test_label_files_as_other_tools_write_them(tmp_path):
+    """Found by a review: a byte-order mark (Windows editors), Windows paths as file names, names whose accents are
+    decomposed on one side (macOS) and composed on the other, and iscrowd written as a string ("0" read as true made
+    every object a crowd region) all read as meant; a file_name that is not a name is refused, naming it."""
+    import unicodedata
+
+    box = {"id": 1, "image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4]}
+    path = coco_file(tmp_path, [box | {"iscrowd": "0"}], images=("C:\\data\\val\\café 1.png",))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # UTF-8 with a byte-order mark
+    labels = Labels.read(path)
+    assert labels.boxes["café 1.png"] == [(CLASS_NAMES[1], [1.0, 2.0, 4.0, 6.0])] and not labels.crowd_boxes
+    decomposed = unicodedata.normalize("NFD", "café 1.png")
+    assert decomposed != "café 1.png" and labels.boxes[decomposed] == labels.boxes["café 1.png"]
+    assert labels.boxes["café_1.png"] == labels.boxes["café 1.png"]  # as an uploaded zip unpacks either spelling
+    assert Labels.read(coco_file(tmp_path, [box | {"iscrowd": "1"}], name="crowd.json")).crowd_boxes
+    with pytest.raises(InputError, match="iscrowd 'yes' is not 0 or 1"):
+        Labels.read(coco_file(tmp_path, [box | {"iscrowd": "yes"}], name="yes.json"))
+    for bad in (None, "", 123):
+        with pytest.raises(InputError, match=f"a file_name of {bad!r}"):
+            Labels.read(coco_file(tmp_path, [], images=(bad,), name="bad.json"))
+
+
+def test_a_run_json_cut_short_is_refused_with_a_message(tmp_path):
+    from reports.dataset import start_folder
+
+    (tmp_path / "run.json").write_text("")
+    with pytest.raises(InputError, match="run.json cannot be read .* --overwrite"):
+        start_folder(tmp_path, {"pair": "shapes-detection"}, resume=True, overwrite=False)
+    (tmp_path / "run.json").write_text("[1]\n")
+    with pytest.raises(InputError, match="cannot be read"):
+        start_folder(tmp_path, {"pair": "shapes-detection"}, resume=True, overwrite=False)
