@@ -441,6 +441,9 @@ def inherited_errors(records: list[dict], students: list[str], labels: Labels, t
         out[student] = {"overall": _tally((o for _, o in cases), differently),
                         "per_class": {c: _tally((o for k, o in cases if k == c), differently)
                                       for c in sorted({k for k, _ in cases})}}
+        if not differently:
+            out[student]["note"] = ("both wrong, differently: null throughout, an object is found or missed (no two "
+                                    "ways to be wrong)")
     return out
 
 
@@ -458,8 +461,7 @@ def _tally(outcomes, differently: bool = True) -> dict:
     teacher_wrong = counts["inherited"] + counts["fixed"] + counts["both wrong, differently"]
     notes = []
     if not differently:
-        counts["both wrong, differently"] = None
-        notes.append("both wrong, differently: null, an object is found or missed (no two ways to be wrong)")
+        counts["both wrong, differently"] = None  # said once per student (inherited_errors' note)
     share = round(counts["inherited"] / teacher_wrong, 4) if teacher_wrong else None
     if not total:
         notes.append("undefined: no labelled image or object to count")
