@@ -12,6 +12,7 @@ import compare
 from compare.checks import number
 from compare.inputs import InputError
 from demos.widgets import notes_markdown
+from reports.aggregate import MIN_IMAGES
 from reports.dataset import DEFAULT_CLASSES, DEFAULT_THRESHOLD, gallery_pictures, read_records, run_dataset
 from reports.html import per_class_bars
 from reports.inputs import MAX_ZIP_BYTES, MAX_ZIP_IMAGES, extract_zip, list_images
@@ -51,16 +52,34 @@ def dataset_report(archive, pair: str = "shapes-detection", students: str | list
             done = len(read_records(out / "results.jsonl"))
             raise Cancelled(f"Stopped after {done} of {len(images)} images; nothing was summarised. Run again to "
                             "finish (the command line's --resume keeps finished images).")
+        if summary["images"] == 0:
+            raise InputError(f"No image in the archive could be read ({len(summary['unreadable'])} unreadable, e.g. "
+                             f"{summary['unreadable'][0]['image']}: {summary['unreadable'][0]['reason']}); nothing "
+                             "was measured.")
         spec, chosen, predictors = compare.load(pair, students)
-        pictures = gallery_pictures(summary["largest_disagreement"][:6], read_records(out / "results.jsonl"),
-                                    images, spec, chosen, predictors, out / "gallery")
+        records = read_records(out / "results.jsonl")
+        pictures = gallery_pictures(summary["largest_disagreement"][:6], records, images, spec, chosen, predictors,
+                                    out / "gallery")
     finally:  # the unpacked images are the run's input, not its output: they go when it ends, however it ends
         shutil.rmtree(work / "images", ignore_errors=True)
         shutil.rmtree(work / "report" / "gallery", ignore_errors=True)
-    gallery = [(picture, f"{item['image']} · {label} · disagreement {item['disagreement']:.3f}")
+    by_image = {r["image"]: r for r in records}
+    gallery = [(picture, gallery_caption(item, label, by_image[item["image"]], summary["students"][0]))
                for item, drawn in pictures for label, picture in drawn]
     files = [str(out / name) for name in ("report.html", "results.jsonl", "summary.json", "timing.json")]
     return summary_markdown(summary, notes), per_class_figure(summary), gallery, files
+
+
+def gallery_caption(item: dict, label: str, record: dict, ranked_by: str) -> str:
+    """A gallery picture's caption: a student's picture with its own disagreement, the teacher's as the reference,
+    a picture of all models (a classifier's) with the disagreement the gallery is ordered by, naming whose."""
+    students = record.get("students", {})
+    if label in students:
+        value = students[label]["disagreement"]
+        return f"{item['image']} · {label}" + (f" · disagreement {value:.3f}" if value is not None else "")
+    if label == "teacher":
+        return f"{item['image']} · teacher (the reference)"
+    return f"{item['image']} · {label} · {ranked_by}'s disagreement {item['disagreement']:.3f}"
 
 
 # the figures' names for people (the span keeps Markdown from reading mAP@0.5 as an e-mail address)
@@ -74,7 +93,7 @@ def figures_text(figures: dict) -> str:
         if value is None:
             return f"– ({figures.get('note', 'undefined')})"
         ci = figures.get(f"{key}_ci95", figures.get("ci95") if key in ("map_50", "miou") else None)
-        return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else " (no interval)")
 
     text = ", ".join(f"{FIGURE_NAMES.get(k, k)} {shown(k, v)}" for k, v in figures.items()
                      if k not in ("note", "score_threshold") and not k.endswith("ci95"))
@@ -87,7 +106,9 @@ def summary_markdown(summary: dict, notes: list[str] = ()) -> str:
              + (f"; {len(summary['unreadable'])} unreadable (listed in summary.json)." if summary["unreadable"]
                 else ".")]
     def interval(figures: dict) -> str:
-        return f" [{figures['ci95'][0]:.3f}, {figures['ci95'][1]:.3f}]" if figures.get("ci95") else ""
+        if figures.get("ci95"):
+            return f" [{figures['ci95'][0]:.3f}, {figures['ci95'][1]:.3f}]"
+        return f" (no interval: under {MIN_IMAGES} images)" if summary["images"] < MIN_IMAGES else ""
 
     for name, block in summary["per_student"].items():
         d = block["disagreement"]

@@ -67,6 +67,16 @@ def bootstrap_means(values: np.ndarray) -> np.ndarray:
 MIN_IMAGES = 5  # under this many images a bootstrap interval is only the spread of the few values: undefined
 
 
+def _few_images(entry: dict, images: int) -> dict:
+    """``entry`` with a note (added to any it has) where its intervals are null for want of images: under
+    :data:`MIN_IMAGES`, the resamples would only spread the few values."""
+    if images >= MIN_IMAGES or not any(k.endswith("ci95") and entry[k] is None for k in entry):
+        return entry
+    said = f"no interval (ci95 null): {images} image{'s' if images != 1 else ''}, under {MIN_IMAGES}"
+    entry["note"] = f"{entry['note']}; {said}" if entry.get("note") else said
+    return entry
+
+
 def interval(values: list[float] | np.ndarray, level: float = 0.95) -> list[float] | None:
     """The percentile bootstrap interval of the mean over images, ``[low, high]``; None under :data:`MIN_IMAGES`
     values."""
@@ -95,7 +105,9 @@ def _stats(values: list[float], with_interval: bool = True) -> dict:
             "note": "undefined: no image has this figure (e.g. no foreground cell, no box matched)"}
     out = {"mean": round(statistics.fmean(values), 4), "median": round(statistics.median(values), 4),
            "min": round(min(values), 4), "max": round(max(values), 4)}
-    return out | ({"ci95": interval(values)} if with_interval else {})
+    if not with_interval:
+        return out
+    return _few_images({**out, "ci95": interval(values)}, len(values))
 
 
 # The figure that ranks students, per task, and its direction (the tabs' own).
@@ -303,9 +315,9 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
                       "labels": torch.tensor([index[label] for label, _ in truth], dtype=torch.long),
                       "iscrowd": torch.tensor([k >= len(labels.boxes.get(r["image"], [])) for k in range(len(truth))],
                                               dtype=torch.long)}])
-            out[model] = {"map_50": round(float(metric.compute()["map_50"]), 4),
-                          "ci95": map50_interval(records, model, labels, score_threshold=score_threshold),
-                          "score_threshold": score_threshold}
+            out[model] = _few_images({"map_50": round(float(metric.compute()["map_50"]), 4),
+                                      "ci95": map50_interval(records, model, labels, score_threshold=score_threshold),
+                                      "score_threshold": score_threshold}, len(records))
         return out
     if pair.task == "segmentation":
         out = {}
@@ -325,6 +337,7 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
                           "ci95": _miou_interval(inter, union, truth)}
             if present.sum() == 1:
                 out[model]["note"] = "one class only holds labelled pixels here (every object ignored or missing)"
+            _few_images(out[model], len(records))
         return out
     from torchmetrics.functional.classification import multiclass_accuracy
 
@@ -347,6 +360,7 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
             hits = [labels.classes[r["image"]] in side["top5"] for r, side in zip(named, sides, strict=True)]
             out[model]["top5"] = round(sum(hits) / len(hits), 4) if hits else None
             out[model]["top5_ci95"] = interval(np.array(hits, dtype=np.float64))
+        _few_images(out[model], len(named))
     return out
 
 
@@ -374,8 +388,8 @@ def calibration(records: list[dict], students: list[str], labels: Labels, bins: 
                   "confidence": round(float(confidence[which == k].mean()), 4),
                   "accuracy": round(float(correct[which == k].double().mean()), 4)}
                  for k in range(bins) if (which == k).any()]
-        out[model] = {"ece": round(float(ece), 4), "ece_ci95": ece_interval(confidence.numpy(), correct.numpy(), bins),
-                      "bins": table, "images": len(sides)}
+        out[model] = _few_images({"ece": round(float(ece), 4), "bins": table, "images": len(sides),
+                                  "ece_ci95": ece_interval(confidence.numpy(), correct.numpy(), bins)}, len(sides))
     return out
 
 

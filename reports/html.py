@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reports.aggregate import RESAMPLES
+from reports.aggregate import MIN_IMAGES, RESAMPLES
 
 
 def _png(array: np.ndarray) -> str:
@@ -25,7 +25,7 @@ def _png(array: np.ndarray) -> str:
 def _with_interval(value, ci) -> str:
     if value is None:
         return "undefined"
-    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else " (no interval)")
 
 
 NAMES = {"f1": "F1", "miou": "mIoU", "map_50": "mAP@0.5", "js": "JS divergence", "kl": "KL divergence",
@@ -245,7 +245,8 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;te
 pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style></head><body>
 <h1>Dataset report: {html.escape(spec.name)}</h1>
 <p>{summary['images']} images; students {html.escape(', '.join(students))}; the teacher is the reference. Means over
-images with their 95 % bootstrap interval ({RESAMPLES} resamples of the images).</p>
+images with their 95 % bootstrap interval ({RESAMPLES} resamples of the images; none from under {MIN_IMAGES}
+images, where it would only spread the few values: "no interval").</p>
 {figures_table(summary, students)}
 {labels_paragraph(summary)}
 {ranking_paragraph(summary)}

@@ -50,6 +50,12 @@ def list_images(folder: Path, limit: int | None = None) -> list[Path]:
     return files
 
 
+def _macos_metadata(member: str) -> bool:
+    """A zip member macOS adds (resource forks as AppleDouble ``._name`` files, under ``__MACOSX/``)."""
+    parts = member.replace("\\", "/").split("/")
+    return "__MACOSX" in parts or parts[-1].startswith("._")
+
+
 def extract_zip(archive: str | Path, folder: Path) -> list[str]:
     """Unpack the images of an uploaded zip into ``folder`` under sanitised flat names; returns notes.
 
@@ -66,6 +72,10 @@ def extract_zip(archive: str | Path, folder: Path) -> list[str]:
     notes, names = [], set()
     with bundle:
         members = [m for m in bundle.infolist() if not m.is_dir()]
+        apple = [m for m in members if _macos_metadata(m.filename)]
+        if apple:  # what macOS's Compress adds beside each file: not images, whatever their names say
+            notes.append(f"{len(apple)} macOS metadata files (__MACOSX/, ._*) were skipped.")
+            members = [m for m in members if not _macos_metadata(m.filename)]
         images = [m for m in members if Path(m.filename).suffix.lower() in IMAGE_SUFFIXES]
         if len(members) > len(images):
             notes.append(f"{len(members) - len(images)} files that are not images (by suffix) were skipped.")

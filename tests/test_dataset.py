@@ -765,3 +765,42 @@ def test_odd_file_names_and_output_places_get_a_message_not_a_traceback(folder, 
     summary = run_dataset(list_images(long), "shapes-segmentation", tmp_path / "seg", gallery=2)
     assert len(summary["largest_disagreement"]) == 2 and (tmp_path / "seg" / "report.html").exists()
     assert len(list((tmp_path / "seg" / "gallery").glob("*.npz"))) == 2
+
+
+def test_the_tab_with_few_images_two_students_macos_metadata_and_nothing_readable(folder, tmp_path):
+    """Found by a review of the tab: under five images the intervals were null with no word why (summary, page and
+    tab); the gallery captioned every picture with the first student's disagreement; a zip made by macOS counted its
+    ``__MACOSX/._*`` files as unreadable images; a zip of unreadable images only crashed the tab."""
+    from demos.dataset import dataset_report
+
+    good = [p for p in sorted((folder / "images").iterdir()) if p.name != "broken.png"][:3]
+    archive = tmp_path / "mac.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in good:
+            z.write(path, f"scenes/{path.name}")
+            z.writestr(f"__MACOSX/scenes/._{path.name}", b"\x00\x05\x16\x07 AppleDouble")
+    markdown, _, gallery, files = dataset_report(str(archive), "shapes-detection", "feature-kd, adm-consensus",
+                                                 str(folder / "labels.json"))
+    assert "3 macOS metadata files" in markdown and "unreadable" not in markdown
+    assert "(no interval: under 5 images)" in markdown
+    summary = json.loads(Path(next(f for f in files if f.endswith("summary.json"))).read_text())
+    disagreement = summary["per_student"]["feature-kd"]["disagreement"]
+    assert disagreement["ci95"] is None and "under 5" in disagreement["note"]
+    assert summary["accuracy"]["teacher"]["ci95"] is None and "under 5" in summary["accuracy"]["teacher"]["note"]
+    page = Path(next(f for f in files if f.endswith("report.html"))).read_text()
+    assert "(no interval)" in page
+    records = {r["image"]: r for r in read_records(Path(files[1]))}
+    assert any(" · adm-consensus · " in caption for _, caption in gallery)
+    for _, caption in gallery:
+        image, model = caption.split(" · ")[:2]
+        if model.startswith("teacher"):
+            assert model == "teacher (the reference)"
+        else:  # each student's picture with its own figure
+            value = records[image]["students"][model]["disagreement"]
+            assert caption.endswith(f"disagreement {value:.3f}")
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as z:
+        z.writestr("a.png", b"not a png")
+        z.writestr("b.png", b"")
+    with pytest.raises(InputError, match="No image in the archive could be read .*nothing was measured"):
+        dataset_report(str(broken), "shapes-detection")
