@@ -124,9 +124,10 @@ def analyse_pair(t_all: list[Stage], s_all: list[Stage], foreground: torch.Tenso
     chance_matrix = [[_number(v) for v in row] for row in host["cka_chance"].astype(np.float64)]
     few = [f"/{s['stride']} ({s['locations']})" for s in stages if s["locations"] < READABLE_LOCATIONS]
     if few:
-        notes.append(f"Few locations at {', '.join(few)}: on one image, CKA and consensus there sit close to their "
-                     "chance levels (the student's locations shuffled, shown beside each figure); read them against "
-                     "those, or over a whole dataset (the Dataset tab's CKA).")
+        notes.append(f"Few locations at {', '.join(few)}: on one image, CKA and consensus there can read high by "
+                     "chance (a student's features of another image can score high on so few locations); read each "
+                     "against the chance level beside it (the student's locations shuffled), and over a whole dataset "
+                     "(the Dataset tab's CKA).")
     undefined = [f"/{t.stride} {t.name} ↔ {s.name}" for (t, s), row in zip(pairs, stages, strict=True)
                  if row["consensus_mean"] is None]
     if undefined:

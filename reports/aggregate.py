@@ -92,10 +92,11 @@ def _number(value) -> float | None:
 
 
 def _agreement_keys(blocks: list[dict]) -> list[str]:
-    """The numeric agreement figures any image has (one image may lack one, or hold None: e.g. ``mean_iou`` with no
-    box matched), sorted (however the records were written, the same order); not the IoU threshold, a setting."""
+    """The agreement figures of the images: numbers, or None where undefined for an image (e.g. ``mean_iou`` with no
+    box matched; one undefined on every image is kept, null with a note); sorted, so however the records were
+    written the order is the same; not the IoU threshold, a setting."""
     return sorted({k for block in blocks for k, v in block["agreement"].items()
-                   if isinstance(v, (int, float)) and k != "iou_threshold"})
+                   if (v is None or isinstance(v, (int, float))) and k != "iou_threshold"})
 
 
 def _stats(values: list[float], with_interval: bool = True) -> dict:
@@ -685,14 +686,19 @@ def dataset_cka(terms: list[dict], students: list[str]) -> dict:
 
 # The deploy gate ---------------------------------------------------------------------------------------------------
 GATE_FIGURES = {
-    "detection": ("agreement", "f1", "mean_iou", "label_agreement", "consensus", "map50"),
-    "segmentation": ("agreement", "miou", "pixel_agreement", "consensus", "label_miou"),
-    "image-classification": ("agreement", "top1_match", "top5_overlap", "consensus", "top1", "top5", "js", "kl"),
-    "classification": ("agreement", "top1_match", "top1", "js", "kl"),
+    "detection": ("agreement", "f1", "mean_iou", "label_agreement", "missed", "extra", "consensus", "map50",
+                  "inherited"),
+    "segmentation": ("agreement", "miou", "pixel_agreement", "consensus", "label_miou", "inherited"),
+    "image-classification": ("agreement", "top1_match", "top5_overlap", "spearman", "consensus", "top1", "top5", "js",
+                             "kl", "ece", "inherited"),
+    "classification": ("agreement", "top1_match", "spearman", "top1", "js", "kl", "ece", "inherited"),
 }
-LOWER_IS_BETTER = ("js", "kl")
+# ``missed``/``extra``: the teacher's boxes the student misses, and boxes it adds, per image; ``ece``: the student's
+# calibration error; ``inherited``: the share of the teacher's errors (against the labels) the student repeats
+LOWER_IS_BETTER = ("js", "kl", "missed", "extra", "ece", "inherited")
 # what each figure can be (the others are shares in [0, 1]): a gate outside it is a typo
-GATE_RANGES = {"consensus": (-1.0, 1.0), "js": (0.0, 1.0), "kl": (0.0, float("inf"))}
+GATE_RANGES = {"consensus": (-1.0, 1.0), "spearman": (-1.0, 1.0), "js": (0.0, 1.0), "kl": (0.0, float("inf")),
+               "missed": (0.0, float("inf")), "extra": (0.0, float("inf"))}
 
 
 def parse_gate(text: str | None, task: str, flag: str = "--fail-under") -> dict[str, float]:
@@ -744,6 +750,11 @@ def gate_figure(summary: dict, student: str, name: str) -> float | None:
     accuracy = (summary.get("accuracy") or {}).get(student, {})
     if name in ("map50", "label_miou", "top1", "top5"):
         return accuracy.get({"map50": "map_50", "label_miou": "miou"}.get(name, name))
+    if name == "ece":
+        return ((summary.get("calibration") or {}).get(student) or {}).get("ece")
+    if name == "inherited":
+        errors = ((summary.get("inherited_errors") or {}).get(student) or {}).get("overall") or {}
+        return errors.get("inherited_share_of_teacher_errors")
     return block["agreement"].get(name, {}).get("mean")
 
 

@@ -137,8 +137,9 @@ def cka_section(summary: dict) -> str:
 
 
 def embedding_figure(records: list[dict], students: list[str]):
-    """Each model's image embeddings projected to 2-D (PCA, numpy's SVD), coloured by the first student's
-    disagreement with the teacher; hover names the image. One panel per model: their feature spaces differ."""
+    """Each model's image embeddings projected to 2-D (PCA, numpy's SVD), coloured by disagreement with the teacher
+    (a student's panel by its own, the teacher's by the first student's); hover names the image. One panel per model:
+    their feature spaces differ. The colour scale is shared, so one colour means one disagreement in every panel."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -146,16 +147,21 @@ def embedding_figure(records: list[dict], students: list[str]):
     if len(ok) < 3:
         return None
     models = ["teacher", *students]
-    fig = make_subplots(1, len(models), subplot_titles=[f"{m}'s embeddings (PCA)" for m in models])
-    colour = [r["students"][students[0]]["disagreement"] for r in ok]
+    fig = make_subplots(1, len(models), subplot_titles=[
+        f"{m}'s embeddings (PCA)" + (f", coloured by {students[0]}'s disagreement" if m == "teacher" else "")
+        for m in models])
+    colours = {m: [r["students"][m if m != "teacher" else students[0]]["disagreement"] for r in ok] for m in models}
+    defined = [v for values in colours.values() for v in values if v is not None]
+    scale = {"cmin": min(defined), "cmax": max(defined)} if defined else {}
     for k, model in enumerate(models, 1):
+        colour = colours[model]
         x = np.array([(r["teacher"] if model == "teacher" else r["students"][model])["embedding"] for r in ok])
         x = x - x.mean(0)
         u, sv, _ = np.linalg.svd(x, full_matrices=False)
         xy = u[:, :2] * sv[:2]
         fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", text=[r["image"] for r in ok],
-                                 marker={"color": colour, "colorscale": "Viridis", "showscale": k == 1,
-                                         "colorbar": {"title": {"text": f"disagreement<br>({students[0]})"}}},
+                                 marker={"color": colour, "colorscale": "Viridis", "showscale": k == 1, **scale,
+                                         "colorbar": {"title": {"text": "disagreement"}}},
                                  hovertemplate="%{text}<br>disagreement %{marker.color:.3f}<extra></extra>",
                                  showlegend=False), 1, k)
     fig.update_layout(title="Where disagreement lies in each model's image space (deepest stage, averaged over "

@@ -13,7 +13,7 @@ import numpy as np
 
 from compare.inputs import InputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # a GIF: its first frame
 MAX_ZIP_IMAGES = 500
 MAX_ZIP_BYTES = 200 * 2**20  # the uploaded archive
 MAX_ZIP_UNPACKED = 1024 * 2**20  # what it may expand to (zip bombs)
@@ -80,7 +80,7 @@ def extract_zip(archive: str | Path, folder: Path) -> list[str]:
         if len(members) > len(images):
             notes.append(f"{len(members) - len(images)} files that are not images (by suffix) were skipped.")
         if not images:
-            raise InputError("The archive holds no images (png, jpg, webp, bmp, tif).")
+            raise InputError("The archive holds no images (png, jpg, webp, bmp, tif, gif).")
         if len(images) > MAX_ZIP_IMAGES:
             raise InputError(f"The archive holds {len(images)} images; the tab takes at most {MAX_ZIP_IMAGES} "
                              "(the command line takes more: python -m reports.dataset).")

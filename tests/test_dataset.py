@@ -804,3 +804,42 @@ def test_the_tab_with_few_images_two_students_macos_metadata_and_nothing_readabl
         z.writestr("b.png", b"")
     with pytest.raises(InputError, match="No image in the archive could be read .*nothing was measured"):
         dataset_report(str(broken), "shapes-detection")
+
+
+def test_a_figure_undefined_on_every_image_stays_null_and_every_summary_figure_can_be_gated(tmp_path, capsys):
+    """Found by an acceptance check: images where no model finds anything have no mean IoU of matches on any image;
+    the summary kept the figure out (and the page's column) where it should read null with a note. And the gate took
+    only some figures: now also ``missed``, ``extra``, ``spearman``, ``ece`` and the inherited share."""
+    from reports.aggregate import gate_figure, parse_gate
+    from reports.dataset import main
+
+    images = tmp_path / "grey"
+    images.mkdir()
+    for k in range(6):
+        Image.new("RGB", (128, 128), (120, 120, 120)).save(images / f"{k}.png")
+    main(["--images", str(images), "--pair", "shapes-detection", "--out", str(tmp_path / "out"), "--gallery", "0",
+          "--fail-over", "missed=0,extra=0"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    mean_iou = summary["per_student"]["feature-kd"]["agreement"]["mean_iou"]
+    assert mean_iou["mean"] is None and mean_iou["note"].startswith("undefined")
+    assert "mean IoU of matches" in (tmp_path / "out" / "report.html").read_text()
+    assert "deploy gate passed" in capsys.readouterr().out  # nothing found, nothing missed or added
+    assert parse_gate("ece=0.1,inherited=0.5", "image-classification", "--fail-over") == {"ece": 0.1, "inherited": 0.5}
+    with pytest.raises(ValueError, match="use --fail-over"):
+        parse_gate("missed=1", "detection")
+    summary = {"task": "image-classification", "per_student": {"s": {"agreement": {}}},
+               "calibration": {"s": {"ece": 0.07}},
+               "inherited_errors": {"s": {"overall": {"inherited_share_of_teacher_errors": 0.4}}}}
+    assert (gate_figure(summary, "s", "ece"), gate_figure(summary, "s", "inherited")) == (0.07, 0.4)
+
+
+def test_each_students_embedding_panel_is_coloured_by_its_own_disagreement():
+    from reports.html import embedding_figure
+
+    records = [{"image": f"{k}.png", "teacher": {"embedding": [k, k * k % 5, 1]},
+                "students": {"a": {"embedding": [k, 1, k % 3], "disagreement": k / 10},
+                             "b": {"embedding": [1, k, k % 2], "disagreement": 1 - k / 10}}} for k in range(6)]
+    fig = embedding_figure(records, ["a", "b"])
+    teacher, a, b = (list(trace.marker.color) for trace in fig.data)
+    assert teacher == a == [k / 10 for k in range(6)] and b == [1 - k / 10 for k in range(6)]
+    assert fig.data[0].marker.cmin == fig.data[2].marker.cmin == 0.0  # one scale for every panel
