@@ -136,13 +136,15 @@ class ClassificationComparison(Comparison):
     """Probabilities of the teacher and each student over ``classes`` on one image (``probs[name]``: (K,) float32
     on the CPU), the text each side was prompted with, and the agreement with the teacher (top-1 match, KL(teacher ‖
     student), Jensen-Shannon divergence, Spearman rank correlation). ``patches[name]``: (h, w, D) normalised patch
-    tokens of the image tower when it has them (for similarity maps), else None."""
+    tokens of the image tower when it has them (for similarity maps), else None. ``image_features[name]``: (D,) the
+    image tower's embedding of the image, as the tower gives it (the dataset report's embedding view and CKA)."""
 
     classes: list[str] = field(default_factory=list)
     probs: dict[str, torch.Tensor] = field(default_factory=dict)
     prompts: dict[str, str] = field(default_factory=dict)
     agreement: dict[str, dict] = field(default_factory=dict)
     patches: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    image_features: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def side(self, name: str) -> dict:
         return {"probs": {c: round(float(v), 5) for c, v in zip(self.classes, self.probs[name].tolist(),

@@ -152,6 +152,7 @@ def zero_shot(pair: Pair, chosen: list[Student], predictors: dict[str, Predictor
     notes = notes or [[] for _ in images]
     probs: dict[str, list] = {}
     patches: dict[str, list] = {}
+    embedded: dict[str, list] = {}
     used, profiles = {}, {}
     for name, p in predictors.items():
         check_tokens(p, "teacher" if name == "teacher" else f"student {name}", names, template)
@@ -161,7 +162,7 @@ def zero_shot(pair: Pair, chosen: list[Student], predictors: dict[str, Predictor
         else:
             text, used[name] = _student_text(p, name, names, template, (prompt or "").strip(), pair, prompts)
         prepared = [p.prepare(image) for image in images]
-        probs[name], patches[name] = [None] * len(images), [None] * len(images)
+        probs[name], patches[name], embedded[name] = [None] * len(images), [None] * len(images), [None] * len(images)
         seconds = 0.0
         for group in _encode_batched(p, prepared):
             features, tokens, indices, took = group
@@ -170,12 +171,13 @@ def zero_shot(pair: Pair, chosen: list[Student], predictors: dict[str, Predictor
             for k, i in enumerate(indices):
                 probs[name][i] = distribution[k]
                 patches[name][i] = None if tokens is None else tokens[k]
+                embedded[name][i] = features[k]
         profiles[name] = profile_of(p, prepared[0][0] if prepared else None, seconds / max(1, len(images)) * 1000,
                                     latency)
     return [ClassificationComparison(
         pair.name, chosen, profiles, list(notes[i]), None, names, {n: probs[n][i] for n in predictors}, used,
         {s.name: agreement(probs["teacher"][i], probs[s.name][i]) for s in chosen},
-        {n: patches[n][i] for n in predictors}) for i in range(len(images))]
+        {n: patches[n][i] for n in predictors}, {n: embedded[n][i] for n in predictors}) for i in range(len(images))]
 
 
 def similarity_map(predictor: Predictor, patches: torch.Tensor | None, text: str) -> torch.Tensor | None:

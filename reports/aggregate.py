@@ -664,14 +664,14 @@ def dataset_cka(terms: list[dict], students: list[str]) -> dict:
     teacher stages × student stages, and its chance level (the student's features of other images of the batch).
 
     Returns ``{student: {teacher_layers, student_layers, matrix, baseline, batches, images}}``; a student with no
-    usable batch (CLIP pairs, or every batch under four readable images) gets ``None`` figures and a note."""
+    usable batch (every batch under four readable images) gets ``None`` figures and a note. A CLIP pair's one
+    "stage" is each tower's image embedding."""
     out = {}
     for name in students:
         blocks = [t["students"][name] for t in terms if name in t.get("students", {})]
         if not blocks:
             out[name] = {"matrix": None, "baseline": None, "batches": 0,
-                         "note": "undefined: no batch of four or more readable images with feature maps (a CLIP "
-                                 "pair has none; otherwise use --batch 4 or more)"}
+                         "note": "undefined: no batch of four or more readable images (use --batch 4 or more)"}
             continue
         cross = np.sum([b["cross"] for b in blocks], axis=0)
         shuffled = np.sum([b["cross_shuffled"] for b in blocks], axis=0)

@@ -13,7 +13,7 @@ import torch
 
 from analysis.cka import MIN_SAMPLES, MinibatchCKA
 from analysis.consensus import pool_to, reading_maps
-from analysis.features import match_stages, stack_images
+from analysis.features import Stage, match_stages, stack_images
 from compare.inputs import InputError, read_image
 from compare.vision import VisionRequest, run_vision
 from compare.zero_shot import check_template, parse_classes, zero_shot
@@ -71,8 +71,18 @@ def analyse_batch(paths: list[Path], spec: Pair, chosen: list[Student], predicto
         names, class_notes = parse_classes(classes)
         results = zero_shot(spec, chosen, predictors, arrays, names, check_template(""), "",
                             [class_notes + n for n in notes], latency=False)
-        for i, result in zip(readable, results, strict=True):
-            out[i] = Analysed(*clip_record(paths[i].name, result.to_json()))
+        # each tower's image embedding as a one-cell "stage": the embedding view and CKA across the images
+        stages = {name: [[Stage("image embedding", 1, r.image_features[name][None, :, None, None])] for r in results]
+                  for name in ["teacher", *(s.name for s in chosen)]}
+        embedded = {name: embeddings(images) for name, images in stages.items()}
+        for k, (i, result) in enumerate(zip(readable, results, strict=True)):
+            record, timing = clip_record(paths[i].name, result.to_json())
+            record["teacher"]["embedding"] = embedded["teacher"][k]
+            for s in chosen:
+                record["students"][s.name]["embedding"] = embedded[s.name][k]
+            out[i] = Analysed(record, timing)
+        if len(arrays) >= MIN_SAMPLES:
+            cka = cka_terms(stages, [s.name for s in chosen], batch_index)
     elif arrays:
         stages: dict = {}
         pooled = PooledMaps(CKA_GRID)  # CKA's pooled maps, made as the consensus reads each map (still in cache)
@@ -246,13 +256,17 @@ def cka_terms(stages: dict[str, list[list]], students: list[str], batch_index: i
         cka.update(teacher, student)
         terms = torch.stack([cka.cross.flatten(), cka.cross_shuffled.flatten()]).cpu()  # the one read-back
         selves = torch.cat([cka.self_t, cka.self_s]).cpu()
-        out[name] = {"teacher_layers": [f"{t.name} (/{t.stride})" for t, _ in pairs],
-                     "student_layers": [f"{s.name} (/{s.stride})" for _, s in pairs],
+        out[name] = {"teacher_layers": [_layer(t) for t, _ in pairs], "student_layers": [_layer(s) for _, s in pairs],
                      "cross": terms[0].reshape(len(pairs), len(pairs)).tolist(),
                      "cross_shuffled": terms[1].reshape(len(pairs), len(pairs)).tolist(),
                      "self_t": selves[: len(pairs)].tolist(), "self_s": selves[len(pairs):].tolist(),
                      "images": len(stages["teacher"])}
     return out
+
+
+def _layer(stage: Stage) -> str:
+    """A stage as the report names it: with its stride, where it is a map (a CLIP tower's embedding is not)."""
+    return f"{stage.name} (/{stage.stride})" if stage.stride > 1 else stage.name
 
 
 def embeddings(images: list[list]) -> list[list[float]]:

@@ -122,6 +122,13 @@ def test_segmentation_and_classification_pairs(folder, tmp_path):
         "agreement", "per_class", "consensus"}
     clip = run_dataset(images, "shapes-clip", tmp_path / "clip", gallery=1)
     assert 0 <= clip["per_student"]["clip-kd"]["agreement"]["kl"]["mean"]
+    # a CLIP pair's representations: each tower's image embedding, in the embedding view and in CKA across images
+    records = [r for r in read_records(tmp_path / "clip" / "results.jsonl") if "error" not in r]
+    assert all(len(r["teacher"]["embedding"]) == len(r["students"]["clip-kd"]["embedding"]) == 32 for r in records)
+    four = run_dataset(list_images(folder / "images")[:5], "shapes-clip", tmp_path / "clip4", gallery=0)
+    assert "embeddings (PCA)" in (tmp_path / "clip4" / "report.html").read_text()
+    cka = four["dataset_cka"]["clip-kd"]
+    assert cka["teacher_layers"] == ["image embedding"] and -1 <= cka["matrix"][0][0] <= 1 and cka["baseline"]
     with pytest.raises(InputError, match="generation pair"):
         run_dataset(images, "shapes-diffusion", tmp_path / "gen")
 
