@@ -434,6 +434,8 @@ class ConsensusAnalysis:
     figures: torch.Tensor
     cka: torch.Tensor | None
     consensus_chance: torch.Tensor | None = None  # (P, B): mean consensus with the student's locations shuffled
+    # (P, B, 2): the same over the foreground cells and over the background cells (NaN where an image has none)
+    consensus_chance_regions: torch.Tensor | None = None
     cka_chance: torch.Tensor | None = None  # (T, S): CKA with the student's locations shuffled
 
 
@@ -557,6 +559,7 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
         return torch.cat(tensors, dim) if len(tensors) > 1 else tensors[0]
 
     chance: list[torch.Tensor | None] = [None] * len(pairs)
+    chance_regions: list[torch.Tensor | None] = [None] * len(pairs)
     handed: set[int] = set()  # maps given to reading_maps' readers (each once)
     for (_, method), by_shape in groups.items():
         order, sims, shuffled, norm_t, norm_s = [], [], [], [], []
@@ -599,6 +602,10 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
         grid = (h, w)
         fg = masks[grid].repeat(len(order), 1, 1) if len(order) > 1 else masks[grid]
         found = _stacked_figures(sim, cat(norm_t).square(), cat(norm_s).square(), fg)  # energies: squared norms
+        if other is not None:  # the chance level on the foreground and on the background cells
+            regions = _stacked_figures(other.reshape(-1, h, w), fg, fg, fg)[:, 1:3]
+            for i, k in enumerate(order):
+                chance_regions[k] = regions[i * b:(i + 1) * b]
         scaled = _scaled_weights(sim, tau, size) if size is not None else None
         for i, k in enumerate(order):
             similarity[k], figures[k] = sim[i * b:(i + 1) * b], found[i * b:(i + 1) * b]
@@ -606,4 +613,5 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
     cka, cka_chance = cka_matrices(teacher_all, student_all) if with_cka else (None, None)
     return ConsensusAnalysis(similarity, torch.stack(weights).clamp(0, 1) if size is not None else None,
                              torch.stack(figures), cka,
-                             torch.stack(chance) if with_cka else None, cka_chance)
+                             consensus_chance=torch.stack(chance) if with_cka else None, cka_chance=cka_chance,
+                             consensus_chance_regions=torch.stack(chance_regions) if with_cka else None)

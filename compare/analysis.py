@@ -101,7 +101,8 @@ def analyse_pair(t_all: list[Stage], s_all: list[Stage], foreground: torch.Tenso
                                 list(t_maps), list(s_maps))
         overlays = heat_overlays(canvas, result.weights.flatten(0, 2))  # (P * 2, H, W, 3): consensus, divergence
         return pack({"overlays": overlays, "figures": result.figures[:, 0], "cka": result.cka,
-                     "chance": result.consensus_chance[:, 0], "cka_chance": result.cka_chance})
+                     "chance": result.consensus_chance[:, 0], "cka_chance": result.cka_chance,
+                     "chance_regions": result.consensus_chance_regions[:, 0]})
 
     inputs = ([t.features for t in t_all] + [s.features.to(device) for s in s_all]
               + [foreground.to(device)[None], canvas])
@@ -118,8 +119,10 @@ def analyse_pair(t_all: list[Stage], s_all: list[Stage], foreground: torch.Tenso
                 for kind in ("consensus", "divergence")]
     stages = [{"teacher_layer": t.name, "student_layer": s.name, "stride": t.stride, "method": m,
                **{k: _number(v) for k, v in zip(FIGURES, row, strict=True)}, "consensus_chance": _number(chance),
+               "consensus_chance_foreground": _number(regions[0]), "consensus_chance_background": _number(regions[1]),
                "locations": int(t.features.shape[-2] * t.features.shape[-1])}
-              for (t, s), m, row, chance in zip(pairs, methods, host["figures"], host["chance"], strict=True)]
+              for (t, s), m, row, chance, regions in zip(pairs, methods, host["figures"], host["chance"],
+                                                          host["chance_regions"], strict=True)]
     matrix = [[_number(v) for v in row] for row in host["cka"].astype(np.float64)]
     chance_matrix = [[_number(v) for v in row] for row in host["cka_chance"].astype(np.float64)]
     few = [f"/{s['stride']} ({s['locations']})" for s in stages if s["locations"] < READABLE_LOCATIONS]

@@ -97,7 +97,8 @@ def figures_markdown(report: dict | None) -> str:
         rows = "\n".join(
             f"| /{s['stride']} {s['teacher_layer']} ↔ {s['student_layer']} ({s.get('locations', '–')} locations) | "
             f"{fmt(s['consensus_mean'])} (chance {fmt(s.get('consensus_chance'))}) | "
-            f"{fmt(s['consensus_foreground'])} | {fmt(s['consensus_background'])} | "
+            f"{fmt(s['consensus_foreground'])} (chance {fmt(s.get('consensus_chance_foreground'))}) | "
+            f"{fmt(s['consensus_background'])} (chance {fmt(s.get('consensus_chance_background'))}) | "
             f"{fmt(s['energy_foreground_teacher'])} | {fmt(s['energy_foreground_student'])} | "
             f"{fmt(s['foreground_area'])} |" for s in block["stages"])
         tables.append(f"**{name}**\n\n| stage | consensus | on foreground | on background | teacher energy on fg "

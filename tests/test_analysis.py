@@ -348,6 +348,12 @@ def test_per_image_figures_come_with_their_chance_levels():
     report = compare.consensus("shapes-detection", render_scene(10_000_555, 64, 64).image).to_json()
     assert all(s["consensus_chance"] is not None and s["consensus_mean"] > s["consensus_chance"]
                for s in report["stages"])
+    for s in report["stages"]:  # on the foreground and the background too, each beside its own chance level
+        assert s["consensus_chance_foreground"] is not None and s["consensus_chance_background"] is not None
+        assert s["consensus_foreground"] > s["consensus_chance_foreground"]
+        share = s["foreground_area"]  # the two regions' chance levels average to the whole map's, by area
+        assert share * s["consensus_chance_foreground"] + (1 - share) * s["consensus_chance_background"] == \
+            pytest.approx(s["consensus_chance"], abs=2e-3)
     assert [s["locations"] for s in report["stages"]] == [4096, 1024, 256, 64]  # the input is 128 x 128
     assert np.asarray(report["cka"]["chance"], dtype=float).shape == np.asarray(report["cka"]["matrix"]).shape
     assert any("Few locations at /16 (64)" in note for note in report["notes"])

@@ -22,7 +22,8 @@ from weights.shapes.world import render_scene
 FIXTURES = Path(__file__).parent / "fixtures"
 ADDED = {"latency_cached", "this_run_ms", "gflops",  # figures the engine adds (/classify had no FLOPs before)
          "latency_alone",  # whether a latency was timed with no other call running (session 15)
-         "chance", "estimator", "consensus_chance", "locations"}  # chance levels beside per-image figures (#30)
+         "chance", "estimator", "consensus_chance", "locations",
+         "consensus_chance_foreground", "consensus_chance_background"}  # chance levels beside per-image figures (#30)
 # Deliberate changes since the reference: per-image CKA uses the unbiased HSIC estimator (#30, session 9), whose
 # values differ from the biased estimator's; everything else must be equal.
 CHANGED = ("/cka/matrix",)

@@ -60,10 +60,19 @@ def test_polygon_and_rle_labels_of_the_same_masks_give_the_same_figures(tmp_path
         rle = coco_mask.merge(coco_mask.frPyObjects(a["segmentation"], *size))
         rle["counts"] = rle["counts"].decode()
         rects.append({**a, "segmentation": rle})
+    uncompressed = []  # the true masks again, as COCO's uncompressed RLE: run lengths down the columns, zeros first
+    for a in rles:
+        flat = coco_mask.decode(a["segmentation"]).flatten(order="F")
+        edges = np.flatnonzero(np.diff(flat)) + 1
+        counts = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        uncompressed.append({**a, "segmentation": {"size": a["segmentation"]["size"],
+                                                   "counts": ([0] if flat[0] else []) + counts}})
     summaries = [run_dataset(list_images(images), "shapes-segmentation", tmp_path / f"out{i}", None,
                              coco_file(tmp_path, annotations, names, f"labels{i}.json"), gallery=0)
-                 for i, annotations in enumerate([polygons, rects])]
+                 for i, annotations in enumerate([polygons, rects, rles, uncompressed])]
     assert summaries[0]["accuracy"] == summaries[1]["accuracy"]
+    assert summaries[2]["accuracy"] == summaries[3]["accuracy"]  # compressed or not, the same masks
+    assert summaries[2]["accuracy"] != summaries[0]["accuracy"]  # the true masks are not their rectangles
 
 
 def test_crowd_regions_are_neither_misses_nor_false_positives():
