@@ -117,8 +117,9 @@ def test_the_dataset_report_gives_top1_and_top5_against_labels(tmp_path):
     summary = run_dataset(list_images(tmp_path), PAIR, tmp_path / "out", "lite0", tmp_path / "labels.json")
     accuracy = summary["accuracy"]
     assert set(accuracy) == {"teacher", "lite0"}
-    assert all(set(a) == {"top1", "top5", "top1_ci95", "top5_ci95"} for a in accuracy.values())
-    assert all(a["top5"] == 1.0 and a["top5_ci95"] is None for a in accuracy.values())  # two photos: no interval
+    assert all(set(a) == {"top1", "top5", "top1_ci95", "top5_ci95", "note"} for a in accuracy.values())
+    assert all(a["top5"] == 1.0 and a["top5_ci95"] is None and "2 images, under 5" in a["note"]
+               for a in accuracy.values())  # two photos: no interval, and the note says why
     calibration = summary["calibration"]["lite0"]  # two labelled photos: ECE and the reliability diagram's bins
     assert calibration["images"] == 2 and 0 <= calibration["ece"] <= 1 and sum(b["count"] for b in
                                                                              calibration["bins"]) == 2
