@@ -83,9 +83,12 @@ def warm_up() -> threading.Thread:
     at its first page instead); returns the thread."""
 
     def work():
+        from compare.latency import ACTIVITY
+
         for call in list(_WARM_UPS):
             try:
-                call()
+                with ACTIVITY.running():  # a call like any other: latencies timed meanwhile are timed again later
+                    call()
             except Exception:  # noqa: BLE001 (a first sight that cannot be computed must not stop the others)
                 logging.getLogger(__name__).warning("a first sight could not be computed", exc_info=True)
 

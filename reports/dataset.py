@@ -254,7 +254,7 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
         if checked is not None and checked.labels is not None:  # read and checked against these images already
             truth = checked.labels
         else:
-            truth = Labels.read(labels)
+            truth = Labels.read(labels).for_images({p.name for p in images})
             check_labels_fit(truth, images, spec.task, classes_measured, Path(labels).name)
         truth = truth.for_classes(classes_measured, spec.task)
     try:
@@ -456,6 +456,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
                      args.overwrite, check_only=True)
     predictors = predictors_for(spec, students=chosen)  # offline and uncached, a Hub pair says so here
     if truth is not None:
+        truth = truth.for_images({p.name for p in images})
         check_labels_fit(truth, images, spec.task, label_classes(spec, predictors, args.classes), args.labels.name)
     return Checked(images, predictors, truth)
 

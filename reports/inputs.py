@@ -250,6 +250,7 @@ class Labels:
     listed: set[str] = field(default_factory=set)
     crowd_boxes: dict[str, list[tuple[str, list[float]]]] = field(default_factory=dict)
     ignored: dict[str, list[tuple[str, list[list[float]] | dict]]] = field(default_factory=dict)  # polygons or RLE
+    aliases: dict[str, str] = field(default_factory=dict)  # another name an image may have -> the name the file gives
     skipped: dict[str, int] = field(default_factory=dict)  # class -> annotations of it left out (not the pair's)
     unmasked: dict[str, list[tuple[str, list[float]]]] = field(default_factory=dict)  # boxes without a mask
     mixed: set[str] = field(default_factory=set)  # images whose annotations name two or more classes
@@ -342,12 +343,29 @@ class Labels:
             if safe in originals or len(group) > 1:  # taken by an image of that very name, or ambiguous: no guess
                 continue
             labels.listed.add(safe)
+            labels.aliases[safe] = group[0]
             if group[0] in labels.mixed:
                 labels.mixed.add(safe)
             for table in tables:
                 if group[0] in table:
                     table[safe] = table[group[0]]
         return labels
+
+    def for_images(self, names: set[str]) -> Labels:
+        """These labels for a run over images of these ``names``: an alias (a sanitised or differently composed
+        name, :meth:`read`) stands for the file the labels name only where that file is not among the images; where
+        both are, the alias is another image, which the file does not label (found by a review: it got the other
+        image's objects). Returns a copy; the tables are shared, not copied."""
+        wrong = {alias for alias, original in self.aliases.items() if alias in names and original in names}
+        if not wrong:
+            return self
+        keep = {k: v for k, v in vars(self).items()}
+        for key in ("boxes", "polygons", "classes", "rle", "crowd_boxes", "ignored", "unmasked"):
+            keep[key] = {image: v for image, v in getattr(self, key).items() if image not in wrong}
+        keep["listed"] = self.listed - wrong
+        keep["mixed"] = self.mixed - wrong
+        keep["aliases"] = {a: o for a, o in self.aliases.items() if a not in wrong}
+        return Labels(**keep)
 
     def for_classes(self, classes: list[str], task: str) -> Labels:
         """These labels as a pair with ``classes`` can be measured against: each class named as the pair names it

@@ -404,3 +404,23 @@ def test_a_run_json_cut_short_is_refused_with_a_message(tmp_path):
     (tmp_path / "run.json").write_text("[1]\n")
     with pytest.raises(InputError, match="cannot be read"):
         start_folder(tmp_path, {"pair": "shapes-detection"}, resume=True, overwrite=False)
+
+
+def test_an_alias_never_labels_another_image_of_the_folder(tmp_path):
+    """A label file naming ``scene one.png`` labels ``scene_one.png`` (its sanitised name, as a zip unpacks it) only
+    when ``scene one.png`` itself is not among the images: where both are, ``scene_one.png`` is another image the
+    file does not label (found by a review: it got the first image's boxes). The same for composed/decomposed
+    accents."""
+    import unicodedata
+
+    box = {"id": 1, "image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4]}
+    labels = Labels.read(coco_file(tmp_path, [box], images=("scene one.png",)))
+    alone = labels.for_images({"scene_one.png"})  # only the sanitised name on disk: the file's image
+    assert alone.boxes["scene_one.png"] == labels.boxes["scene one.png"] and "scene_one.png" in alone.listed
+    both = labels.for_images({"scene one.png", "scene_one.png"})  # two images: the second is not labelled
+    assert "scene_one.png" not in both.boxes and "scene_one.png" not in both.listed
+    assert both.boxes["scene one.png"] == labels.boxes["scene one.png"]
+    composed, decomposed = "café.png", unicodedata.normalize("NFD", "café.png")
+    labels = Labels.read(coco_file(tmp_path, [box], images=(composed,), name="accents.json"))
+    assert decomposed not in labels.for_images({composed, decomposed}).boxes
+    assert decomposed in labels.for_images({decomposed}).boxes
