@@ -43,11 +43,12 @@ def dataset_report(archive, pair: str = "shapes-detection", students: str | list
     threshold = number(threshold, "threshold", 0.0, 1.0)
     work = output_path("dataset", "")
     try:
-        notes = extract_zip(archive_path, work / "images")
+        originals: dict[str, str] = {}
+        notes = extract_zip(archive_path, work / "images", originals)
         images = list_images(work / "images", MAX_ZIP_IMAGES)
         out = work / "report"
         summary = run_dataset(images, pair, out, students, labels_path, threshold=threshold, classes=classes,
-                              progress=progress, cancel=cancel)
+                              progress=progress, cancel=cancel, original_names=originals)
         if summary is None:
             done = len(read_records(out / "results.jsonl"))
             raise Cancelled(f"Stopped after {done} of {len(images)} images; nothing was summarised. Run again to "

@@ -220,7 +220,8 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
                 classes: str = DEFAULT_CLASSES, gallery: int = GALLERY, rank: int = 0, world: int = 1,
                 progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
                 barrier: Callable[[], None] | None = None, overwrite: bool = False, batch: int = BATCH,
-                accuracy_threshold: float = ACCURACY_THRESHOLD, checked: Checked | None = None) -> dict | None:
+                accuracy_threshold: float = ACCURACY_THRESHOLD, checked: Checked | None = None,
+                original_names: dict[str, str] | None = None) -> dict | None:
     """Run a pair over images, writing ``out`` as the module docstring says; returns the summary (rank 0) or None.
 
     Args:
@@ -239,6 +240,8 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
         barrier: waits for every rank (torch.distributed's barrier); None in one process.
         checked: what :func:`check_arguments` already loaded for these arguments (the models, the label file read),
             so that neither is loaded twice; None: loaded here.
+        original_names: each image's name before it was made safe (an uploaded zip's, from
+            :func:`reports.inputs.extract_zip`), so labels match the very file they name.
     """
     spec = pair if isinstance(pair, Pair) else get_pair(pair)
     if spec.task == "generation":
@@ -254,7 +257,7 @@ def run_dataset(images: list[Path], pair: str | Pair, out: Path, students: str |
         if checked is not None and checked.labels is not None:  # read and checked against these images already
             truth = checked.labels
         else:
-            truth = Labels.read(labels).for_images({p.name for p in images})
+            truth = Labels.read(labels).for_images({p.name for p in images}, original_names)
             check_labels_fit(truth, images, spec.task, classes_measured, Path(labels).name)
         truth = truth.for_classes(classes_measured, spec.task)
     try:

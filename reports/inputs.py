@@ -56,8 +56,9 @@ def _macos_metadata(member: str) -> bool:
     return "__MACOSX" in parts or parts[-1].startswith("._")
 
 
-def extract_zip(archive: str | Path, folder: Path) -> list[str]:
-    """Unpack the images of an uploaded zip into ``folder`` under sanitised flat names; returns notes.
+def extract_zip(archive: str | Path, folder: Path, originals: dict[str, str] | None = None) -> list[str]:
+    """Unpack the images of an uploaded zip into ``folder`` under sanitised flat names; returns notes, and fills
+    ``originals`` (when given) with each unpacked file's name in the archive, by its name on disk.
 
     Bounded: the archive's size, the number of images and the bytes they expand to. Members that are not images
     by suffix, or whose names repeat, are skipped with a note; nothing is written outside ``folder``.
@@ -107,11 +108,15 @@ def extract_zip(archive: str | Path, folder: Path) -> list[str]:
                              "skipped (rename one of them).")
                 continue
             names.add(name)
+            if originals is not None:
+                originals[name] = original
             try:
                 budget -= _unpack(bundle, member, folder / name, budget)
             except _Unreadable as error:
                 (folder / name).unlink(missing_ok=True)
                 names.discard(name)
+                if originals is not None:
+                    originals.pop(name, None)
                 notes.append(f"{member.filename[:80]}: {error}; skipped.")
         if not names:
             raise InputError("No image in the archive could be unpacked: " + " ".join(notes[-3:]))
@@ -351,12 +356,16 @@ class Labels:
                     table[safe] = table[group[0]]
         return labels
 
-    def for_images(self, names: set[str]) -> Labels:
+    def for_images(self, names: set[str], originals: dict[str, str] | None = None) -> Labels:
         """These labels for a run over images of these ``names``: an alias (a sanitised or differently composed
         name, :meth:`read`) stands for the file the labels name only where that file is not among the images; where
         both are, the alias is another image, which the file does not label (found by a review: it got the other
-        image's objects). Returns a copy; the tables are shared, not copied."""
-        wrong = {alias for alias, original in self.aliases.items() if alias in names and original in names}
+        image's objects). ``originals``: each image's name before it was made safe (an uploaded zip's, as
+        :func:`extract_zip` records them): then an alias stands for exactly the file it was unpacked from. Returns
+        new labels (sharing the per-image lists), or these when nothing changes."""
+        wrong = {alias for alias, original in self.aliases.items() if alias in names and (
+            original in names if originals is None
+            else unicodedata.normalize("NFC", originals.get(alias, alias)) != unicodedata.normalize("NFC", original))}
         if not wrong:
             return self
         keep = {k: v for k, v in vars(self).items()}

@@ -424,3 +424,31 @@ def test_an_alias_never_labels_another_image_of_the_folder(tmp_path):
     labels = Labels.read(coco_file(tmp_path, [box], images=(composed,), name="accents.json"))
     assert decomposed not in labels.for_images({composed, decomposed}).boxes
     assert decomposed in labels.for_images({decomposed}).boxes
+
+
+def test_a_zip_whose_names_clash_when_made_safe_labels_only_the_file_it_names(tmp_path):
+    """``scene one.png`` and ``scene_one.png`` in one zip: the second keeps its name, the first is skipped (their
+    safe names clash); a label file naming only ``scene one.png`` must not give its boxes to ``scene_one.png``, a
+    different image: the unpacked files' original names decide (an NFD name in the zip still matches NFC labels)."""
+    import unicodedata
+    import zipfile
+
+    from reports.inputs import extract_zip
+
+    scene = render_scene(EVAL_SEED_START + 3300)
+    png = tmp_path / "s.png"
+    Image.fromarray(scene.image).save(png)
+    archive = tmp_path / "clash.zip"
+    decomposed = unicodedata.normalize("NFD", "café.png")
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in ("scene one.png", "scene_one.png", decomposed):
+            z.write(png, name)
+    originals: dict[str, str] = {}
+    extract_zip(archive, tmp_path / "out", originals)
+    assert set(originals) == {"scene_one.png", "café.png"} and originals["scene_one.png"] == "scene_one.png"
+    box = {"id": 1, "image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4]}
+    labels = Labels.read(coco_file(tmp_path, [box, box | {"id": 2, "image_id": 1}],
+                                   images=("scene one.png", "café.png")))
+    fitted = labels.for_images(set(originals), originals)
+    assert "scene_one.png" not in fitted.boxes and "scene_one.png" not in fitted.listed
+    assert fitted.boxes["café.png"] == labels.boxes["café.png"]
