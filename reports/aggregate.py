@@ -590,7 +590,8 @@ def _weighted_map50(classes: list[tuple[np.ndarray, tuple | None]], weights: np.
             recall = found / positives[:, None]
             precision = np.where(made > 0, found / made, 0.0)
         envelope = np.maximum.accumulate(precision[:, ::-1], 1)[:, ::-1]
-        index = (recall[:, :, None] < RECALL_POINTS).sum(1)  # (R, 101): the first segment reaching each recall
+        # (R, 101): the first segment reaching each recall point (rows are sorted; row by row, so memory stays R x S)
+        index = np.stack([np.searchsorted(row, RECALL_POINTS, side="left") for row in recall])
         read = np.take_along_axis(envelope, np.minimum(index, envelope.shape[1] - 1), 1)
         ap = np.where(index < envelope.shape[1], read, 0.0).mean(1)
         per_class.append(np.where(positives > 0, ap, np.nan))
