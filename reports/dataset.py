@@ -90,6 +90,8 @@ def check_writable(out: Path) -> None:
     """That ``out`` is, or can be made, a folder this process writes in: its nearest existing ancestor is a folder
     we may write in (nothing is created here). Raises InputError naming ``--out`` otherwise."""
     existing = out.absolute()
+    if existing.exists() and not existing.is_dir():
+        raise InputError(f"--out {out} is a file: give a folder (it is created if missing).")
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
@@ -440,8 +442,6 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         parse_classes(args.classes)
     elif args.classes is None:
         args.classes = DEFAULT_CLASSES
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out} is a file: give a folder (it is created if missing).")
     check_writable(args.out)
     truth = None
     if args.labels is not None:

@@ -32,8 +32,9 @@ class GalleryStore:
         self.folder, self.size, self.student = folder, size, student
         folder.mkdir(parents=True, exist_ok=True)
         done = {r["image"]: r for r in records if "error" not in r and r["image"] in mine}
+        present = {p.name for p in folder.glob("*.npz")}  # a resumed run adopts what it kept before
         self.kept = {name: rank_key(record, student) for name, record in done.items()
-                     if maps_file(folder, name).is_file()}  # a resumed run adopts what it kept before
+                     if maps_file(folder, name).name in present}
 
     def offer(self, record: dict, maps: dict[str, np.ndarray]) -> None:
         """Keep this image's maps if it is among the ``size`` largest disagreements so far."""

@@ -6,7 +6,7 @@ import json
 import os
 import unicodedata
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PureWindowsPath
 
 import numpy as np
@@ -17,6 +17,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 MAX_ZIP_IMAGES = 500
 MAX_ZIP_BYTES = 200 * 2**20  # the uploaded archive
 MAX_ZIP_UNPACKED = 1024 * 2**20  # what it may expand to (zip bombs)
+
+
 def _is_text(name: str) -> bool:
     """Whether a file name is valid UTF-8 (Python holds other bytes as lone surrogates)."""
     try:
@@ -239,6 +241,10 @@ def match_class(label: str, classes: list[str]) -> str | None:
     return folded[0] if len(folded) == 1 else None
 
 
+# Labels' tables keyed by image name (what an alias of a name shares, and what for_images filters)
+PER_IMAGE = ("boxes", "polygons", "rle", "classes", "crowd_boxes", "ignored", "unmasked")
+
+
 @dataclass
 class Labels:
     """Ground truth from a COCO-style file, keyed by image file name.
@@ -337,8 +343,7 @@ class Labels:
                                  f"({str(error)[:40]}).") from None
             except (TypeError, ValueError, AttributeError) as error:
                 raise InputError(f"The labels {name}: {where} is not COCO-style ({str(error)[:100]}).") from None
-        tables = (labels.boxes, labels.polygons, labels.rle, labels.classes, labels.crowd_boxes, labels.ignored,
-                  labels.unmasked)
+        tables = [getattr(labels, key) for key in PER_IMAGE]
         originals = set(files.values())
         by_alias: dict[str, list[str]] = {}
         for original in originals:  # the names an image of the file may have on disk
@@ -368,13 +373,10 @@ class Labels:
             else unicodedata.normalize("NFC", originals.get(alias, alias)) != unicodedata.normalize("NFC", original))}
         if not wrong:
             return self
-        keep = {k: v for k, v in vars(self).items()}
-        for key in ("boxes", "polygons", "classes", "rle", "crowd_boxes", "ignored", "unmasked"):
-            keep[key] = {image: v for image, v in getattr(self, key).items() if image not in wrong}
-        keep["listed"] = self.listed - wrong
-        keep["mixed"] = self.mixed - wrong
-        keep["aliases"] = {a: o for a, o in self.aliases.items() if a not in wrong}
-        return Labels(**keep)
+        return replace(self, listed=self.listed - wrong, mixed=self.mixed - wrong,
+                       aliases={a: o for a, o in self.aliases.items() if a not in wrong},
+                       **{key: {image: v for image, v in getattr(self, key).items() if image not in wrong}
+                          for key in PER_IMAGE})
 
     def for_classes(self, classes: list[str], task: str) -> Labels:
         """These labels as a pair with ``classes`` can be measured against: each class named as the pair names it
