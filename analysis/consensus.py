@@ -602,8 +602,10 @@ def analyse_stages(pairs: list[tuple[torch.Tensor, torch.Tensor]], methods: list
         grid = (h, w)
         fg = masks[grid].repeat(len(order), 1, 1) if len(order) > 1 else masks[grid]
         found = _stacked_figures(sim, cat(norm_t).square(), cat(norm_s).square(), fg)  # energies: squared norms
-        if other is not None:  # the chance level on the foreground and on the background cells
-            regions = _stacked_figures(other.reshape(-1, h, w), fg, fg, fg)[:, 1:3]
+        if other is not None:  # the chance level on the foreground and on the background cells (0 / 0: NaN)
+            shuffled_map = other.reshape(-1, h, w)
+            on_fg, cells = (shuffled_map * fg).sum((1, 2)), fg.sum((1, 2))
+            regions = torch.stack([on_fg / cells, (shuffled_map.sum((1, 2)) - on_fg) / (h * w - cells)], 1)
             for i, k in enumerate(order):
                 chance_regions[k] = regions[i * b:(i + 1) * b]
         scaled = _scaled_weights(sim, tau, size) if size is not None else None
