@@ -302,21 +302,27 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
         if not any(labels.boxes.get(r["image"]) for r in records):  # torchmetrics would give its -1 sentinel
             note = "undefined: no labelled object in the labelled images that were read"
             return {model: {"map_50": None, "note": note} for model in models}
+        truth = [_box_table(labels.boxes.get(r["image"], []) + labels.crowd_boxes.get(r["image"], []), index,
+                            crowd_from=len(labels.boxes.get(r["image"], []))) for r in records]
         for model in models:
-            metric = MeanAveragePrecision(iou_thresholds=[0.5], sync_on_compute=False)  # rank 0 alone
-            for r in records:
-                found = accuracy_detections(r["teacher"] if model == "teacher" else r["students"][model],
-                                            score_threshold)
-                truth = labels.boxes.get(r["image"], []) + labels.crowd_boxes.get(r["image"], [])
-                metric.update(
-                    [{"boxes": torch.tensor([d["box"] for d in found]).reshape(-1, 4),
-                      "scores": torch.tensor([d["score"] for d in found]),
-                      "labels": torch.tensor([index[d["label"]] for d in found], dtype=torch.long)}],
-                    [{"boxes": torch.tensor([b for _, b in truth]).reshape(-1, 4),
-                      "labels": torch.tensor([index[label] for label, _ in truth], dtype=torch.long),
-                      "iscrowd": torch.tensor([k >= len(labels.boxes.get(r["image"], [])) for k in range(len(truth))],
-                                              dtype=torch.long)}])
-            out[model] = _few_images({"map_50": round(float(metric.compute()["map_50"]), 4),
+            found = [_box_table([(d["label"], d["box"], d["score"]) for d in accuracy_detections(
+                r["teacher"] if model == "teacher" else r["students"][model], score_threshold)], index)
+                for r in records]
+            # COCO scores every class on its own (its matching and its 100 detections an image are per class), so
+            # torchmetrics runs one class at a time: the same mAP@0.5, and pycocotools' per-detection Python objects
+            # (~1 KB each) are a class's at a time, not the whole dataset's (~900 MB over 10,000 scenes at once)
+            per_class = []
+            for c in range(len(names)):
+                metric = MeanAveragePrecision(iou_thresholds=[0.5], sync_on_compute=False)  # rank 0 alone
+                for mine, labelled in zip(found, truth, strict=True):
+                    kept, held = mine["labels"] == c, labelled["labels"] == c
+                    if kept.any() or held.any():  # an image with neither adds nothing to this class's AP
+                        metric.update([{k: torch.from_numpy(v[kept]) for k, v in mine.items()}],
+                                      [{k: torch.from_numpy(v[held]) for k, v in labelled.items()}])
+                ap = float(metric.compute()["map_50"]) if metric.update_count else -1.0
+                if ap >= 0:  # -1: no labelled object of this class (torchmetrics' sentinel), left out of the mean
+                    per_class.append(ap)
+            out[model] = _few_images({"map_50": round(float(np.mean(per_class)), 4),
                                       "ci95": map50_interval(records, model, labels, score_threshold=score_threshold),
                                       "score_threshold": score_threshold}, len(records))
         return out
@@ -363,6 +369,20 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
             out[model]["top5_ci95"] = interval(np.array(hits, dtype=np.float64))
         _few_images(out[model], len(named))
     return out
+
+
+def _box_table(boxes: list[tuple], index: dict[str, int], crowd_from: int | None = None) -> dict[str, np.ndarray]:
+    """One image's boxes as torchmetrics' mAP reads them, in numpy: ``(label, xyxy)`` labels (with ``crowd_from``,
+    the index from which they are crowd regions: ``iscrowd``) or ``(label, xyxy, score)`` detections -> ``boxes``
+    (N, 4) float32, ``labels`` (N,) int64 indices into ``index``, and ``scores`` (N,) float32 or ``iscrowd`` (N,)
+    int64."""
+    table = {"boxes": np.array([b[1] for b in boxes], dtype=np.float32).reshape(-1, 4),
+             "labels": np.array([index[b[0]] for b in boxes], dtype=np.int64)}
+    if crowd_from is None:
+        table["scores"] = np.array([b[2] for b in boxes], dtype=np.float32)
+    else:
+        table["iscrowd"] = (np.arange(len(boxes)) >= crowd_from).astype(np.int64)
+    return table
 
 
 CALIBRATION_BINS = 10

@@ -7,6 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -99,6 +100,22 @@ def test_a_resume_redoes_a_batch_whose_cka_terms_a_crash_lost(folder, tmp_path):
     (crashed / "cka.jsonl").write_text("")  # the crash kept every record and lost the terms
     run_dataset(images, "shapes-detection", crashed, labels=folder / "labels.json", gallery=0, batch=4, resume=True)
     assert outputs(crashed) == outputs(whole)
+
+
+def test_records_read_back_share_their_label_names_and_drop_a_cut_last_line(tmp_path):
+    """The summary reads every record back: a detection record's ~100 box label names a model are one string object
+    per distinct name (a third of a record's memory), the values unchanged; a last line cut short by a crash is left
+    out, the lines before it kept."""
+    columns = {"boxes": "", "scores": "", "labels": ["circle", "square", "circle"]}
+    record = {"image": "a.png", "teacher": {"detections_for_accuracy": columns},
+              "students": {"s": {"detections_for_accuracy": {**columns, "labels": ["square", "circle"]}}}}
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(record) + "\n" + json.dumps({**record, "image": "b.png"}) + "\n" + '{"image": "c.p')
+    read = read_records(path)
+    assert [r["image"] for r in read] == ["a.png", "b.png"] and read[0] == record
+    blocks = [b for r in read for b in (r["teacher"], r["students"]["s"])]
+    names = [n for b in blocks for n in b["detections_for_accuracy"]["labels"]]
+    assert len({id(n) for n in names}) == 2  # "circle" and "square", one object each across the records
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
@@ -850,3 +867,53 @@ def test_each_students_embedding_panel_is_coloured_by_its_own_disagreement():
     teacher, a, b = (list(trace.marker.color) for trace in fig.data)
     assert teacher == a == [k / 10 for k in range(6)] and b == [1 - k / 10 for k in range(6)]
     assert fig.data[0].marker.cmin == fig.data[2].marker.cmin == 0.0  # one scale for every panel
+
+
+def test_map50_one_class_at_a_time_equals_torchmetrics_over_all_classes_at_once():
+    """The summary's mAP@0.5 runs torchmetrics one class at a time (bounding pycocotools' memory): on random images
+    with crowd regions, a class only a model finds, a labelled class no model finds and images with nothing, it
+    equals torchmetrics' mAP@0.5 over every class at once."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from reports.aggregate import _accuracy
+    from weights.registry import get_pair
+
+    generator = np.random.default_rng(3)
+
+    def boxes(n: int) -> np.ndarray:
+        corner = generator.uniform(0, 100, (n, 2))
+        return np.concatenate([corner, corner + generator.uniform(4, 30, (n, 2))], 1).round(1)
+
+    values = []
+    for case in range(6):
+        records, truth, crowd = [], {}, {}
+        for i in range(12):
+            labelled = boxes(int(generator.integers(0, 5)))
+            names = generator.choice(["circle", "square", "star"], len(labelled)).tolist()
+            truth[f"{i}.png"] = [(n, b.tolist()) for n, b in zip(names, labelled, strict=True)]
+            crowd[f"{i}.png"] = [("square", boxes(1)[0].tolist())] if i % 5 == 1 else []
+            sides = {}
+            for model in ("teacher", "s"):
+                near = labelled[generator.random(len(labelled)) < 0.8] + generator.normal(0, 2, (1, 4))
+                found = np.concatenate([near, boxes(int(generator.integers(0, 4)))]) if len(near) else boxes(2)
+                labels = generator.choice(["circle", "square", "star", "unicorn"], len(found)).tolist()
+                sides[model] = {"detections": [{"box": b.tolist(), "label": n, "score": float(generator.random())}
+                                               for b, n in zip(found, labels, strict=True)]}
+            records.append({"image": f"{i}.png", "teacher": sides["teacher"], "students": {"s": sides["s"]}})
+        ours = _accuracy(records, get_pair("shapes-detection"), ["s"], Labels(boxes=truth, crowd_boxes=crowd))
+        index = {n: k for k, n in enumerate(["circle", "square", "star", "unicorn"])}
+        for model in ("teacher", "s"):
+            metric = MeanAveragePrecision(iou_thresholds=[0.5])
+            for r in records:
+                found = (r["teacher"] if model == "teacher" else r["students"][model])["detections"]
+                held = truth[r["image"]] + crowd[r["image"]]
+                metric.update([{"boxes": torch.tensor([d["box"] for d in found]).reshape(-1, 4),
+                                "scores": torch.tensor([d["score"] for d in found]),
+                                "labels": torch.tensor([index[d["label"]] for d in found])}],
+                              [{"boxes": torch.tensor([b for _, b in held]).reshape(-1, 4),
+                                "labels": torch.tensor([index[n] for n, _ in held]),
+                                "iscrowd": torch.tensor([k >= len(truth[r["image"]]) for k in range(len(held))])}])
+            at_once = float(metric.compute()["map_50"])
+            assert ours[model]["map_50"] == pytest.approx(at_once, abs=5e-5), (case, model)
+            values.append(at_once)
+    assert sum(0 < v < 1 for v in values) >= 8  # the cases are not degenerate
