@@ -322,6 +322,12 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
                 ap = float(metric.compute()["map_50"]) if metric.update_count else -1.0
                 if ap >= 0:  # -1: no labelled object of this class (torchmetrics' sentinel), left out of the mean
                     per_class.append(ap)
+            if not per_class:  # every labelled box ignored (crowd, or over COCO's area range of 1e10 pixels²)
+                out[model] = {"map_50": None, "score_threshold": score_threshold,
+                              "note": "undefined: every labelled object is a crowd region or over COCO's area range"}
+                continue
+            # the mean of the classes' APs in float64: torchmetrics' own mean (float32, over every class's 101 recall
+            # points) can differ in the last bit, so a value halfway between two 4-decimal roundings may differ by 1e-4
             out[model] = _few_images({"map_50": round(float(np.mean(per_class)), 4),
                                       "ci95": map50_interval(records, model, labels, score_threshold=score_threshold),
                                       "score_threshold": score_threshold}, len(records))

@@ -185,7 +185,8 @@ def read_records(path: Path) -> list[dict]:
             for block in blocks:
                 columns = block.get("detections_for_accuracy") if isinstance(block, dict) else None
                 if isinstance(columns, dict) and isinstance(columns.get("labels"), list):
-                    columns["labels"] = [names.setdefault(n, n) for n in columns["labels"]]
+                    columns["labels"] = [names.setdefault(n, n) if isinstance(n, str) else n
+                                         for n in columns["labels"]]
             records.append(record)
     return records
 
