@@ -311,15 +311,18 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
             # COCO scores every class on its own (its matching and its 100 detections an image are per class), so
             # torchmetrics runs one class at a time: the same mAP@0.5, and pycocotools' per-detection Python objects
             # (~1 KB each) are a class's at a time, not the whole dataset's (~900 MB over 10,000 scenes at once)
+            images_of: dict[int, list[int]] = {}  # per class, the images with a box of it (the others add nothing)
+            for i, (mine, labelled) in enumerate(zip(found, truth, strict=True)):
+                for c in np.union1d(mine["labels"], labelled["labels"]).tolist():
+                    images_of.setdefault(c, []).append(i)
             per_class = []
-            for c in range(len(names)):
+            for c, images in sorted(images_of.items()):
                 metric = MeanAveragePrecision(iou_thresholds=[0.5], sync_on_compute=False)  # rank 0 alone
-                for mine, labelled in zip(found, truth, strict=True):
-                    kept, held = mine["labels"] == c, labelled["labels"] == c
-                    if kept.any() or held.any():  # an image with neither adds nothing to this class's AP
-                        metric.update([{k: torch.from_numpy(v[kept]) for k, v in mine.items()}],
-                                      [{k: torch.from_numpy(v[held]) for k, v in labelled.items()}])
-                ap = float(metric.compute()["map_50"]) if metric.update_count else -1.0
+                for i in images:
+                    kept, held = found[i]["labels"] == c, truth[i]["labels"] == c
+                    metric.update([{k: torch.from_numpy(v[kept]) for k, v in found[i].items()}],
+                                  [{k: torch.from_numpy(v[held]) for k, v in truth[i].items()}])
+                ap = float(metric.compute()["map_50"])
                 if ap >= 0:  # -1: no labelled object of this class (torchmetrics' sentinel), left out of the mean
                     per_class.append(ap)
             if not per_class:  # every labelled box ignored (crowd, or over COCO's area range of 1e10 pixels²)
