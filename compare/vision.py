@@ -62,8 +62,9 @@ def forward_batched(predictor: Predictor, prepared: list[tuple[dict, Geometry]],
         per_image = None
         if stages is not None:
             padded = tuple(batch["pixel_values"].shape[-2:])
-            per_image = [[valid_region(Stage(s.name, s.stride, s.features[k:k + 1]), g, padded) for s in stages]
-                         for k, g in enumerate(geometries)]
+            rows = [s.features.split(1) for s in stages]  # (1, C, h, w) views, one per image
+            per_image = [[valid_region(Stage(s.name, s.stride, r[k]), g, padded)
+                          for s, r in zip(stages, rows, strict=True)] for k, g in enumerate(geometries)]
         done.append(Forwarded(outputs, geometries, indices, per_image, watch.seconds))
     return done
 

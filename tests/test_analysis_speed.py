@@ -176,13 +176,15 @@ def test_the_captured_graph_gives_the_eager_answer_on_cuda():
         assert all(np.abs(a[0].astype(int) - b[0]).max() <= 1 for a, b in zip(overlays, eager[0], strict=True))
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])  # both layouts of the products
 @pytest.mark.parametrize("shape", [(512, 64, 10, 12), (16, 8, 40, 40)])  # the (N, N) path and the Gram path
-def test_affinity_consensus_equals_the_correlation_of_explicit_affinity_rows(shape):
+def test_affinity_consensus_equals_the_correlation_of_explicit_affinity_rows(shape, layout):
     from analysis.consensus import affinity_consensus
 
     ct, cs, h, w = shape
     torch.manual_seed(0)
-    teacher, student = torch.randn(2, ct, h, w), torch.randn(2, cs, h, w)
+    teacher = torch.randn(2, ct, h, w).to(memory_format=layout)
+    student = torch.randn(2, cs, h, w).to(memory_format=layout)
 
     def centred_rows(x):
         unit = torch.nn.functional.normalize(x.flatten(2).transpose(1, 2), dim=-1)
@@ -240,6 +242,10 @@ def test_foreground_cells_are_resize_mask_on_every_grid():
             cells = foreground_cells(mask, grids)
             for grid in grids:
                 assert torch.equal(cells[grid], resize_mask(mask, grid).float()), (h, w, grid)
+    mask = torch.rand(2, 256, 192, generator=g) > 0.5  # 4 x 4 and 16 x 16 pixels a cell: the mask's two sums
+    cells = foreground_cells(mask, [(64, 48), (16, 12)])
+    assert all(torch.equal(cells[grid], resize_mask(mask, grid).float()) for grid in [(64, 48), (16, 12)])
+    assert torch.equal(foreground_cells(mask, [(16, 12)])[(16, 12)], resize_mask(mask, (16, 12)).float())
 
 
 def test_stack_images_is_cat_and_a_view_when_the_images_are_rows_of_one_batch():
