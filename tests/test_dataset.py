@@ -876,9 +876,9 @@ def test_each_students_embedding_panel_is_coloured_by_its_own_disagreement():
 
 
 def test_map50_one_class_at_a_time_equals_torchmetrics_over_all_classes_at_once():
-    """The summary's mAP@0.5 runs torchmetrics one class at a time (bounding pycocotools' memory): on random images
-    with crowd regions, a class only a model finds, a labelled class no model finds and images with nothing, it
-    equals torchmetrics' mAP@0.5 over every class at once."""
+    """The summary's mAP@0.5 runs torchmetrics one class at a time (bounding the COCO evaluation's memory), through
+    faster-coco-eval: on random images with crowd regions, a class only a model finds, a labelled class no model
+    finds and images with nothing, it equals torchmetrics' mAP@0.5 over every class at once through pycocotools."""
     from torchmetrics.detection import MeanAveragePrecision
 
     from reports.aggregate import _accuracy
@@ -909,7 +909,7 @@ def test_map50_one_class_at_a_time_equals_torchmetrics_over_all_classes_at_once(
         ours = _accuracy(records, get_pair("shapes-detection"), ["s"], Labels(boxes=truth, crowd_boxes=crowd))
         index = {n: k for k, n in enumerate(["circle", "square", "star", "unicorn"])}
         for model in ("teacher", "s"):
-            metric = MeanAveragePrecision(iou_thresholds=[0.5])
+            metric = MeanAveragePrecision(iou_thresholds=[0.5], backend="pycocotools")
             for r in records:
                 found = (r["teacher"] if model == "teacher" else r["students"][model])["detections"]
                 held = truth[r["image"]] + crowd[r["image"]]
