@@ -615,20 +615,34 @@ def _weighted_map50(classes: list[tuple[np.ndarray, tuple | None]], weights: np.
             per_class.append(np.where(positives > 0, 0.0, np.nan))
             continue
         image, tp, starts = runs
-        w = weights[:, image]  # (R, D): each detection counted as often as its image was drawn
-        found = np.add.reduceat(w * tp, starts, 1).cumsum(1)  # (R, S) at each segment's end: exact integer sums
-        made = np.add.reduceat(w, starts, 1).cumsum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recall = found / positives[:, None]
-            precision = np.where(made > 0, found / made, 0.0)
-        envelope = np.maximum.accumulate(precision[:, ::-1], 1)[:, ::-1]
-        # (R, 101): the first segment reaching each recall point (rows are sorted; row by row, so memory stays R x S)
-        index = np.stack([np.searchsorted(row, RECALL_POINTS, side="left") for row in recall])
-        read = np.take_along_axis(envelope, np.minimum(index, envelope.shape[1] - 1), 1)
-        ap = np.where(index < envelope.shape[1], read, 0.0).mean(1)
-        per_class.append(np.where(positives > 0, ap, np.nan))
+        # a few rows at a time, so the (rows, D) weights of a class's D detections stay ~BOOTSTRAP_CELLS numbers
+        # however large the dataset (every row is a resample of its own: the same numbers in any blocks)
+        step = max(1, BOOTSTRAP_CELLS // len(image))
+        per_class.append(np.concatenate([_average_precisions(weights[lo:lo + step], positives[lo:lo + step], image,
+                                                             tp, starts) for lo in range(0, len(weights), step)]))
     with np.errstate(invalid="ignore"):
         return np.nanmean(np.stack(per_class), 0) if per_class else np.full(len(weights), np.nan)
+
+
+BOOTSTRAP_CELLS = 2_000_000  # the most (resample, detection) weights one class's AP holds at once (16 MB)
+
+
+def _average_precisions(weights: np.ndarray, positives: np.ndarray, image: np.ndarray, tp: np.ndarray,
+                        starts: np.ndarray) -> np.ndarray:
+    """(R,) a class's 101-point AP under R weightings of the images (NaN where a weighting holds no labelled object
+    of it), from its ranked detections (:func:`_ranked_runs`) and its (R,) weighted labelled-object counts."""
+    w = weights[:, image]  # (R, D): each detection counted as often as its image was drawn
+    found = np.add.reduceat(w * tp, starts, 1).cumsum(1)  # (R, S) at each segment's end: exact integer sums
+    made = np.add.reduceat(w, starts, 1).cumsum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = found / positives[:, None]
+        precision = np.where(made > 0, found / made, 0.0)
+    envelope = np.maximum.accumulate(precision[:, ::-1], 1)[:, ::-1]
+    # (R, 101): the first segment reaching each recall point (rows are sorted; row by row, so memory stays R x S)
+    index = np.stack([np.searchsorted(row, RECALL_POINTS, side="left") for row in recall])
+    read = np.take_along_axis(envelope, np.minimum(index, envelope.shape[1] - 1), 1)
+    ap = np.where(index < envelope.shape[1], read, 0.0).mean(1)
+    return np.where(positives > 0, ap, np.nan)
 
 
 def map50_interval(records: list[dict], model: str, labels: Labels, level: float = 0.95,

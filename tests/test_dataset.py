@@ -711,6 +711,10 @@ def test_the_bootstrap_map_read_at_segment_ends_equals_reading_it_at_every_detec
         weights = np.vstack([np.ones((1, n)), next(resampled_counts(n))])
         assert np.array_equal(weighted_map50(classes, weights), _map50_at_every_detection(classes, weights),
                               equal_nan=True)
+        with pytest.MonkeyPatch.context() as patch:  # a class's resamples a few rows at a time: the same numbers
+            patch.setattr("reports.aggregate.BOOTSTRAP_CELLS", int(rng.integers(1, 200)))
+            assert np.array_equal(weighted_map50(classes, weights), _map50_at_every_detection(classes, weights),
+                                  equal_nan=True)
 
 
 def test_a_figure_missing_on_the_first_image_is_still_summarised_and_gated(folder, tmp_path, capsys):
