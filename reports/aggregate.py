@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import numpy as np
@@ -524,7 +525,9 @@ def accuracy_detections(side: dict, score_threshold: float | None = None) -> lis
     above the run's)."""
     found = side.get("detections_for_accuracy")
     boxes = side["detections"] if found is None else BoxArrays.from_dict(found)
-    return boxes if score_threshold is None else [d for d in boxes if d["score"] >= score_threshold]
+    # a NaN score ranks nowhere (and the COCO evaluation refuses it): no comparison holds for it, so it is left out
+    low = -math.inf if score_threshold is None else score_threshold
+    return [d for d in boxes if d["score"] >= low]
 
 
 COCO_BACKEND = "faster_coco_eval"  # torchmetrics' backend for mAP@0.5 (a test compares it with pycocotools')

@@ -246,6 +246,9 @@ def test_foreground_cells_are_resize_mask_on_every_grid():
     cells = foreground_cells(mask, [(64, 48), (16, 12)])
     assert all(torch.equal(cells[grid], resize_mask(mask, grid).float()) for grid in [(64, 48), (16, 12)])
     assert torch.equal(foreground_cells(mask, [(16, 12)])[(16, 12)], resize_mask(mask, (16, 12)).float())
+    for dtype in (torch.uint8, torch.int32, torch.bfloat16):  # a mask of 0/1 numbers reads as the bool mask
+        cells = foreground_cells(mask.to(dtype), [(64, 48), (1, 1)])
+        assert all(torch.equal(cells[grid], resize_mask(mask, grid).float()) for grid in [(64, 48), (1, 1)]), dtype
 
 
 def test_stack_images_is_cat_and_a_view_when_the_images_are_rows_of_one_batch():

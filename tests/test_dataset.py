@@ -879,6 +879,32 @@ def test_each_students_embedding_panel_is_coloured_by_its_own_disagreement():
     assert fig.data[0].marker.cmin == fig.data[2].marker.cmin == 0.0  # one scale for every panel
 
 
+def test_map50_of_boxes_with_nan_is_a_number_and_agrees_with_its_bootstrap():
+    """A NaN score (a model gone wrong, or a hand-made results file) leaves its box out rather than failing the whole
+    accuracy section (the COCO evaluation refuses it); a box with a NaN coordinate overlaps nothing, a false positive,
+    in the headline mAP@0.5 as in its bootstrap."""
+    from reports.aggregate import _accuracy, _detections_matched, weighted_map50
+    from weights.registry import get_pair
+
+    nan = float("nan")
+    truth = Labels(boxes={"a.png": [("circle", [0, 0, 10, 10])], "b.png": [("circle", [20, 20, 30, 30])]})
+
+    def record(image: str, found: list[tuple]) -> dict:
+        return {"image": image, "teacher": {"detections": [{"box": b, "label": "circle", "score": p}
+                                                           for b, p in found]}, "students": {}}
+
+    good = [record("a.png", [([0, 0, 10, 10], 0.5)]), record("b.png", [([20, 20, 30, 30], 0.8)])]
+    with_nan_score = [record("a.png", [([0, 0, 10, 10], 0.5), ([1, 1, 9, 9], nan)]), good[1]]
+    pair = get_pair("shapes-detection")
+    assert _accuracy(with_nan_score, pair, [], truth)["teacher"]["map_50"] == _accuracy(good, pair, [], truth)[
+        "teacher"]["map_50"] == 1.0
+    with_nan_box = [record("a.png", [([nan, 0, 10, 10], 0.9), ([0, 0, 10, 10], 0.5)]), good[1]]
+    headline = _accuracy(with_nan_box, pair, [], truth)["teacher"]["map_50"]
+    assert headline == pytest.approx(float(weighted_map50(_detections_matched(with_nan_box, "teacher", truth),
+                                                          np.ones((1, 2)))[0]), abs=1e-4)
+    assert headline < 1.0  # the NaN box, ranked first, matched nothing
+
+
 def test_map50_one_class_at_a_time_equals_torchmetrics_over_all_classes_at_once():
     """The summary's mAP@0.5 runs torchmetrics one class at a time (bounding the COCO evaluation's memory), through
     faster-coco-eval: on random images with crowd regions, a class only a model finds, a labelled class no model
