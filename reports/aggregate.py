@@ -623,8 +623,12 @@ def _weighted_map50(classes: list[tuple[np.ndarray, tuple | None]], weights: np.
         step = max(1, BOOTSTRAP_CELLS // len(image))
         per_class.append(np.concatenate([_average_precisions(weights[lo:lo + step], positives[lo:lo + step], image,
                                                              tp, starts) for lo in range(0, len(weights), step)]))
+    if not per_class:
+        return np.full(len(weights), np.nan)
+    stacked = np.stack(per_class)
+    defined = ~np.isnan(stacked)  # a weighting with no labelled object of any class: NaN (no warning for it)
     with np.errstate(invalid="ignore"):
-        return np.nanmean(np.stack(per_class), 0) if per_class else np.full(len(weights), np.nan)
+        return np.where(defined, stacked, 0.0).sum(0) / defined.sum(0)
 
 
 BOOTSTRAP_CELLS = 2_000_000  # the most (resample, detection) weights one class's AP holds at once (16 MB)

@@ -685,8 +685,9 @@ def _map50_at_every_detection(classes, weights):
                 index = np.searchsorted(recall[r], RECALL_POINTS, side="left")
                 ap[r] = np.where(index < len(recall[r]), envelope[r][np.minimum(index, len(recall[r]) - 1)], 0).mean()
         per_class.append(ap)
+    stacked = np.stack(per_class)
     with np.errstate(invalid="ignore"):
-        return np.nanmean(np.stack(per_class), 0)
+        return np.nansum(stacked, 0) / (~np.isnan(stacked)).sum(0)
 
 
 def test_the_bootstrap_map_read_at_segment_ends_equals_reading_it_at_every_detection():
