@@ -228,7 +228,8 @@ def forward_with_stages(model: torch.nn.Module, pixels: torch.Tensor, pattern: s
 
     Returns:
         ``(outputs, stages)``: the stages as NCHW maps sorted by stride, finest first (stages of equal stride keep
-        the order the model produced them).
+        the order the model produced them); a captured tensor whose first axis is not the batch (a sequence-first
+        layer's (N, B, C) tokens) is left out.
     """
     height, width = pixels.shape[-2:]
     method = None if pattern else (explicit or feature_method(model))
@@ -239,7 +240,9 @@ def forward_with_stages(model: torch.nn.Module, pixels: torch.Tensor, pattern: s
         with capture_modules(model, pattern or DEFAULT_HOOK_PATTERN) as captured:
             outputs = model(pixels)
         named = list(captured.items())
-    stages = [as_stage(name, t, height, width) for name, t in named if torch.is_tensor(t) and t.dim() in (3, 4)]
+    # a map whose first axis is not the batch's (a sequence-first transformer layer's (N, B, C) tokens) is no stage
+    stages = [as_stage(name, t, height, width) for name, t in named
+              if torch.is_tensor(t) and t.dim() in (3, 4) and t.shape[0] == pixels.shape[0]]
     return outputs, sorted(stages, key=lambda s: s.stride)
 
 

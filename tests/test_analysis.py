@@ -151,6 +151,25 @@ def test_capture_from_explicit_methods_and_hooks_agree():
     assert [tuple(s.features.shape) for s in vit] == [(1, 32, 4, 4)] * 2 and vit[0].stride == 16
 
 
+def test_a_sequence_first_layer_is_no_stage():
+    """A hooked transformer layer that keeps tokens sequence-first, (N, B, C), would read as N images of a made-up
+    grid (and, split per image, hand each image another's numbers): only maps whose first axis is the batch are
+    stages, at any batch size."""
+    class SequenceFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stages = torch.nn.ModuleList([torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)])
+            self.layers = torch.nn.ModuleList([torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=False)])
+
+        def forward(self, x):
+            return self.layers[0](self.stages[0](x).flatten(2).permute(2, 0, 1)).mean(0)
+
+    model = SequenceFirst().eval()
+    for batch in (1, 2, 16):
+        stages = capture_stages(model, torch.randn(batch, 3, 32, 32))
+        assert [(s.name, tuple(s.features.shape)) for s in stages] == [("stages.0", (batch, 8, 8, 8))], batch
+
+
 def test_transformers_models_give_their_own_maps(tiny_hub_pairs):
     from weights.loaders import load_model
     from weights.registry import get_pair
