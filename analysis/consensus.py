@@ -172,13 +172,7 @@ def _quadratic(u: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     the CPU usually are), channels by locations otherwise. Against the layout, the product and its reduction read
     memory across the grain (measured: ~1.5x slower)."""
     if u.stride(1) == 1 and v.stride(1) == 1:  # channels innermost: (B, N, Cu) @ (B, Cu, Cv), reduced over Cv
-        products = torch.bmm(u.transpose(1, 2), m).mul_(v.transpose(1, 2))  # (B, N, Cv), contiguous
-        if not products.numel():
-            return products.sum(2)
-        # summed over its short rows as a matrix-vector product: ~2x faster than .sum(2) on the CPU (the same sum up
-        # to the last bit's rounding)
-        ones = torch.ones(products.shape[-1], dtype=products.dtype, device=products.device)
-        return torch.mv(products.view(-1, products.shape[-1]), ones).view(products.shape[:2])
+        return torch.bmm(u.transpose(1, 2), m).mul_(v.transpose(1, 2)).sum(2)
     return torch.bmm(m.transpose(1, 2), u).mul_(v).sum(1)  # in place: one temporary less
 
 
@@ -380,8 +374,7 @@ def foreground_cells(mask: torch.Tensor, grids: list[tuple[int, int]]) -> dict[t
     counts are summed from the finest grid already counted that divides it (integer sums, exact in float32), so the
     full-resolution mask is read once rather than once per grid; a grid that no counted grid divides is resized from
     the mask directly."""
-    cells = mask[:, None] if mask.dtype == torch.bool else mask[:, None].float()  # any other mask: as weights
-    counts = {tuple(mask.shape[-2:]): (cells, 1)}  # grid -> ((B, 1, h, w) pixel counts, cell area)
+    counts = {tuple(mask.shape[-2:]): (mask[:, None].float(), 1)}  # grid -> ((B, 1, h, w) pixel counts, cell area)
     out = {}
     for grid in sorted(set(grids), key=lambda g: -g[0] * g[1]):
         sources = [g for g in counts if g[0] % grid[0] == 0 and g[1] % grid[1] == 0]
@@ -392,28 +385,10 @@ def foreground_cells(mask: torch.Tensor, grids: list[tuple[int, int]]) -> dict[t
         pixels, area = counts[source]
         factor = (source[0] // grid[0], source[1] // grid[1])
         if factor != (1, 1):
-            pixels, area = _block_sums(pixels, factor), area * factor[0] * factor[1]
+            pixels, area = F.avg_pool2d(pixels, factor, divisor_override=1), area * factor[0] * factor[1]
             counts[grid] = (pixels, area)
-        out[grid] = pixels[:, 0].float() if pixels.dtype == torch.bool else (pixels[:, 0] * 2 > area).float()
+        out[grid] = (pixels[:, 0] * 2 > area).float()
     return out
-
-
-def _block_sums(pixels: torch.Tensor, factor: tuple[int, int]) -> torch.Tensor:
-    """(B, 1, h, w) float counts, or a bool mask -> (B, 1, h / fh, w / fw) float32 sums over ``factor`` blocks. A bool
-    mask's blocks of fewer than 256 pixels are summed as uint8 from its strided slices (exact; ~4x faster than
-    pooling its float copy, and the full-resolution mask is the largest map the figures read)."""
-    fh, fw = factor
-    if pixels.dtype != torch.bool:
-        return F.avg_pool2d(pixels, factor, divisor_override=1)
-    if fh * fw >= 256:
-        return F.avg_pool2d(pixels.float(), factor, divisor_override=1)
-    cells = pixels.view(torch.uint8)
-    total = cells[..., 0::fh, 0::fw].clone()
-    for i in range(fh):
-        for j in range(fw):
-            if i or j:
-                total += cells[..., i::fh, j::fw]
-    return total.float()
 
 
 FIGURES = ("consensus_mean", "consensus_foreground", "consensus_background", "energy_foreground_teacher",
