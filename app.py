@@ -36,6 +36,8 @@ CSS = """
 .caption-label, .gallery .caption { white-space: normal !important; max-width: 100% !important;
                                     overflow-wrap: anywhere; }
 .prose th { word-break: normal !important; overflow-wrap: normal !important; hyphens: manual; }
+/* Gradio gives each file of a list a remove button (×), even in a list the app only shows: the report's files stay */
+#dataset-files .label-clear-button { display: none !important; }
 @media (max-width: 600px) {  /* phone width: galleries two across (the dataset's, captioned at length, one) */
   .responsive-gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
   #dataset-gallery .grid-container { grid-template-columns: minmax(0, 1fr) !important; }

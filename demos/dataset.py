@@ -212,7 +212,7 @@ def build_dataset_tab() -> None:
                                      label="Largest disagreement (teacher and students)", columns=3, height=360,
                                      interactive=False)
                 files = gr.File(label="report.html, results.jsonl, summary.json, timing.json", file_count="multiple",
-                                interactive=False)
+                                interactive=False, elem_id="dataset-files")
 
         @takes_request
         def run_report(archive, pair, students, labels, classes, threshold, request,

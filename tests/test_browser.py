@@ -142,6 +142,12 @@ def test_every_tab_runs_its_default_example_in_a_real_browser(app_url, browser, 
     browser.set_window_size(400, 900)
     for label, key, _, _ in TABS:
         open_tab(browser, label)
+        if key == "dataset":  # the report's files are listed without Gradio's per-file remove button (×)
+            listed = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dataset-files tr"))
+            names = "".join(browser.find_element(By.ID, "dataset-files").text.split())
+            assert len(listed) >= 4 and "summary.json" in names and "report.html" in names
+            assert not [b for b in browser.find_elements(By.CSS_SELECTOR, "#dataset-files button") if b.is_displayed()
+                        and b.text.strip() == "×"]
         if key == "dataset":  # at phone width the gallery's long captions get the whole width: one column
             grid = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dataset-gallery .grid-container"))[0]
             columns = browser.execute_script("return getComputedStyle(arguments[0]).gridTemplateColumns", grid)
