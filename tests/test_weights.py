@@ -94,15 +94,80 @@ def test_builtin_models_load_on_cpu_in_fp32_and_eval_mode():
 
 
 def test_load_errors_say_offline_only_when_the_network_is_the_cause(monkeypatch):
+    import socket
+
     from huggingface_hub import constants
 
+    import weights.hub as hub
     from weights.hub import hub_error_message as _hub_error_message
 
     source = get_pair("rtdetr-r101vd-to-r18vd").student
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     try:
         raise OSError("wrapped") from ConnectionError("Failed to establish a new connection")
     except OSError as error:
         assert "offline" in _hub_error_message(source, error)
+    try:  # what huggingface_hub raises when the Hub's name does not resolve
+        raise OSError("wrapped") from socket.gaierror(-2, "Name or service not known")
+    except OSError as error:
+        assert "offline" in _hub_error_message(source, error)
     message = _hub_error_message(source, ValueError("PEFT backend is required for this method."))
     assert "PEFT backend is required" in message and "offline" not in message
+    # transformers' processors hide the network error behind a generic one (no cause chained): offline only when
+    # the Hub is out of reach now, and never for an error that is no file's
+    hidden = OSError("Can't load image processor for 'PekingU/rtdetr_r50vd_coco_o365'.")
+    assert "Can't load image processor" in _hub_error_message(source, hidden)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    message = _hub_error_message(source, hidden)
+    assert "offline" in message and "HF_HUB_OFFLINE" in message and constants.HF_HUB_CACHE in message
+    assert "offline" not in _hub_error_message(source, ValueError("PEFT backend is required for this method."))
+
+
+def test_the_hub_probe_answers_from_one_connection_and_stays_out_of_a_proxys_way(monkeypatch):
+    import math
+    import socket
+
+    import weights.hub as hub
+
+    calls = []
+
+    def refused(address, timeout):
+        calls.append((address, timeout))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    for name in hub.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(socket, "create_connection", refused)
+    monkeypatch.setitem(hub._probe, "at", -math.inf)
+    assert hub.hub_reachable() is False and hub.hub_reachable() is False
+    assert calls == [(("huggingface.co", 443), hub.PROBE_SECONDS)]  # asked once, then remembered
+    monkeypatch.setitem(hub._probe, "at", -math.inf)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert hub.hub_reachable() is True and len(calls) == 1  # behind a proxy: huggingface_hub's to try
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setitem(hub._probe, "at", -math.inf)
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: socket.socket())
+    assert hub.hub_reachable() is True
+
+
+def test_a_hub_model_out_of_reach_is_read_from_the_cache_only_and_said_offline_at_once(monkeypatch, tmp_path):
+    """No network and HF_HUB_OFFLINE unset: the loader does not wait out huggingface_hub's retries (~23 s a file),
+    it reads the cache only and says the machine is offline, naming HF_HUB_OFFLINE and the cache."""
+    import time
+
+    from huggingface_hub import constants
+
+    import weights.hub as hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    source = ModelSource("hub", "org/not-cached", "RTDetrForObjectDetection", processor_class="RTDetrImageProcessor",
+                         family="transformers")
+    assert hub.local_only(source) and not hub.local_only(ModelSource("hub", str(tmp_path), "?", family="transformers"))
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError, match="offline") as raised:
+        load_model(source, torch.device("cpu"), cache=ModelCache(2**30))
+    assert time.perf_counter() - start < 10 and "HF_HUB_OFFLINE" in str(raised.value)

@@ -2,9 +2,60 @@
 
 from __future__ import annotations
 
+import math
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
 from weights.registry import ModelSource
 
-NETWORK_WORDS = ("offline", "connect", "local_files_only", "local cache", "timed out", "name resolution")
+NETWORK_WORDS = ("offline", "connect", "local_files_only", "local cache", "timed out", "name resolution",
+                 "name or service not known", "nodename nor servname", "network is unreachable")
+PROBE_SECONDS = 3.0  # how long the Hub's host has to accept a connection
+PROBE_TTL = 60.0  # seconds an answer of :func:`hub_reachable` is kept
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_probe = {"at": -math.inf, "reachable": True}
+_probe_lock = threading.Lock()
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub's host (``HF_ENDPOINT``'s, default huggingface.co) accepts a TCP connection within
+    :data:`PROBE_SECONDS`; the answer is kept for :data:`PROBE_TTL` seconds. Behind a proxy (``HTTPS_PROXY`` and the
+    like) the host is not asked and the answer is True: huggingface_hub goes through the proxy and says what fails.
+
+    Without it an offline machine waits out huggingface_hub's retries (~23 s a file, measured: 46 s for an RT-DETR
+    pair) before a loader gives up, and transformers' processors then report a generic "Can't load image processor"
+    that hides the network error."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    with _probe_lock:
+        if time.monotonic() - _probe["at"] < PROBE_TTL:
+            return _probe["reachable"]
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
+                                      timeout=PROBE_SECONDS):
+            reachable = True
+    except (OSError, ValueError):  # no name resolution, refused, unreachable, timed out; an endpoint with no host
+        reachable = False
+    with _probe_lock:
+        _probe.update(at=time.monotonic(), reachable=reachable)
+    return reachable
+
+
+def local_only(source: ModelSource) -> bool:
+    """Whether loading ``source`` must read the local Hugging Face cache only: ``HF_HUB_OFFLINE`` is set, or the Hub is
+    out of reach (:func:`hub_reachable`; not asked for a local folder, which needs no network)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    return not Path(source.location).is_dir() and not hub_reachable()
 
 
 def _causes(error: BaseException) -> list[BaseException]:
@@ -18,14 +69,15 @@ def _causes(error: BaseException) -> list[BaseException]:
 
 def hub_error_message(source: ModelSource, error: Exception) -> str:
     """What went wrong loading a Hub model, and what to do: "offline" only when the cause is the network or an
-    empty cache; a repo or file that does not exist, and anything else, say so instead."""
+    empty cache (found in the error's chain, or the Hub out of reach now); a repo or file that does not exist, and
+    anything else, say so instead."""
     from huggingface_hub import constants
     from huggingface_hub import errors as hub_errors
 
     chain = _causes(error)
     where = f"{source.location} (revision {source.revision or 'main'})"
     network_types = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError,
-                     TimeoutError)
+                     TimeoutError, socket.gaierror)
     missing = (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError, hub_errors.EntryNotFoundError)
     local_only = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled)  # the Hub was not asked
     if any(isinstance(e, missing) and not isinstance(e, local_only) for e in chain):  # it answered: no such thing
@@ -37,7 +89,9 @@ def hub_error_message(source: ModelSource, error: Exception) -> str:
                 f"is set, so nothing is downloaded. Unset HF_HUB_OFFLINE on a machine that is online to download it "
                 f"once, or pick a builtin pair.")
     if any(isinstance(e, network_types) for e in chain) or any(
-            word in str(e).lower() for e in chain for word in NETWORK_WORDS):
+            word in str(e).lower() for e in chain for word in NETWORK_WORDS) or (
+            any(isinstance(e, OSError) for e in chain) and not Path(source.location).is_dir()
+            and not hub_reachable()):  # a file not read, behind a loader's message that hides why: the Hub is away
         return (f"Could not download {where} from the Hugging Face Hub: this machine seems to be offline. Download "
                 f"the model once while online (it is then kept in {constants.HF_HUB_CACHE}; HF_HUB_OFFLINE=1 then "
                 f"reads only that cache), or pick a builtin pair.")

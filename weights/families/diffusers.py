@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from weights.families import Family, ModelUnavailableError, register_family
-from weights.hub import hub_error_message, local_or_cached
+from weights.hub import hub_error_message, local_only, local_or_cached
 from weights.shapes.checkpoints import BUILTIN_DIR
 
 WEIGHT_NAMES = ["model.safetensors", "diffusion_pytorch_model.safetensors"]
@@ -17,7 +17,8 @@ WEIGHT_NAMES = ["model.safetensors", "diffusion_pytorch_model.safetensors"]
 def _hub_kwargs(source, dtype: torch.dtype) -> dict:
     from huggingface_hub import constants
 
-    kwargs = {"use_safetensors": True, "dtype": dtype, "local_files_only": bool(constants.HF_HUB_OFFLINE)}
+    kwargs = {"use_safetensors": True, "dtype": dtype,  # the builtin pair is a folder of this package
+              "local_files_only": bool(constants.HF_HUB_OFFLINE) if source.kind == "builtin" else local_only(source)}
     if source.kind == "hub":
         kwargs["revision"] = source.revision
         if dtype == torch.float16:

@@ -10,7 +10,7 @@ import torch
 
 from analysis.features import open_clip_stages
 from weights.families import Family, Geometry, ModelUnavailableError, register_family, shared_lock
-from weights.hub import hub_error_message, local_or_cached
+from weights.hub import hub_error_message, local_only, local_or_cached
 from weights.shapes.checkpoints import BUILTIN_DIR
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
@@ -30,15 +30,19 @@ def repo_config(source) -> tuple[str, dict]:
     from huggingface_hub import hf_hub_download
 
     folder = Path(source.location)
+    if folder.is_dir():
+        path = folder / CONFIG
+    else:
+        try:
+            path = Path(hf_hub_download(source.location, CONFIG, revision=source.revision,
+                                        local_files_only=local_only(source)))
+        except Exception as error:  # offline, not cached, no such repo or file
+            raise ModelUnavailableError(hub_error_message(source, error)) from error
     try:
-        path = folder / CONFIG if folder.is_dir() else Path(
-            hf_hub_download(source.location, CONFIG, revision=source.revision))
         config = json.loads(path.read_text())
         model_cfg = config["model_cfg"]
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelUnavailableError(f"{source.location} has no readable {CONFIG} with a model_cfg.") from error
-    except Exception as error:  # offline, not cached
-        raise ModelUnavailableError(hub_error_message(source, error)) from error
     text = json.dumps(model_cfg, sort_keys=True)
     name = f"own-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
     if name not in open_clip.list_models():
@@ -78,7 +82,8 @@ class OpenClipFamily(Family):
             folder = Path(source.location)
             try:
                 weights = folder / OPEN_CLIP_WEIGHTS if folder.is_dir() else Path(
-                    hf_hub_download(source.location, OPEN_CLIP_WEIGHTS, revision=source.revision))
+                    hf_hub_download(source.location, OPEN_CLIP_WEIGHTS, revision=source.revision,
+                                    local_files_only=local_only(source)))
             except Exception as error:  # offline, not cached, or no safetensors in the repo
                 raise ModelUnavailableError(hub_error_message(source, error)) from error
             architecture = source.architecture

@@ -16,7 +16,7 @@ import torch
 
 from analysis.features import transformers_stages
 from weights.families import Family, ModelUnavailableError, register_family
-from weights.hub import hub_error_message, local_or_cached
+from weights.hub import hub_error_message, local_only, local_or_cached
 
 TASK_MAPPINGS = {"detection": "MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES",
                  "segmentation": "MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES",
@@ -77,12 +77,11 @@ class TransformersFamily(Family):
 
     def load(self, source, device, dtype):
         import transformers
-        from huggingface_hub import constants
 
         self.check(source)
         model_cls = getattr(transformers, source.model_class)
         processor_cls = getattr(transformers, source.processor_class)
-        kwargs = {"revision": source.revision, "local_files_only": bool(constants.HF_HUB_OFFLINE)}
+        kwargs = {"revision": source.revision, "local_files_only": local_only(source)}
         try:
             processor = processor_cls.from_pretrained(source.location, **kwargs)
             model = model_cls.from_pretrained(source.location, use_safetensors=True, trust_remote_code=False,
