@@ -149,6 +149,14 @@ def test_the_hub_probe_answers_from_one_connection_and_stays_out_of_a_proxys_way
     monkeypatch.setitem(hub._probe, "at", -math.inf)
     monkeypatch.setattr(socket, "create_connection", lambda address, timeout: socket.socket())
     assert hub.hub_reachable() is True
+    # a resolver that does not answer: the probe gives up after PROBE_SECONDS, not after the resolver's own timeout
+    import time
+
+    monkeypatch.setitem(hub._probe, "at", -math.inf)
+    monkeypatch.setattr(hub, "PROBE_SECONDS", 0.2)
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: time.sleep(5))
+    start = time.perf_counter()
+    assert hub.hub_reachable() is False and time.perf_counter() - start < 2
 
 
 def test_a_hub_model_out_of_reach_is_read_from_the_cache_only_and_said_offline_at_once(monkeypatch, tmp_path):

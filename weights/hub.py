@@ -23,8 +23,9 @@ _probe_lock = threading.Lock()
 
 def hub_reachable() -> bool:
     """Whether the Hugging Face Hub's host (``HF_ENDPOINT``'s, default huggingface.co) accepts a TCP connection within
-    :data:`PROBE_SECONDS`; the answer is kept for :data:`PROBE_TTL` seconds. Behind a proxy (``HTTPS_PROXY`` and the
-    like) the host is not asked and the answer is True: huggingface_hub goes through the proxy and says what fails.
+    :data:`PROBE_SECONDS`, its name resolved included; the answer is kept for :data:`PROBE_TTL` seconds. Behind a
+    proxy (``HTTPS_PROXY`` and the like) the host is not asked and the answer is True: huggingface_hub goes through
+    the proxy and says what fails.
 
     Without it an offline machine waits out huggingface_hub's retries (~23 s a file, measured: 46 s for an RT-DETR
     pair) before a loader gives up, and transformers' processors then report a generic "Can't load image processor"
@@ -37,12 +38,22 @@ def hub_reachable() -> bool:
         if time.monotonic() - _probe["at"] < PROBE_TTL:
             return _probe["reachable"]
     url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
-                                      timeout=PROBE_SECONDS):
-            reachable = True
-    except (OSError, ValueError):  # no name resolution, refused, unreachable, timed out; an endpoint with no host
-        reachable = False
+    answer: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
+                                          timeout=PROBE_SECONDS):
+                answer.append(True)
+        except (OSError, ValueError):  # no name resolution, refused, unreachable, timed out; an endpoint with no host
+            answer.append(False)
+
+    # in a thread of its own, waited on for PROBE_SECONDS: resolving the name is not bound by the socket's timeout (a
+    # resolver that does not answer can hold it for tens of seconds); left behind, the thread ends with the resolver
+    probe = threading.Thread(target=connect, name="hub-probe", daemon=True)
+    probe.start()
+    probe.join(PROBE_SECONDS)
+    reachable = bool(answer) and answer[0]
     with _probe_lock:
         _probe.update(at=time.monotonic(), reachable=reachable)
     return reachable
