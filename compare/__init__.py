@@ -101,6 +101,9 @@ def load(pair: str | Pair | ModulePair, students: str | Sequence[str] | None = N
         return spec, chosen, pair.predictors(spec, chosen)
     if task is not None and spec.task != task:
         raise InputError(f"{spec.name} is a {spec.task} pair, not {task}.")
+    if spec.task == "generation":  # pipelines, not predictors
+        raise InputError(f"{spec.name} is a generation pair: run it with compare.generation.generate (its pipelines "
+                         "load there).")
     chosen = spec.choose_students(students)
     return spec, chosen, predictors_for(spec, students=chosen)
 

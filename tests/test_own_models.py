@@ -425,3 +425,27 @@ def test_clear_messages_for_the_cli_and_the_inspection(own, tmp_path, capsys):
     (empty / "preprocessor_config.json").write_text((Path(own.rt_t) / "preprocessor_config.json").read_text())
     with pytest.raises(OwnModelError, match="safe_serialization=True"):
         inspect_model(str(empty), "detection", settings=Settings(local_roots=(tmp_path,)))
+
+
+def test_a_cached_repo_is_described_from_the_cache_when_the_hub_is_out_of_reach(monkeypatch):
+    """HF_HUB_OFFLINE unset and no network: huggingface_hub's HTTP client raises its own connection error (no builtin
+    ConnectionError), which still sends the inspection to the local cache; a repo the Hub says does not exist does
+    not."""
+    import httpx
+    from huggingface_hub import constants
+
+    import weights.custom as custom
+    import weights.hub as hub
+
+    cached = object()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    monkeypatch.setattr(custom, "_cached_files", lambda ref: cached)
+
+    class Away(FakeHub):
+        def model_info(self, repo, revision=None, files_metadata=False):
+            raise httpx.ConnectError("[Errno -2] Name or service not known")
+
+    assert custom.hub_files(custom.ModelRef("org/cached"), api=Away({})) is cached
+    with pytest.raises(custom.OwnModelError, match="does not exist"):
+        custom.hub_files(custom.ModelRef("org/missing"), api=FakeHub({}))

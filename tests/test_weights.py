@@ -122,11 +122,25 @@ def test_load_errors_say_offline_only_when_the_network_is_the_cause(monkeypatch)
     message = _hub_error_message(source, hidden)
     assert "offline" in message and "HF_HUB_OFFLINE" in message and constants.HF_HUB_CACHE in message
     assert "offline" not in _hub_error_message(source, ValueError("PEFT backend is required for this method."))
+    # a cause in the chain that is no network's is said as it is, the Hub away or not: a corrupt cached file
+    import json
+
+    try:
+        try:
+            json.loads("{not json")
+        except json.JSONDecodeError as cause:
+            raise OSError("It looks like the config file at 'config.json' is not a valid JSON file.") from cause
+    except OSError as error:
+        message = _hub_error_message(source, error)
+    assert "not a valid JSON file" in message and "offline" not in message
 
 
 def test_the_hub_probe_answers_from_one_connection_and_stays_out_of_a_proxys_way(monkeypatch):
     import math
     import socket
+    import threading
+    import time
+    import urllib.request
 
     import weights.hub as hub
 
@@ -134,29 +148,53 @@ def test_the_hub_probe_answers_from_one_connection_and_stays_out_of_a_proxys_way
 
     def refused(address, timeout):
         calls.append((address, timeout))
+        time.sleep(0.05)  # callers arriving meanwhile wait for this answer
         raise socket.gaierror(-2, "Name or service not known")
 
-    for name in hub.PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    def fresh():
+        monkeypatch.setitem(hub._probe, "at", -math.inf)
+        calls.clear()
+
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: {})
     monkeypatch.setattr(socket, "create_connection", refused)
-    monkeypatch.setitem(hub._probe, "at", -math.inf)
-    assert hub.hub_reachable() is False and hub.hub_reachable() is False
-    assert calls == [(("huggingface.co", 443), hub.PROBE_SECONDS)]  # asked once, then remembered
-    monkeypatch.setitem(hub._probe, "at", -math.inf)
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    assert hub.hub_reachable() is True and len(calls) == 1  # behind a proxy: huggingface_hub's to try
-    monkeypatch.delenv("HTTPS_PROXY")
-    monkeypatch.setitem(hub._probe, "at", -math.inf)
+    fresh()
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(hub.hub_reachable())) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [False] * 20 and calls == [(("huggingface.co", 443), hub.PROBE_SECONDS)]  # one probe for all
+    assert hub.hub_reachable() is False and len(calls) == 1  # remembered
+    hub._probe["at"] -= hub.PROBE_TTL[False] + 1  # a "no" is kept 10 s: a network that comes back is seen soon
+    assert hub.hub_reachable() is False and len(calls) == 2
+    # behind a proxy (any way the system names one) the host is not asked; NO_PROXY for it: asked
+    fresh()
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: {"https": "http://proxy.example:3128"})
+    monkeypatch.setattr(urllib.request, "proxy_bypass", lambda host: False)
+    assert hub.hub_reachable() is True and not calls
+    fresh()
+    monkeypatch.setattr(urllib.request, "proxy_bypass", lambda host: host == "huggingface.co")
+    assert hub.hub_reachable() is False and len(calls) == 1
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: {})
+    fresh()
     monkeypatch.setattr(socket, "create_connection", lambda address, timeout: socket.socket())
     assert hub.hub_reachable() is True
-    # a resolver that does not answer: the probe gives up after PROBE_SECONDS, not after the resolver's own timeout
-    import time
-
-    monkeypatch.setitem(hub._probe, "at", -math.inf)
+    # no answer in time (a resolver that does not answer, a slow link): unknown, so not judged offline, and the wait
+    # is PROBE_SECONDS, not the resolver's own timeout
+    fresh()
     monkeypatch.setattr(hub, "PROBE_SECONDS", 0.2)
     monkeypatch.setattr(socket, "create_connection", lambda address, timeout: time.sleep(5))
     start = time.perf_counter()
-    assert hub.hub_reachable() is False and time.perf_counter() - start < 2
+    assert hub.hub_reachable() is True and time.perf_counter() - start < 2
+    # an endpoint that is no URL, or has no host: huggingface_hub's to say what is wrong
+    from huggingface_hub import constants
+
+    for endpoint in ("https://[bad", "not a url"):
+        fresh()
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(socket, "create_connection", refused)
+        assert hub.hub_reachable() is True and not calls
 
 
 def test_a_hub_model_out_of_reach_is_read_from_the_cache_only_and_said_offline_at_once(monkeypatch, tmp_path):
@@ -179,3 +217,24 @@ def test_a_hub_model_out_of_reach_is_read_from_the_cache_only_and_said_offline_a
     with pytest.raises(ModelUnavailableError, match="offline") as raised:
         load_model(source, torch.device("cpu"), cache=ModelCache(2**30))
     assert time.perf_counter() - start < 10 and "HF_HUB_OFFLINE" in str(raised.value)
+
+
+def test_a_generation_pair_asked_of_the_vision_loader_is_refused_by_name():
+    import compare
+    from compare.inputs import InputError
+
+    with pytest.raises(InputError, match="generation pair: run it with compare.generation.generate"):
+        compare.load("shapes-diffusion")
+
+
+def test_a_corrupt_safetensors_file_is_a_model_that_cannot_be_loaded_not_a_crash(tmp_path):
+    """A folder whose weights file is cut short (a broken download): the loader's message names the model."""
+    from tests.tiny_hub import save_tiny_rtdetr
+
+    folder = save_tiny_rtdetr(tmp_path / "tiny", seed=0)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    source = ModelSource("hub", str(folder), "RTDetrForObjectDetection", processor_class="RTDetrImageProcessor",
+                         family="transformers")
+    with pytest.raises(ModelUnavailableError, match=f"Could not load {folder}"):
+        load_model(source, torch.device("cpu"), cache=ModelCache(2**30))

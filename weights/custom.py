@@ -265,11 +265,13 @@ def hub_files(ref: ModelRef, api=None) -> Files:
     try:
         info = api.model_info(ref.location, revision=ref.revision, files_metadata=True)
     except Exception as error:
-        if constants.HF_HUB_OFFLINE or isinstance(error, (hub_errors.OfflineModeIsEnabled, ConnectionError)):
+        message = hub_error_message(source, error)
+        if constants.HF_HUB_OFFLINE or isinstance(error, (hub_errors.OfflineModeIsEnabled, ConnectionError)) \
+                or "offline" in message:  # huggingface_hub's HTTP client raises its own connection errors
             cached = _cached_files(ref)
             if cached is not None:
                 return cached
-        raise OwnModelError(hub_error_message(source, error)) from error
+        raise OwnModelError(message) from error
     sizes = {s.rfilename: getattr(s, "size", None) for s in (info.siblings or [])}
     card = getattr(info, "card_data", None) or getattr(info, "cardData", None) or {}
     licence = card.get("license") if hasattr(card, "get") else getattr(card, "license", None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import socket
 import threading
 import time
@@ -15,48 +14,71 @@ from weights.registry import ModelSource
 NETWORK_WORDS = ("offline", "connect", "local_files_only", "local cache", "timed out", "name resolution",
                  "name or service not known", "nodename nor servname", "network is unreachable")
 PROBE_SECONDS = 3.0  # how long the Hub's host has to accept a connection
-PROBE_TTL = 60.0  # seconds an answer of :func:`hub_reachable` is kept
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+PROBE_TTL = {True: 60.0, False: 10.0}  # seconds an answer of :func:`hub_reachable` is kept (a network back: soon)
 _probe = {"at": -math.inf, "reachable": True}
-_probe_lock = threading.Lock()
+_probe_lock = threading.Lock()  # guards _probe
+_probing = threading.Lock()  # one probe at a time: callers meanwhile wait for its answer
+
+
+def _through_proxy(host: str) -> bool:
+    """Whether requests to ``host`` go through a proxy, as huggingface_hub's HTTP client finds them (the environment in
+    any case, the Windows registry, macOS' settings: ``urllib.request.getproxies``; ``NO_PROXY`` bypasses)."""
+    import urllib.request
+
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get("https") or proxies.get("all")) and not urllib.request.proxy_bypass(host)
 
 
 def hub_reachable() -> bool:
-    """Whether the Hugging Face Hub's host (``HF_ENDPOINT``'s, default huggingface.co) accepts a TCP connection within
-    :data:`PROBE_SECONDS`, its name resolved included; the answer is kept for :data:`PROBE_TTL` seconds. Behind a
-    proxy (``HTTPS_PROXY`` and the like) the host is not asked and the answer is True: huggingface_hub goes through
-    the proxy and says what fails.
+    """Whether the Hugging Face Hub's host (``HF_ENDPOINT``'s, default huggingface.co) can be reached: False only when
+    a TCP connection to it fails outright within :data:`PROBE_SECONDS` (its name does not resolve, the network is
+    unreachable, the connection is refused); True when it connects, when no answer comes in time (a slow resolver or
+    link: huggingface_hub's own timeouts decide), behind a proxy (the host is not asked: huggingface_hub goes through
+    the proxy and says what fails) and for an endpoint with no host. Answers are kept for :data:`PROBE_TTL` seconds;
+    one probe runs at a time.
 
     Without it an offline machine waits out huggingface_hub's retries (~23 s a file, measured: 46 s for an RT-DETR
     pair) before a loader gives up, and transformers' processors then report a generic "Can't load image processor"
     that hides the network error."""
     from huggingface_hub import constants
 
-    if any(os.environ.get(name) for name in PROXY_VARIABLES):
-        return True
-    with _probe_lock:
-        if time.monotonic() - _probe["at"] < PROBE_TTL:
-            return _probe["reachable"]
-    url = urlparse(constants.ENDPOINT)
-    answer: list[bool] = []
+    def remembered() -> bool | None:
+        with _probe_lock:
+            fresh = time.monotonic() - _probe["at"] < PROBE_TTL[_probe["reachable"]]
+            return _probe["reachable"] if fresh else None
 
-    def connect() -> None:
+    if (known := remembered()) is not None:
+        return known
+    with _probing:
+        if (known := remembered()) is not None:  # another caller probed meanwhile
+            return known
         try:
-            with socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
-                                          timeout=PROBE_SECONDS):
-                answer.append(True)
-        except (OSError, ValueError):  # no name resolution, refused, unreachable, timed out; an endpoint with no host
-            answer.append(False)
+            url = urlparse(constants.ENDPOINT)
+            address = (url.hostname, url.port or (80 if url.scheme == "http" else 443))
+        except ValueError:  # not a URL: huggingface_hub will say so
+            return True
+        if not url.hostname or _through_proxy(url.hostname):
+            return True
+        answer: list[bool] = []
 
-    # in a thread of its own, waited on for PROBE_SECONDS: resolving the name is not bound by the socket's timeout (a
-    # resolver that does not answer can hold it for tens of seconds); left behind, the thread ends with the resolver
-    probe = threading.Thread(target=connect, name="hub-probe", daemon=True)
-    probe.start()
-    probe.join(PROBE_SECONDS)
-    reachable = bool(answer) and answer[0]
-    with _probe_lock:
-        _probe.update(at=time.monotonic(), reachable=reachable)
-    return reachable
+        def connect() -> None:
+            try:
+                with socket.create_connection(address, timeout=PROBE_SECONDS):
+                    answer.append(True)
+            except TimeoutError:  # no answer in time: unknown
+                pass
+            except (OSError, ValueError):  # no name resolution, network unreachable, refused
+                answer.append(False)
+
+        # in a thread of its own, waited on for PROBE_SECONDS: resolving the name is not bound by the socket's timeout
+        # (a resolver that does not answer can hold it for tens of seconds); left behind, it ends with the resolver
+        probe = threading.Thread(target=connect, name="hub-probe", daemon=True)
+        probe.start()
+        probe.join(PROBE_SECONDS)
+        reachable = answer[0] if answer else True
+        with _probe_lock:
+            _probe.update(at=time.monotonic(), reachable=reachable)
+        return reachable
 
 
 def local_only(source: ModelSource) -> bool:
@@ -101,8 +123,10 @@ def hub_error_message(source: ModelSource, error: Exception) -> str:
                 f"once, or pick a builtin pair.")
     if any(isinstance(e, network_types) for e in chain) or any(
             word in str(e).lower() for e in chain for word in NETWORK_WORDS) or (
-            any(isinstance(e, OSError) for e in chain) and not Path(source.location).is_dir()
-            and not hub_reachable()):  # a file not read, behind a loader's message that hides why: the Hub is away
+            any(isinstance(e, OSError) for e in chain) and not any(isinstance(e, ValueError) for e in chain)
+            and not Path(source.location).is_dir() and not hub_reachable()):
+        # a file not read, behind a loader's message that hides why (no cause chained), and the Hub away now; a
+        # ValueError in the chain names the cause (a corrupt cached file, an invalid repo id) and is said as it is
         return (f"Could not download {where} from the Hugging Face Hub: this machine seems to be offline. Download "
                 f"the model once while online (it is then kept in {constants.HF_HUB_CACHE}; HF_HUB_OFFLINE=1 then "
                 f"reads only that cache), or pick a builtin pair.")

@@ -107,7 +107,8 @@ def load_generation_pair(pair, device: torch.device | None = None, cache=None) -
                 scheduler = getattr(diffusers, source.scheduler).from_config(teacher.scheduler.config)
             pipe = assemble_pipeline(teacher, unet=unet, scheduler=scheduler)
             try:
-                pipe.load_lora_weights(source.location, weight_name=source.lora, revision=source.revision)
+                pipe.load_lora_weights(source.location, weight_name=source.lora, revision=source.revision,
+                                       local_files_only=local_only(source))
             except (OSError, ValueError) as error:
                 raise ModelUnavailableError(hub_error_message(source, error)) from error
             pipe.fuse_lora()

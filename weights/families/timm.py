@@ -22,7 +22,7 @@ import torch
 
 from analysis.features import timm_stages
 from weights.families import Family, Geometry, ModelUnavailableError, register_family
-from weights.hub import hub_error_message, local_or_cached
+from weights.hub import hub_error_message, local_only, local_or_cached
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -43,7 +43,8 @@ def _file(source, name: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(_repo(source), name, revision=source.revision))
+        return Path(hf_hub_download(_repo(source), name, revision=source.revision,
+                                    local_files_only=local_only(source)))
     except Exception as error:  # offline, not cached, or no such file (e.g. only pickled weights)
         raise ModelUnavailableError(hub_error_message(source, error)) from error
 
