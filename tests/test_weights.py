@@ -176,6 +176,18 @@ def test_the_hub_probe_answers_from_one_connection_and_stays_out_of_a_proxys_way
     fresh()
     monkeypatch.setattr(urllib.request, "proxy_bypass", lambda host: host == "huggingface.co")
     assert hub.hub_reachable() is False and len(calls) == 1
+    # the proxy of the endpoint's own scheme: an http mirror behind an http proxy is not asked; https with only an http
+    # proxy is
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: {"http": "http://proxy.example:3128"})
+    monkeypatch.setattr(urllib.request, "proxy_bypass", lambda host: False)
+    fresh()
+    assert hub.hub_reachable() is False and len(calls) == 1
+    fresh()
+    monkeypatch.setattr(constants, "ENDPOINT", "http://mirror.internal")
+    assert hub.hub_reachable() is True and not calls
+    monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
     monkeypatch.setattr(urllib.request, "getproxies", lambda: {})
     fresh()
     monkeypatch.setattr(socket, "create_connection", lambda address, timeout: socket.socket())
@@ -188,8 +200,6 @@ def test_the_hub_probe_answers_from_one_connection_and_stays_out_of_a_proxys_way
     start = time.perf_counter()
     assert hub.hub_reachable() is True and time.perf_counter() - start < 2
     # an endpoint that is no URL, or has no host: huggingface_hub's to say what is wrong
-    from huggingface_hub import constants
-
     for endpoint in ("https://[bad", "not a url"):
         fresh()
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
@@ -228,13 +238,22 @@ def test_a_generation_pair_asked_of_the_vision_loader_is_refused_by_name():
 
 
 def test_a_corrupt_safetensors_file_is_a_model_that_cannot_be_loaded_not_a_crash(tmp_path):
-    """A folder whose weights file is cut short (a broken download): the loader's message names the model."""
+    """A folder whose weights file is cut short (a broken download), in each family that reads a folder's
+    safetensors: the loader's message names the model (transformers', timm's and open_clip's own errors before)."""
+    import timm
+    from timm.models import save_for_hf
+
     from tests.tiny_hub import save_tiny_rtdetr
 
-    folder = save_tiny_rtdetr(tmp_path / "tiny", seed=0)
-    weights = folder / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    source = ModelSource("hub", str(folder), "RTDetrForObjectDetection", processor_class="RTDetrImageProcessor",
-                         family="transformers")
-    with pytest.raises(ModelUnavailableError, match=f"Could not load {folder}"):
-        load_model(source, torch.device("cpu"), cache=ModelCache(2**30))
+    rtdetr = save_tiny_rtdetr(tmp_path / "rtdetr", seed=0)
+    save_for_hf(timm.create_model("resnet18", num_classes=3), str(tmp_path / "timm"),
+                model_config={"label_names": ["cat", "dog", "cup"]}, safe_serialization=True)
+    sources = [(rtdetr / "model.safetensors", ModelSource("hub", str(rtdetr), "RTDetrForObjectDetection",
+                                                           processor_class="RTDetrImageProcessor",
+                                                           family="transformers")),
+               (tmp_path / "timm" / "model.safetensors", ModelSource("hub", str(tmp_path / "timm"), "timm",
+                                                                      family="timm"))]
+    for weights, source in sources:
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        with pytest.raises(ModelUnavailableError, match=f"Could not load {source.location}"):
+            load_model(source, torch.device("cpu"), cache=ModelCache(2**30))

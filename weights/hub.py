@@ -20,13 +20,14 @@ _probe_lock = threading.Lock()  # guards _probe
 _probing = threading.Lock()  # one probe at a time: callers meanwhile wait for its answer
 
 
-def _through_proxy(host: str) -> bool:
-    """Whether requests to ``host`` go through a proxy, as huggingface_hub's HTTP client finds them (the environment in
-    any case, the Windows registry, macOS' settings: ``urllib.request.getproxies``; ``NO_PROXY`` bypasses)."""
+def _through_proxy(scheme: str, host: str) -> bool:
+    """Whether requests to ``scheme://host`` go through a proxy, as huggingface_hub's HTTP client finds them (the
+    environment in any case, the Windows registry, macOS' settings: ``urllib.request.getproxies``; ``NO_PROXY``
+    bypasses)."""
     import urllib.request
 
     proxies = urllib.request.getproxies()
-    return bool(proxies.get("https") or proxies.get("all")) and not urllib.request.proxy_bypass(host)
+    return bool(proxies.get(scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host)
 
 
 def hub_reachable() -> bool:
@@ -57,7 +58,7 @@ def hub_reachable() -> bool:
             address = (url.hostname, url.port or (80 if url.scheme == "http" else 443))
         except ValueError:  # not a URL: huggingface_hub will say so
             return True
-        if not url.hostname or _through_proxy(url.hostname):
+        if not url.hostname or _through_proxy(url.scheme or "https", url.hostname):
             return True
         answer: list[bool] = []
 

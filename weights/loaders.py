@@ -118,8 +118,18 @@ def load_model(source: ModelSource, device: torch.device | None = None, cache: M
     device = device or default_device()
     dtype = default_dtype(device, source)
     family = family_of(source)
-    return cache.get_or_load((source, str(device), dtype),
-                             no_inference_tensors(lambda: family.load(source, device, dtype)))
+
+    def load():
+        try:
+            return family.load(source, device, dtype)
+        except (ModelUnavailableError, MemoryError):
+            raise
+        except Exception as error:  # a corrupt weights file, weights that do not fit the class: a model not loaded
+            from weights.hub import hub_error_message
+
+            raise ModelUnavailableError(hub_error_message(source, error)) from error
+
+    return cache.get_or_load((source, str(device), dtype), no_inference_tensors(load))
 
 
 def _weights_file(source: ModelSource) -> Path | None:
