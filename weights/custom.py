@@ -256,22 +256,20 @@ def hub_files(ref: ModelRef, api=None) -> Files:
 
     Offline, a repo whose config is in the local Hub cache is read from there (its weights then need no download)."""
     from huggingface_hub import HfApi, constants
-    from huggingface_hub import errors as hub_errors
 
-    from weights.hub import hub_error_message
+    from weights.hub import hub_error_message, network_failure
 
     api = api or HfApi()
     source = ModelSource("hub", ref.location, "?", revision=ref.revision, family="?")
     try:
         info = api.model_info(ref.location, revision=ref.revision, files_metadata=True)
     except Exception as error:
-        message = hub_error_message(source, error)
-        if constants.HF_HUB_OFFLINE or isinstance(error, (hub_errors.OfflineModeIsEnabled, ConnectionError)) \
-                or "offline" in message:  # huggingface_hub's HTTP client raises its own connection errors
+        if constants.HF_HUB_OFFLINE or network_failure(source, error):  # huggingface_hub's HTTP client raises its
+            # own connection errors (httpx's, not the builtin ConnectionError)
             cached = _cached_files(ref)
             if cached is not None:
                 return cached
-        raise OwnModelError(message) from error
+        raise OwnModelError(hub_error_message(source, error)) from error
     sizes = {s.rfilename: getattr(s, "size", None) for s in (info.siblings or [])}
     card = getattr(info, "card_data", None) or getattr(info, "cardData", None) or {}
     licence = card.get("license") if hasattr(card, "get") else getattr(card, "license", None)

@@ -84,12 +84,12 @@ def hub_reachable() -> bool:
 
 def local_only(source: ModelSource) -> bool:
     """Whether loading ``source`` must read the local Hugging Face cache only: ``HF_HUB_OFFLINE`` is set, or the Hub is
-    out of reach (:func:`hub_reachable`; not asked for a local folder, which needs no network)."""
+    out of reach (:func:`hub_reachable`; not asked for a builtin model or a local folder, which need no network)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return True
-    return not Path(source.location).is_dir() and not hub_reachable()
+    return source.kind != "builtin" and not Path(source.location).is_dir() and not hub_reachable()
 
 
 def _causes(error: BaseException) -> list[BaseException]:
@@ -101,20 +101,41 @@ def _causes(error: BaseException) -> list[BaseException]:
     return chain
 
 
-def hub_error_message(source: ModelSource, error: Exception) -> str:
-    """What went wrong loading a Hub model, and what to do: "offline" only when the cause is the network or an
-    empty cache (found in the error's chain, or the Hub out of reach now); a repo or file that does not exist, and
-    anything else, say so instead."""
-    from huggingface_hub import constants
+def _answered_missing(chain: list[BaseException]) -> bool:
+    """Whether the Hub answered that the repo, revision or file does not exist (not a local-only lookup's miss)."""
+    from huggingface_hub import errors as hub_errors
+
+    missing = (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError, hub_errors.EntryNotFoundError)
+    not_asked = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled)  # the Hub was not asked
+    return any(isinstance(e, missing) and not isinstance(e, not_asked) for e in chain)
+
+
+def network_failure(source: ModelSource, error: BaseException) -> bool:
+    """Whether loading ``source`` failed for the network or an empty cache: a network error or its words in the
+    error's chain, or a file not read behind a loader's message that hides why (an OSError with no ValueError in
+    the chain: a ValueError names its cause, e.g. a corrupt cached file or an invalid repo id) while the Hub is out of
+    reach now; never when the Hub answered that the thing does not exist."""
     from huggingface_hub import errors as hub_errors
 
     chain = _causes(error)
-    where = f"{source.location} (revision {source.revision or 'main'})"
+    if _answered_missing(chain):
+        return False
     network_types = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError,
                      TimeoutError, socket.gaierror)
-    missing = (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError, hub_errors.EntryNotFoundError)
-    local_only = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled)  # the Hub was not asked
-    if any(isinstance(e, missing) and not isinstance(e, local_only) for e in chain):  # it answered: no such thing
+    return any(isinstance(e, network_types) for e in chain) or any(
+        word in str(e).lower() for e in chain for word in NETWORK_WORDS) or (
+        any(isinstance(e, OSError) for e in chain) and not any(isinstance(e, ValueError) for e in chain)
+        and not Path(source.location).is_dir() and not hub_reachable())
+
+
+def hub_error_message(source: ModelSource, error: Exception) -> str:
+    """What went wrong loading a Hub model, and what to do: "offline" only when the cause is the network or an
+    empty cache (:func:`network_failure`); a repo or file that does not exist, and anything else, say so instead."""
+    from huggingface_hub import constants
+
+    chain = _causes(error)
+    where = f"{source.location} (revision {source.revision or 'main'})"
+    if _answered_missing(chain):  # it answered: no such thing
         return (f"{where} or one of its files does not exist on the Hugging Face Hub; check the repo id and "
                 f"revision.")
     offline_mode = bool(constants.HF_HUB_OFFLINE) and any(isinstance(e, OSError) for e in chain)
@@ -122,12 +143,7 @@ def hub_error_message(source: ModelSource, error: Exception) -> str:
         return (f"{where} is not in this machine's Hugging Face cache ({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE "
                 f"is set, so nothing is downloaded. Unset HF_HUB_OFFLINE on a machine that is online to download it "
                 f"once, or pick a builtin pair.")
-    if any(isinstance(e, network_types) for e in chain) or any(
-            word in str(e).lower() for e in chain for word in NETWORK_WORDS) or (
-            any(isinstance(e, OSError) for e in chain) and not any(isinstance(e, ValueError) for e in chain)
-            and not Path(source.location).is_dir() and not hub_reachable()):
-        # a file not read, behind a loader's message that hides why (no cause chained), and the Hub away now; a
-        # ValueError in the chain names the cause (a corrupt cached file, an invalid repo id) and is said as it is
+    if network_failure(source, error):
         return (f"Could not download {where} from the Hugging Face Hub: this machine seems to be offline. Download "
                 f"the model once while online (it is then kept in {constants.HF_HUB_CACHE}; HF_HUB_OFFLINE=1 then "
                 f"reads only that cache), or pick a builtin pair.")

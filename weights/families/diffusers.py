@@ -15,10 +15,7 @@ WEIGHT_NAMES = ["model.safetensors", "diffusion_pytorch_model.safetensors"]
 
 
 def _hub_kwargs(source, dtype: torch.dtype) -> dict:
-    from huggingface_hub import constants
-
-    kwargs = {"use_safetensors": True, "dtype": dtype,  # the builtin pair is a folder of this package
-              "local_files_only": bool(constants.HF_HUB_OFFLINE) if source.kind == "builtin" else local_only(source)}
+    kwargs = {"use_safetensors": True, "dtype": dtype, "local_files_only": local_only(source)}
     if source.kind == "hub":
         kwargs["revision"] = source.revision
         if dtype == torch.float16:

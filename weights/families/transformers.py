@@ -86,10 +86,8 @@ class TransformersFamily(Family):
             processor = processor_cls.from_pretrained(source.location, **kwargs)
             model = model_cls.from_pretrained(source.location, use_safetensors=True, trust_remote_code=False,
                                               dtype=dtype, **kwargs)
-        except MemoryError:
-            raise
-        except Exception as error:  # offline, missing files, no safetensors weights; a corrupt file, shapes that do
-            # not fit the class, a config the class refuses (safetensors', torch's and huggingface_hub's own errors)
+        except (OSError, ValueError) as error:  # offline, missing files, or no safetensors weights (any other error
+            # of the libraries' own, e.g. a corrupt file, becomes the same in weights.loaders.load_model)
             raise ModelUnavailableError(hub_error_message(source, error)) from error
         return model.to(device).eval(), processor
 
