@@ -18,7 +18,7 @@ Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
 
 DOWNSCALE = f"Downscale it to at most {MAX_WORKING_SIDE} px on its long side (the app works at that size anyway)."
 UNREADABLE = ("Could not read the file as an image (it may be corrupt or not an image). "
-              "Give a PNG, JPEG, WebP, BMP or TIFF image.")
+              "Give a PNG, JPEG, WebP, BMP, TIFF or GIF image.")
 
 
 class InputError(ValueError):

@@ -302,7 +302,7 @@ def _accuracy(records: list[dict], pair, students: list[str], labels: Labels, sc
         out = {}
         if not any(labels.boxes.get(r["image"]) for r in records):  # torchmetrics would give its -1 sentinel
             note = "undefined: no labelled object in the labelled images that were read"
-            return {model: {"map_50": None, "note": note} for model in models}
+            return {model: {"map_50": None, "score_threshold": score_threshold, "note": note} for model in models}
         truth = [_box_table(labels.boxes.get(r["image"], []) + labels.crowd_boxes.get(r["image"], []), index,
                             crowd_from=len(labels.boxes.get(r["image"], []))) for r in records]
         for model in models:

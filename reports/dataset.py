@@ -41,6 +41,7 @@ detection, ``segmentation`` polygons for segmentation, nothing more for classifi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -497,7 +498,7 @@ def check_labels_fit(truth: Labels, images: list[Path], task: str, classes: list
         InputError: naming what does not fit.
     """
     if truth.listed and not truth.listed & {p.name for p in images}:
-        raise InputError(f"None of the images {name} labels is among --images (e.g. {sorted(truth.listed)[0]!r}); "
+        raise InputError(f"No image that {name} labels is in --images (it labels e.g. {sorted(truth.listed)[0]!r}): "
                          "give the folder those labels are for.")
     if task == "detection":
         named = {label for table in (truth.boxes, truth.crowd_boxes) for items in table.values() for label, _ in items}
@@ -517,7 +518,8 @@ def check_labels_fit(truth: Labels, images: list[Path], task: str, classes: list
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m reports.dataset", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, required=True, help="a folder of images, or a pattern ('DIR/*.jpg')")
     models = parser.add_argument_group("models", "a registered pair (--pair), or your own (--task, --teacher, "
                                        "--student)")
@@ -568,6 +570,21 @@ def keep_freed_memory() -> None:
         libc.mallopt(m_trim_threshold, 1 << 31)
 
 
+class PeerStopped(Exception):
+    """Another process of a data-parallel run stopped (Ctrl-C reaches every process, but one may be waiting at a
+    barrier when the others have gone): the collective call failed."""
+
+
+def _barrier() -> None:
+    """torch.distributed's barrier, its failure for a process that has gone said as :class:`PeerStopped`."""
+    import torch.distributed as dist
+
+    try:
+        dist.barrier()
+    except RuntimeError as error:  # gloo's "Connection closed by peer", NCCL's errors: DistBackendError
+        raise PeerStopped(str(error)) from error
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     try:
         args.pair = pair_argument(args)
@@ -585,32 +602,37 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         dist.init_process_group(backend)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        barrier = dist.barrier
+        barrier = _barrier
+    tag = f"[rank {rank}] " if world > 1 else ""
     try:
         summary = run_dataset(checked.images, args.pair, args.out, args.students, args.labels, args.resume,
                               args.threshold, args.classes, args.gallery, rank, world,
-                              progress=lambda done, total: print(f"[rank {rank}] {done}/{total}", flush=True)
+                              progress=lambda done, total: print(f"{tag}{done}/{total}", flush=True)
                               if done % 25 == 0 or done == total else None, barrier=barrier,
                               overwrite=args.overwrite, batch=args.batch,
                               accuracy_threshold=args.accuracy_threshold, checked=checked)
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
-    except KeyboardInterrupt:  # Ctrl-C: what is finished stays, and one line says how to go on
+    except (KeyboardInterrupt, PeerStopped) as stop:  # Ctrl-C: what is finished stays, one line says how to go on
         done = sum(len(read_records(f)) for f in args.out.glob("results*.jsonl"))
-        print(f"\n[rank {rank}] stopped: {done} images finished in {args.out}; run the same command with --resume to "
-              "finish.", file=sys.stderr)
+        why = "another process of this run stopped, so this one did too" if isinstance(stop, PeerStopped) else \
+            "stopped"
+        print(f"\n{tag}{why}: {done} images finished in {args.out}; run the same command with --resume to finish.",
+              file=sys.stderr)
         raise SystemExit(130) from None
     finally:
         if world > 1:
             import torch.distributed as dist
 
-            dist.destroy_process_group()
+            with contextlib.suppress(RuntimeError):  # a process already gone: nothing left to tear down with it
+                dist.destroy_process_group()
     if summary is not None and summary["images"] == 0:
         raise SystemExit(f"error: no image of --images could be read ({len(summary['unreadable'])} unreadable, each "
                          f"with its reason in {args.out / 'summary.json'}); nothing was measured.")
     if summary is not None:
         print(json.dumps({k: summary[k] for k in ("pair", "images", "unreadable")} | {
-            "per_student": {n: s["agreement"] for n, s in summary["per_student"].items()}}, indent=1))
+            "per_student": {n: s["agreement"] for n, s in summary["per_student"].items()}} | {
+            k: summary[k] for k in ("accuracy", "labels") if k in summary}, indent=1))
         print(f"wrote {args.out / 'results.jsonl'}, summary.json, report.html")
         failures = gate_failures(summary, args.gate_under, args.gate_over)
         if failures:

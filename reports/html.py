@@ -68,6 +68,13 @@ def figures_table(summary: dict, students: list[str]) -> str:
     header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
     thresholds = {block.get("score_threshold") for block in accuracy.values()} - {None}
     caption = (f"<p>mAP@0.5 counts every box scoring {min(thresholds):g} or more.</p>" if thresholds else "")
+    # why a figure against the labels is undefined, once per distinct reason, naming the models it holds for
+    reasons: dict[str, list[str]] = {}
+    for model in ["teacher", *students]:
+        if accuracy.get(model, {}).get("note"):
+            reasons.setdefault(accuracy[model]["note"], []).append(model)
+    caption += "".join(f"<p>Against the labels, {html.escape(', '.join(models))}: {html.escape(note)}.</p>"
+                       for note, models in reasons.items())
     return f"<h2>Figures</h2><table>{header}{''.join(rows)}</table>{caption}"
 
 
@@ -99,10 +106,11 @@ def errors_table(summary: dict) -> str:
             rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     notes = "".join(f"<p>{html.escape(student)}: {html.escape(block['overall']['note'])}.</p>"
                     for student, block in errors.items() if block["overall"].get("note"))
+    alike = ("both miss the object; –: cannot happen (an object is found or missed, not wrong in two ways)"
+             if summary["task"] in ("detection", "segmentation") else "both give the same wrong class")
     return (f"<h2>Inherited and corrected errors ({unit})</h2><p><i>fixed</i>: the teacher wrong, the student "
-            f"right; <i>lost</i>: the teacher right, the student wrong; <i>inherited</i>: both wrong alike (the same "
-            f"wrong class, or both miss the object); –: cannot happen (an object is found or missed, not wrong in "
-            f"two ways).</p><table>{head}{''.join(rows)}</table>{notes}")
+            f"right; <i>lost</i>: the teacher right, the student wrong; <i>inherited</i>: {alike}.</p>"
+            f"<table>{head}{''.join(rows)}</table>{notes}")
 
 
 def cka_section(summary: dict) -> str:
@@ -129,8 +137,10 @@ def cka_section(summary: dict) -> str:
                      f"out).{warning}</p>")
     if not parts:
         return ""
-    return ("<h2>Representations across the dataset: CKA</h2><p>Linear CKA over the images (each stage pooled to 8×8 "
-            "per image; minibatch CKA with the unbiased HSIC estimator, Nguyen et al. 2021): 1 is the same "
+    what = ("each tower's image embedding, one vector per image" if summary.get("task") == "classification"
+            else "each stage pooled to 8×8 per image")
+    return ("<h2>Representations across the dataset: CKA</h2><p>Linear CKA over the images ("
+            f"{what}; minibatch CKA with the unbiased HSIC estimator, Nguyen et al. 2021): 1 is the same "
             "representation up to rotation and scale, 0 unrelated. Beside each value, the same figure against the "
             "student's features of <i>other</i> images of the batch: the level that means nothing.</p>"
             + "".join(parts))

@@ -37,6 +37,9 @@ def list_images(folder: Path, limit: int | None = None) -> list[Path]:
         candidates = folder.iterdir()
     elif any(c in str(folder.name) for c in "*?[") and folder.parent.is_dir():
         candidates = folder.parent.glob(folder.name)
+    elif folder.suffix.lower() == ".zip" and folder.is_file():
+        raise InputError(f"{folder} is a zip: extract it and give its folder (the app's Dataset tab takes a zip as "
+                         "it is).")
     else:
         raise InputError(f"{folder} is not a folder of images (or a pattern such as 'DIR/*.jpg').")
     files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -284,6 +287,14 @@ class Labels:
             raise InputError(f"The labels {name} are nested too deeply to be COCO-style JSON.") from None
         except (OSError, UnicodeDecodeError, ValueError) as error:
             raise InputError(f"Could not read the labels {name} as JSON ({str(error)[:120]}).") from None
+        if not isinstance(coco, dict):
+            raise InputError(f"The labels {name} are not COCO-style: the file holds a JSON {type(coco).__name__}, not "
+                             "an object with 'images', 'categories' and 'annotations' lists.")
+        missing = [key for key in ("images", "categories") if not isinstance(coco.get(key), list)]
+        if missing:
+            raise InputError(f"The labels {name} are not COCO-style: {' and '.join(repr(k) for k in missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} missing or not a list (they need 'images' (id, "
+                             "file_name) and 'categories' (id, name) lists, and 'annotations').")
         try:
             files = {im["id"]: _file_name(im["file_name"]) for im in coco["images"]}
             names = {c["id"]: str(c["name"]) for c in coco["categories"]}

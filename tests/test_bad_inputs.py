@@ -164,7 +164,8 @@ def test_the_dataset_cli_says_what_is_wrong_in_one_line_and_exits_2(args, messag
      "annotation 8 is not COCO-style"),
     ({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "circle"}],
       "annotations": [{"id": 9, "image_id": 5, "category_id": 1}]}, "annotation 9 names an unknown image"),
-    ({"pictures": []}, "need 'images'"), ("{not json", "as JSON")])
+    ({"pictures": []}, "need 'images'"), ("{not json", "as JSON"), ([], "holds a JSON list, not an object"),
+    ({}, "'images' and 'categories' are missing"), ({"images": [], "categories": {}}, "'categories' is missing")])
 def test_label_files_of_every_kind_get_a_message(content, message, tmp_path):
     from reports.inputs import Labels
 

@@ -570,7 +570,7 @@ def test_what_cannot_be_measured_is_refused_or_said(folder, tmp_path, capsys):
     elsewhere = dict(coco, images=[dict(i, file_name=f"x_{i['file_name']}") for i in coco["images"]])
     (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
     cases.append((["--images", str(images), "--pair", "shapes-detection", "--out", str(tmp_path / "d"),
-                   "--labels", str(tmp_path / "elsewhere.json")], "is among --images"))
+                   "--labels", str(tmp_path / "elsewhere.json")], "is in --images"))
     for argv, says in cases:
         with pytest.raises(SystemExit) as stopped:
             main(argv)
@@ -955,3 +955,66 @@ def test_map50_one_class_at_a_time_equals_torchmetrics_over_all_classes_at_once(
             assert ours[model]["map_50"] == pytest.approx(at_once, abs=1e-4 + 1e-9), (case, model)
             values.append(at_once)
     assert sum(0 < v < 1 for v in values) >= 8  # the cases are not degenerate
+
+
+def test_a_process_whose_peer_stopped_says_so_in_one_line(folder, tmp_path, monkeypatch, capsys):
+    """Ctrl-C on torchrun while one process already waits at a barrier for the others: the barrier fails (gloo:
+    "Connection closed by peer"); that process says another one stopped and how to go on, with no traceback."""
+    import torch.distributed as dist
+
+    from reports.dataset import main
+
+    def gone(*_, **__):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: None)
+    monkeypatch.setattr(dist, "barrier", gone)
+    monkeypatch.setattr(dist, "destroy_process_group", gone)
+    with pytest.raises(SystemExit) as stopped:
+        main(["--images", str(folder / "images"), "--pair", "shapes-detection", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 130, err
+    assert "[rank 0] another process of this run stopped, so this one did too" in err and "--resume" in err
+
+
+def test_the_console_gives_the_figures_against_the_labels_and_a_single_process_no_rank(folder, tmp_path, capsys):
+    from reports.dataset import main
+
+    main(["--images", str(folder / "images"), "--pair", "shapes-detection", "--out", str(tmp_path / "run"),
+          "--labels", str(folder / "labels.json"), "--batch", "4"])
+    out = capsys.readouterr().out
+    printed = json.loads(out[out.index("{"):out.index("\nwrote ")])  # after the progress lines
+    assert printed["accuracy"]["teacher"]["score_threshold"] == 0.01 and 0 < printed["accuracy"]["teacher"]["map_50"]
+    assert printed["labels"]["images_labelled"] == 8 and "[rank" not in out
+
+
+def test_a_zip_given_as_the_folder_is_named_as_a_zip(tmp_path):
+    archive = tmp_path / "scenes.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.png", b"")
+    with pytest.raises(InputError, match="is a zip: extract it"):
+        list_images(archive)
+
+
+def test_the_reports_words_fit_the_task_and_say_why_a_figure_is_undefined():
+    """A CLIP pair's errors are wrong classes, not missed objects, and its CKA is over image embeddings, not stages
+    pooled to 8×8; an undefined mAP says why in the page itself and still names its score threshold."""
+    from reports.html import cka_section, errors_table, figures_table
+
+    tally = {"total": 2, "both right": 1, "fixed": 0, "lost": 0, "inherited": 1, "both wrong, differently": 0}
+    cka = {"matrix": [[0.9]], "baseline": [[0.01]], "teacher_layers": ["image embedding"],
+           "student_layers": ["image embedding"], "batches": 1, "images": 16}
+    clip = {"task": "classification", "inherited_errors": {"s": {"overall": tally, "per_class": {}}},
+            "dataset_cka": {"s": cka}}
+    assert "the same wrong class" in errors_table(clip) and "miss" not in errors_table(clip)
+    assert "image embedding, one vector per image" in cka_section(clip) and "8×8" not in cka_section(clip)
+    detection = dict(clip, task="detection")
+    assert "both miss the object" in errors_table(detection) and "pooled to 8×8" in cka_section(detection)
+    note = "undefined: no labelled object in the labelled images that were read"
+    summary = {"per_student": {"s": {"agreement": {"f1": {"mean": 0.9, "ci95": [0.8, 1.0]}},
+                                     "consensus": {"mean": {"mean": 0.5, "ci95": [0.4, 0.6]}}}},
+               "accuracy": {m: {"map_50": None, "score_threshold": 0.01, "note": note} for m in ("teacher", "s")}}
+    page = figures_table(summary, ["s"])
+    assert f"Against the labels, teacher, s: {note}." in page and "scoring 0.01 or more" in page
