@@ -153,10 +153,11 @@ def _matches(boxes: list[list[float]], labels: list[str], truth: list[tuple[str,
     if not boxes or not truth:
         return found
     iou = box_iou(torch.tensor(boxes), torch.tensor([b for _, b in truth]))
+    values = iou.tolist()  # the float32 IoUs as Python floats: compared one by one below, not as tensors
     used = set()
     for j, (label, _) in enumerate(truth):
         for i in iou[:, j].argsort(descending=True).tolist():
-            if i not in used and labels[i] == label and iou[i, j] >= 0.5:
+            if i not in used and labels[i] == label and values[i][j] >= 0.5:
                 found[j] = True
                 used.add(i)
                 break
@@ -554,14 +555,14 @@ def _detections_matched(records: list[dict], model: str, labels: Labels,
             entry["positives"][i] = len(gt)
             used = [False] * len(gt)
             iou = box_iou(torch.tensor([d["box"] for d in mine]).reshape(-1, 4),
-                          torch.tensor(gt).reshape(-1, 4)) if mine and gt else None
+                          torch.tensor(gt).reshape(-1, 4)).tolist() if mine and gt else None  # float32 as floats
             crowd = [b for t, b in labels.crowd_boxes.get(r["image"], []) if t == label]
             covered = _covered_by_crowd([d["box"] for d in mine], crowd)
             for k, d in enumerate(mine):
                 best, best_iou = -1, 0.5
                 for j in range(len(gt)):
-                    if not used[j] and iou is not None and float(iou[k, j]) >= best_iou:
-                        best, best_iou = j, float(iou[k, j])
+                    if not used[j] and iou is not None and iou[k][j] >= best_iou:
+                        best, best_iou = j, iou[k][j]
                 if best >= 0:
                     used[best] = True
                 elif covered[k]:  # on a crowd region and no labelled object: neither right nor wrong (COCO)
